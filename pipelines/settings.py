@@ -1,0 +1,211 @@
+"""Settings of a sync, from environment variables or from Dagster resources.
+
+The CLI builds :class:`Settings` with :meth:`Settings.from_env`; the Dagster
+resources build the same object from ``EnvVar`` fields. Either way secrets are
+registered with :mod:`pipelines.redact` the moment they are read, and never
+shown by ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+from pipelines.metastudio.auth import AKSKAuth, TokenAuth
+from pipelines.metastudio.errors import ConfigurationError
+from pipelines.redact import register_secret
+
+DEFAULT_FIRST_DAY = date(2025, 1, 1)
+
+# Every variable the project reads; .env.example and the README list the same names.
+ENV_VARS = {
+    "METASTUDIO_ENDPOINT": "full base URL of the API, e.g. https://metastudio.cn-north-4.myhuaweicloud.com",
+    "METASTUDIO_REGION": "region, meaning https://metastudio.{region}.myhuaweicloud.com",
+    "HUAWEICLOUD_SDK_AK": "access key for AK/SK signing",
+    "HUAWEICLOUD_SDK_SK": "secret key for AK/SK signing",
+    "HUAWEICLOUD_SDK_SECURITY_TOKEN": "security token of temporary AK/SK credentials",
+    "METASTUDIO_AUTH_TOKEN": "IAM token, sent as X-Auth-Token (instead of AK/SK)",
+    "HUAWEICLOUD_SDK_PROJECT_ID": "project id; several comma-separated, all synced into one warehouse",
+    "METASTUDIO_APP_USER_ID": "optional X-App-UserId: narrow the listing to one end user",
+    "VOICEJOBS_DATA_DIR": "data directory holding lake/, warehouse.duckdb and serving.duckdb (default ./data)",
+    "VOICEJOBS_FIRST_DAY": "first creation day of the Dagster partitions (default 2025-01-01)",
+    "VOICEJOBS_MAX_IN_FLIGHT": "requests outstanding at once (default 8)",
+    "VOICEJOBS_MAX_RPS": "cap on requests per second (default: none)",
+    "VOICEJOBS_TIMEOUT_SECONDS": "timeout of one request (default 30)",
+    "VOICEJOBS_MAX_ATTEMPTS": "attempts per request before giving up (default 6)",
+    "VOICEJOBS_MAX_RETRY_SECONDS": "total time one request may spend retrying (default 300)",
+    "VOICEJOBS_SAFETY_LAG_SECONDS": "windows end this long before the source's now (default 120)",
+    "VOICEJOBS_LOOKBACK_SECONDS": "change capture re-reads this long before the watermark (default 7200)",
+    "VOICEJOBS_SPLIT_THRESHOLD": "windows holding more jobs than this are split (default 10000)",
+    "VOICEJOBS_PERSONAL_DATA": "mask (default): phones keep last 4 digits, URLs lose query strings; raw: keep",
+}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a whole number; set it to an integer >= {minimum}.") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={value} is too small; set it to an integer >= {minimum}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float | None, minimum: float = 0.0) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number; set it to a number >= {minimum}.") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={value} is too small; set it to a number >= {minimum}.")
+    return value
+
+
+def parse_day(text: str, what: str = "date") -> date:
+    """A ``YYYY-MM-DD`` day, or a ConfigurationError saying what was wrong."""
+    try:
+        return date.fromisoformat(text.strip())
+    except (ValueError, AttributeError):
+        raise ConfigurationError(f"{what} {text!r} is not a valid date; write it as YYYY-MM-DD, e.g. 2025-03-01.") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sync needs to know; secrets are hidden from repr."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    ak: str | None = field(default=None, repr=False)
+    sk: str | None = field(default=None, repr=False)
+    security_token: str | None = field(default=None, repr=False)
+    auth_token: str | None = field(default=None, repr=False)
+    project_ids: tuple[str, ...] = ()
+    app_user_id: str | None = None
+    data_dir: Path = Path("data")
+    first_day: date = DEFAULT_FIRST_DAY
+    max_in_flight: int = 8
+    max_rps: float | None = None
+    timeout: float = 30.0
+    max_attempts: int = 6
+    max_retry_seconds: float = 300.0
+    safety_lag_seconds: float = 120.0
+    lookback_seconds: float = 7200.0
+    split_threshold: int = 10_000
+    personal_data: str = "mask"
+
+    def __post_init__(self) -> None:
+        for secret in (self.ak, self.sk, self.security_token, self.auth_token):
+            register_secret(secret)
+        if self.personal_data not in ("mask", "raw"):
+            raise ConfigurationError(
+                f"VOICEJOBS_PERSONAL_DATA={self.personal_data!r} is not known; use 'mask' (default) or 'raw'."
+            )
+        if self.app_user_id is not None and any("\u4e00" <= ch <= "\u9fff" for ch in self.app_user_id):
+            raise ConfigurationError("METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule).")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read every variable of :data:`ENV_VARS`; ``overrides`` win (CLI flags)."""
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        first_day = text("VOICEJOBS_FIRST_DAY")
+        values = dict(
+            endpoint=text("METASTUDIO_ENDPOINT"),
+            region=text("METASTUDIO_REGION"),
+            ak=text("HUAWEICLOUD_SDK_AK"),
+            sk=text("HUAWEICLOUD_SDK_SK"),
+            security_token=text("HUAWEICLOUD_SDK_SECURITY_TOKEN"),
+            auth_token=text("METASTUDIO_AUTH_TOKEN"),
+            project_ids=split_project_ids(text("HUAWEICLOUD_SDK_PROJECT_ID")),
+            app_user_id=text("METASTUDIO_APP_USER_ID"),
+            data_dir=Path(text("VOICEJOBS_DATA_DIR") or "data"),
+            first_day=parse_day(first_day, "VOICEJOBS_FIRST_DAY") if first_day else DEFAULT_FIRST_DAY,
+            max_in_flight=_int(env, "VOICEJOBS_MAX_IN_FLIGHT", 8),
+            max_rps=_float(env, "VOICEJOBS_MAX_RPS", None, minimum=0.01),
+            timeout=_float(env, "VOICEJOBS_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            max_attempts=_int(env, "VOICEJOBS_MAX_ATTEMPTS", 6),
+            max_retry_seconds=_float(env, "VOICEJOBS_MAX_RETRY_SECONDS", 300.0, minimum=0.0),
+            safety_lag_seconds=_float(env, "VOICEJOBS_SAFETY_LAG_SECONDS", 120.0),
+            lookback_seconds=_float(env, "VOICEJOBS_LOOKBACK_SECONDS", 7200.0),
+            split_threshold=_int(env, "VOICEJOBS_SPLIT_THRESHOLD", 10_000, minimum=100),
+            personal_data=(text("VOICEJOBS_PERSONAL_DATA") or "mask").lower(),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.auth_token or self.ak or self.sk)
+
+    @property
+    def uses_embedded_simulator(self) -> bool:
+        """Nothing configured at all: the embedded simulator stands in for the API."""
+        return not (self.endpoint or self.region or self.has_credentials or self.project_ids)
+
+    def base_url(self) -> str:
+        if self.endpoint:
+            url = self.endpoint.rstrip("/")
+            parsed = httpx.URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ConfigurationError(
+                    f"METASTUDIO_ENDPOINT={url!r} is not an http(s) URL; "
+                    "set it like https://metastudio.cn-north-4.myhuaweicloud.com."
+                )
+            return url
+        if self.region:
+            return f"https://metastudio.{self.region}.myhuaweicloud.com"
+        raise ConfigurationError(
+            "No API endpoint is configured; set METASTUDIO_REGION (e.g. cn-north-4) or METASTUDIO_ENDPOINT."
+        )
+
+    def auth(self) -> httpx.Auth:
+        """The configured authentication; AK/SK wins over a token when both are set."""
+        if self.ak or self.sk:
+            if not (self.ak and self.sk):
+                missing = "HUAWEICLOUD_SDK_SK" if self.ak else "HUAWEICLOUD_SDK_AK"
+                raise ConfigurationError(f"AK/SK signing needs both keys; {missing} is not set.")
+            return AKSKAuth(self.ak, self.sk, self.security_token)
+        if self.auth_token:
+            return TokenAuth(self.auth_token)
+        raise ConfigurationError(
+            "No credentials are configured; set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
+            "(AK/SK signing) or METASTUDIO_AUTH_TOKEN (an IAM token)."
+        )
+
+    def require_projects(self) -> tuple[str, ...]:
+        if not self.project_ids:
+            raise ConfigurationError(
+                "No project id is configured; set HUAWEICLOUD_SDK_PROJECT_ID (comma-separated for several)."
+            )
+        return self.project_ids
+
+
+def split_project_ids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    ids = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    for pid in ids:
+        if not pid.replace("-", "").replace("_", "").isalnum():
+            raise ConfigurationError(
+                f"Project id {pid!r} in HUAWEICLOUD_SDK_PROJECT_ID is not valid; use the 32-character id "
+                "from the console's 'My Credentials' page."
+            )
+    return ids
