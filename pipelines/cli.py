@@ -1,0 +1,236 @@
+"""``voicejobs``: demo, sync, reconcile, simulator, query, report.
+
+Runs the same code as the Dagster assets (:mod:`pipelines.sync`). Expected
+failures (configuration, credentials, unreachable endpoint, a data directory
+that cannot be written, a full disk) print one line naming the cause and the
+fix and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from pipelines.redact import install_log_redaction, redact
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _progress_printer(stream=sys.stderr):
+    """A progress callback drawing one line on a terminal; silent when not a terminal."""
+    if not stream.isatty():
+        return None
+    last = [0.0]
+
+    def show(progress) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and progress.windows_done < progress.windows_total:
+            return
+        last[0] = now
+        stream.write(
+            f"\r  windows {progress.windows_done}/{progress.windows_total}  "
+            f"jobs {progress.jobs:,}  {progress.rate:,.0f} jobs/s   "
+        )
+        stream.flush()
+        if progress.windows_done >= progress.windows_total:
+            stream.write("\n")
+
+    return show
+
+
+def _settings(args):
+    from pipelines.settings import Settings
+
+    data_dir = getattr(args, "data_dir", None)
+    return Settings.from_env(data_dir=Path(data_dir) if data_dir else None)
+
+
+def _cmd_sync(args) -> int:
+    from pipelines.settings import parse_day
+    from pipelines.sync import open_source, sync
+    from pipelines.warehouse import Warehouse
+
+    since = parse_day(args.since, "--since") if args.since else None
+    until = parse_day(args.until, "--until") if args.until else None
+    if (since is None) != (until is None):
+        raise UsageError("give both --since and --until (creation days), or neither for change capture")
+    if since and until and until < since:
+        raise UsageError(f"--until {until} is before --since {since}; swap them")
+    mode = args.mode if since else "incremental"
+    settings = _settings(args)
+    warehouse = Warehouse(settings.data_dir)
+    with open_source(settings) as source:
+        report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
+                      progress=_progress_printer())
+    _refresh_and_publish(warehouse)
+    print(report.summary())
+    print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
+    return EXIT_OK
+
+
+def _refresh_and_publish(warehouse) -> None:
+    """Rebuild the SQL models, then publish the snapshot BI tools read."""
+    from pipelines.models import refresh_models
+
+    with warehouse.connect() as con:
+        refresh_models(con)
+    warehouse.publish_serving()
+
+
+def _cmd_demo(args) -> int:
+    from pipelines.simulator import SimulatorConfig, SimulatorServer
+    from pipelines.sync import simulator_settings, sync
+    from pipelines.warehouse import Warehouse
+
+    settings = _settings(args)
+    config = SimulatorConfig(jobs=args.jobs, seed=args.seed)
+    print(f"Starting the embedded MetaStudio simulator with {args.jobs:,} jobs ...", flush=True)
+    with SimulatorServer(config) as server:
+        print(f"  listening on {server.url} (AK/SK signing, as the real API)", flush=True)
+        sim_settings = simulator_settings(settings, server)
+        now = server.state.now
+        since = (now - timedelta(days=config.days)).date()
+        warehouse = Warehouse(settings.data_dir)
+        report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
+                      warehouse=warehouse, progress=_progress_printer())
+    _refresh_and_publish(warehouse)
+    print(report.summary())
+    print(
+        f"\nLoaded {report.rows_written:,} jobs into:\n"
+        f"  DuckDB warehouse   {warehouse.db_path}\n"
+        f"  serving snapshot   {warehouse.serving_path}  (open this one from BI tools)\n"
+        f"  Parquet lake       {warehouse.lake_dir}\n\n"
+        "Try:\n"
+        '  voicejobs query "select * from failure_rate_by_tag"\n'
+        f"  duckdb -readonly {warehouse.serving_path} \"select state, count(*) from analytics.voice_training_jobs group by 1\""
+    )
+    return EXIT_OK
+
+
+def _cmd_query(args) -> int:
+    from pipelines.query import run_query
+    from pipelines.warehouse import Warehouse
+
+    settings = _settings(args)
+    warehouse = Warehouse(settings.data_dir)
+    if not warehouse.serving_path.exists():
+        raise UsageError(f"no warehouse at {warehouse.serving_path}; run `voicejobs demo` or `voicejobs sync` first")
+    print(run_query(warehouse.serving_path, args.sql, fmt=args.format))
+    return EXIT_OK
+
+
+def _cmd_report(args) -> int:
+    from pipelines.report import write_report
+    from pipelines.warehouse import Warehouse
+
+    settings = _settings(args)
+    warehouse = Warehouse(settings.data_dir)
+    if not warehouse.serving_path.exists():
+        raise UsageError(f"no warehouse at {warehouse.serving_path}; run `voicejobs demo` or `voicejobs sync` first")
+    out = write_report(warehouse.serving_path, Path(args.out))
+    print(f"report written to {out}")
+    return EXIT_OK
+
+
+def _cmd_simulator(args, rest: list[str]) -> int:
+    from pipelines.simulator.cli import main as simulator_main
+
+    return simulator_main(rest)
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicejobs",
+        description="Sync Huawei Cloud MetaStudio voice-training jobs into a Parquet lake and a DuckDB warehouse.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir(p):
+        p.add_argument("--data-dir", help="data directory (default: $VOICEJOBS_DATA_DIR or ./data)")
+
+    demo = sub.add_parser("demo", help="sync the embedded simulator's whole range into a warehouse")
+    data_dir(demo)
+    demo.add_argument("--jobs", type=int, default=20_000, help="jobs the simulator holds (default 20000)")
+    demo.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+
+    s = sub.add_parser("sync", help="sync creation days (--since/--until) or, with no dates, changes since the last sync")
+    data_dir(s)
+    s.add_argument("--since", help="first creation day, YYYY-MM-DD")
+    s.add_argument("--until", help="last creation day, YYYY-MM-DD (inclusive)")
+    s.set_defaults(mode="days")
+
+    r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted")
+    data_dir(r)
+    r.add_argument("--since", required=True, help="first creation day, YYYY-MM-DD")
+    r.add_argument("--until", required=True, help="last creation day, YYYY-MM-DD (inclusive)")
+    r.set_defaults(mode="reconcile")
+
+    sub.add_parser("simulator", help="run the MetaStudio simulator (see `voicejobs simulator --help`)", add_help=False)
+
+    q = sub.add_parser("query", help="run SQL against the serving snapshot and print the result")
+    data_dir(q)
+    q.add_argument("sql")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report with charts")
+    data_dir(rep)
+    rep.add_argument("--out", default="voicejobs-report.html", help="output file (default voicejobs-report.html)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # The simulator has its own parser; hand it everything after the word.
+    if "simulator" in argv[:2] and argv[:1] != ["-h"]:
+        idx = argv.index("simulator")
+        return _cmd_simulator(None, argv[idx + 1 :])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_log_redaction()
+
+    from pipelines.metastudio.errors import MetaStudioError
+    from pipelines.warehouse import WarehouseError
+
+    handlers = {
+        "demo": _cmd_demo,
+        "sync": _cmd_sync,
+        "reconcile": _cmd_sync,
+        "query": _cmd_query,
+        "report": _cmd_report,
+    }
+    try:
+        return handlers[args.command](args)
+    except UsageError as exc:
+        print(f"voicejobs {args.command}: {redact(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MetaStudioError, WarehouseError) as exc:
+        print(f"voicejobs {args.command}: {redact(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        # A full disk or an unwritable path surfacing outside the warehouse's own checks.
+        print(f"voicejobs {args.command}: {redact(exc)}; check free space and permissions of the data directory "
+              f"({os.environ.get('VOICEJOBS_DATA_DIR', './data')}).", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"voicejobs {args.command}: interrupted; the warehouse keeps its last committed state.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

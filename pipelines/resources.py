@@ -1,0 +1,116 @@
+"""Dagster resources: the only place the Dagster deployment reads the environment.
+
+Secrets are passed as ``EnvVar`` so the UI shows the variable's name, never its
+value. The resources only build plain objects (:class:`Settings`,
+:class:`Warehouse`); the assets call plain functions with them.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.settings import DEFAULT_FIRST_DAY, Settings, parse_day, split_project_ids
+from pipelines.warehouse import Warehouse
+
+SECRET_VARS = {
+    "ak": "HUAWEICLOUD_SDK_AK",
+    "sk": "HUAWEICLOUD_SDK_SK",
+    "security_token": "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+    "auth_token": "METASTUDIO_AUTH_TOKEN",
+}
+
+
+class MetaStudioResource(dg.ConfigurableResource):
+    """Where and how to reach the MetaStudio API; nothing set means the embedded simulator."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    ak: str | None = None
+    sk: str | None = None
+    security_token: str | None = None
+    auth_token: str | None = None
+    project_ids: str | None = None
+    app_user_id: str | None = None
+    max_in_flight: int = 8
+    max_rps: float | None = None
+    safety_lag_seconds: float = 120.0
+    lookback_seconds: float = 7200.0
+    personal_data: str = "mask"
+
+    def settings(self, data_dir: Path) -> Settings:
+        return Settings(
+            endpoint=self.endpoint,
+            region=self.region,
+            ak=self.ak,
+            sk=self.sk,
+            security_token=self.security_token,
+            auth_token=self.auth_token,
+            project_ids=split_project_ids(self.project_ids),
+            app_user_id=self.app_user_id,
+            data_dir=data_dir,
+            max_in_flight=self.max_in_flight,
+            max_rps=self.max_rps,
+            safety_lag_seconds=self.safety_lag_seconds,
+            lookback_seconds=self.lookback_seconds,
+            personal_data=self.personal_data,
+        )
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The data directory holding the lake, warehouse.duckdb and serving.duckdb."""
+
+    data_dir: str = "data"
+
+    def warehouse(self) -> Warehouse:
+        return Warehouse(Path(self.data_dir))
+
+
+def _optional(name: str, cast=str):
+    value = os.environ.get(name, "").strip()
+    return cast(value) if value else None
+
+
+def metastudio_from_env() -> MetaStudioResource:
+    """The resource as configured by environment variables (secrets as EnvVar)."""
+    fields: dict = {
+        "endpoint": _optional("METASTUDIO_ENDPOINT"),
+        "region": _optional("METASTUDIO_REGION"),
+        "project_ids": _optional("HUAWEICLOUD_SDK_PROJECT_ID"),
+        "app_user_id": _optional("METASTUDIO_APP_USER_ID"),
+        "max_rps": _optional("VOICEJOBS_MAX_RPS", float),
+        "personal_data": _optional("VOICEJOBS_PERSONAL_DATA") or "mask",
+    }
+    for key, cast, env in (("max_in_flight", int, "VOICEJOBS_MAX_IN_FLIGHT"),
+                           ("safety_lag_seconds", float, "VOICEJOBS_SAFETY_LAG_SECONDS"),
+                           ("lookback_seconds", float, "VOICEJOBS_LOOKBACK_SECONDS")):
+        value = _optional(env, cast)
+        if value is not None:
+            fields[key] = value
+    for key, env in SECRET_VARS.items():
+        if os.environ.get(env):
+            fields[key] = dg.EnvVar(env)
+    return MetaStudioResource(**{k: v for k, v in fields.items() if v is not None})
+
+
+def warehouse_from_env() -> WarehouseResource:
+    return WarehouseResource(data_dir=os.environ.get("VOICEJOBS_DATA_DIR", "").strip() or "data")
+
+
+def first_partition_day() -> date:
+    raw = os.environ.get("VOICEJOBS_FIRST_DAY", "").strip()
+    return parse_day(raw, "VOICEJOBS_FIRST_DAY") if raw else DEFAULT_FIRST_DAY
+
+
+def schedule_settings() -> dict[str, str]:
+    """Cron strings and timezone of the schedules (standard five-field cron)."""
+    return {
+        # every night at 02:00 in the schedule's timezone
+        "nightly_cron": os.environ.get("VOICEJOBS_NIGHTLY_CRON", "0 2 * * *"),
+        # every Sunday at 03:00: the weekly full reconciliation
+        "reconcile_cron": os.environ.get("VOICEJOBS_RECONCILE_CRON", "0 3 * * 0"),
+        "timezone": os.environ.get("VOICEJOBS_SCHEDULE_TIMEZONE", "UTC"),
+    }

@@ -1,0 +1,379 @@
+"""The sync: windows -> pages -> normalized Arrow -> lake and warehouse.
+
+One code path for the CLI and the Dagster assets. Three modes:
+
+* ``days``: creation-day windows (partitions, backfills, ``voicejobs sync --since --until``).
+  A window paged completely also reconciles deletions for its day.
+* ``incremental``: change capture by ``update_since`` from the stored watermark
+  minus a lookback; falls back to a full backfill when there is no watermark.
+* ``reconcile``: the same as ``days``, run to find deletions over a range.
+
+Fetching runs concurrently across windows (the client bounds requests in
+flight); each finished window is normalized and buffered, and the buffer is
+applied to the warehouse in one transaction per flush. The watermark moves
+only in the last transaction, after the data it covers is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.metastudio.client import MetaStudioClient
+from pipelines.metastudio.paging import Window, WindowResult, day_window, fetch_window
+from pipelines.schema import JOBS_SCHEMA, normalize
+from pipelines.settings import Settings
+from pipelines.warehouse import Warehouse, WindowRecord
+
+log = logging.getLogger("voicejobs.sync")
+
+FLUSH_ROWS = 50_000  # rows buffered before one warehouse transaction: bounds memory, amortises commits
+TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass
+class SyncProgress:
+    windows_total: int = 0
+    windows_done: int = 0
+    jobs: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.jobs / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class SyncReport:
+    """What one sync did; becomes Dagster metadata and the CLI summary."""
+
+    run_id: str
+    mode: str
+    projects: tuple[str, ...]
+    since: date | None = None
+    until: date | None = None
+    windows: int = 0
+    jobs_fetched: int = 0
+    rows_written: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    mismatched_windows: int = 0
+    pages: int = 0
+    requests: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    wait_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    watermarks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def retries_total(self) -> int:
+        return sum(self.retries.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "mode": self.mode,
+            "projects": list(self.projects),
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "windows": self.windows,
+            "jobs_fetched": self.jobs_fetched,
+            "rows_written": self.rows_written,
+            "quarantined": self.quarantined,
+            "deleted": self.deleted,
+            "mismatched_windows": self.mismatched_windows,
+            "pages": self.pages,
+            "requests": self.requests,
+            "retries": self.retries_total,
+            "retries_by_cause": dict(self.retries),
+            "api_wait_seconds": round(self.wait_seconds, 3),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "watermarks": dict(self.watermarks),
+        }
+
+    def summary(self) -> str:
+        rate = self.jobs_fetched / self.elapsed_seconds if self.elapsed_seconds else 0.0
+        causes = ", ".join(f"{k}: {v}" for k, v in sorted(self.retries.items())) or "none"
+        lines = [
+            f"{self.mode} sync of {', '.join(self.projects)}"
+            + (f", creation days {self.since} .. {self.until}" if self.since else ""),
+            f"  windows {self.windows}, pages {self.pages}, requests {self.requests}",
+            f"  jobs fetched {self.jobs_fetched:,}, rows written {self.rows_written:,}, "
+            f"quarantined {self.quarantined}, marked deleted {self.deleted}",
+            f"  retries {self.retries_total} ({causes}), waiting on the API {self.wait_seconds:.1f}s",
+            f"  took {self.elapsed_seconds:.1f}s ({rate:,.0f} jobs/s)",
+        ]
+        if self.mismatched_windows:
+            lines.append(f"  windows whose count never matched the pages: {self.mismatched_windows}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where jobs come from: the configured API or an embedded simulator."""
+
+    settings: Settings
+    simulator: object | None = None
+
+
+@contextlib.contextmanager
+def open_source(settings: Settings) -> Iterator[Source]:
+    """The configured API; the embedded simulator when nothing at all is configured."""
+    if not settings.uses_embedded_simulator:
+        settings.base_url()  # fail fast, with the fix, on a bad endpoint
+        settings.auth()
+        settings.require_projects()
+        yield Source(settings)
+        return
+    from pipelines.simulator import SimulatorConfig, SimulatorServer
+
+    log.warning("No endpoint or credentials configured: syncing from the embedded MetaStudio simulator.")
+    with SimulatorServer(SimulatorConfig()) as server:
+        yield Source(simulator_settings(settings, server), server)
+
+
+def simulator_settings(settings: Settings, server) -> Settings:
+    """Settings that point at a running simulator with its AK/SK credentials."""
+    config = server.state.config
+    ak, sk = next(iter(config.credentials.items()))
+    return settings.with_(endpoint=server.url, ak=ak, sk=sk, project_ids=tuple(config.projects))
+
+
+def make_client(settings: Settings) -> MetaStudioClient:
+    return MetaStudioClient(
+        settings.base_url(),
+        settings.auth(),
+        app_user_id=settings.app_user_id,
+        max_in_flight=settings.max_in_flight,
+        max_requests_per_second=settings.max_rps,
+        timeout=settings.timeout,
+        max_attempts=settings.max_attempts,
+        max_retry_seconds=settings.max_retry_seconds,
+    )
+
+
+def days_between(first: date, last: date) -> list[date]:
+    if last < first:
+        raise ValueError(f"--until {last} is before --since {first}")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class _Task:
+    project_id: str
+    window: Window
+    kind: str  # "create" or "update"
+    owner_since: datetime | None = None  # rows kept: create_time in [owner_since, owner_until)
+    owner_until: datetime | None = None
+    reconcile: bool = False  # mark stored jobs missing from a complete window as deleted
+
+
+class _Run:
+    """The state of one sync run: buffers, counters and the warehouse it writes."""
+
+    def __init__(self, settings: Settings, warehouse: Warehouse, run_id: str, report: SyncReport,
+                 progress: Callable[[SyncProgress], None] | None) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.report = report
+        self.progress_cb = progress
+        self.progress = SyncProgress()
+        self.tables: list[pa.Table] = []
+        self.buffered = 0
+        self.windows: list[WindowRecord] = []
+        self.quarantine: list = []
+        self.deleted: list[tuple[str, str]] = []
+        self.newest_update: dict[str, datetime] = {}
+
+    def absorb(self, task: _Task, result: WindowResult, synced_at: datetime) -> None:
+        """Normalize one finished window into the buffer; find its deletions."""
+        normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=self.settings.personal_data)
+        table = normalized.table
+        if task.owner_since is not None and table.num_rows:
+            mask = pc.and_(
+                pc.greater_equal(table["create_time"], pa.scalar(task.owner_since, TS)),
+                pc.less(table["create_time"], pa.scalar(task.owner_until, TS)),
+            )
+            table = table.filter(mask)
+        if table.num_rows:
+            newest = pc.max(table["lastupdate_time"]).as_py()
+            if newest is not None:
+                prev = self.newest_update.get(task.project_id)
+                self.newest_update[task.project_id] = max(prev, newest) if prev else newest
+        self.tables.append(table)
+        self.buffered += table.num_rows
+        self.quarantine.extend(normalized.quarantine)
+        for leaf in result.leaves:
+            self.windows.append(
+                WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
+                             leaf.api_count, leaf.fetched, leaf.pages)
+            )
+        complete = all(leaf.fetched == leaf.api_count for leaf in result.leaves)
+        if not complete:
+            self.report.mismatched_windows += 1
+        if task.reconcile and task.owner_since is not None:
+            if complete:
+                owner_until = min(task.owner_until, result.window.until) if result.leaves else task.owner_until
+                seen = {job.get("job_id") for job in result.jobs}
+                stored = self.warehouse.live_job_ids(task.project_id, task.owner_since, owner_until)
+                self.deleted.extend((task.project_id, job_id) for job_id in sorted(stored - seen))
+            else:
+                log.warning("Window %s..%s of %s did not reconcile with its count; deletions not marked there.",
+                            task.window.since, task.window.until, task.project_id)
+        self.report.windows += 1
+        self.report.jobs_fetched += len(result.jobs)
+        self.report.quarantined += len(normalized.quarantine)
+        self.progress.windows_done += 1
+        self.progress.jobs += len(result.jobs)
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
+        """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
+        if not (self.tables or self.windows or self.quarantine or self.deleted or watermarks):
+            return
+        jobs = pa.concat_tables(self.tables) if self.tables else JOBS_SCHEMA.empty_table()
+        self.warehouse.apply(
+            self.run_id,
+            jobs=jobs,
+            windows=self.windows,
+            quarantine=self.quarantine,
+            deleted=self.deleted,
+            deleted_at=deleted_at,
+            watermarks=watermarks,
+        )
+        self.report.rows_written += jobs.num_rows
+        self.report.deleted += len(self.deleted)
+        self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+
+
+async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task], not_after: datetime) -> None:
+    """Fetch every task's window concurrently; absorb and flush as windows finish."""
+    settings = run.settings
+    # Windows in flight beyond the request limit keep the pipe full while others are normalized.
+    window_slots = asyncio.Semaphore(max(2, settings.max_in_flight * 2))
+    run.progress.windows_total += len(tasks)
+
+    async def fetch(task: _Task) -> tuple[_Task, WindowResult]:
+        async with window_slots:
+            result = await fetch_window(
+                client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                split_threshold=settings.split_threshold,
+            )
+            return task, result
+
+    pending = [asyncio.ensure_future(fetch(task)) for task in tasks]
+    try:
+        for next_done in asyncio.as_completed(pending):
+            task, result = await next_done
+            run.absorb(task, result, datetime.now(UTC))
+            if run.buffered >= FLUSH_ROWS:
+                await asyncio.to_thread(run.flush, deleted_at=client.server_now())
+    finally:
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _not_after(client: MetaStudioClient, settings: Settings, project_id: str) -> datetime:
+    """The newest instant a window may reach: the source's now minus the safety lag."""
+    await client.list_jobs(project_id, {"limit": 1})  # learns the source clock from its Date header
+    return client.server_now() - timedelta(seconds=settings.safety_lag_seconds)
+
+
+def _day_tasks(project_ids: Sequence[str], days: Sequence[date], reconcile: bool) -> list[_Task]:
+    tasks = []
+    for project_id in project_ids:
+        for day in days:
+            window = day_window(day)
+            tasks.append(_Task(project_id, window, "create", window.since, window.until, reconcile))
+    return tasks
+
+
+def sync(
+    settings: Settings,
+    *,
+    mode: str = "days",
+    since: date | None = None,
+    until: date | None = None,
+    warehouse: Warehouse | None = None,
+    progress: Callable[[SyncProgress], None] | None = None,
+) -> SyncReport:
+    """Run one sync to completion (blocking). ``mode``: days, incremental or reconcile."""
+    if mode in ("days", "reconcile"):
+        if since is None or until is None:
+            raise ValueError(f"a {mode} sync needs since and until")
+        days_between(since, until)
+    warehouse = warehouse or Warehouse(settings.data_dir)
+    projects = settings.require_projects()
+    report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until)
+    run_id = warehouse.begin_run(mode, {"since": str(since) if since else None,
+                                        "until": str(until) if until else None, "projects": list(projects)})
+    report.run_id = run_id
+    run = _Run(settings, warehouse, run_id, report, progress)
+    started = time.monotonic()
+    client = make_client(settings)
+    try:
+        asyncio.run(_sync(client, run, mode, since, until))
+    except BaseException:
+        report.elapsed_seconds = time.monotonic() - started
+        _collect_client_stats(report, client)
+        warehouse.finish_run(run_id, "failed", report.as_dict())
+        raise
+    report.elapsed_seconds = time.monotonic() - started
+    _collect_client_stats(report, client)
+    warehouse.finish_run(run_id, "succeeded", report.as_dict())
+    return report
+
+
+def _collect_client_stats(report: SyncReport, client: MetaStudioClient) -> None:
+    stats = client.stats
+    report.pages = stats.pages
+    report.requests = stats.requests
+    report.retries = dict(stats.retries)
+    report.wait_seconds = stats.wait_seconds
+
+
+async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | None, until: date | None) -> None:
+    settings = run.settings
+    projects = run.report.projects
+    async with client:
+        not_after = await _not_after(client, settings, projects[0])
+        if mode in ("days", "reconcile"):
+            tasks = _day_tasks(projects, days_between(since, until), reconcile=True)
+            await _run_tasks(client, run, tasks, not_after)
+            run.flush(deleted_at=client.server_now())
+            return
+        # incremental: change capture per project from its watermark, backfill where there is none
+        watermarks: dict[str, datetime] = {}
+        for project_id in projects:
+            stored = run.warehouse.watermark(project_id)
+            if stored is None:
+                first = settings.first_day
+                log.info("No watermark for %s yet: backfilling creation days from %s.", project_id, first)
+                tasks = _day_tasks([project_id], days_between(first, not_after.date()), reconcile=True)
+                await _run_tasks(client, run, tasks, not_after)
+                # Changes made while the backfill ran carry lastupdate_time >= its start, so the
+                # watermark is capped at the start; the next change capture re-reads from there.
+                newest = run.newest_update.get(project_id)
+                watermarks[project_id] = min(newest, not_after) if newest else not_after
+            else:
+                since_t = stored - timedelta(seconds=settings.lookback_seconds)
+                if since_t < not_after:
+                    window = Window(since_t, not_after)
+                    await _run_tasks(client, run, [_Task(project_id, window, "update")], not_after)
+                newest = run.newest_update.get(project_id)
+                if newest and newest > stored:
+                    watermarks[project_id] = newest
+        run.report.watermarks = {k: v.isoformat() for k, v in watermarks.items()}
+        run.flush(deleted_at=client.server_now(), watermarks=watermarks or None)
