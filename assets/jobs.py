@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
@@ -55,4 +55,31 @@ def voice_training_jobs(
     since, until = date.fromisoformat(keys.start), date.fromisoformat(keys.end)
     context.log.info(f"Syncing creation days {since} .. {until}")
     report = _run(metastudio, warehouse, mode="days", since=since, until=until)
+    return dg.MaterializeResult(metadata=_metadata(report))
+
+
+@dg.asset(pool=WAREHOUSE_POOL, group_name="warehouse", kinds={"duckdb", "parquet"})
+def voice_training_job_changes(
+    metastudio: MetaStudioResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Change capture: jobs updated since the stored watermark, upserted with their history."""
+    report = _run(metastudio, warehouse, mode="incremental")
+    metadata = _metadata(report)
+    metadata["watermarks"] = dg.MetadataValue.json(report.watermarks)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(pool=WAREHOUSE_POOL, group_name="warehouse", kinds={"duckdb"})
+def voice_training_job_deletions(
+    context: dg.AssetExecutionContext, metastudio: MetaStudioResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Reconciliation: every creation day paged completely; jobs the source no longer lists are marked deleted."""
+    wh = warehouse.warehouse()
+    with open_source(metastudio.settings(wh.data_dir)) as source:
+        settings = source.settings
+        since = settings.first_day
+        # An upper bound only: every window is clamped to the source's own clock.
+        until = (datetime.now(UTC) + timedelta(days=1)).date()
+        context.log.info(f"Reconciling creation days {since} .. {until}")
+        report = sync(settings, warehouse=wh, mode="reconcile", since=since, until=until)
     return dg.MaterializeResult(metadata=_metadata(report))

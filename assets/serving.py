@@ -1,0 +1,25 @@
+"""The serving snapshot: what analysts and BI tools open, replaced atomically after the models."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.jobs import WAREHOUSE_POOL
+from pipelines.models import load_models
+from pipelines.resources import WarehouseResource
+
+
+@dg.asset(
+    deps=[dg.AssetKey(model.name) for model in load_models()],
+    pool=WAREHOUSE_POOL,
+    group_name="serving",
+    kinds={"duckdb"},
+)
+def serving_snapshot(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """serving.duckdb: a consistent read-only copy of the warehouse and its models for BI tools."""
+    wh = warehouse.warehouse()
+    wh.publish_serving()
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(str(wh.serving_path)),
+                  "bytes": dg.MetadataValue.int(wh.serving_path.stat().st_size)}
+    )
