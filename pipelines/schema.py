@@ -1,0 +1,710 @@
+"""The `voice_training_jobs` Arrow schema and the normalization of raw API records into it.
+
+`normalize(records, project_id, synced_at)` turns the `jobs` list of one or more listing
+pages into an Arrow table with exactly `JOBS_SCHEMA`, plus the records it refused
+(`Normalized.quarantine`). It never raises on bad data; it raises only on bad arguments.
+
+Rules for data that does not match the documented shapes (these are the documented rules):
+
+- Null and missing are the same: both become NULL.
+- Epoch times (`create_time`, `lastupdate_time`), per value: a number >= 100_000_000_000
+  is milliseconds, a smaller one is seconds. Fractions are kept to the millisecond.
+  Numeric strings are parsed the same way, and an RFC 3339 string is accepted too.
+  Negative values or values past the year 9999 are invalid.
+- Integer columns (`reject_times`, `assess_result_*_status`) accept ints, floats with no
+  fraction (3.0) and numeric strings ("3", " 3 ", "3.0"). Booleans, fractions (3.5),
+  other strings and values outside int32 are invalid.
+- Boolean columns accept true/false, the strings "true"/"false"/"1"/"0" (any case) and
+  the numbers 0/1. Anything else is invalid.
+- String columns accept strings only; a number, boolean, list or object is invalid
+  (a `state` of 3 is not a state).
+- `allocated_resource`, `assess_result` and each assess property must be objects (or null);
+  anything else is invalid.
+- `allocated_resource.expire_time` is RFC 3339 (an offset-less value is taken as UTC; an
+  epoch number is taken as for create_time). An unparseable value does NOT quarantine the
+  job (the expiry of a resource is not worth losing the job for): the column is NULL and the
+  value is kept in `extra` as {"allocated_resource": {"expire_time": <raw>}}.
+- Keys the schema does not know, at the top level, inside `allocated_resource`, inside
+  `assess_result` and inside each assess property, go into `extra`: a JSON object with
+  sorted keys, nested under their path, e.g. {"assess_result": {"pitch": {...}}, "new": 1}.
+  `extra` is NULL when there is nothing to keep.
+- Enumerated values (state, job_type, tag, ...) are kept exactly as sent, documented or not;
+  the `KNOWN_*` sets below exist for data-quality checks only.
+- Quarantine (row left out of the table, kept in `Normalized.quarantine` with a reason):
+  a record that is not a JSON object; no `job_id` (missing, null or ""); no valid
+  `create_time`; any invalid value as defined above. The reason names every offending
+  field and the type of its value (never the value itself, which may be personal data).
+- Duplicate `job_id`s within one call: the record with the newest `lastupdate_time` wins
+  (NULL counts as oldest; on a tie the later record wins). `Normalized.duplicates` counts
+  the records dropped this way.
+
+Personal data (`personal_data="mask"`, the default): `phone` keeps its last four
+characters, every earlier one becomes "*" (`mask_phone`); `voice_authorization_url` and
+`training_input_source_url` lose their query string, fragment and any user-info, which is
+where pre-signed object-storage URLs carry credentials (`strip_url_credentials`). The same
+policy is applied to the JSON kept in the quarantine. `personal_data="raw"` keeps values as sent.
+
+Speed: the table is built column by column (one list comprehension and one `pa.array` per
+column, vectorized epoch conversion); only a column whose fast conversion fails is walked
+value by value to find the rows that are at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_VERSION = 1
+
+_TS = pa.timestamp("ms", tz="UTC")
+
+ASSESS_PROPERTIES: tuple[str, ...] = ("speed", "sound", "snr", "reverb", "dnsmos_ovrl", "dnsmos_bak")
+ASSESS_DETAIL_FIELDS: tuple[str, ...] = ("expected", "actual", "suggestion", "suggestion_en", "status")
+
+
+def _assess_fields() -> list[pa.Field]:
+    out: list[pa.Field] = []
+    for prop in ASSESS_PROPERTIES:
+        for name in ASSESS_DETAIL_FIELDS:
+            out.append(
+                pa.field(f"assess_result_{prop}_{name}", pa.int32() if name == "status" else pa.string())
+            )
+    return out
+
+
+JOBS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("project_id", pa.string(), nullable=False),
+        pa.field("job_id", pa.string(), nullable=False),
+        pa.field("job_type", pa.string()),
+        pa.field("app_user_id", pa.string()),
+        pa.field("voice_name", pa.string()),
+        pa.field("sex", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("state", pa.string()),
+        pa.field("reject_times", pa.int32()),
+        pa.field("asset_id", pa.string()),
+        pa.field("job_failed_code", pa.string()),
+        pa.field("job_failed_reason", pa.string()),
+        pa.field("create_time", _TS),
+        pa.field("lastupdate_time", _TS),
+        pa.field("voice_authorization_url", pa.string()),
+        pa.field("training_input_source_url", pa.string()),
+        pa.field("create_type", pa.string()),
+        pa.field("tag", pa.string()),
+        pa.field("phone", pa.string()),
+        pa.field("dhtms_job_id", pa.string()),
+        pa.field("batch_name", pa.string()),
+        pa.field("allocated_resource_resource_id", pa.string()),
+        pa.field("allocated_resource_charge_mode", pa.string()),
+        pa.field("allocated_resource_expire_time", _TS),
+        pa.field("output_language", pa.string()),
+        pa.field("is_remake", pa.bool_()),
+        *_assess_fields(),
+        pa.field("assess_result_suggestion", pa.string()),
+        pa.field("is_ondemand_resource", pa.bool_()),
+        pa.field("extra", pa.string()),
+        pa.field("synced_at", _TS),
+    ]
+)
+
+# Field names of the source record (TrainingJobInfo), per level.
+KNOWN_FIELDS: frozenset[str] = frozenset(
+    {
+        "job_id", "job_type", "app_user_id", "voice_name", "sex", "language", "state",
+        "reject_times", "asset_id", "job_failed_code", "job_failed_reason", "create_time",
+        "lastupdate_time", "voice_authorization_url", "training_input_source_url",
+        "create_type", "tag", "phone", "dhtms_job_id", "batch_name", "allocated_resource",
+        "output_language", "is_remake", "assess_result", "is_ondemand_resource",
+    }
+)  # fmt: skip
+KNOWN_ALLOCATED_RESOURCE_FIELDS: frozenset[str] = frozenset({"resource_id", "charge_mode", "expire_time"})
+KNOWN_ASSESS_RESULT_FIELDS: frozenset[str] = frozenset({*ASSESS_PROPERTIES, "suggestion"})
+KNOWN_ASSESS_DETAIL_FIELDS: frozenset[str] = frozenset(ASSESS_DETAIL_FIELDS)
+
+# Documented enumerations, for data-quality checks. Values outside them are kept.
+KNOWN_STATES: frozenset[str] = frozenset(
+    {
+        "CREATING", "SYSTEM_AUDITING", "AUDITING", "WAITING_SPLIT", "SPLITTING", "SPLIT_FAILED",
+        "ANNOTATING", "WAITING", "PROCESSING", "RESULT_REVIEW", "AUDIT_FAILED",
+        "USER_RESULT_REVIEW", "USER_REVIEW_REJECT", "UPLOADING", "FAILED", "SUCCEED",
+    }
+)  # fmt: skip
+TERMINAL_STATES: frozenset[str] = frozenset({"SUCCEED", "FAILED"})
+KNOWN_JOB_TYPES: frozenset[str] = frozenset(
+    {"BASIC", "MIDDLE", "ADVANCE", "THIRD_PARTY", "THIRD_PARTY_LJZN", "FLEXUS"}
+)
+KNOWN_TAGS: frozenset[str] = frozenset(
+    {"ECOMMERCE", "NEWS", "MARKETING", "LIVE", "EDUCATION", "CUSTOMER", "STORYTELLING"}
+)
+KNOWN_SEXES: frozenset[str] = frozenset({"FEMALE", "MALE"})
+KNOWN_CREATE_TYPES: frozenset[str] = frozenset({"PACKAGE", "SEGMENT"})
+KNOWN_CHARGE_MODES: frozenset[str] = frozenset({"PERIODIC", "ONE_TIME", "ON_DEMAND"})
+
+PERSONAL_DATA_POLICIES: frozenset[str] = frozenset({"mask", "raw"})
+PHONE_FIELD = "phone"
+URL_FIELDS: tuple[str, ...] = ("voice_authorization_url", "training_input_source_url")
+
+# Values at or above this are epoch milliseconds (1e11 seconds is the year 5138).
+EPOCH_MS_THRESHOLD = 100_000_000_000
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+_TOP_STRING_COLUMNS: tuple[str, ...] = (
+    "job_type", "app_user_id", "voice_name", "sex", "language", "state", "asset_id",
+    "job_failed_code", "job_failed_reason", "voice_authorization_url",
+    "training_input_source_url", "create_type", "tag", "phone", "dhtms_job_id", "batch_name",
+    "output_language",
+)  # fmt: skip
+
+
+@dataclass
+class Quarantined:
+    """A record left out of the table, with why. `raw_record` is JSON text of the record
+    as received, with the personal-data policy applied."""
+
+    project_id: str
+    job_id: str | None
+    reason: str
+    raw_record: str
+
+
+@dataclass
+class Normalized:
+    """`table` has exactly JOBS_SCHEMA and one row per job_id."""
+
+    table: pa.Table
+    quarantine: list[Quarantined] = field(default_factory=list)
+    duplicates: int = 0
+
+
+# --------------------------------------------------------------------------- personal data
+
+
+def mask_phone(s: str) -> str:
+    """Keep the last four characters of a phone number, replace every earlier one by "*".
+
+    Surrounding whitespace is dropped first. Fewer than five characters: all "*".
+    "+8613812345678" -> "**********5678".
+    """
+    s = s.strip()
+    if len(s) < 5:
+        return "*" * len(s)
+    return "*" * (len(s) - 4) + s[-4:]
+
+
+def strip_url_credentials(s: str) -> str:
+    """Drop the query string, fragment and user-info of a URL; scheme, host, port and path stay.
+
+    Pre-signed object-storage URLs carry their credential in the query string.
+    "https://u:p@obs.example.com/a/b.wav?AccessKeyId=..&Signature=..#x" -> "https://obs.example.com/a/b.wav".
+    """
+    # Plain string scanning: urllib.parse costs ~10x more and this runs for every row.
+    cut = s.find("?")
+    if cut < 0:
+        cut = len(s)
+    frag = s.find("#", 0, cut)
+    if frag >= 0:
+        cut = frag
+    out = s[:cut]
+    if "@" in out:
+        scheme_end = out.find("://")
+        start = scheme_end + 3 if scheme_end >= 0 else 0
+        end = out.find("/", start)
+        if end < 0:
+            end = len(out)
+        at = out.rfind("@", start, end)
+        if at >= 0:
+            out = out[:start] + out[at + 1 :]
+    return out
+
+
+def _mask_phone_any(v: Any) -> Any:
+    if isinstance(v, str):
+        return mask_phone(v)
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int | float):
+        return mask_phone(str(v))
+    if isinstance(v, list):
+        return [_mask_phone_any(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _mask_phone_any(x) for k, x in v.items()}
+    return "*"
+
+
+def _strip_url_any(v: Any) -> Any:
+    if isinstance(v, str):
+        return strip_url_credentials(v)
+    if isinstance(v, list):
+        return [_strip_url_any(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _strip_url_any(x) for k, x in v.items()}
+    return v
+
+
+def _raw_json(record: Any, personal_data: str) -> str:
+    if personal_data == "mask" and isinstance(record, dict):
+        record = dict(record)
+        if record.get(PHONE_FIELD) is not None:
+            record[PHONE_FIELD] = _mask_phone_any(record[PHONE_FIELD])
+        for name in URL_FIELDS:
+            if record.get(name) is not None:
+                record[name] = _strip_url_any(record[name])
+    return orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# --------------------------------------------------------------------------- per-value coercion
+
+
+class _Invalid(Exception):
+    """A value that cannot be coerced; the message is the value's type description."""
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _number_from_string(s: str) -> int | float:
+    t = s.strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    f = float(t)  # ValueError propagates
+    if not math.isfinite(f):
+        raise ValueError(s)
+    return f
+
+
+def _coerce_int32(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise _Invalid("boolean")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, float):
+        if not math.isfinite(v) or v != int(v):
+            raise _Invalid("number with a fraction")
+        n = int(v)
+    elif isinstance(v, str):
+        try:
+            x = _number_from_string(v)
+        except ValueError:
+            raise _Invalid("non-numeric string") from None
+        if isinstance(x, float):
+            if x != int(x):
+                raise _Invalid("string with a fraction")
+            x = int(x)
+        n = x
+    else:
+        raise _Invalid(_type_name(v))
+    if not _INT32_MIN <= n <= _INT32_MAX:
+        raise _Invalid(f"{_type_name(v)} out of int32 range")
+    return n
+
+
+_BOOL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _coerce_bool(v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int | float) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        b = _BOOL_STRINGS.get(v.strip().lower())
+        if b is not None:
+            return b
+        raise _Invalid("string that is not a boolean")
+    raise _Invalid(_type_name(v))
+
+
+def _epoch_to_ms(x: int | float) -> int:
+    ms = x if x >= EPOCH_MS_THRESHOLD else x * 1000
+    if isinstance(ms, float):
+        ms = round(ms)
+    if not 0 <= ms <= _MAX_EPOCH_MS:
+        raise _Invalid("number out of the epoch range")
+    return ms
+
+
+def _iso_to_ms(s: str) -> int:
+    t = s.strip()
+    dt = datetime.fromisoformat(t)  # ValueError propagates
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // _MS
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _coerce_epoch_ms(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise _Invalid("boolean")
+    if isinstance(v, int):
+        return _epoch_to_ms(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise _Invalid("non-finite number")
+        return _epoch_to_ms(v)
+    if isinstance(v, str):
+        try:
+            return _epoch_to_ms(_number_from_string(v))
+        except ValueError:
+            pass
+        try:
+            ms = _iso_to_ms(v)
+        except (ValueError, OverflowError):
+            raise _Invalid("string that is neither an epoch nor RFC 3339") from None
+        if not 0 <= ms <= _MAX_EPOCH_MS:
+            raise _Invalid("string out of the epoch range")
+        return ms
+    raise _Invalid(_type_name(v))
+
+
+def _coerce_str(v: Any) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    raise _Invalid(_type_name(v))
+
+
+# --------------------------------------------------------------------------- column conversion
+
+_Bad = dict[int, list[str]]
+
+
+_EXPECTED = {pa.string(): "string", pa.int32(): "int32", pa.bool_(): "boolean", _TS: "epoch timestamp"}
+
+
+def _slow(values: list[Any], fn: Callable[[Any], Any], typ: pa.DataType, name: str, bad: _Bad) -> pa.Array:
+    expected = _EXPECTED[typ]
+    out: list[Any] = []
+    append = out.append
+    for i, v in enumerate(values):
+        try:
+            append(fn(v))
+        except _Invalid as e:
+            bad.setdefault(i, []).append(f"{name}: invalid {e} (expected {expected})")
+            append(None)
+    return pa.array(out, type=typ)
+
+
+def _string_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+    try:
+        # bytes would pass pa.array(type=string); JSON never yields bytes.
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return _slow(values, _coerce_str, pa.string(), name, bad)
+
+
+def _infer(values: list[Any]) -> pa.Array | None:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+
+
+def _int32_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+    arr = _infer(values)
+    if arr is not None:
+        t = arr.type
+        try:
+            if pa.types.is_null(t):
+                return pa.nulls(len(values), pa.int32())
+            if pa.types.is_integer(t):
+                return arr.cast(pa.int32())  # safe cast: raises on overflow
+            if pa.types.is_floating(t) and pc.all(pc.equal(pc.trunc(arr), arr)).as_py() is not False:
+                return arr.cast(pa.int32())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return _slow(values, _coerce_int32, pa.int32(), name, bad)
+
+
+def _bool_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+    arr = _infer(values)
+    if arr is not None:
+        t = arr.type
+        if pa.types.is_null(t):
+            return pa.nulls(len(values), pa.bool_())
+        if pa.types.is_boolean(t):
+            return arr
+    return _slow(values, _coerce_bool, pa.bool_(), name, bad)
+
+
+def _epoch_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+    arr = _infer(values)
+    if arr is not None:
+        t = arr.type
+        if pa.types.is_null(t):
+            return pa.nulls(len(values), _TS)
+        try:
+            is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
+            if pa.types.is_integer(t):
+                ms = pc.if_else(is_ms, arr, pc.multiply_checked(arr, 1000))
+            elif (
+                pa.types.is_floating(t)
+                and not pc.any(pc.is_nan(arr)).as_py()
+                and not pc.any(pc.is_inf(arr)).as_py()
+            ):
+                ms = pc.round(pc.if_else(is_ms, arr, pc.multiply(arr, 1000.0)))
+            else:
+                ms = None
+            if ms is not None:
+                in_range = pc.and_(pc.greater_equal(ms, 0), pc.less_equal(ms, _MAX_EPOCH_MS))
+                if pc.all(in_range).as_py() is not False:
+                    return ms.cast(pa.int64()).cast(_TS)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # overflow: the slow path names the rows
+    return _slow(values, _coerce_epoch_ms, _TS, name, bad)
+
+
+def _rfc3339_column(values: list[Any], extras: list[dict[str, Any] | None], name: str) -> pa.Array:
+    """Unparseable values become NULL and land in that row's extra under allocated_resource."""
+    try:
+        arr = pa.array(values, type=pa.string())
+        return arr.cast(_TS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
+    out: list[int | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            if isinstance(v, str):
+                ms = _iso_to_ms(v)
+                if not 0 <= ms <= _MAX_EPOCH_MS:
+                    raise _Invalid("out of range")
+            else:
+                ms = _coerce_epoch_ms(v)
+            out.append(ms)
+        except (_Invalid, ValueError, OverflowError):
+            out.append(None)
+            ex = extras[i]
+            if ex is None:
+                ex = extras[i] = {}
+            ex.setdefault("allocated_resource", {})[name] = v
+    return pa.array(out, type=pa.int64()).cast(_TS)
+
+
+def _objects(values: list[Any], name: str, bad: _Bad) -> list[dict[str, Any]]:
+    """Nested objects; a non-object, non-null value marks its row bad and reads as {}."""
+    out = [v if type(v) is dict else _EMPTY for v in values]
+    if any(v is not None and type(v) is not dict for v in values):
+        for i, v in enumerate(values):
+            if v is not None and type(v) is not dict:
+                bad.setdefault(i, []).append(f"{name}: invalid {_type_name(v)} (expected object)")
+    return out
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def _unknown(d: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in known}
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+def empty_jobs_table() -> pa.Table:
+    return JOBS_SCHEMA.empty_table()
+
+
+def normalize(
+    records: Sequence[Any],
+    project_id: str,
+    synced_at: datetime,
+    *,
+    personal_data: str = "mask",
+) -> Normalized:
+    """Normalize raw `TrainingJobInfo` records of one project into JOBS_SCHEMA (see module doc)."""
+    if personal_data not in PERSONAL_DATA_POLICIES:
+        raise ValueError(
+            f"personal_data must be one of {sorted(PERSONAL_DATA_POLICIES)}, not {personal_data!r}"
+        )
+    if not isinstance(project_id, str) or not project_id:
+        raise ValueError("project_id must be a non-empty string")
+    if synced_at.tzinfo is None:
+        raise ValueError("synced_at must be timezone-aware")
+
+    quarantine: list[Quarantined] = []
+    recs: list[dict[str, Any]] = [r for r in records if type(r) is dict]
+    if len(recs) != len(records):
+        for r in records:
+            if type(r) is not dict:
+                quarantine.append(
+                    Quarantined(project_id, None, f"record: invalid {_type_name(r)} (expected object)",
+                                _raw_json(r, personal_data))
+                )  # fmt: skip
+    n = len(recs)
+    bad: _Bad = {}
+    cols: dict[str, pa.Array] = {}
+
+    # job_id: required, a non-empty string.
+    job_ids = [r.get("job_id") for r in recs]
+    cols["job_id"] = _string_column(job_ids, "job_id", bad)
+    missing = pc.or_kleene(pc.is_null(cols["job_id"]), pc.equal(cols["job_id"], ""))
+    if pc.any(missing).as_py():
+        for i in pc.indices_nonzero(pc.fill_null(missing, True)).to_pylist():
+            if i not in bad:
+                bad[i] = ["job_id: missing"]
+
+    for name in _TOP_STRING_COLUMNS:
+        cols[name] = _string_column([r.get(name) for r in recs], name, bad)
+    cols["reject_times"] = _int32_column([r.get("reject_times") for r in recs], "reject_times", bad)
+    cols["create_time"] = _epoch_column([r.get("create_time") for r in recs], "create_time", bad)
+    nulls = pc.is_null(cols["create_time"])
+    if pc.any(nulls).as_py():
+        for i in pc.indices_nonzero(nulls).to_pylist():
+            if i not in bad or not any(m.startswith("create_time") for m in bad[i]):
+                bad.setdefault(i, []).append("create_time: missing")
+    cols["lastupdate_time"] = _epoch_column([r.get("lastupdate_time") for r in recs], "lastupdate_time", bad)
+    for name in ("is_remake", "is_ondemand_resource"):
+        cols[name] = _bool_column([r.get(name) for r in recs], name, bad)
+
+    # Unknown keys -> extra. issuperset() runs in C, so the common all-known case stays cheap.
+    extras: list[dict[str, Any] | None] = [None] * n
+    known_top = KNOWN_FIELDS
+    for i, r in enumerate(recs):
+        if not known_top.issuperset(r):
+            extras[i] = _unknown(r, known_top)
+
+    ar = _objects([r.get("allocated_resource") for r in recs], "allocated_resource", bad)
+    cols["allocated_resource_resource_id"] = _string_column(
+        [a.get("resource_id") for a in ar], "allocated_resource.resource_id", bad
+    )
+    cols["allocated_resource_charge_mode"] = _string_column(
+        [a.get("charge_mode") for a in ar], "allocated_resource.charge_mode", bad
+    )
+    cols["allocated_resource_expire_time"] = _rfc3339_column(
+        [a.get("expire_time") for a in ar], extras, "expire_time"
+    )
+    known_ar = KNOWN_ALLOCATED_RESOURCE_FIELDS
+    for i, a in enumerate(ar):
+        if not known_ar.issuperset(a):
+            ex = extras[i] if extras[i] is not None else {}
+            ex.setdefault("allocated_resource", {}).update(_unknown(a, known_ar))
+            extras[i] = ex
+
+    assess = _objects([r.get("assess_result") for r in recs], "assess_result", bad)
+    known_as, known_detail = KNOWN_ASSESS_RESULT_FIELDS, KNOWN_ASSESS_DETAIL_FIELDS
+    for prop in ASSESS_PROPERTIES:
+        details = _objects([a.get(prop) for a in assess], f"assess_result.{prop}", bad)
+        for name in ASSESS_DETAIL_FIELDS:
+            col = f"assess_result_{prop}_{name}"
+            values = [d.get(name) for d in details]
+            path = f"assess_result.{prop}.{name}"
+            cols[col] = (
+                _int32_column(values, path, bad) if name == "status" else _string_column(values, path, bad)
+            )
+        for i, d in enumerate(details):
+            if not known_detail.issuperset(d):
+                ex = extras[i] if extras[i] is not None else {}
+                ex.setdefault("assess_result", {}).setdefault(prop, {}).update(_unknown(d, known_detail))
+                extras[i] = ex
+    cols["assess_result_suggestion"] = _string_column(
+        [a.get("suggestion") for a in assess], "assess_result.suggestion", bad
+    )
+    for i, a in enumerate(assess):
+        if not known_as.issuperset(a):
+            ex = extras[i] if extras[i] is not None else {}
+            ex.setdefault("assess_result", {}).update(_unknown(a, known_as))
+            extras[i] = ex
+
+    cols["extra"] = pa.array(
+        [
+            None if e is None else orjson.dumps(e, option=orjson.OPT_SORT_KEYS, default=repr).decode()
+            for e in extras
+        ],
+        type=pa.string(),
+    )
+
+    if personal_data == "mask":
+        phone = cols["phone"]
+        if phone.null_count < len(phone):
+            cols["phone"] = pa.array(
+                [None if p is None else mask_phone(p) for p in phone.to_pylist()], type=pa.string()
+            )
+        for name in URL_FIELDS:
+            urls = cols[name]
+            if urls.null_count < len(urls):
+                cols[name] = pa.array(
+                    [None if u is None else strip_url_credentials(u) for u in urls.to_pylist()],
+                    type=pa.string(),
+                )
+
+    cols["project_id"] = pa.array([project_id] * n, type=pa.string())
+    synced_ms = int(synced_at.timestamp() * 1000)
+    cols["synced_at"] = pa.array([synced_ms] * n, type=pa.int64()).cast(_TS)
+
+    table = pa.Table.from_arrays([cols[f.name] for f in JOBS_SCHEMA], schema=JOBS_SCHEMA)
+
+    if bad:
+        for i in sorted(bad):
+            r = recs[i]
+            quarantine.append(
+                Quarantined(project_id, _job_id_of(r), "; ".join(bad[i]), _raw_json(r, personal_data))
+            )
+        keep = [True] * n
+        for i in bad:
+            keep[i] = False
+        table = table.filter(pa.array(keep, type=pa.bool_()))
+
+    table, duplicates = _dedupe(table)
+    return Normalized(table=table, quarantine=quarantine, duplicates=duplicates)
+
+
+def _job_id_of(r: dict[str, Any]) -> str | None:
+    jid = r.get("job_id")
+    if isinstance(jid, str):
+        return jid or None
+    if isinstance(jid, int | float) and not isinstance(jid, bool):
+        return str(jid)
+    return None
+
+
+# Table.from_arrays does not check JOBS_SCHEMA's not-null fields; rows with a NULL job_id are
+# quarantined and filtered out before the table is returned.
+
+
+def _dedupe(table: pa.Table) -> tuple[pa.Table, int]:
+    ids = table.column("job_id")
+    if table.num_rows < 2 or pc.count_distinct(ids).as_py() == table.num_rows:
+        return table, 0
+    lut = table.column("lastupdate_time").cast(pa.int64()).to_pylist()
+    best: dict[str, int] = {}
+    for i, jid in enumerate(ids.to_pylist()):
+        j = best.get(jid)
+        # ">=": on equal lastupdate_time the later record wins; None is oldest.
+        if j is None or (lut[i] if lut[i] is not None else -1) >= (lut[j] if lut[j] is not None else -1):
+            best[jid] = i
+    keep = sorted(best.values())
+    return table.take(pa.array(keep, type=pa.int64())), table.num_rows - len(keep)
