@@ -1,0 +1,137 @@
+"""Errors of the MetaStudio source, each one user-facing sentence: the cause and the fix.
+
+``str(error)`` is safe to show anywhere: it never carries a credential (texts
+pass through :func:`pipelines.redact.redact`, and no URL is quoted whole, only
+its host). ``.status`` is the HTTP status when the server answered,
+``.error_code`` the server's error code when it sent one.
+"""
+
+from __future__ import annotations
+
+from pipelines.redact import redact
+
+
+class MetaStudioError(Exception):
+    """Base of every error the MetaStudio client raises."""
+
+    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None) -> None:
+        self.message = redact(message)
+        self.status = status
+        self.error_code = error_code
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(MetaStudioError):
+    """The settings cannot work (missing or malformed values, an endpoint that is not the API)."""
+
+
+class AuthenticationError(MetaStudioError):
+    """The server refused the credentials (401) or the permission (403)."""
+
+    # Which fix a refusal points to; the message names the environment variable to check.
+    SIGNATURE = "signature"
+    TOKEN = "token"
+    PERMISSION = "permission"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        reason: str = "permission",
+    ) -> None:
+        super().__init__(message, status=status, error_code=error_code)
+        self.reason = reason
+
+    @classmethod
+    def from_response(
+        cls, status: int, error_code: str | None, error_msg: str | None, *, token_auth: bool
+    ) -> AuthenticationError:
+        """Classify a 401/403 by what the server said and which credentials were sent."""
+        text = f"{error_code or ''} {error_msg or ''}".lower()
+        said = _server_said(error_code, error_msg)
+        if status == 403 or "project" in text or "permission" in text or "not authorized" in text:
+            reason = cls.PERMISSION
+            message = (
+                f"MetaStudio refused access to the project (HTTP {status}{said}); "
+                "check HUAWEICLOUD_SDK_PROJECT_ID and that the credentials may read MetaStudio in that project."
+            )
+        elif token_auth or "token" in text or "expire" in text:
+            reason = cls.TOKEN
+            message = (
+                f"MetaStudio rejected the IAM token as invalid or expired (HTTP {status}{said}); "
+                "get a new IAM token into METASTUDIO_AUTH_TOKEN."
+            )
+        else:
+            reason = cls.SIGNATURE
+            message = (
+                f"MetaStudio rejected the request signature (HTTP {status}{said}); "
+                "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for "
+                "temporary keys) and that the local clock is correct."
+            )
+        return cls(message, status=status, error_code=error_code, reason=reason)
+
+
+class BadRequestError(MetaStudioError):
+    """The server rejected a parameter (400)."""
+
+    def __init__(self, error_code: str | None, error_msg: str | None, *, status: int = 400) -> None:
+        self.error_msg = error_msg
+        super().__init__(
+            f"MetaStudio rejected the request as invalid (HTTP {status}{_server_said(error_code, error_msg)}); "
+            "fix the named parameter (filters, time window or page size) and run again.",
+            status=status,
+            error_code=error_code,
+        )
+
+
+class RetriesExhaustedError(MetaStudioError):
+    """A request kept failing with retryable causes until the attempt or time budget ran out."""
+
+    def __init__(
+        self,
+        cause: str,
+        attempts: int,
+        elapsed: float,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.cause = cause
+        self.attempts = attempts
+        self.elapsed = elapsed
+        super().__init__(
+            f"MetaStudio kept failing ({cause}) after {attempts} attempt{'s' if attempts != 1 else ''} "
+            f"over {elapsed:.1f} s; run again later, or raise VOICEJOBS_MAX_ATTEMPTS/"
+            "VOICEJOBS_MAX_RETRY_SECONDS or lower VOICEJOBS_MAX_IN_FLIGHT/VOICEJOBS_MAX_RPS if it is throttling.",
+            status=status,
+            error_code=error_code,
+        )
+
+
+class EndpointUnreachableError(MetaStudioError):
+    """No connection could be made to the endpoint (refused, DNS failure) after every attempt."""
+
+    def __init__(self, host: str, detail: str, attempts: int) -> None:
+        self.host = host
+        self.attempts = attempts
+        super().__init__(
+            f"Cannot reach the MetaStudio endpoint at host {host!r} ({detail}) after {attempts} "
+            f"attempt{'s' if attempts != 1 else ''}; check METASTUDIO_ENDPOINT or METASTUDIO_REGION "
+            "and the network path to it."
+        )
+
+
+def _server_said(error_code: str | None, error_msg: str | None) -> str:
+    """``", server said CODE: message"`` for embedding in a sentence, or nothing."""
+    parts = [p for p in (error_code, error_msg) if p]
+    if not parts:
+        return ""
+    text = ": ".join(parts).replace("\n", " ").strip()
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f", server said {text}"

@@ -1,0 +1,388 @@
+"""Closed time windows over the job listing, paged so that a moving set is read exactly.
+
+Plain offset paging over a listing that changes while it is read skips or
+repeats jobs: a deletion before the current offset shifts every later job one
+place forward. Here the sort order plus the window's lower bound form a keyset
+cursor: after each page the lower bound moves to the last job's timestamp
+(floored to the second, the resolution of the wire format) and the next request
+starts again at offset 0. Jobs of that boundary second come again and are
+de-duplicated by ``job_id``. Offsets are used only inside one second that holds
+a full page or more of jobs.
+
+After a pass, the number of distinct jobs is compared with the server's
+``count``; a disagreement means the set moved during the pass: the window is
+paged again, and if it keeps disagreeing it is split into halves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import orjson
+
+if TYPE_CHECKING:
+    from pipelines.metastudio.client import MetaStudioClient, Page
+
+log = logging.getLogger("voicejobs.paging")
+
+WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+PAGE_LIMIT = 100
+# Epoch values at or above this are milliseconds (the year 5138 in seconds).
+MILLISECONDS_FROM = 100_000_000_000
+
+ONE_SECOND = timedelta(seconds=1)
+
+
+def format_time(dt: datetime) -> str:
+    """The wire format of time parameters: RFC 3339 UTC, whole seconds (``2025-01-10T08:43:17Z``).
+
+    Sub-second parts are dropped (floored). Naive datetimes are rejected: their zone is a guess.
+    """
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt.isoformat()} has no time zone; pass a timezone-aware datetime")
+    return dt.astimezone(UTC).strftime(WIRE_TIME_FORMAT)
+
+
+def floor_second(dt: datetime) -> datetime:
+    """``dt`` in UTC with the sub-second part dropped (what :func:`format_time` sends)."""
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"naive datetime {dt.isoformat()} has no time zone; pass a timezone-aware datetime")
+    return dt.astimezone(UTC).replace(microsecond=0)
+
+
+def epoch_seconds(value: object) -> int | None:
+    """Whole epoch seconds of an API timestamp (seconds or milliseconds, per value); None if not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit():
+            return None
+        value = int(text)
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        value = int(value)
+    if not isinstance(value, int) or value < 0:
+        return None
+    return value // 1000 if value >= MILLISECONDS_FROM else value
+
+
+def _epoch_millis(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = int(value)
+    return value if value >= MILLISECONDS_FROM else value * 1000
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """A closed time interval ``[since, until]``, timezone-aware, ``since <= until``."""
+
+    since: datetime
+    until: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"Window.{name} must be a timezone-aware datetime, got {value!r}")
+        if self.since > self.until:
+            raise ValueError(f"Window since {self.since.isoformat()} is after until {self.until.isoformat()}")
+
+    @property
+    def seconds(self) -> float:
+        return (self.until - self.since).total_seconds()
+
+    def _midpoint(self) -> datetime:
+        # Floored to the second so that the bound sent on the wire is the bound recorded here.
+        return floor_second(self.since + (self.until - self.since) / 2)
+
+    def can_split(self) -> bool:
+        """True when both halves would be strictly smaller (the window spans at least two seconds)."""
+        mid = self._midpoint()
+        return self.since < mid < self.until
+
+    def split(self) -> tuple[Window, Window]:
+        """Two closed halves sharing the midpoint instant; jobs there appear in both (dedup by job_id)."""
+        mid = self._midpoint()
+        if not self.since < mid < self.until:
+            raise ValueError(f"window {self} is too short to split at whole seconds")
+        return Window(self.since, mid), Window(mid, self.until)
+
+    def __str__(self) -> str:
+        return f"[{format_time(self.since)}, {format_time(self.until)}]"
+
+
+def day_window(day: date) -> Window:
+    """``[day 00:00:00Z, next day 00:00:00Z]``, closed.
+
+    Adjacent days share one instant, so days tile time without a gap at any
+    precision the server may compare with; a job at exactly midnight is listed
+    in both, and downstream assigns each job to the day of its own create_time.
+    """
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return Window(start, start + timedelta(days=1))
+
+
+def day_windows(first: date, last: date) -> list[Window]:
+    """One :func:`day_window` per day from ``first`` to ``last``, both included."""
+    if last < first:
+        raise ValueError(f"last day {last} is before first day {first}")
+    return [day_window(first + timedelta(days=n)) for n in range((last - first).days + 1)]
+
+
+@dataclass
+class LeafStat:
+    """One window that was paged (not split further): the server's count against what was fetched."""
+
+    window: Window
+    api_count: int
+    fetched: int
+    pages: int
+    repaged: int
+
+
+@dataclass
+class WindowResult:
+    """Jobs of one window (de-duplicated by job_id) and how they were obtained.
+
+    ``window`` is the window actually covered: the requested one clamped to ``not_after``.
+    ``pages`` counts listing pages read, ``requests`` every request (pages, count checks, split probes).
+    ``mismatches`` counts passes whose distinct jobs disagreed with the server's count.
+    """
+
+    project_id: str
+    kind: str
+    window: Window
+    jobs: list[dict] = field(default_factory=list)
+    leaves: list[LeafStat] = field(default_factory=list)
+    pages: int = 0
+    requests: int = 0
+    mismatches: int = 0
+
+    @property
+    def api_count(self) -> int:
+        return sum(leaf.api_count for leaf in self.leaves)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    since_param: str
+    until_param: str
+    sort_key: str
+    time_field: str
+
+
+KINDS = {
+    "create": _Kind("create_since", "create_until", "create_time", "create_time"),
+    "update": _Kind("update_since", "update_until", "update_time", "lastupdate_time"),
+}
+
+
+def job_key(job: Mapping[str, object]) -> str:
+    """De-duplication key: the job_id, or the record's own content when it has none."""
+    job_id = job.get("job_id")
+    if isinstance(job_id, str) and job_id:
+        return job_id
+    return "raw:" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS, default=str).decode()
+
+
+def _newer(candidate: dict, current: dict | None) -> dict:
+    """The more recently updated of two versions of one job; ``candidate`` (fetched later) wins ties."""
+    if current is None:
+        return candidate
+    new, old = _epoch_millis(candidate.get("lastupdate_time")), _epoch_millis(current.get("lastupdate_time"))
+    if new is not None and old is not None and old > new:
+        return current
+    return candidate
+
+
+def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
+    merged: dict[str, dict] = {}
+    for part in parts:
+        for key, job in part.items():
+            merged[key] = _newer(job, merged.get(key))
+    return merged
+
+
+async def fetch_window(
+    client: MetaStudioClient,
+    project_id: str,
+    window: Window,
+    *,
+    kind: str = "create",
+    filters: Mapping[str, object] | None = None,
+    not_after: datetime | None = None,
+    split_threshold: int = 10_000,
+    max_repage: int = 2,
+) -> WindowResult:
+    """Every job of ``project_id`` whose create (``kind="create"``) or update time lies in ``window``.
+
+    The window is clamped to ``not_after`` (pass the source's now minus a safety
+    lag, so no window reaches into time that is still being written); a window
+    wholly after it returns no jobs and no leaves. Windows whose count exceeds
+    ``split_threshold`` are split before paging, halves fetched concurrently.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'create' or 'update', got {kind!r}")
+    if split_threshold < 1:
+        raise ValueError("split_threshold must be at least 1")
+    result = WindowResult(project_id=project_id, kind=kind, window=window)
+    if not_after is not None:
+        limit = floor_second(not_after)
+        if window.since > limit:
+            return result
+        if window.until > limit:
+            window = Window(window.since, limit)
+            result.window = window
+    fetcher = _Fetcher(client, project_id, KINDS[kind], dict(filters or {}), split_threshold, max_repage)
+    jobs = await fetcher.fetch(window)
+    result.jobs = list(jobs.values())
+    result.leaves = sorted(fetcher.leaves, key=lambda leaf: leaf.window)
+    result.pages = fetcher.pages
+    result.requests = fetcher.requests
+    result.mismatches = fetcher.mismatches
+    log.debug(
+        "%s window %s of %s: %d jobs, %d leaves, %d requests, %d mismatches",
+        kind,
+        window,
+        project_id,
+        len(result.jobs),
+        len(result.leaves),
+        result.requests,
+        result.mismatches,
+    )
+    return result
+
+
+class _Fetcher:
+    """State of one fetch_window call: shared counters of all (possibly concurrent) sub-windows."""
+
+    def __init__(
+        self,
+        client: MetaStudioClient,
+        project_id: str,
+        kind: _Kind,
+        filters: dict[str, object],
+        split_threshold: int,
+        max_repage: int,
+    ) -> None:
+        self.client = client
+        self.project_id = project_id
+        self.kind = kind
+        self.filters = filters
+        self.split_threshold = split_threshold
+        self.max_repage = max(0, max_repage)
+        self.leaves: list[LeafStat] = []
+        self.pages = 0
+        self.requests = 0
+        self.mismatches = 0
+
+    async def _list(self, window: Window, lower: datetime, offset: int, limit: int) -> Page:
+        params = dict(self.filters)
+        params.update(
+            {
+                self.kind.since_param: format_time(lower),
+                self.kind.until_param: format_time(window.until),
+                "sort_key": self.kind.sort_key,
+                "sort_dir": "asc",
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+        self.requests += 1
+        return await self.client.list_jobs(self.project_id, params)
+
+    async def _count(self, window: Window) -> int:
+        return (await self._list(window, window.since, 0, 1)).count
+
+    async def _split(self, window: Window) -> dict[str, dict]:
+        halves = window.split()
+        parts = await asyncio.gather(*(self.fetch(half) for half in halves))
+        return _merge(list(parts))
+
+    async def fetch(self, window: Window) -> dict[str, dict]:
+        first = await self._list(window, window.since, 0, PAGE_LIMIT)
+        if first.count > self.split_threshold and window.can_split():
+            log.debug("window %s holds %d jobs (> %d): splitting", window, first.count, self.split_threshold)
+            return await self._split(window)
+        merged: dict[str, dict] | None = None
+        repaged = 0
+        pages = 0
+        while True:
+            self.pages += 1  # the first page of this pass
+            jobs, pass_pages = await self._pass(window, first)
+            pages += pass_pages
+            expected = first.count
+            if len(jobs) != expected:
+                # The set may have moved during the pass; the truth is the count now.
+                expected = await self._count(window)
+            merged = (
+                jobs if merged is None else {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
+            )
+            if len(jobs) == expected:
+                break
+            self.mismatches += 1
+            log.warning(
+                "window %s of %s: fetched %d distinct jobs but the server counts %d (pass %d)",
+                window,
+                self.project_id,
+                len(jobs),
+                expected,
+                repaged + 1,
+            )
+            if repaged >= self.max_repage:
+                if window.can_split():
+                    return await self._split(window)
+                break
+            repaged += 1
+            first = await self._list(window, window.since, 0, PAGE_LIMIT)
+        self.leaves.append(LeafStat(window, expected, len(jobs), pages, repaged))
+        return merged
+
+    async def _pass(self, window: Window, first: Page) -> tuple[dict[str, dict], int]:
+        """One keyset pass over ``window`` starting from its first page; returns distinct jobs and pages read."""
+        seen: dict[str, dict] = {}
+        seconds_of: dict[str, int | None] = {}
+        lower = floor_second(window.since)
+        until = int(window.until.timestamp())
+        offset = 0
+        page = first
+        pages = 1
+        while True:
+            for job in page.jobs:
+                key = job_key(job)
+                seen[key] = job
+                seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
+            if len(page.jobs) < PAGE_LIMIT:
+                return seen, pages
+            stamps = [
+                s
+                for s in (epoch_seconds(job.get(self.kind.time_field)) for job in page.jobs)
+                if s is not None
+            ]
+            last = max(stamps) if stamps else None
+            lower_s = int(lower.timestamp())
+            if last is not None and last > lower_s:
+                if last > until:
+                    # The server listed jobs beyond the window's end: nothing more inside it.
+                    log.warning("window %s: the server returned jobs after the window's end", window)
+                    return seen, pages
+                lower = datetime.fromtimestamp(last, UTC)
+                offset = 0
+            else:
+                # A full page within one second: walk that second with offsets past the jobs seen there.
+                at_lower = sum(1 for s in seconds_of.values() if s == lower_s)
+                offset = max(offset + len(page.jobs), at_lower)
+                if offset >= page.count:
+                    # The server's own count from this bound says nothing lies beyond.
+                    return seen, pages
+            page = await self._list(window, lower, offset, PAGE_LIMIT)
+            self.pages += 1
+            pages += 1

@@ -1,0 +1,491 @@
+"""MetaStudioClient: one request, retries, throttling and errors, on a mock transport and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import orjson
+import pytest
+
+from pipelines.metastudio.auth import AKSKAuth, TokenAuth, parse_authorization
+from pipelines.metastudio.client import MetaStudioClient, Page
+from pipelines.metastudio.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    EndpointUnreachableError,
+    MetaStudioError,
+    RetriesExhaustedError,
+)
+from pipelines.redact import register_secret
+
+AK, SK, STS, TOKEN = "AKTESTVALUE0001", "SKTESTSECRET-0001", "STS-TEMP-TOKEN-0001", "IAM-TOKEN-VALUE-0001"
+SECRETS = (SK, STS, TOKEN)
+BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
+OK_BODY = {"count": 2, "jobs": [{"job_id": "a"}, {"job_id": "b"}]}
+
+
+class FakeClock:
+    """Monotonic time that only moves when the client sleeps; records every wait."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def json_response(status: int, body: object, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, content=orjson.dumps(body), headers={"Content-Type": "application/json", **headers}
+    )
+
+
+def scripted(*responses):
+    """A handler answering with the given responses (or raising the given exceptions) in order."""
+    queue = list(responses)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, type) and issubclass(item, Exception):
+            raise item("simulated failure", request=request)
+        return item
+
+    handler.requests = seen  # type: ignore[attr-defined]
+    return handler
+
+
+def make_client(
+    handler, clock: FakeClock | None = None, auth: httpx.Auth | None = None, **kwargs
+) -> MetaStudioClient:
+    clock = clock or FakeClock()
+    kwargs.setdefault("jitter", lambda: 1.0)
+    return MetaStudioClient(
+        BASE,
+        auth or TokenAuth(TOKEN),
+        transport=httpx.MockTransport(handler),
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+        **kwargs,
+    )
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def list_once(client: MetaStudioClient, params=None) -> Page:
+    async with client:
+        return await client.list_jobs("proj-1", params or {})
+
+
+# ---------------------------------------------------------------- request shape
+
+
+def test_url_headers_and_params_are_canonical_and_signed():
+    handler = scripted(json_response(200, OK_BODY))
+    clock = FakeClock()
+    client = make_client(handler, clock, auth=AKSKAuth(AK, SK, STS), app_user_id="user-7")
+    page = run(
+        list_once(
+            client,
+            {
+                "voice_name": "my voice, 声音",
+                "state": ["FAILED", "WAITING"],
+                "is_ondemand_resource": True,
+                "create_since": datetime(2025, 1, 10, 8, 43, 17, 999_000, tzinfo=UTC),
+                "tag": None,
+            },
+        )
+    )
+    assert page.count == 2 and [j["job_id"] for j in page.jobs] == ["a", "b"]
+    request = handler.requests[0]
+    assert request.url.path == "/v1/proj-1/voice-training-manage/user/jobs"
+    query = request.url.query.decode()
+    # sorted, percent-encoded, limit defaulted to 100, bool lower-case, time in RFC 3339 whole seconds
+    assert query == (
+        "create_since=2025-01-10T08%3A43%3A17Z&is_ondemand_resource=true&limit=100"
+        "&state=FAILED%2CWAITING&voice_name=my%20voice%2C%20%E5%A3%B0%E9%9F%B3"
+    )
+    assert request.headers["X-Project-Id"] == "proj-1"
+    assert request.headers["X-App-UserId"] == "user-7"
+    auth = parse_authorization(request.headers["Authorization"])
+    assert auth is not None
+    assert auth["SignedHeaders"] == "host;x-app-userid;x-project-id;x-sdk-date;x-security-token"
+
+
+def test_page_has_server_time_and_server_now_follows_date_header():
+    server_date = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+    handler = scripted(json_response(200, OK_BODY, Date=format_datetime(server_date, usegmt=True)))
+    clock = FakeClock()
+    client = make_client(handler, clock)
+    before = client.server_now()
+    assert abs((before - datetime.now(UTC)).total_seconds()) < 5  # local clock until a Date is seen
+    page = run(list_once(client))
+    assert page.server_time == server_date
+    assert client.server_now() == server_date
+    clock.now += 42.5
+    assert client.server_now() == server_date + timedelta(seconds=42.5)
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_429_retry_after_seconds_is_honoured_even_with_zero_jitter():
+    handler = scripted(
+        json_response(429, {"error_code": "APIGW.0308", "error_msg": "throttled"}, **{"Retry-After": "7"}),
+        json_response(200, OK_BODY),
+    )
+    clock = FakeClock()
+    client = make_client(handler, clock, jitter=lambda: 0.0)
+    page = run(list_once(client))
+    assert page.count == 2
+    assert clock.sleeps and clock.sleeps[0] >= 7.0
+    assert sum(clock.sleeps) >= 7.0
+    assert client.stats.retries["429"] == 1 and client.stats.requests == 2
+    assert client.stats.backoff_seconds >= 7.0
+
+
+def test_429_retry_after_http_date_is_measured_against_the_server_date():
+    server_date = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
+    handler = scripted(
+        json_response(
+            429,
+            {"error_code": "APIGW.0308", "error_msg": "throttled"},
+            **{
+                "Date": format_datetime(server_date, usegmt=True),
+                "Retry-After": format_datetime(server_date + timedelta(seconds=12), usegmt=True),
+            },
+        ),
+        json_response(200, OK_BODY),
+    )
+    clock = FakeClock()
+    run(list_once(make_client(handler, clock, jitter=lambda: 0.0)))
+    assert clock.sleeps[0] >= 12.0
+
+
+def test_jitter_never_shortens_a_short_retry_after_and_backoff_grows():
+    handler = scripted(
+        json_response(429, {}, **{"Retry-After": "0.1"}),
+        json_response(503, {"error_code": "X", "error_msg": "busy"}),
+        json_response(503, {}),
+        json_response(200, OK_BODY),
+    )
+    clock = FakeClock()
+    run(list_once(make_client(handler, clock, backoff_base=0.5)))
+    # full jitter at its maximum: 0.5, 1.0, 2.0; the 429 asked for 0.1 and got at least that
+    assert clock.sleeps == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("first", "cause"),
+    [
+        (json_response(500, {"error_code": "MSS.500", "error_msg": "internal"}), "5xx"),
+        (json_response(503, {"error_code": "MSS.503", "error_msg": "busy"}), "5xx"),
+        (httpx.Response(502, content=b"<html><body>Bad Gateway</body></html>"), "5xx"),
+        (httpx.Response(200, content=b"<html><body>maintenance</body></html>"), "malformed"),
+        (httpx.Response(200, content=b'{"count": 3, "jobs": [{"job_id": "a"'), "malformed"),
+        (json_response(200, {"count": "3", "jobs": []}), "malformed"),
+        (json_response(200, {"count": 1, "jobs": ["not-an-object"]}), "malformed"),
+        (json_response(200, [1, 2]), "malformed"),
+        (httpx.ReadTimeout, "timeout"),
+        (httpx.ConnectTimeout, "timeout"),
+        (httpx.RemoteProtocolError, "connection"),
+        (httpx.ConnectError, "connection"),
+    ],
+)
+def test_retryable_failures_are_retried_and_counted_by_cause(first, cause):
+    handler = scripted(first, json_response(200, OK_BODY))
+    clock = FakeClock()
+    client = make_client(handler, clock)
+    page = run(list_once(client))
+    assert page.count == 2
+    assert len(handler.requests) == 2
+    assert dict(client.stats.retries) == {cause: 1}
+    stats = client.stats.as_dict()
+    assert stats["retries"][cause] == 1 and stats["retries_total"] == 1
+    assert stats["requests"] == 2 and stats["pages"] == 1 and stats["jobs"] == 2
+    assert stats["wait_seconds"] >= stats["backoff_seconds"] > 0
+
+
+def test_attempts_are_bounded():
+    handler = scripted(json_response(503, {"error_code": "MSS.503", "error_msg": "busy"}))
+    clock = FakeClock()
+    client = make_client(handler, clock, max_attempts=3)
+    with pytest.raises(RetriesExhaustedError) as info:
+        run(list_once(client))
+    err = info.value
+    assert len(handler.requests) == 3 and err.attempts == 3
+    assert err.status == 503 and err.error_code == "MSS.503"
+    text = str(err)
+    assert "HTTP 503" in text and "3 attempts" in text and "VOICEJOBS_MAX_ATTEMPTS" in text
+    assert client.stats.retries["5xx"] == 3
+
+
+def test_total_retry_time_is_bounded():
+    handler = scripted(json_response(500, {}))
+    clock = FakeClock()
+    client = make_client(handler, clock, max_attempts=100, max_retry_seconds=10.0, backoff_base=1.0)
+    with pytest.raises(RetriesExhaustedError) as info:
+        run(list_once(client))
+    # waits of 1, 2 and 4 s fit in 10 s; the next (8 s) would not, so the client gives up without sleeping it
+    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert info.value.attempts == 4
+
+
+def test_retry_after_beyond_the_time_budget_fails_at_once_instead_of_sleeping():
+    handler = scripted(json_response(429, {}, **{"Retry-After": "3600"}))
+    clock = FakeClock()
+    with pytest.raises(RetriesExhaustedError) as info:
+        run(list_once(make_client(handler, clock, max_retry_seconds=60.0)))
+    assert clock.sleeps == []
+    assert info.value.status == 429 and "HTTP 429" in str(info.value)
+
+
+def test_timeouts_until_exhausted_name_the_cause():
+    handler = scripted(httpx.ReadTimeout)
+    with pytest.raises(RetriesExhaustedError) as info:
+        run(list_once(make_client(handler, max_attempts=2)))
+    assert "timeout" in str(info.value) and "2 attempts" in str(info.value)
+
+
+def test_unreachable_endpoint_names_the_host_and_the_settings():
+    # A real refused connection on loopback: bind a port, close it, connect to it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    clock = FakeClock()
+    client = MetaStudioClient(
+        f"http://127.0.0.1:{port}",
+        TokenAuth(TOKEN),
+        max_attempts=3,
+        sleep=clock.sleep,
+        monotonic=clock.monotonic,
+    )
+    with pytest.raises(EndpointUnreachableError) as info:
+        run(list_once(client))
+    text = str(info.value)
+    assert "127.0.0.1" in text and "METASTUDIO_ENDPOINT" in text and "METASTUDIO_REGION" in text
+    assert "refused" in text and info.value.attempts == 3
+    assert client.stats.retries["connection"] == 3
+
+
+# ---------------------------------------------------------------- errors that are not retried
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "auth", "error", "fix"),
+    [
+        (
+            400,
+            {"error_code": "MSS.00000001", "error_msg": "limit must be within 1..100"},
+            None,
+            BadRequestError,
+            "MSS.00000001: limit must be within 1..100",
+        ),
+        (
+            401,
+            {"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication information"},
+            "aksk",
+            AuthenticationError,
+            "HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK",
+        ),
+        (
+            401,
+            {"error_code": "APIGW.0307", "error_msg": "The token has expired"},
+            "token",
+            AuthenticationError,
+            "METASTUDIO_AUTH_TOKEN",
+        ),
+        (
+            401,
+            {"error_code": "APIGW.0307", "error_msg": "token expires"},
+            "aksk",
+            AuthenticationError,
+            "METASTUDIO_AUTH_TOKEN",
+        ),
+        (
+            403,
+            {"error_code": "APIGW.0302", "error_msg": "no permission"},
+            "aksk",
+            AuthenticationError,
+            "HUAWEICLOUD_SDK_PROJECT_ID",
+        ),
+        (
+            403,
+            {"error_code": "MSS.403", "error_msg": "forbidden"},
+            "token",
+            AuthenticationError,
+            "HUAWEICLOUD_SDK_PROJECT_ID",
+        ),
+        (
+            404,
+            {"error_code": "APIGW.0101", "error_msg": "not found"},
+            None,
+            ConfigurationError,
+            "METASTUDIO_ENDPOINT",
+        ),
+    ],
+)
+def test_client_errors_are_not_retried_and_name_the_fix(status, body, auth, error, fix):
+    handler = scripted(json_response(status, body))
+    clock = FakeClock()
+    credentials = AKSKAuth(AK, SK, STS) if auth == "aksk" else TokenAuth(TOKEN)
+    client = make_client(handler, clock, auth=credentials)
+    with pytest.raises(error) as info:
+        run(list_once(client))
+    assert len(handler.requests) == 1 and clock.sleeps == []
+    err = info.value
+    text = str(err)
+    assert fix in text
+    assert err.status == status and err.error_code == body["error_code"]
+    assert text.count(". ") == 0 and text.endswith(".")  # one sentence
+    assert "\n" not in text and BASE not in text
+    for secret in (*SECRETS, AK):
+        assert secret not in text and secret not in repr(err)
+    assert sum(client.stats.retries.values()) == 0
+
+
+def test_error_texts_never_carry_secrets_even_when_the_server_echoes_them():
+    for secret in SECRETS:
+        register_secret(secret)
+    handler = scripted(json_response(400, {"error_code": "MSS.1", "error_msg": f"bad header {TOKEN} / {SK}"}))
+    with pytest.raises(BadRequestError) as info:
+        run(list_once(make_client(handler)))
+    assert TOKEN not in str(info.value) and SK not in str(info.value)
+    assert "MSS.1" in str(info.value)
+
+
+def test_every_error_class_is_a_metastudio_error_with_status_and_code():
+    for cls in (
+        ConfigurationError,
+        AuthenticationError,
+        BadRequestError,
+        RetriesExhaustedError,
+        EndpointUnreachableError,
+    ):
+        assert issubclass(cls, MetaStudioError)
+    err = RetriesExhaustedError("last cause: HTTP 502", 6, 12.5, status=502)
+    assert err.status == 502 and err.error_code is None and "6 attempts" in str(err)
+
+
+def test_client_repr_and_logs_hide_credentials(caplog):
+    handler = scripted(json_response(503, {}), json_response(200, OK_BODY))
+    client = make_client(handler, auth=AKSKAuth(AK, SK, STS))
+    with caplog.at_level("DEBUG", logger="voicejobs.client"):
+        run(list_once(client))
+    assert caplog.records, "retries and requests are logged"
+    logged = caplog.text + repr(client)
+    for secret in (*SECRETS, "Authorization", "Signature="):
+        assert secret not in logged
+
+
+# ---------------------------------------------------------------- concurrency and pacing
+
+
+def test_rate_pacing_spaces_request_starts():
+    """Real time, small numbers: 12 concurrent requests at 40/s start >= 25 ms apart."""
+    starts: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        starts.append(time.monotonic())
+        return json_response(200, OK_BODY)
+
+    async def main():
+        async with MetaStudioClient(
+            BASE, TokenAuth(TOKEN), transport=httpx.MockTransport(handler), max_requests_per_second=40.0
+        ) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(12)))
+            return client.stats
+
+    stats = run(main())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(starts) == 12
+    assert min(gaps) >= 0.025 * 0.95
+    assert stats.wait_seconds > 0.2  # pacing time is accounted
+
+
+def test_pacing_never_trips_a_server_cap_equal_to_the_rate():
+    """A token-bucket server (refill = cap, a burst of 2) never answers 429 to a client paced at the cap."""
+    cap = 50.0
+    state = {"tokens": 2.0, "at": time.monotonic(), "throttled": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        now = time.monotonic()
+        state["tokens"] = min(2.0, state["tokens"] + (now - state["at"]) * cap)
+        state["at"] = now
+        if state["tokens"] < 1.0:
+            state["throttled"] += 1
+            return json_response(429, {}, **{"Retry-After": "1"})
+        state["tokens"] -= 1.0
+        return json_response(200, OK_BODY)
+
+    async def main():
+        async with MetaStudioClient(
+            BASE, TokenAuth(TOKEN), transport=httpx.MockTransport(handler), max_requests_per_second=cap
+        ) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(25)))
+            return client.stats
+
+    stats = run(main())
+    assert state["throttled"] == 0 and stats.retries["429"] == 0 and stats.pages == 25
+
+
+def test_in_flight_requests_are_bounded():
+    active = {"now": 0, "max": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.01)
+        active["now"] -= 1
+        return json_response(200, OK_BODY)
+
+    async def main():
+        async with MetaStudioClient(
+            BASE, TokenAuth(TOKEN), transport=httpx.MockTransport(handler), max_in_flight=3
+        ) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(12)))
+
+    run(main())
+    assert active["max"] == 3
+
+
+def test_a_429_pauses_every_request_not_only_the_throttled_one():
+    clock = FakeClock()
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            return json_response(429, {}, **{"Retry-After": "5"})
+        return json_response(200, OK_BODY)
+
+    async def main():
+        async with make_client(handler, clock, jitter=lambda: 0.0) as client:
+            await client.list_jobs("p", {})
+            await client.list_jobs("p", {})  # a fresh request after the pause also respects it
+
+    run(main())
+    assert calls[1] >= 1_005.0 and calls[2] >= 1_005.0
+
+
+def test_invalid_settings_raise_configuration_errors():
+    with pytest.raises(ConfigurationError, match="METASTUDIO_ENDPOINT"):
+        MetaStudioClient("metastudio.example.com", TokenAuth(TOKEN))
+    with pytest.raises(ConfigurationError):
+        MetaStudioClient(BASE, TokenAuth(TOKEN), max_in_flight=0)
+    with pytest.raises(ConfigurationError):
+        MetaStudioClient(BASE, TokenAuth(TOKEN), max_requests_per_second=0)
