@@ -1,0 +1,193 @@
+"""One Dagster asset per SQL model in sql/, grouped "analytics", lineage taken from the SQL.
+
+All models are computed by one op over one DuckDB connection, in dependency order: DuckDB
+lets a single process write the warehouse file, and the models are cheap next to the sync.
+Dagster still shows and selects each model as its own asset, with its own deps.
+
+Asset keys: a table model's key is its name (`failure_rate_by_tag`). A view's key is
+prefixed `analytics` (`analytics/voice_training_jobs`), because the analytics views mirror
+warehouse relations whose names the sync assets already use as keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from pipelines.models import Model, connect, load_models, refresh_models
+from pipelines.query import format_rows
+
+# Asset written by the sync that fills main.voice_training_jobs and its history.
+SOURCE_ASSET_KEYS: tuple[dg.AssetKey, ...] = (dg.AssetKey("voice_training_jobs"),)
+WAREHOUSE_RESOURCE_KEY = "warehouse"
+# The pool of every step that opens warehouse.duckdb (the sync assets use the same name),
+# so two processes never contend for the file's lock.
+WAREHOUSE_POOL = "voicejobs_warehouse"
+PREVIEW_ROWS = 20
+
+# Headline numbers per model: one row whose columns become plottable metadata.
+HEADLINES: dict[str, str] = {
+    **{
+        f"failure_rate_by_{g}": f"""
+            SELECT sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0) AS overall_failure_rate,
+                   sum(total_jobs) AS total_jobs, sum(in_progress) AS jobs_in_flight,
+                   count(*) AS groups
+            FROM analytics.failure_rate_by_{g}"""
+        for g in ("tag", "language", "job_type")
+    },
+    **{
+        f"{p}_job_stats": f"""
+            SELECT sum(jobs_created) AS jobs_created,
+                   sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0) AS overall_failure_rate
+            FROM analytics.{p}_job_stats"""
+        for p in ("daily", "weekly", "monthly")
+    },
+    "time_to_finish_by_job_type": """
+        SELECT sum(finished_jobs) AS finished_jobs,
+               sum(avg_finish_seconds * finished_jobs) / nullif(sum(finished_jobs), 0) AS avg_finish_seconds,
+               max(p90_finish_seconds) AS worst_p90_finish_seconds
+        FROM analytics.time_to_finish_by_job_type""",
+    "top_failure_codes": """
+        SELECT sum(jobs) AS failed_jobs, count(*) AS failure_codes,
+               max(share_of_failures) AS top_code_share
+        FROM analytics.top_failure_codes""",
+    "in_flight_backlog": """
+        SELECT sum(jobs) AS jobs_in_flight,
+               coalesce(sum(jobs) FILTER (WHERE age_bucket IN ('7-30d', '>30d')), 0) AS jobs_in_flight_over_7d
+        FROM analytics.in_flight_backlog""",
+    "job_outcomes": """
+        SELECT count(*) AS total_jobs,
+               count(*) FILTER (WHERE outcome = 'in_progress') AS jobs_in_flight,
+               count(*) FILTER (WHERE outcome = 'failed')::DOUBLE
+                   / nullif(count(*) FILTER (WHERE outcome <> 'in_progress'), 0) AS overall_failure_rate
+        FROM analytics.job_outcomes""",
+}
+
+
+CONFIG_SCHEMA = {
+    "allow_unmasked_personal_data": dg.Field(
+        bool,
+        default_value=False,
+        description=(
+            "Analytics views show phone and URL columns as stored; set only when the warehouse "
+            "was deliberately ingested with the raw personal-data policy."
+        ),
+    )
+}
+
+
+def model_asset_key(model: Model) -> dg.AssetKey:
+    """The asset key of a model: its name for tables, `analytics/<name>` for views."""
+    return dg.AssetKey(["analytics", model.name]) if model.kind == "view" else dg.AssetKey(model.name)
+
+
+def model_spec(model: Model, by_name: dict[str, Model], source_keys: Sequence[dg.AssetKey]) -> dg.AssetSpec:
+    deps: list[dg.AssetKey] = [model_asset_key(by_name[d]) for d in model.depends_on]
+    if model.sources:
+        deps.extend(source_keys)
+    return dg.AssetSpec(
+        key=model_asset_key(model),
+        deps=deps,
+        description=model.description,
+        group_name="analytics",
+        kinds={"duckdb", "sql"},
+        metadata={
+            "dagster/table_name": model.relation,
+            "sql_file": f"sql/{model.path.name}",
+            "relation_kind": model.kind,
+        },
+    )
+
+
+def _float_or_int(value: Any) -> dg.MetadataValue | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return dg.MetadataValue.int(value)
+    return dg.MetadataValue.float(float(value))
+
+
+def model_metadata(con: duckdb.DuckDBPyConnection, model: Model, rows: int) -> dict[str, Any]:
+    """Row count, column schema, a markdown preview and the model's headline numbers."""
+    cursor = con.execute(f"SELECT * FROM {model.relation} LIMIT {PREVIEW_ROWS}")
+    columns = [d[0] for d in cursor.description]
+    preview = cursor.fetchall()
+    described = con.execute(f"DESCRIBE {model.relation}").fetchall()
+    metadata: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(rows),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(name=r[0], type=str(r[1])) for r in described]
+        ),
+        "preview": dg.MetadataValue.md(
+            format_rows(columns, preview, "markdown")
+            + (f"\n_first {PREVIEW_ROWS} of {rows} rows_\n" if rows > PREVIEW_ROWS else "")
+        ),
+    }
+    headline_sql = HEADLINES.get(model.name)
+    if headline_sql:
+        cur = con.execute(headline_sql)
+        names = [d[0] for d in cur.description]
+        for name, value in zip(names, cur.fetchone(), strict=True):
+            converted = _float_or_int(value)
+            # A NULL headline (nothing finished yet) is left out rather than plotted as 0.
+            if converted is not None:
+                metadata[name] = converted
+    return metadata
+
+
+def warehouse_db_path(resource: Any) -> Path:
+    """Path of warehouse.duckdb from the warehouse resource (`.warehouse().db_path`)."""
+    return Path(resource.warehouse().db_path)
+
+
+def build_analytics_assets(
+    models: Sequence[Model] | None = None,
+    source_keys: Sequence[dg.AssetKey] = SOURCE_ASSET_KEYS,
+) -> dg.AssetsDefinition:
+    """The analytics assets: one per model, computed together in dependency order."""
+    ordered = list(models) if models is not None else load_models()
+    by_name = {m.name: m for m in ordered}
+    specs = [model_spec(m, by_name, source_keys) for m in ordered]
+    key_to_model = {model_asset_key(m): m for m in ordered}
+
+    @dg.multi_asset(
+        name="analytics_models",
+        specs=specs,
+        can_subset=True,
+        required_resource_keys={WAREHOUSE_RESOURCE_KEY},
+        pool=WAREHOUSE_POOL,
+        config_schema=CONFIG_SCHEMA,
+    )
+    def analytics_models(context) -> Iterator[dg.MaterializeResult]:
+        # `context` stays unannotated: with postponed annotations Dagster sees the hint as a
+        # string and rejects it.
+        selected = [m for k, m in key_to_model.items() if k in context.selected_asset_keys]
+        names = [m.name for m in selected]
+        db_path = warehouse_db_path(getattr(context.resources, WAREHOUSE_RESOURCE_KEY))
+        context.log.info(f"Refreshing {len(names)} analytics model(s) in {db_path.name}")
+        con = connect(db_path)
+        try:
+            rows = refresh_models(
+                con,
+                names,
+                models=ordered,
+                allow_unmasked_personal_data=bool(context.op_config["allow_unmasked_personal_data"]),
+            )
+            for name in rows:
+                model = by_name[name]
+                yield dg.MaterializeResult(
+                    asset_key=model_asset_key(model), metadata=model_metadata(con, model, rows[name])
+                )
+        finally:
+            con.close()
+
+    return analytics_models
+
+
+analytics_models = build_analytics_assets()
+# Every analytics asset key, in build order (for selections and for what publishes after them).
+MODEL_ASSET_KEYS: tuple[dg.AssetKey, ...] = tuple(model_asset_key(m) for m in load_models())

@@ -1,0 +1,241 @@
+"""The SQL models of the `analytics` schema: loading, ordering and refreshing them.
+
+Each file `sql/<name>.sql` builds exactly one relation, `analytics.<name>`, with a single
+`CREATE OR REPLACE VIEW|TABLE analytics.<name> AS ...` statement. Its leading comment block
+says what one row means and defines every column; it becomes the model's description.
+
+Dependencies come from the SQL itself: every `analytics.<other>` reference is a dependency on
+the model `<other>`, and every `main.<table>` reference is a dependency on the warehouse.
+A header line `-- depends_on: a, b` adds dependencies the text does not show.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"
+SCHEMA = "analytics"
+
+# Terminal states of a job (SUCCEED, FAILED); every other state may still move on.
+TERMINAL_STATES = ("SUCCEED", "FAILED")
+
+# Columns holding personal data that ingestion masks under the default policy.
+PHONE_COLUMN = "phone"
+URL_COLUMNS = ("voice_authorization_url", "training_input_source_url")
+
+_CREATE = re.compile(
+    r"^\s*CREATE\s+OR\s+REPLACE\s+(VIEW|TABLE)\s+analytics\.([A-Za-z_][A-Za-z0-9_]*)\s+AS\b",
+    re.IGNORECASE | re.MULTILINE,
+)
+_ANALYTICS_REF = re.compile(r"\banalytics\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_MAIN_REF = re.compile(r"\bmain\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_DEPENDS_ON = re.compile(r"^--\s*depends_on:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+# Comments and string literals, scanned left to right so a quote inside a comment (or a
+# "--" inside a string) is not mistaken for the other.
+_COMMENT_OR_STRING = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
+
+
+class ModelError(ValueError):
+    """A model file is malformed, or the models' dependencies cannot be ordered."""
+
+
+class UnmaskedPersonalDataError(RuntimeError):
+    """The warehouse holds personal data in clear while the analytics layer expects it masked."""
+
+    def __init__(self, counts: dict[str, int]):
+        self.counts = counts
+        found = ", ".join(f"{column}: {n} rows" for column, n in counts.items())
+        super().__init__(
+            "main.voice_training_jobs holds unmasked personal data "
+            f"({found}); analytics views would expose it as stored. Re-ingest with the 'mask' "
+            "policy, or refresh with allow_unmasked_personal_data=True if the raw policy is intended."
+        )
+
+
+@dataclass(frozen=True)
+class Model:
+    """One SQL model.
+
+    name: the file stem, equal to the relation it builds (`analytics.<name>`).
+    kind: "view" or "table".
+    depends_on: names of the models it reads (sorted).
+    sources: the `main.*` warehouse tables it reads (sorted).
+    description: the file's leading comment block, without the comment markers.
+    """
+
+    name: str
+    path: Path
+    sql: str
+    depends_on: tuple[str, ...]
+    description: str
+    kind: str = "table"
+    sources: tuple[str, ...] = ()
+
+    @property
+    def relation(self) -> str:
+        return f"{SCHEMA}.{self.name}"
+
+
+def _header(sql: str) -> str:
+    lines = []
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("--"):
+            break
+        text = stripped[2:]
+        if _DEPENDS_ON.match(stripped):
+            continue
+        lines.append(text[1:] if text.startswith(" ") else text)
+    return "\n".join(lines).strip()
+
+
+def parse_model(path: Path) -> Model:
+    """Read one model file; raise ModelError when it does not build `analytics.<file stem>`."""
+    sql = path.read_text(encoding="utf-8")
+    name = path.stem
+    description = _header(sql)
+    if not description:
+        raise ModelError(f"{path.name}: starts with no comment saying what a row means")
+    code = _COMMENT_OR_STRING.sub(lambda m: "''" if m.group().startswith("'") else " ", sql)
+    creates = _CREATE.findall(code)
+    if len(creates) != 1:
+        raise ModelError(f"{path.name}: expected one CREATE OR REPLACE VIEW|TABLE analytics.<name> AS")
+    kind, built = creates[0]
+    if built.lower() != name.lower():
+        raise ModelError(f"{path.name}: builds analytics.{built}, expected analytics.{name}")
+    depends = {ref.lower() for ref in _ANALYTICS_REF.findall(code)} - {name.lower()}
+    for declared in _DEPENDS_ON.findall(sql):
+        depends |= {d.strip() for d in declared.split(",") if d.strip()}
+    sources = {ref.lower() for ref in _MAIN_REF.findall(code)}
+    return Model(
+        name=name,
+        path=path,
+        sql=sql,
+        depends_on=tuple(sorted(depends)),
+        description=description,
+        kind=kind.lower(),
+        sources=tuple(sorted(sources)),
+    )
+
+
+def order_models(models: Iterable[Model]) -> list[Model]:
+    """Topological order (dependencies first, ties by name); ModelError on a cycle or an unknown dependency."""
+    by_name = {m.name: m for m in models}
+    for m in by_name.values():
+        missing = [d for d in m.depends_on if d not in by_name]
+        if missing:
+            raise ModelError(f"model {m.name} depends on unknown model(s): {', '.join(missing)}")
+    ordered: list[Model] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = path[path.index(name) :] + [name]
+            raise ModelError(f"models depend on each other in a cycle: {' -> '.join(cycle)}")
+        state[name] = "visiting"
+        for dep in by_name[name].depends_on:
+            visit(dep, path + [name])
+        state[name] = "done"
+        ordered.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name, [])
+    return ordered
+
+
+def load_models(models_dir: Path | None = None) -> list[Model]:
+    """Every `*.sql` model in `models_dir` (default MODELS_DIR), in dependency order."""
+    directory = MODELS_DIR if models_dir is None else Path(models_dir)
+    paths = sorted(directory.glob("*.sql"))
+    if not paths:
+        raise ModelError(f"no SQL models found in {directory}")
+    return order_models(parse_model(p) for p in paths)
+
+
+def unmasked_personal_data(
+    con: duckdb.DuckDBPyConnection, relation: str = "main.voice_training_jobs"
+) -> dict[str, int]:
+    """Rows per column whose personal data is not masked as ingestion's default policy masks it.
+
+    phone: more than four digits visible. URL columns: a query string or fragment present
+    (pre-signed URLs carry credentials there). Columns with no offending row are left out.
+    """
+    checks = {
+        PHONE_COLUMN: f"length(regexp_replace({PHONE_COLUMN}, '[^0-9]', '', 'g')) > 4",
+        **{c: f"(strpos({c}, '?') > 0 OR strpos({c}, '#') > 0)" for c in URL_COLUMNS},
+    }
+    selects = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond in checks.values())
+    row = con.execute(f"SELECT {selects} FROM {relation}").fetchone()
+    return {column: int(n) for column, n in zip(checks, row, strict=True) if n}
+
+
+def refresh_models(
+    con: duckdb.DuckDBPyConnection,
+    names: Sequence[str] | None = None,
+    *,
+    models: Sequence[Model] | None = None,
+    allow_unmasked_personal_data: bool = False,
+) -> dict[str, int]:
+    """Rebuild the given models (default: all) in dependency order, in one transaction.
+
+    Returns {model name: rows in analytics.<name> afterwards}, in build order. A failure
+    rolls every model back to its previous state. Unknown names raise ModelError.
+    Analytics views expose phone and URL columns as stored, so the refresh refuses
+    (UnmaskedPersonalDataError, nothing changed) when the warehouse holds them in clear,
+    unless `allow_unmasked_personal_data` says the raw policy is intended.
+    """
+    ordered = list(models) if models is not None else load_models()
+    if names is not None:
+        known = {m.name for m in ordered}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ModelError(f"unknown model(s): {', '.join(unknown)}")
+        wanted = set(names)
+        ordered = [m for m in ordered if m.name in wanted]
+    if not allow_unmasked_personal_data and any("voice_training_jobs" in m.sources for m in ordered):
+        found = unmasked_personal_data(con)
+        if found:
+            raise UnmaskedPersonalDataError(found)
+    rows: dict[str, int] = {}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        for model in ordered:
+            try:
+                con.execute(model.sql)
+            except duckdb.Error as exc:
+                raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
+            rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return rows
+
+
+def connect(
+    db_path: str | Path, *, read_only: bool = False, wait_seconds: float = 60.0
+) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, waiting up to `wait_seconds` while another process holds its lock.
+
+    DuckDB lets one process write a file at a time; steps of one Dagster run may live in
+    different processes, so a short wait is cheaper than a failed run.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.1
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -1,0 +1,50 @@
+-- analytics.job_outcomes (view): one row per job the source still lists, reduced to what the
+-- aggregate models need: its outcome and, once it finished, how long it took.
+-- Columns:
+--   project_id, job_id    VARCHAR      the job's key,
+--   job_type, tag, language, state, job_failed_code, job_failed_reason
+--                         VARCHAR      as in voice_training_jobs,
+--   outcome               VARCHAR      'succeeded' (state SUCCEED), 'failed' (state FAILED),
+--                                      'in_progress' (any other state, NULL included),
+--   create_time, lastupdate_time
+--                         TIMESTAMPTZ  as in voice_training_jobs,
+--   finished_at           TIMESTAMPTZ  for finished jobs: valid_from of the job's first history
+--                                      version in a terminal state (SUCCEED or FAILED); without
+--                                      such a version, lastupdate_time. NULL while in progress,
+--   finish_seconds        DOUBLE       finished_at - create_time in seconds (NULL while in
+--                                      progress).
+CREATE OR REPLACE VIEW analytics.job_outcomes AS
+WITH first_terminal AS (
+    SELECT project_id, job_id, min(valid_from) AS finished_at
+    FROM analytics.voice_training_job_history
+    WHERE state IN ('SUCCEED', 'FAILED')
+    GROUP BY project_id, job_id
+),
+jobs AS (
+    SELECT
+        j.project_id,
+        j.job_id,
+        j.job_type,
+        j.tag,
+        j.language,
+        j.state,
+        j.job_failed_code,
+        j.job_failed_reason,
+        CASE j.state
+            WHEN 'SUCCEED' THEN 'succeeded'
+            WHEN 'FAILED' THEN 'failed'
+            ELSE 'in_progress'
+        END AS outcome,
+        j.create_time,
+        j.lastupdate_time,
+        CASE
+            WHEN j.state IN ('SUCCEED', 'FAILED') THEN coalesce(ft.finished_at, j.lastupdate_time)
+        END AS finished_at
+    FROM analytics.voice_training_jobs AS j
+    LEFT JOIN first_terminal AS ft
+        ON ft.project_id = j.project_id AND ft.job_id = j.job_id
+)
+SELECT
+    *,
+    epoch(finished_at) - epoch(create_time) AS finish_seconds
+FROM jobs;
