@@ -1,0 +1,670 @@
+"""Storage: the DuckDB warehouse, its SCD2 history, the Parquet lake and the serving snapshot.
+
+Layout under `data_dir` (see the shared contract):
+
+- `warehouse.duckdb`: read-write, written only by the sync. Tables `voice_training_jobs`
+  (JOBS_SCHEMA + deleted_at), `voice_training_job_history` (SCD2), the view
+  `voice_training_job_transitions`, `sync_windows`, `sync_runs`, `sync_state`,
+  `quarantine`, `lake_dirty`, `schema_migrations`; schema `analytics` for the SQL models.
+- `lake/voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet`: one file
+  per creation day (UTC) and project, holding JOBS_SCHEMA + deleted_at, rewritten whole.
+- `serving.duckdb`: a byte copy of the warehouse taken after a CHECKPOINT, swapped in with
+  os.replace; BI tools open it read-only.
+
+Connections: warehouse.duckdb is open only while it is used. Outside a
+`with warehouse.connect():` block every public method opens the file, does its work and
+closes it, so other processes (or a read-only connection in this one) can open the file
+between calls. Inside the block one connection is kept and yielded (for running SQL
+models on it); each method then works on its own cursor of it, so methods may be called
+from worker threads. A Warehouse is meant for one writing process at a time: DuckDB
+allows a single read-write process per file.
+
+Atomicity: `apply()` is one DuckDB transaction; on any error it rolls back and nothing of
+the batch remains. The lake is derived data: partitions touched by a committed batch are
+marked in `lake_dirty` inside that transaction, and `export_dirty_partitions()` (run after
+the commit, and safe to re-run) rewrites them, each through a temporary file, fsync and
+os.replace. A crash between the commit and the export leaves the marks, and the next export
+writes those partitions.
+
+Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
+DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key
+inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, Quarantined
+
+JOBS_TABLE = "voice_training_jobs"
+HISTORY_TABLE = "voice_training_job_history"
+TRANSITIONS_VIEW = "voice_training_job_transitions"
+LAKE_FILE = "data.parquet"
+
+_TS = pa.timestamp("ms", tz="UTC")
+#: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
+STORED_JOBS_SCHEMA: pa.Schema = JOBS_SCHEMA.append(pa.field("deleted_at", _TS))
+
+JOB_COLUMNS: tuple[str, ...] = tuple(JOBS_SCHEMA.names)
+# The content of a version: every column except when it was synced.
+_CONTENT_COLUMNS: tuple[str, ...] = tuple(c for c in JOB_COLUMNS if c != "synced_at")
+
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", _TS: "TIMESTAMPTZ"}
+
+
+class WarehouseError(Exception):
+    """Storage cannot be used or written; the message names the path and what to do."""
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One fetched listing window: what the API counted and what the sync got."""
+
+    project_id: str
+    kind: str
+    since: datetime
+    until: datetime
+    api_count: int
+    fetched: int
+    pages: int
+
+
+@dataclass
+class ApplyStats:
+    """What one apply() changed. `updated` counts replaced rows (also identical re-syncs);
+    `stale` counts incoming rows older than the stored ones (ignored)."""
+
+    incoming: int = 0
+    inserted: int = 0
+    updated: int = 0
+    stale: int = 0
+    undeleted: int = 0
+    history_versions: int = 0
+    deleted: int = 0
+    windows: int = 0
+    quarantined: int = 0
+    partitions_written: int = 0
+
+
+def _column_ddl() -> str:
+    return ",\n    ".join(f"{f.name} {_DUCKDB_TYPES[f.type]}" for f in JOBS_SCHEMA)
+
+
+def _hash_expr(alias: str = "") -> str:
+    """md5 over the content columns; timestamps as epoch ms so the hash does not depend
+    on the session time zone; to_json keeps NULL and "" apart."""
+    p = f"{alias}." if alias else ""
+    parts = []
+    for f in JOBS_SCHEMA:
+        if f.name == "synced_at":
+            continue
+        expr = f"epoch_ms({p}{f.name})" if f.type == _TS else f"{p}{f.name}"
+        parts.append(f"{f.name} := {expr}")
+    return f"md5(CAST(to_json(struct_pack({', '.join(parts)})) AS VARCHAR))"
+
+
+_COLS = ", ".join(JOB_COLUMNS)
+
+# Each migration brings the schema from version i to i+1; statements are idempotent.
+_MIGRATIONS: list[list[str]] = [
+    [
+        f"CREATE TABLE IF NOT EXISTS {JOBS_TABLE} (\n    {_column_ddl()},\n    deleted_at TIMESTAMPTZ\n)",
+        f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (\n    {_column_ddl()},\n"
+        "    valid_from TIMESTAMPTZ, valid_to TIMESTAMPTZ, observed_at TIMESTAMPTZ,\n"
+        "    deleted_at TIMESTAMPTZ, row_hash VARCHAR\n)",
+        # One row per change of state, the first observation included (from_state NULL).
+        f"""CREATE OR REPLACE VIEW {TRANSITIONS_VIEW} AS
+SELECT project_id, job_id, from_state, state AS to_state, valid_from AS changed_at
+FROM (
+    SELECT project_id, job_id, state, valid_from,
+           lag(state) OVER (PARTITION BY project_id, job_id ORDER BY valid_from, observed_at) AS from_state
+    FROM {HISTORY_TABLE}
+)
+WHERE from_state IS DISTINCT FROM state""",
+        "CREATE TABLE IF NOT EXISTS sync_windows (run_id VARCHAR, project_id VARCHAR, kind VARCHAR,"
+        " since TIMESTAMPTZ, until TIMESTAMPTZ, api_count BIGINT, fetched BIGINT, pages INTEGER,"
+        " synced_at TIMESTAMPTZ)",
+        "CREATE TABLE IF NOT EXISTS sync_runs (run_id VARCHAR, started_at TIMESTAMPTZ,"
+        " finished_at TIMESTAMPTZ, status VARCHAR, mode VARCHAR, rows BIGINT, requests BIGINT,"
+        " retries BIGINT, quarantined BIGINT, details VARCHAR, stats VARCHAR)",
+        "CREATE TABLE IF NOT EXISTS sync_state (project_id VARCHAR, watermark TIMESTAMPTZ, updated_at TIMESTAMPTZ)",
+        "CREATE TABLE IF NOT EXISTS quarantine (run_id VARCHAR, project_id VARCHAR, job_id VARCHAR,"
+        " reason VARCHAR, raw_record VARCHAR, quarantined_at TIMESTAMPTZ)",
+        "CREATE TABLE IF NOT EXISTS lake_dirty (project_id VARCHAR, create_day DATE)",
+        "CREATE SCHEMA IF NOT EXISTS analytics",
+    ],
+]
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+def _aware(dt: datetime, what: str) -> datetime:
+    if dt.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return dt.astimezone(UTC)
+
+
+def _is_disk_error(exc: BaseException) -> bool:
+    # DuckDB reports a full disk or a failing device as IOException; an OSError reaching
+    # here comes from the file system as well.
+    return isinstance(exc, OSError | duckdb.IOException)
+
+
+def _fsync_dir(path: Path) -> None:
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Warehouse:
+    """The storage of one data directory. See the module docstring for the connection model."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "warehouse.duckdb"
+        self.lake_dir = self.data_dir / "lake" / JOBS_TABLE
+        self.serving_path = self.data_dir / "serving.duckdb"
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.RLock()
+        self._schema_ready = False
+        try:
+            self.lake_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.data_dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise WarehouseError(
+                f"cannot create or write the data directory {self.data_dir} ({exc.strerror or exc}); "
+                "choose a writable directory (VOICEJOBS_DATA_DIR or --data-dir) or fix its permissions"
+            ) from None
+
+    # ------------------------------------------------------------------ connections
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(str(self.db_path))
+        except duckdb.Error as exc:
+            raise WarehouseError(
+                f"cannot open {self.db_path}: {exc}. If another process holds it (a running sync or a "
+                f"tool with it open), wait for it or close it; readers should open {self.serving_path}"
+            ) from None
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if not self._schema_ready:
+                self._migrate(con)
+                self._schema_ready = True
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Keep warehouse.duckdb open for the block and yield the connection (nestable)."""
+        with self._lock:
+            if self._con is not None:
+                yield self._con
+                return
+            self._con = self._open()
+        try:
+            yield self._con
+        finally:
+            with self._lock:
+                con, self._con = self._con, None
+            con.close()
+
+    session = connect
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            shared = self._con
+            cur = shared.cursor() if shared is not None else None
+        if cur is None:
+            cur = self._open()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            yield cur
+        finally:
+            cur.close()
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_at TIMESTAMPTZ, description VARCHAR)"
+        )
+        current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise WarehouseError(
+                f"{self.db_path} has schema version {current}, newer than this program's {SCHEMA_VERSION}; "
+                "upgrade voicejobs or point it at another data directory"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for stmt in _MIGRATIONS[version - 1]:
+                    con.execute(stmt)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    [version, datetime.now(UTC), f"voice_training_jobs schema {version}"],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------------ runs
+
+    def begin_run(self, mode: str, details: Mapping[str, Any]) -> str:
+        """Record the start of a sync run; returns its run_id (uuid4 hex)."""
+        run_id = uuid.uuid4().hex
+        with self._cursor() as con:
+            con.execute(
+                "INSERT INTO sync_runs (run_id, started_at, status, mode, details) VALUES (?, ?, 'running', ?, ?)",
+                [run_id, datetime.now(UTC), mode, json.dumps(dict(details), default=str, sort_keys=True)],
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, stats: Mapping[str, Any]) -> None:
+        """Close a run: status 'succeeded' or 'failed'; `stats` is kept as JSON, and its
+        rows (or rows_written), requests, retries (a number or a mapping of counts) and
+        quarantined are copied into columns."""
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
+        retries = stats.get("retries")
+        if isinstance(retries, Mapping):
+            retries = sum(int(v) for v in retries.values())
+        rows = stats.get("rows", stats.get("rows_written"))
+        with self._cursor() as con:
+            found = con.execute(
+                "UPDATE sync_runs SET finished_at = ?, status = ?, rows = ?, requests = ?, retries = ?,"
+                " quarantined = ?, stats = ? WHERE run_id = ? RETURNING run_id",
+                [
+                    datetime.now(UTC), status, rows, stats.get("requests"), retries, stats.get("quarantined"),
+                    json.dumps(dict(stats), default=str, sort_keys=True), run_id,
+                ],
+            ).fetchall()  # fmt: skip
+        if not found:
+            raise ValueError(f"no sync run {run_id!r} in {self.db_path}")
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(
+        self,
+        run_id: str,
+        *,
+        jobs: pa.Table,
+        windows: Sequence[WindowRecord] = (),
+        quarantine: Sequence[Quarantined] = (),
+        deleted: Sequence[tuple[str, str]] = (),
+        deleted_at: datetime | None = None,
+        watermarks: Mapping[str, datetime] | None = None,
+    ) -> ApplyStats:
+        """Write one batch atomically, then export the lake partitions it touched.
+
+        - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins
+          (NULL is oldest; an equal time replaces); a listed job is never deleted.
+        - history: a version is added when a row's content (all columns but synced_at)
+          differs from the job's current version and is not older than it.
+        - deleted: keys no longer listed get deleted_at (if not set yet), in the table and on
+          the current history version.
+        - watermarks: sync_state.watermark only moves forward.
+        """
+        now = datetime.now(UTC)
+        deleted_at = _aware(deleted_at, "deleted_at") if deleted_at is not None else now
+        # The lake and jobs_table() carry millisecond timestamps like JOBS_SCHEMA.
+        deleted_at = deleted_at.replace(microsecond=deleted_at.microsecond // 1000 * 1000)
+        jobs = self._conform(jobs)
+        stats = ApplyStats(incoming=jobs.num_rows, windows=len(windows), quarantined=len(quarantine))
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if jobs.num_rows:
+                    self._upsert(con, jobs, stats)
+                if windows:
+                    self._insert_windows(con, run_id, windows, now)
+                if quarantine:
+                    self._insert_quarantine(con, run_id, quarantine, now)
+                if deleted:
+                    self._mark_deleted(con, deleted, deleted_at, stats)
+                if watermarks:
+                    self._advance_watermarks(con, watermarks, now)
+                con.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                if _is_disk_error(exc) and not isinstance(exc, WarehouseError):
+                    raise WarehouseError(
+                        f"writing {self.db_path} failed ({exc}); nothing of this batch was kept. "
+                        f"Free space on the disk holding {self.data_dir} and run the sync again"
+                    ) from exc
+                raise
+            finally:
+                for name in ("_incoming", "_deleted"):
+                    with suppress(duckdb.Error):
+                        con.unregister(name)
+                for name in ("_stage", "_win", "_hist_new", "_del"):
+                    with suppress(duckdb.Error):
+                        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        stats.partitions_written = self.export_dirty_partitions()
+        return stats
+
+    @staticmethod
+    def _conform(jobs: pa.Table) -> pa.Table:
+        if jobs.schema.names != JOBS_SCHEMA.names:
+            raise ValueError(f"jobs must have the columns of JOBS_SCHEMA in order, got {jobs.schema.names}")
+        if not jobs.schema.equals(JOBS_SCHEMA):
+            jobs = jobs.cast(JOBS_SCHEMA)
+        if jobs.num_rows and (jobs["project_id"].null_count or jobs["job_id"].null_count):
+            raise ValueError("jobs has NULL project_id or job_id")
+        return jobs
+
+    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats) -> None:
+        incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
+        con.register("_incoming", incoming)
+        # One row per key (newest lastupdate_time, then the later row), with its content hash.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _stage AS
+            SELECT {_COLS}, {_hash_expr()} AS row_hash FROM _incoming
+            QUALIFY row_number() OVER (
+                PARTITION BY project_id, job_id
+                ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1"""
+        )
+        oldest = "'-infinity'::TIMESTAMPTZ"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _win AS
+            SELECT s.*, j.job_id IS NOT NULL AS existed,
+                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day,
+                   j.deleted_at IS NOT NULL AS was_deleted
+            FROM _stage s LEFT JOIN {JOBS_TABLE} j ON j.project_id = s.project_id AND j.job_id = s.job_id
+            WHERE j.job_id IS NULL
+               OR coalesce(s.lastupdate_time, {oldest}) >= coalesce(j.lastupdate_time, {oldest})"""
+        )
+        win_count, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _win").fetchone()
+        stats.inserted, stats.updated = win_count - existed, existed
+        stats.stale = con.execute("SELECT count(*) FROM _stage").fetchone()[0] - win_count
+
+        # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
+        con.execute(
+            """INSERT INTO lake_dirty
+            SELECT DISTINCT project_id, day FROM (
+                SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) AS day FROM _win
+                UNION ALL SELECT project_id, old_day FROM _win WHERE old_day IS NOT NULL
+            ) d WHERE NOT EXISTS (
+                SELECT 1 FROM lake_dirty x WHERE x.project_id = d.project_id AND x.create_day = d.day)"""
+        )
+        # A stale row still proves the job is listed: clear its deletion mark.
+        undeleted = con.execute(
+            f"""UPDATE {JOBS_TABLE} j SET deleted_at = NULL FROM _stage s
+            WHERE j.project_id = s.project_id AND j.job_id = s.job_id AND j.deleted_at IS NOT NULL
+            RETURNING CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.project_id"""
+        ).fetchall()
+        stats.undeleted = len(undeleted)
+        if undeleted:
+            con.executemany(
+                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
+                [[p, d, p, d] for d, p in set(undeleted)],
+            )
+        con.execute(
+            f"""DELETE FROM {JOBS_TABLE} j USING _win w
+            WHERE j.project_id = w.project_id AND j.job_id = w.job_id"""
+        )
+        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _win")
+        self._history(con, stats)
+
+    def _history(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
+        oldest = "'-infinity'::TIMESTAMPTZ"
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = NULL FROM _stage s
+            WHERE h.project_id = s.project_id AND h.job_id = s.job_id
+              AND h.valid_to IS NULL AND h.deleted_at IS NOT NULL"""
+        )
+        # valid_from: the row's lastupdate_time; without one, create_time for a first version
+        # and the observation time for a later one (so versions do not overlap).
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _hist_new AS
+            SELECT s.*, h.job_id IS NOT NULL AS has_current,
+                   coalesce(s.lastupdate_time,
+                            CASE WHEN h.job_id IS NULL THEN s.create_time ELSE s.synced_at END) AS new_valid_from
+            FROM _stage s LEFT JOIN (
+                SELECT project_id, job_id, row_hash, lastupdate_time FROM {HISTORY_TABLE} WHERE valid_to IS NULL
+            ) h ON h.project_id = s.project_id AND h.job_id = s.job_id
+            WHERE h.job_id IS NULL
+               OR (s.row_hash <> h.row_hash
+                   AND coalesce(s.lastupdate_time, {oldest}) >= coalesce(h.lastupdate_time, {oldest}))"""
+        )
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET valid_to = n.new_valid_from FROM _hist_new n
+            WHERE h.project_id = n.project_id AND h.job_id = n.job_id AND h.valid_to IS NULL AND n.has_current"""
+        )
+        stats.history_versions = con.execute(
+            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+            SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
+        ).fetchone()[0]
+
+    @staticmethod
+    def _insert_windows(
+        con: duckdb.DuckDBPyConnection, run_id: str, windows: Sequence[WindowRecord], now: datetime
+    ) -> None:
+        con.executemany(
+            "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [run_id, w.project_id, w.kind, _aware(w.since, "since"), _aware(w.until, "until"),
+                 w.api_count, w.fetched, w.pages, now]
+                for w in windows
+            ],
+        )  # fmt: skip
+
+    @staticmethod
+    def _insert_quarantine(
+        con: duckdb.DuckDBPyConnection, run_id: str, quarantine: Sequence[Quarantined], now: datetime
+    ) -> None:
+        table = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(quarantine), pa.string()),
+                "project_id": pa.array([q.project_id for q in quarantine], pa.string()),
+                "job_id": pa.array([q.job_id for q in quarantine], pa.string()),
+                "reason": pa.array([q.reason for q in quarantine], pa.string()),
+                "raw_record": pa.array([q.raw_record for q in quarantine], pa.string()),
+            }
+        )
+        con.register("_quarantine_in", table)
+        try:
+            con.execute("INSERT INTO quarantine SELECT *, ? FROM _quarantine_in", [now])
+        finally:
+            con.unregister("_quarantine_in")
+
+    @staticmethod
+    def _mark_deleted(
+        con: duckdb.DuckDBPyConnection,
+        deleted: Sequence[tuple[str, str]],
+        deleted_at: datetime,
+        stats: ApplyStats,
+    ) -> None:
+        keys = pa.table(
+            {
+                "project_id": pa.array([k[0] for k in deleted], pa.string()),
+                "job_id": pa.array([k[1] for k in deleted], pa.string()),
+            }
+        )
+        con.register("_deleted", keys)
+        marked = con.execute(
+            f"""UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE j.project_id = d.project_id AND j.job_id = d.job_id AND j.deleted_at IS NULL
+            RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day""",
+            [deleted_at],
+        ).fetchall()
+        stats.deleted = len(marked)
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE h.project_id = d.project_id AND h.job_id = d.job_id
+              AND h.valid_to IS NULL AND h.deleted_at IS NULL""",
+            [deleted_at],
+        )
+        if marked:
+            con.executemany(
+                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
+                [[p, d, p, d] for p, d in set(marked)],
+            )
+
+    @staticmethod
+    def _advance_watermarks(
+        con: duckdb.DuckDBPyConnection, watermarks: Mapping[str, datetime], now: datetime
+    ) -> None:
+        for project_id, mark in watermarks.items():
+            mark = _aware(mark, "watermark")
+            updated = con.execute(
+                "UPDATE sync_state SET watermark = greatest(watermark, ?), updated_at = ?"
+                " WHERE project_id = ? RETURNING project_id",
+                [mark, now, project_id],
+            ).fetchall()
+            if not updated:
+                con.execute("INSERT INTO sync_state VALUES (?, ?, ?)", [project_id, mark, now])
+
+    # ------------------------------------------------------------------ lake
+
+    def partition_path(self, project_id: str, day: date) -> Path:
+        """Where the lake keeps one creation day of one project (ids are percent-encoded)."""
+        return (
+            self.lake_dir
+            / f"create_day={day.isoformat()}"
+            / f"project_id={quote(project_id, safe='')}"
+            / LAKE_FILE
+        )
+
+    def export_dirty_partitions(self) -> int:
+        """Rewrite every lake partition marked dirty; returns how many files were written or removed."""
+        done = 0
+        with self._cursor() as con:
+            dirty = con.execute(
+                "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 2, 1"
+            ).fetchall()
+            for project_id, day in dirty:
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+                table = con.sql(
+                    f"SELECT {_COLS}, deleted_at FROM {JOBS_TABLE}"
+                    " WHERE project_id = ? AND create_time >= ? AND create_time < ? ORDER BY job_id",
+                    params=[project_id, start, start + timedelta(days=1)],
+                ).to_arrow_table()
+                self._write_partition(self.partition_path(project_id, day), table.cast(STORED_JOBS_SCHEMA))
+                con.execute(
+                    "DELETE FROM lake_dirty WHERE project_id = ? AND create_day = ?", [project_id, day]
+                )
+                done += 1
+        return done
+
+    def _write_partition(self, path: Path, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            with suppress(FileNotFoundError):
+                path.unlink()
+                _fsync_dir(path.parent)
+            return
+        tmp: Path | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".data-", suffix=".parquet.tmp", dir=path.parent)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise WarehouseError(
+                f"writing the lake file {path} failed ({exc.strerror or exc}); free space on the disk "
+                f"holding {self.data_dir}, then run the sync again (the partition stays marked for export)"
+            ) from exc
+        finally:
+            if tmp is not None:
+                with suppress(OSError):
+                    tmp.unlink()
+
+    # ------------------------------------------------------------------ serving snapshot
+
+    def publish_serving(self) -> Path:
+        """Replace serving.duckdb with a consistent copy of the warehouse.
+
+        A reader holding the old serving.duckdb open keeps its old snapshot (the replaced file
+        lives on until closed); connections opened afterwards see the new one. No other
+        process may write warehouse.duckdb meanwhile (DuckDB's file lock ensures it).
+        """
+        with self._cursor() as con:
+            con.execute("CHECKPOINT")
+            wal = Path(str(self.db_path) + ".wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise WarehouseError(
+                    f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
+                    "publish the serving snapshot when no sync is writing"
+                )
+            tmp: Path | None = None
+            try:
+                fd, name = tempfile.mkstemp(prefix=".serving-", suffix=".duckdb.tmp", dir=self.data_dir)
+                tmp = Path(name)
+                with os.fdopen(fd, "wb") as dst, open(self.db_path, "rb") as src:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.replace(tmp, self.serving_path)
+                tmp = None
+                _fsync_dir(self.data_dir)
+            except OSError as exc:
+                raise WarehouseError(
+                    f"writing the serving snapshot {self.serving_path} failed ({exc.strerror or exc}); "
+                    f"free space on the disk holding {self.data_dir} and publish again"
+                ) from exc
+            finally:
+                if tmp is not None:
+                    with suppress(OSError):
+                        tmp.unlink()
+        return self.serving_path
+
+    # ------------------------------------------------------------------ readers
+
+    def watermark(self, project_id: str) -> datetime | None:
+        """The change-capture watermark of a project (UTC), or None before its first one."""
+        with self._cursor() as con:
+            row = con.execute(
+                "SELECT max(watermark) FROM sync_state WHERE project_id = ?", [project_id]
+            ).fetchone()
+        return row[0].astimezone(UTC) if row and row[0] is not None else None
+
+    def live_job_ids(self, project_id: str, since: datetime, until: datetime) -> set[str]:
+        """job_ids of not-deleted jobs created in [since, until)."""
+        with self._cursor() as con:
+            rows = con.execute(
+                f"SELECT job_id FROM {JOBS_TABLE} WHERE project_id = ? AND deleted_at IS NULL"
+                " AND create_time >= ? AND create_time < ?",
+                [project_id, _aware(since, "since"), _aware(until, "until")],
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def jobs_table(self, include_deleted: bool = True) -> pa.Table:
+        """The jobs table as STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), ordered by key."""
+        where = "" if include_deleted else " WHERE deleted_at IS NULL"
+        with self._cursor() as con:
+            table = con.sql(
+                f"SELECT {_COLS}, deleted_at FROM {JOBS_TABLE}{where} ORDER BY project_id, job_id"
+            ).to_arrow_table()
+        return table.cast(STORED_JOBS_SCHEMA)
