@@ -1,0 +1,28 @@
+"""An embedded MetaStudio: the voice-training job listing served over loopback HTTP.
+
+Used by the demo, the integration and fault tests and the benchmarks::
+
+    from pipelines.simulator import SimulatorConfig, SimulatorServer
+
+    with SimulatorServer(SimulatorConfig(jobs=5_000)) as sim:
+        sim.url          # http://127.0.0.1:<port>
+        sim.state.truth("sim-project")   # what the API lists right now
+        sim.state.advance(3600)          # one simulated hour later
+"""
+
+from __future__ import annotations
+
+from .config import FAULT_KINDS, SimulatorConfig
+from .params import ListParams, ParamError, parse_list_params
+from .server import SimulatorServer
+from .state import SimulatorState
+
+__all__ = [
+    "FAULT_KINDS",
+    "ListParams",
+    "ParamError",
+    "SimulatorConfig",
+    "SimulatorServer",
+    "SimulatorState",
+    "parse_list_params",
+]
