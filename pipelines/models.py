@@ -19,15 +19,14 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.schema import PHONE_FIELD, URL_FIELDS
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA = "analytics"
 
-# Terminal states of a job (SUCCEED, FAILED); every other state may still move on.
-TERMINAL_STATES = ("SUCCEED", "FAILED")
-
 # Columns holding personal data that ingestion masks under the default policy.
-PHONE_COLUMN = "phone"
-URL_COLUMNS = ("voice_authorization_url", "training_input_source_url")
+PHONE_COLUMN = PHONE_FIELD
+URL_COLUMNS = URL_FIELDS
 
 _CREATE = re.compile(
     r"^\s*CREATE\s+OR\s+REPLACE\s+(VIEW|TABLE)\s+analytics\.([A-Za-z_][A-Za-z0-9_]*)\s+AS\b",
