@@ -465,14 +465,15 @@ def _epoch_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
         if pa.types.is_null(t):
             return pa.nulls(len(values), _TS)
         try:
-            is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
             if pa.types.is_integer(t):
+                is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
                 ms = pc.if_else(is_ms, arr, pc.multiply_checked(arr, 1000))
             elif (
                 pa.types.is_floating(t)
                 and not pc.any(pc.is_nan(arr)).as_py()
                 and not pc.any(pc.is_inf(arr)).as_py()
             ):
+                is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
                 ms = pc.round(pc.if_else(is_ms, arr, pc.multiply(arr, 1000.0)))
             else:
                 ms = None
@@ -480,7 +481,7 @@ def _epoch_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
                 in_range = pc.and_(pc.greater_equal(ms, 0), pc.less_equal(ms, _MAX_EPOCH_MS))
                 if pc.all(in_range).as_py() is not False:
                     return ms.cast(pa.int64()).cast(_TS)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             pass  # overflow: the slow path names the rows
     return _slow(values, _coerce_epoch_ms, _TS, name, bad)
 
