@@ -175,7 +175,9 @@ def build_analytics_assets(
                 con,
                 names,
                 models=ordered,
-                allow_unmasked_personal_data=bool(context.op_config["allow_unmasked_personal_data"]),
+                allow_unmasked_personal_data=bool(
+                    context.op_execution_context.op_config["allow_unmasked_personal_data"]
+                ),
             )
             for name in rows:
                 model = by_name[name]

@@ -1,0 +1,570 @@
+"""SQL models: each aggregate equals the same aggregate computed in plain Python from the same rows."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pytest
+
+from assets.models import build_analytics_assets, model_asset_key
+from pipelines.models import (
+    MODELS_DIR,
+    ModelError,
+    UnmaskedPersonalDataError,
+    load_models,
+    refresh_models,
+)
+from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
+
+TERMINAL = ("SUCCEED", "FAILED")
+
+
+# ---------------------------------------------------------------- independent computation
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (what quantile_cont computes)."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = q * (len(xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def rate(failed: int, succeeded: int) -> float | None:
+    return failed / (succeeded + failed) if succeeded + failed else None
+
+
+def finish_seconds(data: Dataset) -> dict[tuple[str, str], float]:
+    """Seconds from creation to the first terminal history version, else to lastupdate_time."""
+    first_terminal: dict[tuple[str, str], datetime] = {}
+    for h in data.history:
+        if h["state"] in TERMINAL:
+            key = (h["project_id"], h["job_id"])
+            first_terminal[key] = min(first_terminal.get(key, h["valid_from"]), h["valid_from"])
+    out = {}
+    for j in data.live_jobs():
+        if j["state"] in TERMINAL:
+            key = (j["project_id"], j["job_id"])
+            end = first_terminal.get(key, j["lastupdate_time"])
+            out[key] = (end - j["create_time"]).total_seconds()
+    return out
+
+
+def expected_failure_rate_by(data: Dataset, column: str) -> dict[Any, dict[str, Any]]:
+    groups: dict[Any, Counter] = defaultdict(Counter)
+    for j in data.live_jobs():
+        c = groups[j.get(column)]
+        c["total_jobs"] += 1
+        c[
+            "succeeded" if j["state"] == "SUCCEED" else "failed" if j["state"] == "FAILED" else "in_progress"
+        ] += 1
+    return {
+        g: {
+            "total_jobs": c["total_jobs"],
+            "succeeded": c["succeeded"],
+            "failed": c["failed"],
+            "in_progress": c["in_progress"],
+            "failure_rate": rate(c["failed"], c["succeeded"]),
+        }
+        for g, c in groups.items()
+    }
+
+
+def period_start(ts: datetime, period: str) -> date:
+    d = ts.astimezone(UTC).date()
+    if period == "week":
+        return d - timedelta(days=d.weekday())
+    if period == "month":
+        return d.replace(day=1)
+    return d
+
+
+def expected_period_stats(data: Dataset, period: str) -> dict[tuple[date, str], dict[str, Any]]:
+    finish = finish_seconds(data)
+    groups: dict[tuple[date, str], list[dict]] = defaultdict(list)
+    for j in data.live_jobs():
+        groups[(period_start(j["create_time"], period), j["project_id"])].append(j)
+    out = {}
+    for key, jobs in groups.items():
+        succeeded = sum(j["state"] == "SUCCEED" for j in jobs)
+        failed = sum(j["state"] == "FAILED" for j in jobs)
+        secs = [finish[(j["project_id"], j["job_id"])] for j in jobs if j["state"] in TERMINAL]
+        out[key] = {
+            "jobs_created": len(jobs),
+            "succeeded": succeeded,
+            "failed": failed,
+            "failure_rate": rate(failed, succeeded),
+            "p50_finish_seconds": quantile(secs, 0.5),
+            "p90_finish_seconds": quantile(secs, 0.9),
+        }
+    return out
+
+
+def expected_time_to_finish(data: Dataset) -> dict[Any, dict[str, Any]]:
+    finish = finish_seconds(data)
+    groups: dict[Any, list[float]] = defaultdict(list)
+    for j in data.live_jobs():
+        if j["state"] in TERMINAL:
+            groups[j.get("job_type")].append(finish[(j["project_id"], j["job_id"])])
+    return {
+        g: {
+            "finished_jobs": len(s),
+            "p50_finish_seconds": quantile(s, 0.5),
+            "p90_finish_seconds": quantile(s, 0.9),
+            "p99_finish_seconds": quantile(s, 0.99),
+            "avg_finish_seconds": sum(s) / len(s),
+        }
+        for g, s in groups.items()
+    }
+
+
+def expected_failure_codes(data: Dataset) -> dict[Any, dict[str, Any]]:
+    failed = [j for j in data.live_jobs() if j["state"] == "FAILED"]
+    by_code: dict[Any, list[dict]] = defaultdict(list)
+    for j in failed:
+        by_code[j.get("job_failed_code")].append(j)
+    out = {}
+    for code, jobs in by_code.items():
+        reasons = Counter(j.get("job_failed_reason") for j in jobs if j.get("job_failed_reason") is not None)
+        top = min(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[0] if reasons else None
+        out[code] = {
+            "most_common_reason": top,
+            "jobs": len(jobs),
+            "share_of_failures": len(jobs) / len(failed),
+            "last_seen": max(j["lastupdate_time"] for j in jobs),
+        }
+    return out
+
+
+def bucket(age: timedelta) -> str:
+    hours = age.total_seconds() / 3600
+    if hours < 1:
+        return "<1h"
+    if hours < 24:
+        return "1h-1d"
+    if hours < 24 * 7:
+        return "1-7d"
+    if hours < 24 * 30:
+        return "7-30d"
+    return ">30d"
+
+
+def expected_backlog(data: Dataset) -> dict[tuple[Any, str], dict[str, int]]:
+    live = data.live_jobs()
+    now = max(j["lastupdate_time"] for j in live)
+    counts = Counter((j["state"], bucket(now - j["create_time"])) for j in live if j["state"] not in TERMINAL)
+    return {k: {"jobs": n} for k, n in counts.items()}
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return sample_dataset(now=datetime(2025, 6, 1, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def con(data: Dataset):
+    connection = duckdb.connect()
+    # A non-UTC session zone: day, week and month boundaries must still be UTC.
+    connection.execute("SET TimeZone = 'Asia/Shanghai'")
+    create_warehouse(connection)
+    data.load(connection)
+    refresh_models(connection)
+    yield connection
+    connection.close()
+
+
+def table(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
+    cursor = con.execute(f"SELECT * FROM analytics.{name}")
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def assert_rows_equal(actual: dict[Any, dict[str, Any]], expected: dict[Any, dict[str, Any]]) -> None:
+    assert set(actual) == set(expected)
+    for key, exp in expected.items():
+        for column, value in exp.items():
+            got = actual[key][column]
+            if isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-9, abs=1e-6), (key, column)
+            else:
+                assert got == value, (key, column)
+
+
+# ---------------------------------------------------------------- the aggregates
+
+
+@pytest.mark.parametrize("column", ["tag", "language", "job_type"])
+def test_failure_rate_by_group(con, data, column):
+    rows = table(con, f"failure_rate_by_{column}")
+    assert [r for r in rows if r["total_jobs"] != r["succeeded"] + r["failed"] + r["in_progress"]] == []
+    assert_rows_equal({r[column]: r for r in rows}, expected_failure_rate_by(data, column))
+
+
+def test_failure_rate_edges_are_exercised(con):
+    by_tag = {r["tag"]: r for r in table(con, "failure_rate_by_tag")}
+    assert None in by_tag, "jobs without a tag form their own group"
+    assert by_tag["LIVE"]["failure_rate"] is None and by_tag["LIVE"]["total_jobs"] > 0
+    assert "STORYTELLING" not in by_tag, "only deleted jobs carry this tag"
+    by_language = {r["language"]: r for r in table(con, "failure_rate_by_language")}
+    assert None in by_language and by_language["JA"]["failure_rate"] is None
+
+
+@pytest.mark.parametrize(("name", "period", "column"), [
+    ("daily_job_stats", "day", "day"),
+    ("weekly_job_stats", "week", "week_start"),
+    ("monthly_job_stats", "month", "month_start"),
+])  # fmt: skip
+def test_period_stats(con, data, name, period, column):
+    rows = table(con, name)
+    actual = {(r[column], r["project_id"]): r for r in rows}
+    assert_rows_equal(actual, expected_period_stats(data, period))
+    if period == "week":
+        assert all(r[column].weekday() == 0 for r in rows)
+
+
+def test_daily_stats_use_utc_days(data):
+    # 23:30 UTC is already the next day in Shanghai; the model must count it on the UTC day.
+    late = datetime(2025, 3, 4, 23, 30, tzinfo=UTC)
+    job = {
+        "project_id": "p",
+        "job_id": "late",
+        "state": "WAITING",
+        "create_time": late,
+        "lastupdate_time": late,
+    }
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Shanghai'")
+    create_warehouse(con)
+    insert_rows(con, "main.voice_training_jobs", [job])
+    refresh_models(con)
+    assert con.execute("SELECT day FROM analytics.daily_job_stats").fetchall() == [(date(2025, 3, 4),)]
+
+
+def test_time_to_finish_by_job_type(con, data):
+    rows = table(con, "time_to_finish_by_job_type")
+    assert_rows_equal({r["job_type"]: r for r in rows}, expected_time_to_finish(data))
+
+
+def test_time_to_finish_prefers_history():
+    created = datetime(2025, 3, 3, tzinfo=UTC)
+    jobs = [
+        # history says SUCCEED from +100 s, a later edit moved lastupdate_time to +5000 s
+        {"project_id": "p", "job_id": "h", "job_type": "BASIC", "state": "SUCCEED",
+         "create_time": created, "lastupdate_time": created + timedelta(seconds=5000)},
+        # no history: lastupdate_time - create_time
+        {"project_id": "p", "job_id": "n", "job_type": "MIDDLE", "state": "FAILED",
+         "create_time": created, "lastupdate_time": created + timedelta(seconds=300)},
+    ]  # fmt: skip
+    history = [
+        {"project_id": "p", "job_id": "h", "state": "WAITING", "valid_from": created},
+        {
+            "project_id": "p",
+            "job_id": "h",
+            "state": "SUCCEED",
+            "valid_from": created + timedelta(seconds=100),
+        },
+        {
+            "project_id": "p",
+            "job_id": "h",
+            "state": "SUCCEED",
+            "valid_from": created + timedelta(seconds=5000),
+        },
+    ]
+    con = duckdb.connect()
+    create_warehouse(con)
+    insert_rows(con, "main.voice_training_jobs", jobs)
+    insert_rows(con, "main.voice_training_job_history", history)
+    refresh_models(con)
+    got = dict(
+        con.execute(
+            "SELECT job_type, p50_finish_seconds FROM analytics.time_to_finish_by_job_type"
+        ).fetchall()
+    )
+    assert got == {"BASIC": 100.0, "MIDDLE": 300.0}
+
+
+def test_top_failure_codes(con, data):
+    rows = table(con, "top_failure_codes")
+    assert_rows_equal({r["job_failed_code"]: r for r in rows}, expected_failure_codes(data))
+    assert sum(r["share_of_failures"] for r in rows) == pytest.approx(1.0)
+    assert None in {r["job_failed_code"] for r in rows}, "failures without a code form their own group"
+    assert "MSS.00000009" not in {r["job_failed_code"] for r in rows}, "deleted jobs are left out"
+
+
+def test_in_flight_backlog(con, data):
+    rows = table(con, "in_flight_backlog")
+    assert_rows_equal({(r["state"], r["age_bucket"]): r for r in rows}, expected_backlog(data))
+    assert {r["age_bucket"] for r in rows} == {"<1h", "1h-1d", "1-7d", "7-30d", ">30d"}
+
+
+# ---------------------------------------------------------------- analyst views
+
+
+def test_views_leave_deleted_jobs_out(con, data):
+    live = {(j["project_id"], j["job_id"]) for j in data.live_jobs()}
+    deleted = {(j["project_id"], j["job_id"]) for j in data.jobs} - live
+    assert deleted, "the sample holds deleted jobs"
+    jobs = set(con.execute("SELECT project_id, job_id FROM analytics.voice_training_jobs").fetchall())
+    assert jobs == live
+    history = set(
+        con.execute("SELECT DISTINCT project_id, job_id FROM analytics.voice_training_job_history").fetchall()
+    )
+    assert history and not history & deleted
+    assert history == {(h["project_id"], h["job_id"]) for h in data.history} - deleted
+    transitions = set(
+        con.execute(
+            "SELECT DISTINCT project_id, job_id FROM analytics.voice_training_job_transitions"
+        ).fetchall()
+    )
+    assert transitions and not transitions & deleted
+    columns = [r[0] for r in con.execute("DESCRIBE analytics.voice_training_jobs").fetchall()]
+    assert "deleted_at" not in columns and columns[:2] == ["project_id", "job_id"] and "phone" in columns
+
+
+def test_views_show_masked_personal_data_as_stored(con, data):
+    phones = {
+        r[0]
+        for r in con.execute(
+            "SELECT phone FROM analytics.voice_training_jobs WHERE phone IS NOT NULL"
+        ).fetchall()
+    }
+    assert phones == {j["phone"] for j in data.live_jobs() if j.get("phone")}
+    assert all(p.startswith("*******") for p in phones)
+
+
+# ---------------------------------------------------------------- loading and ordering
+
+
+def test_models_load_in_dependency_order():
+    models = load_models()
+    names = [m.name for m in models]
+    assert {p.stem for p in MODELS_DIR.glob("*.sql")} == set(names)
+    position = {n: i for i, n in enumerate(names)}
+    for m in models:
+        assert all(position[d] < position[m.name] for d in m.depends_on), m.name
+        assert m.description and m.sql.lstrip().startswith("--")
+    by_name = {m.name: m for m in models}
+    assert by_name["failure_rate_by_tag"].depends_on == ("job_outcomes",)
+    assert set(by_name["job_outcomes"].depends_on) == {"voice_training_jobs", "voice_training_job_history"}
+    assert by_name["voice_training_jobs"].sources == ("voice_training_jobs",)
+    assert by_name["voice_training_jobs"].kind == "view" and by_name["daily_job_stats"].kind == "table"
+
+
+def write_model(directory: Path, name: str, body: str, header: str = "-- a row is a test row") -> None:
+    (directory / f"{name}.sql").write_text(f"{header}\n{body}\n", encoding="utf-8")
+
+
+def test_dependencies_from_references_and_header(tmp_path):
+    write_model(tmp_path, "a", "CREATE OR REPLACE TABLE analytics.a AS SELECT 1 AS x")
+    # A reference inside a comment or a string literal is not a dependency.
+    write_model(
+        tmp_path,
+        "b",
+        "CREATE OR REPLACE VIEW analytics.b AS SELECT 'analytics.c' AS s, x FROM analytics.a -- analytics.c",
+    )
+    write_model(
+        tmp_path, "c", "CREATE OR REPLACE TABLE analytics.c AS SELECT 2 AS y", "-- row\n-- depends_on: b"
+    )
+    models = load_models(tmp_path)
+    assert [m.name for m in models] == ["a", "b", "c"]
+    assert {m.name: m.depends_on for m in models} == {"a": (), "b": ("a",), "c": ("b",)}
+    assert models[2].description == "row"
+
+
+def test_cycle_is_a_clear_error(tmp_path):
+    write_model(tmp_path, "a", "CREATE OR REPLACE TABLE analytics.a AS SELECT * FROM analytics.b")
+    write_model(tmp_path, "b", "CREATE OR REPLACE TABLE analytics.b AS SELECT * FROM analytics.a")
+    with pytest.raises(ModelError, match="cycle: a -> b -> a"):
+        load_models(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("a", "CREATE OR REPLACE TABLE analytics.other AS SELECT 1", "builds analytics.other"),
+    ("a", "CREATE OR REPLACE TABLE analytics.a AS SELECT * FROM analytics.missing", "unknown model"),
+    ("a", "SELECT 1", "expected one CREATE"),
+])  # fmt: skip
+def test_malformed_models_are_rejected(tmp_path, name, text, message):
+    write_model(tmp_path, name, text)
+    with pytest.raises(ModelError, match=message):
+        load_models(tmp_path)
+
+
+def test_model_without_header_is_rejected(tmp_path):
+    (tmp_path / "a.sql").write_text("CREATE OR REPLACE TABLE analytics.a AS SELECT 1\n")
+    with pytest.raises(ModelError, match="comment"):
+        load_models(tmp_path)
+
+
+# ---------------------------------------------------------------- refreshing
+
+
+def small_warehouse(**job_overrides: Any) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    create_warehouse(con)
+    t = datetime(2025, 3, 3, tzinfo=UTC)
+    insert_rows(con, "main.voice_training_jobs", [
+        {"project_id": "p", "job_id": "1", "state": "FAILED", "tag": "NEWS", "create_time": t,
+         "lastupdate_time": t + timedelta(hours=1), "phone": "*******1234", **job_overrides},
+        {"project_id": "p", "job_id": "2", "state": "SUCCEED", "tag": "NEWS", "create_time": t,
+         "lastupdate_time": t + timedelta(hours=2)},
+    ])  # fmt: skip
+    return con
+
+
+def test_refresh_subset_and_unknown_names():
+    con = small_warehouse()
+    wanted = ["failure_rate_by_tag", "voice_training_jobs", "job_outcomes", "voice_training_job_history"]
+    rows = refresh_models(con, wanted)
+    assert list(rows) == [
+        "voice_training_job_history",
+        "voice_training_jobs",
+        "job_outcomes",
+        "failure_rate_by_tag",
+    ]
+    assert rows == {
+        "voice_training_job_history": 0,
+        "voice_training_jobs": 2,
+        "job_outcomes": 2,
+        "failure_rate_by_tag": 1,
+    }
+    built = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics'"
+        ).fetchall()
+    }
+    assert built == {"failure_rate_by_tag"}
+    with pytest.raises(ModelError, match="unknown model"):
+        refresh_models(con, ["no_such_model"])
+
+
+def test_refresh_is_idempotent_and_atomic(tmp_path):
+    con = small_warehouse()
+    first = refresh_models(con)
+    before = con.execute("SELECT * FROM analytics.failure_rate_by_tag").fetchall()
+    assert refresh_models(con) == first
+    assert (
+        con.execute("SELECT * FROM analytics.failure_rate_by_tag").fetchall()
+        == before
+        == [("NEWS", 2, 1, 1, 0, 0.5)]
+    )
+    # A failing model rolls back the models built before it in the same refresh.
+    write_model(
+        tmp_path,
+        "failure_rate_by_tag",
+        "CREATE OR REPLACE TABLE analytics.failure_rate_by_tag AS SELECT 9 AS x",
+    )
+    write_model(
+        tmp_path, "z_broken", "CREATE OR REPLACE TABLE analytics.z_broken AS SELECT * FROM main.nowhere"
+    )
+    with pytest.raises(ModelError, match="z_broken"):
+        refresh_models(con, models=load_models(tmp_path))
+    assert con.execute("SELECT * FROM analytics.failure_rate_by_tag").fetchall() == before
+
+
+def test_refresh_refuses_unmasked_personal_data():
+    con = small_warehouse(
+        phone="+86 138 0013 5678", voice_authorization_url="https://obs/x.pdf?X-Amz-Signature=abc"
+    )
+    with pytest.raises(UnmaskedPersonalDataError) as err:
+        refresh_models(con)
+    assert err.value.counts == {"phone": 1, "voice_authorization_url": 1}
+    assert "abc" not in str(err.value) and "0013" not in str(err.value)
+    assert con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'analytics'").fetchone() == (
+        0,
+    )
+    assert refresh_models(con, allow_unmasked_personal_data=True)["voice_training_jobs"] == 2
+
+
+# ---------------------------------------------------------------- Dagster
+
+
+@dataclass
+class _Warehouse:
+    db_path: Path
+
+
+class StandInWarehouseResource(dg.ConfigurableResource):
+    """Resource with the shape of pipelines.resources.WarehouseResource: `.warehouse().db_path`."""
+
+    data_dir: str
+
+    def warehouse(self) -> _Warehouse:
+        return _Warehouse(Path(self.data_dir) / "warehouse.duckdb")
+
+
+def test_materialize_model_assets_twice(tmp_path, data):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    data.load(con)
+    con.close()
+    source = dg.AssetSpec("voice_training_jobs")
+    analytics = build_analytics_assets()
+    resources = {"warehouse": StandInWarehouseResource(data_dir=str(tmp_path))}
+    results = []
+    for _ in range(2):
+        result = dg.materialize([source, analytics], resources=resources)
+        assert result.success
+        results.append({
+            e.materialization.asset_key: {k: v.value for k, v in e.materialization.metadata.items()
+                                          if k not in ("preview", "dagster/column_schema")}
+            for e in result.get_asset_materialization_events()
+        })  # fmt: skip
+    assert results[0] == results[1], "a second run over the same rows gives the same answer"
+    meta = results[0]
+    assert set(meta) == {model_asset_key(m) for m in load_models()}
+    by_tag = meta[dg.AssetKey("failure_rate_by_tag")]
+    live = data.live_jobs()
+    failed = sum(j["state"] == "FAILED" for j in live)
+    succeeded = sum(j["state"] == "SUCCEED" for j in live)
+    assert by_tag["dagster/row_count"] == len(expected_failure_rate_by(data, "tag"))
+    assert by_tag["overall_failure_rate"] == pytest.approx(failed / (failed + succeeded))
+    assert isinstance(by_tag["overall_failure_rate"], float)
+    assert meta[dg.AssetKey("in_flight_backlog")]["jobs_in_flight"] == sum(
+        j["state"] not in TERMINAL for j in live
+    )
+    assert meta[dg.AssetKey(["analytics", "voice_training_jobs"])]["dagster/row_count"] == len(live)
+    preview = result.get_asset_materialization_events()[0].materialization.metadata["preview"].value
+    assert preview.startswith("| ")
+
+
+def test_model_asset_lineage():
+    analytics = build_analytics_assets()
+    deps = analytics.asset_deps
+    assert deps[dg.AssetKey("failure_rate_by_tag")] == {dg.AssetKey(["analytics", "job_outcomes"])}
+    assert deps[dg.AssetKey(["analytics", "voice_training_jobs"])] == {dg.AssetKey("voice_training_jobs")}
+    specs = {s.key: s for s in analytics.specs}
+    assert all(s.group_name == "analytics" and s.description for s in specs.values())
+
+
+def test_materialize_subset_and_refusal(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    insert_rows(con, "main.voice_training_jobs", [{"project_id": "p", "job_id": "1", "phone": "13800135678"}])
+    con.close()
+    resources = {"warehouse": StandInWarehouseResource(data_dir=str(tmp_path))}
+    assets = [dg.AssetSpec("voice_training_jobs"), build_analytics_assets()]
+    refused = dg.materialize(assets, resources=resources, raise_on_error=False)
+    assert not refused.success
+    allowed = dg.materialize(
+        assets,
+        resources=resources,
+        selection=dg.AssetSelection.assets(["analytics", "voice_training_jobs"]),
+        run_config={"ops": {"analytics_models": {"config": {"allow_unmasked_personal_data": True}}}},
+    )
+    keys = [e.materialization.asset_key for e in allowed.get_asset_materialization_events()]
+    assert keys == [dg.AssetKey(["analytics", "voice_training_jobs"])]
