@@ -1,0 +1,427 @@
+"""Warehouse: upserts, SCD2 history, deletions, watermarks, atomicity, lake and serving snapshot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, normalize
+from pipelines.warehouse import STORED_JOBS_SCHEMA, Warehouse, WarehouseError, WindowRecord
+
+DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
+DAY2 = DAY1 + timedelta(days=1)
+SYNC1 = datetime(2025, 3, 5, 10, tzinfo=UTC)
+SYNC2 = SYNC1 + timedelta(hours=1)
+
+
+def rec(
+    job_id: str, state: str = "CREATING", *, created: datetime = DAY1, updated_min: int | None = 0, **kw
+) -> dict:
+    r = {"job_id": job_id, "state": state, "create_time": int(created.timestamp())}
+    if updated_min is not None:
+        r["lastupdate_time"] = int((created + timedelta(minutes=updated_min)).timestamp() * 1000)
+    return r | kw
+
+
+def jobs(records: list[dict], project_id: str = "p1", synced_at: datetime = SYNC1) -> pa.Table:
+    out = normalize(records, project_id, synced_at)
+    assert not out.quarantine
+    return out.table
+
+
+def sql(wh: Warehouse, query: str, params: list | None = None) -> list[tuple]:
+    with wh.connect() as con:
+        return con.execute(query, params or []).fetchall()
+
+
+def states(wh: Warehouse) -> dict[str, str]:
+    return {r["job_id"]: r["state"] for r in wh.jobs_table().to_pylist()}
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> Warehouse:
+    return Warehouse(tmp_path / "data")
+
+
+@pytest.fixture
+def run(wh: Warehouse) -> str:
+    return wh.begin_run("days", {"since": "2025-03-01"})
+
+
+def test_layout_and_schema_are_created_idempotently(tmp_path: Path):
+    wh = Warehouse(tmp_path / "d")
+    assert wh.db_path == tmp_path / "d" / "warehouse.duckdb"
+    assert wh.lake_dir == tmp_path / "d" / "lake" / "voice_training_jobs"
+    assert wh.serving_path == tmp_path / "d" / "serving.duckdb"
+    assert wh.lake_dir.is_dir()
+    assert wh.jobs_table().schema.equals(STORED_JOBS_SCHEMA)
+    again = Warehouse(tmp_path / "d")
+    assert again.jobs_table().num_rows == 0
+    assert sql(again, "SELECT version FROM schema_migrations") == [(SCHEMA_VERSION,)]
+    tables = {
+        r[0] for r in sql(again, "SELECT table_name FROM information_schema.tables WHERE table_schema='main'")
+    }
+    assert {
+        "voice_training_jobs", "voice_training_job_history", "voice_training_job_transitions", "sync_windows",
+        "sync_runs", "sync_state", "quarantine", "lake_dirty", "schema_migrations",
+    } <= tables  # fmt: skip
+    cols = sql(
+        again,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='voice_training_jobs'",
+    )
+    assert [c for c, _ in cols] == [*JOBS_SCHEMA.names, "deleted_at"]
+    assert dict(cols)["create_time"] == "TIMESTAMP WITH TIME ZONE"
+    # no open connection outside a call: another reader can open the file read-only
+    with duckdb.connect(str(again.db_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (0,)
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path):
+    wh = Warehouse(tmp_path)
+    sql(wh, "INSERT INTO schema_migrations VALUES (?, now(), 'future')", [SCHEMA_VERSION + 1])
+    with pytest.raises(WarehouseError, match="newer than this program"):
+        Warehouse(tmp_path).jobs_table()
+
+
+def test_unwritable_data_dir_raises_a_warehouse_error(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(WarehouseError) as err:
+        Warehouse(blocker / "data")
+    assert str(blocker / "data") in str(err.value) and "writable directory" in str(err.value)
+
+
+def test_upsert_newest_lastupdate_wins(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a", "WAITING", updated_min=10), rec("b", "WAITING", updated_min=10),
+                             rec("c", "WAITING", updated_min=None), rec("d", "WAITING", updated_min=10)]))  # fmt: skip
+    stats = wh.apply(
+        run,
+        jobs=jobs(
+            [
+                rec("a", "OLDER", updated_min=5),  # older: ignored
+                rec("b", "SAME_TIME", updated_min=10),  # equal time: replaces
+                rec("c", "DATED", updated_min=1),  # stored NULL is oldest
+                rec("d", "NULL_TIME", updated_min=None),  # incoming NULL is oldest
+                rec("e", "NEW"),
+            ],
+            synced_at=SYNC2,
+        ),
+    )
+    assert states(wh) == {"a": "WAITING", "b": "SAME_TIME", "c": "DATED", "d": "WAITING", "e": "NEW"}
+    assert (stats.inserted, stats.updated, stats.stale) == (1, 2, 2)
+    synced = {r["job_id"]: r["synced_at"] for r in wh.jobs_table().to_pylist()}
+    assert synced["a"] == SYNC1 and synced["b"] == SYNC2
+    # duplicates inside one batch: the newest wins, then the later row
+    wh.apply(
+        run,
+        jobs=pa.concat_tables([jobs([rec("e", "X", updated_min=50)]), jobs([rec("e", "Y", updated_min=40)])]),
+    )
+    assert states(wh)["e"] == "X"
+
+
+def test_reapplying_the_same_batch_changes_nothing(wh: Warehouse, run: str):
+    batch = jobs(
+        [rec("a", "WAITING"), rec("b", "SUCCEED", created=DAY2, updated_min=3), rec("c", updated_min=None)]
+    )
+    first = wh.apply(run, jobs=batch)
+    assert first.history_versions == 3
+    before = wh.jobs_table()
+    history_before = sql(wh, "SELECT * FROM voice_training_job_history ORDER BY job_id")
+    second = wh.apply(run, jobs=batch)
+    assert second.history_versions == 0 and second.inserted == 0
+    assert wh.jobs_table().equals(before)
+    assert sql(wh, "SELECT * FROM voice_training_job_history ORDER BY job_id") == history_before
+    # a later sync of the same content moves synced_at only: still no history version
+    third = wh.apply(run, jobs=jobs([rec("a", "WAITING")], synced_at=SYNC2))
+    assert third.history_versions == 0
+    assert sql(wh, "SELECT count(*) FROM voice_training_job_history") == [(3,)]
+
+
+def test_history_versions_and_transitions(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a", "CREATING", updated_min=0)]))
+    wh.apply(run, jobs=jobs([rec("a", "PROCESSING", updated_min=30)], synced_at=SYNC2))
+    wh.apply(run, jobs=jobs([rec("a", "PROCESSING", updated_min=45, voice_name="renamed")], synced_at=SYNC2))
+    wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=90)], synced_at=SYNC2 + timedelta(hours=1)))
+    # an older version arriving late is not history's current version
+    late = wh.apply(
+        run, jobs=jobs([rec("a", "WAITING", updated_min=20)], synced_at=SYNC2 + timedelta(hours=2))
+    )
+    assert late.history_versions == 0 and late.stale == 1
+    versions = sql(
+        wh,
+        "SELECT state, voice_name, valid_from, valid_to, observed_at FROM voice_training_job_history ORDER BY valid_from",
+    )
+    t = [DAY1 + timedelta(minutes=m) for m in (0, 30, 45, 90)]
+    assert versions == [
+        ("CREATING", None, t[0], t[1], SYNC1),
+        ("PROCESSING", None, t[1], t[2], SYNC2),
+        ("PROCESSING", "renamed", t[2], t[3], SYNC2),
+        ("SUCCEED", None, t[3], None, SYNC2 + timedelta(hours=1)),
+    ]
+    transitions = sql(
+        wh,
+        "SELECT job_id, from_state, to_state, changed_at FROM voice_training_job_transitions ORDER BY changed_at",
+    )
+    assert transitions == [
+        ("a", None, "CREATING", t[0]),
+        ("a", "CREATING", "PROCESSING", t[1]),
+        ("a", "PROCESSING", "SUCCEED", t[3]),
+    ]
+    hashes = sql(wh, "SELECT count(DISTINCT row_hash), count(*) FROM voice_training_job_history")
+    assert hashes == [(4, 4)]
+
+
+def test_history_without_lastupdate_time_falls_back(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("n", "CREATING", updated_min=None)]))
+    wh.apply(run, jobs=jobs([rec("n", "WAITING", updated_min=None)], synced_at=SYNC2))
+    assert sql(
+        wh, "SELECT state, valid_from, valid_to FROM voice_training_job_history ORDER BY valid_from"
+    ) == [
+        ("CREATING", DAY1, SYNC2),
+        ("WAITING", SYNC2, None),
+    ]
+
+
+def test_deletions_are_marked_and_history_is_kept(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a"), rec("b"), rec("c")]))
+    gone = datetime(2025, 3, 6, tzinfo=UTC)
+    stats = wh.apply(
+        run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "a"), ("p1", "zz")], deleted_at=gone
+    )
+    assert stats.deleted == 1
+    # marking again keeps the first deletion time
+    again = wh.apply(
+        run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "a")], deleted_at=gone + timedelta(days=1)
+    )
+    assert again.deleted == 0
+    rows = {r["job_id"]: r["deleted_at"] for r in wh.jobs_table().to_pylist()}
+    assert rows == {"a": gone, "b": None, "c": None}
+    assert {r["job_id"] for r in wh.jobs_table(include_deleted=False).to_pylist()} == {"b", "c"}
+    assert wh.live_job_ids("p1", DAY1, DAY2) == {"b", "c"}
+    assert sql(
+        wh, "SELECT job_id, valid_to, deleted_at FROM voice_training_job_history WHERE job_id = 'a'"
+    ) == [("a", None, gone)]
+
+
+def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a", updated_min=10)]))
+    wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "a")], deleted_at=SYNC1)
+    # even an older listing proves the job exists
+    stats = wh.apply(run, jobs=jobs([rec("a", "OLD", updated_min=5)], synced_at=SYNC2))
+    assert stats.undeleted == 1 and stats.stale == 1
+    row = wh.jobs_table().to_pylist()[0]
+    assert (row["state"], row["deleted_at"]) == ("CREATING", None)
+    assert sql(wh, "SELECT count(*), count(deleted_at) FROM voice_training_job_history") == [(1, 0)]
+    assert wh.live_job_ids("p1", DAY1, DAY2) == {"a"}
+    lake = ds.dataset(wh.lake_dir, format="parquet", partitioning="hive").to_table()
+    assert lake["deleted_at"].to_pylist() == [None]
+
+
+def test_live_job_ids_window_is_half_open(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("at-start", created=DAY1), rec("at-end", created=DAY2)]))
+    assert wh.live_job_ids("p1", DAY1, DAY2) == {"at-start"}
+    assert wh.live_job_ids("p2", DAY1, DAY2) == set()
+
+
+def test_watermark_never_moves_backwards(wh: Warehouse, run: str):
+    assert wh.watermark("p1") is None
+    empty = JOBS_SCHEMA.empty_table()
+    wh.apply(run, jobs=empty, watermarks={"p1": SYNC2})
+    wh.apply(run, jobs=empty, watermarks={"p1": SYNC1, "p2": SYNC1})
+    assert wh.watermark("p1") == SYNC2 and wh.watermark("p2") == SYNC1
+    wh.apply(run, jobs=empty, watermarks={"p1": SYNC2 + timedelta(seconds=1)})
+    assert wh.watermark("p1") == SYNC2 + timedelta(seconds=1)
+    assert sql(wh, "SELECT count(*) FROM sync_state") == [(2,)]
+
+
+def test_windows_quarantine_and_runs_are_recorded(wh: Warehouse):
+    run_id = wh.begin_run("days", {"projects": ["p1"]})
+    assert len(run_id) == 32
+    bad = normalize([rec("ok"), {"job_id": "bad", "create_time": "soon"}], "p1", SYNC1)
+    window = WindowRecord("p1", "create", DAY1, DAY2, 2, 2, 1)
+    stats = wh.apply(run_id, jobs=bad.table, windows=[window], quarantine=bad.quarantine)
+    assert (stats.windows, stats.quarantined) == (1, 1)
+    assert sql(
+        wh, "SELECT run_id, project_id, kind, since, until, api_count, fetched, pages FROM sync_windows"
+    ) == [(run_id, "p1", "create", DAY1, DAY2, 2, 2, 1)]
+    q = sql(wh, "SELECT run_id, project_id, job_id, reason, raw_record FROM quarantine")
+    assert q[0][:3] == (run_id, "p1", "bad") and "create_time" in q[0][3]
+    assert json.loads(q[0][4])["create_time"] == "soon"
+    assert sql(wh, "SELECT status FROM sync_runs") == [("running",)]
+    wh.finish_run(run_id, "succeeded", {"rows_written": 1, "requests": 3, "retries": {"429": 2, "503": 1}})
+    row = sql(
+        wh, "SELECT status, rows, requests, retries, finished_at IS NOT NULL, stats, details FROM sync_runs"
+    )[0]
+    assert row[:5] == ("succeeded", 1, 3, 3, True)
+    assert json.loads(row[5])["retries"] == {"429": 2, "503": 1}
+    assert json.loads(row[6]) == {"projects": ["p1"]}
+    with pytest.raises(ValueError):
+        wh.finish_run(run_id, "done", {})
+    with pytest.raises(ValueError, match="no sync run"):
+        wh.finish_run("missing", "failed", {})
+
+
+def _state(wh: Warehouse) -> tuple:
+    return (
+        wh.jobs_table().to_pylist(),
+        sql(wh, "SELECT * FROM voice_training_job_history ORDER BY job_id, valid_from"),
+        sql(wh, "SELECT * FROM sync_windows"),
+        sql(wh, "SELECT * FROM quarantine"),
+        sql(wh, "SELECT * FROM sync_state"),
+        sql(wh, "SELECT * FROM lake_dirty"),
+        sorted(p.relative_to(wh.lake_dir) for p in wh.lake_dir.rglob("*") if p.is_file()),
+    )
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), duckdb.IOException("No space left on device")])
+def test_a_failure_mid_transaction_leaves_the_previous_state(wh: Warehouse, run: str, monkeypatch, failure):
+    wh.apply(run, jobs=jobs([rec("a"), rec("b")]), watermarks={"p1": SYNC1})
+    before = _state(wh)
+
+    def fail(self, con, stats):  # runs after the jobs table was already rewritten
+        raise failure
+
+    monkeypatch.setattr(Warehouse, "_history", fail)
+    bad = normalize([rec("a", "CHANGED", updated_min=9), {"job_id": "q", "create_time": None}], "p1", SYNC2)
+    kwargs = dict(
+        jobs=bad.table,
+        windows=[WindowRecord("p1", "create", DAY1, DAY2, 2, 2, 1)],
+        quarantine=bad.quarantine,
+        deleted=[("p1", "b")],
+        watermarks={"p1": SYNC2},
+    )
+    if isinstance(failure, duckdb.IOException):
+        with pytest.raises(WarehouseError, match="Free space") as err:
+            wh.apply(run, **kwargs)
+        assert str(wh.db_path) in str(err.value)
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            wh.apply(run, **kwargs)
+    assert _state(wh) == before
+    monkeypatch.undo()
+    wh.apply(run, **kwargs)
+    assert states(wh)["a"] == "CHANGED"
+
+
+def _lake_rows(wh: Warehouse) -> list[dict]:
+    lake = ds.dataset(wh.lake_dir, format="parquet", partitioning="hive").to_table()
+    rows = lake.drop_columns(["create_day"]).cast(STORED_JOBS_SCHEMA).to_pylist()
+    return sorted(rows, key=lambda r: (r["project_id"], r["job_id"]))
+
+
+def test_lake_partitions_equal_the_table(wh: Warehouse, run: str):
+    wh.apply(
+        run, jobs=jobs([rec("a"), rec("b", created=DAY2), rec("c", created=DAY2 - timedelta(milliseconds=1))])
+    )
+    wh.apply(run, jobs=jobs([rec("x", created=DAY2)], project_id="p2"))
+    files = sorted(str(p.relative_to(wh.lake_dir)) for p in wh.lake_dir.rglob("*") if p.is_file())
+    assert files == [
+        "create_day=2025-03-01/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p2/data.parquet",
+    ]
+    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
+    # any engine: DuckDB reads the same rows with the partition columns from the path
+    got = duckdb.sql(
+        f"SELECT create_day, project_id, job_id FROM read_parquet('{wh.lake_dir}/**/*.parquet', hive_partitioning=true)"
+        " ORDER BY job_id"
+    ).fetchall()
+    assert got == [(date(2025, 3, 1), "p1", "a"), (date(2025, 3, 2), "p1", "b"), (date(2025, 3, 1), "p1", "c"),
+                   (date(2025, 3, 2), "p2", "x")]  # fmt: skip
+    # deletions and updates rewrite their partition
+    wh.apply(run, jobs=jobs([rec("b", "SUCCEED", created=DAY2, updated_min=5)]), deleted=[("p1", "a")])
+    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+
+
+def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a")]))
+    path = wh.partition_path("p1", DAY1.date())
+    assert path.exists()
+    with wh.connect() as con:
+        con.execute("DELETE FROM voice_training_jobs")
+        con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01')")
+    assert wh.export_dirty_partitions() == 1
+    assert not path.exists()
+
+
+def test_lake_write_failure_keeps_old_file_and_mark_and_leaves_no_temp_file(
+    wh: Warehouse, run: str, monkeypatch
+):
+    wh.apply(run, jobs=jobs([rec("a")]))
+    path = wh.partition_path("p1", DAY1.date())
+    old_bytes = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pipelines.warehouse.os.fsync", disk_full)
+    with pytest.raises(WarehouseError) as err:
+        wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=3)]))
+    assert str(path) in str(err.value) and "free space" in str(err.value)
+    # the database transaction committed; the lake keeps its old, whole file and the mark
+    assert states(wh) == {"a": "SUCCEED"}
+    assert path.read_bytes() == old_bytes
+    assert [p.name for p in path.parent.iterdir()] == ["data.parquet"]
+    assert sql(wh, "SELECT project_id, create_day FROM lake_dirty") == [("p1", DAY1.date())]
+    monkeypatch.undo()
+    assert wh.export_dirty_partitions() == 1
+    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
+
+
+def test_session_keeps_one_connection_and_methods_work_inside(wh: Warehouse, run: str):
+    with wh.connect() as con:
+        wh.apply(run, jobs=jobs([rec("a")]))
+        assert con.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
+        with wh.connect() as inner:
+            assert inner is con
+        assert wh.live_job_ids("p1", DAY1, DAY2) == {"a"}
+    with duckdb.connect(str(wh.db_path), read_only=True) as reader:
+        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
+
+
+_READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"
+
+
+def test_serving_snapshot_old_readers_keep_their_snapshot(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a")]))
+    assert wh.publish_serving() == wh.serving_path
+    reader = duckdb.connect(str(wh.serving_path), read_only=True)
+    try:
+        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
+        wh.apply(run, jobs=jobs([rec("b"), rec("c")]))
+        with wh.connect():
+            wh.publish_serving()  # also from inside a session
+        # the open reader still sees its consistent old snapshot ...
+        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
+        assert reader.execute("SELECT job_id FROM voice_training_job_history").fetchall() == [("a",)]
+        # ... while a new connection (a BI tool is another process) sees the new one
+        query = "SELECT count(*) FROM voice_training_jobs"
+        out = subprocess.run(
+            [sys.executable, "-c", _READ_SERVING, str(wh.serving_path), query],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        assert out.stdout.strip() == "3"
+    finally:
+        reader.close()
+    assert sorted(p.name for p in wh.data_dir.iterdir() if p.is_file()) == [
+        "serving.duckdb",
+        "warehouse.duckdb",
+    ]
+    with duckdb.connect(str(wh.serving_path), read_only=True) as fresh:
+        assert fresh.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (3,)
+
+
+def test_naive_datetimes_are_refused(wh: Warehouse, run: str):
+    with pytest.raises(ValueError, match="timezone-aware"):
+        wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), watermarks={"p1": datetime(2025, 1, 1)})  # noqa: DTZ001
+    with pytest.raises(ValueError, match="columns of JOBS_SCHEMA"):
+        wh.apply(run, jobs=pa.table({"job_id": ["a"]}))
