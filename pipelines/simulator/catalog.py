@@ -75,21 +75,54 @@ CREATE_TYPES: tuple[str, ...] = ("PACKAGE", "SEGMENT")
 CHARGE_MODES: tuple[str, ...] = ("PERIODIC", "ONE_TIME", "ON_DEMAND")
 
 _VOICE_BASES = (
-    "小美", "晓晨", "云希", "小雅主播", "客服小助手", "新闻男声", "温柔姐姐", "东北大叔",
-    "Emma", "Liam", "Olivia", "Noah", "Grace Narrator", "Ava Support",
-    "Sofía", "Mateo", "Lucía Ventas",
-    "سارة", "عمر", "ليلى الأخبار",
-    "さくら", "ハルト", "ゆい先生",
-    "지민", "서준",
-    "Amélie", "Lukas", "Ольга", "Ana Beatriz", "สมชาย",
-    "🎙️ Studio", "Nova ✨", "Kiki 🐱", "🔥 Live Host",
+    "小美",
+    "晓晨",
+    "云希",
+    "小雅主播",
+    "客服小助手",
+    "新闻男声",
+    "温柔姐姐",
+    "东北大叔",
+    "Emma",
+    "Liam",
+    "Olivia",
+    "Noah",
+    "Grace Narrator",
+    "Ava Support",
+    "Sofía",
+    "Mateo",
+    "Lucía Ventas",
+    "سارة",
+    "عمر",
+    "ليلى الأخبار",
+    "さくら",
+    "ハルト",
+    "ゆい先生",
+    "지민",
+    "서준",
+    "Amélie",
+    "Lukas",
+    "Ольга",
+    "Ana Beatriz",
+    "สมชาย",
+    "🎙️ Studio",
+    "Nova ✨",
+    "Kiki 🐱",
+    "🔥 Live Host",
 )
 _VOICE_SUFFIXES = ("", " v2", "-温柔", " (calm)", "_live", " 🎧", " 2026", "-新版")
 VOICE_NAMES: tuple[str, ...] = tuple(base + suffix for suffix in _VOICE_SUFFIXES for base in _VOICE_BASES)
 
 BATCH_NAMES: tuple[str, ...] = tuple(
     [f"batch-{year}{month:02d}-{wave}" for year in (2025, 2026) for month in range(1, 13) for wave in "ab"]
-    + ["spring-campaign", "双十一主播", "news-desk-q3", "edu-course-voices", "cs-hotline-refresh", "حملة-رمضان"]
+    + [
+        "spring-campaign",
+        "双十一主播",
+        "news-desk-q3",
+        "edu-course-voices",
+        "cs-hotline-refresh",
+        "حملة-رمضان",
+    ]
 )
 
 FAILURES: tuple[tuple[str, str], ...] = (
@@ -107,13 +140,25 @@ FAILURES: tuple[tuple[str, str], ...] = (
 
 # parameter -> (expected, low, high, unit, suggestion zh, suggestion en)
 ASSESS_PARAMS: tuple[tuple[str, str, float, float, str, str, str], ...] = (
-    ("speed", "3.5-5.5", 2.5, 6.5, "字/秒", "请放慢语速，保持平稳。", "Speak a little slower and keep a steady pace."),
+    (
+        "speed",
+        "3.5-5.5",
+        2.5,
+        6.5,
+        "字/秒",
+        "请放慢语速，保持平稳。",
+        "Speak a little slower and keep a steady pace.",
+    ),
     ("sound", ">=60", 40.0, 80.0, "dB", "请靠近麦克风录音。", "Record closer to the microphone."),
     ("snr", ">=30", 15.0, 45.0, "dB", "请在安静环境中录音。", "Record in a quiet room."),
     ("reverb", "<=0.4", 0.1, 0.9, "s", "请减少房间混响。", "Reduce room echo, e.g. with soft furnishings."),
     ("dnsmos_ovrl", ">=3.0", 2.0, 4.2, "", "整体音质偏低。", "Overall audio quality is low."),
     ("dnsmos_bak", ">=3.5", 2.5, 4.5, "", "背景噪声偏大。", "Background noise is noticeable."),
 )
-ASSESS_SUMMARY = ("录音质量良好。", "部分录音质量不达标，请参考各项建议重新录制。", "Audio quality is acceptable.")
+ASSESS_SUMMARY = (
+    "录音质量良好。",
+    "部分录音质量不达标，请参考各项建议重新录制。",
+    "Audio quality is acceptable.",
+)
 
 EXTRA_TOP_LEVEL = ("voice_style", "quality_score", "region_hint")

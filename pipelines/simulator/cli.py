@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     ak, sk = next(iter(config.credentials.items()))
     print(f"MetaStudio simulator listening on {server.url}")
-    print(f"  projects: {','.join(config.projects)}   jobs: {len(server.state)}   now: {server.state.now.isoformat()}")
+    print(
+        f"  projects: {','.join(config.projects)}   jobs: {len(server.state)}   now: {server.state.now.isoformat()}"
+    )
     print(f"  token:    X-Auth-Token {next(iter(config.tokens))}")
     print(f"  AK/SK:    {ak} / {sk}")
     print(f"  admin:    POST {server.url}/_sim/advance?seconds=3600   GET {server.url}/_sim/truth")

@@ -17,9 +17,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 # RFC 3339 date-time: an explicit offset (or Z) is required, fractions optional.
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 _STATE = re.compile(r"^[A-Z][A-Z_]*$")
 _SORT_KEYS = {"create_time": "create", "ceate_time": "create", "update_time": "update"}
 

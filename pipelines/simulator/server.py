@@ -141,7 +141,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     # --------------------------------------------------------------- plumbing
-    def _send(self, status: int, body: bytes, content_type: str = JSON_TYPE, headers: dict[str, str] | None = None, *, count: bool = True) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = JSON_TYPE,
+        headers: dict[str, str] | None = None,
+        *,
+        count: bool = True,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -190,7 +198,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._authenticate(simulator, path, query, body, project_id)
             if not simulator.state.has_project(project_id):
                 raise _Reject(
-                    403, "MSS.00000003", f"Project {project_id} does not exist or you have no permission on it."
+                    403,
+                    "MSS.00000003",
+                    f"Project {project_id} does not exist or you have no permission on it.",
                 )
             params = parse_list_params(parse_qsl(query, keep_blank_values=True))
         except _Reject as reject:
@@ -202,7 +212,11 @@ class _Handler(BaseHTTPRequestHandler):
         app_user = self.headers.get("X-App-UserId")
         fault = simulator._draw_fault()
         if fault == "429":
-            self._send(429, _error_body("APIGW.0308", "The throttling threshold has been reached."), headers={"Retry-After": "1"})
+            self._send(
+                429,
+                _error_body("APIGW.0308", "The throttling threshold has been reached."),
+                headers={"Retry-After": "1"},
+            )
             return
         if fault == "500":
             self._send(500, _error_body("MSS.00000002", "Internal server error, please try again later."))
@@ -223,21 +237,31 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, page)
 
     # ------------------------------------------------------------------- auth
-    def _authenticate(self, simulator: SimulatorServer, path: str, query: str, body: bytes, project_id: str) -> None:
+    def _authenticate(
+        self, simulator: SimulatorServer, path: str, query: str, body: bytes, project_id: str
+    ) -> None:
         config = simulator.config
         token = self.headers.get("X-Auth-Token")
         if token is not None:
             if token in config.expired_tokens:
                 raise _Reject(401, "APIGW.0307", "The token has expired. Obtain a new token.")
             if not any(hmac.compare_digest(token, known) for known in config.tokens):
-                raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: token verification failed.")
+                raise _Reject(
+                    401, "APIGW.0301", "Incorrect IAM authentication information: token verification failed."
+                )
             return
         authorization = self.headers.get("Authorization")
         if authorization is None:
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: no authentication information in the request.")
+            raise _Reject(
+                401,
+                "APIGW.0301",
+                "Incorrect IAM authentication information: no authentication information in the request.",
+            )
         parts = auth.parse_authorization(authorization)
         if parts is None:
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: malformed Authorization header.")
+            raise _Reject(
+                401, "APIGW.0301", "Incorrect IAM authentication information: malformed Authorization header."
+            )
         access = parts["Access"]
         security_token: str | None = None
         if access in config.credentials:
@@ -245,32 +269,60 @@ class _Handler(BaseHTTPRequestHandler):
         elif access in config.temporary_credentials:
             secret, security_token = config.temporary_credentials[access]
         else:
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: the access key does not exist.")
+            raise _Reject(
+                401, "APIGW.0301", "Incorrect IAM authentication information: the access key does not exist."
+            )
         headers = {name.lower(): value for name, value in self.headers.items()}
         signed = parts["SignedHeaders"].split(";")
         if "host" not in signed or "x-sdk-date" not in signed:
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: host and x-sdk-date must be signed.")
+            raise _Reject(
+                401,
+                "APIGW.0301",
+                "Incorrect IAM authentication information: host and x-sdk-date must be signed.",
+            )
         missing = [name for name in signed if name not in headers]
         if missing:
-            raise _Reject(401, "APIGW.0301", f"Incorrect IAM authentication information: signed header {missing[0]} is missing.")
+            raise _Reject(
+                401,
+                "APIGW.0301",
+                f"Incorrect IAM authentication information: signed header {missing[0]} is missing.",
+            )
         sdk_date = headers["x-sdk-date"]
         try:
-            signed_at = datetime.strptime(sdk_date + "+0000", auth.DATE_FORMAT + "%z")
+            signed_at = datetime.strptime(sdk_date, auth.DATE_FORMAT).replace(tzinfo=UTC)
         except ValueError:
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: X-Sdk-Date is malformed.") from None
+            raise _Reject(
+                401, "APIGW.0301", "Incorrect IAM authentication information: X-Sdk-Date is malformed."
+            ) from None
         if abs((datetime.now(UTC) - signed_at).total_seconds()) > _MAX_SKEW_SECONDS:
-            raise _Reject(401, "APIGW.0303", "Incorrect app authentication information: the request has expired (X-Sdk-Date is more than 15 minutes off).")
+            raise _Reject(
+                401,
+                "APIGW.0303",
+                "Incorrect app authentication information: the request has expired (X-Sdk-Date is more than 15 minutes off).",
+            )
         if security_token is not None:
             sent = headers.get("x-security-token")
             if sent is None or "x-security-token" not in signed:
-                raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: temporary credentials need a signed X-Security-Token.")
+                raise _Reject(
+                    401,
+                    "APIGW.0301",
+                    "Incorrect IAM authentication information: temporary credentials need a signed X-Security-Token.",
+                )
             if not hmac.compare_digest(sent, security_token):
-                raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: the security token is invalid.")
+                raise _Reject(
+                    401,
+                    "APIGW.0301",
+                    "Incorrect IAM authentication information: the security token is invalid.",
+                )
         pairs = auth.query_pairs(httpx.URL("http://simulator" + path + ("?" + query if query else "")))
         canonical = auth.canonical_request(self.command, path, pairs, headers, signed, body)
         expected = auth.signature(secret, sdk_date, canonical)
         if not hmac.compare_digest(expected, parts["Signature"]):
-            raise _Reject(401, "APIGW.0301", "Incorrect IAM authentication information: the request signature does not match.")
+            raise _Reject(
+                401,
+                "APIGW.0301",
+                "Incorrect IAM authentication information: the request signature does not match.",
+            )
         sent_project = headers.get("x-project-id")
         if sent_project is not None and sent_project != project_id:
             raise _Reject(403, "MSS.00000003", "X-Project-Id does not match the project in the request path.")
@@ -279,7 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _admin(self, path: str, query: str, body: bytes) -> None:
         simulator = self.server.simulator
         if self.client_address[0] not in ("127.0.0.1", "::1", "localhost"):
-            self._send(403, _error_body("SIM.403", "Admin endpoints answer loopback clients only."), count=False)
+            self._send(
+                403, _error_body("SIM.403", "Admin endpoints answer loopback clients only."), count=False
+            )
             return
         args = dict(parse_qsl(query, keep_blank_values=True))
         try:
@@ -331,7 +385,10 @@ class SimulatorServer:
             return self
         self._httpd = _HTTPServer((self._host, self._port), self)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="metastudio-simulator", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="metastudio-simulator",
+            daemon=True,
         )
         self._thread.start()
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -72,6 +73,8 @@ _TAG_CODE = {name: code for code, name in enumerate(C.TAGS)}
 _JOB_TYPE_CODE = {name: code for code, name in enumerate(C.JOB_TYPES)}
 _IN_PROGRESS_CODES = np.array([C.STATE_CODE[s] for s in C.STATES if s not in C.TERMINAL], dtype=np.int8)
 _SUCCEED = C.STATE_CODE["SUCCEED"]
+_WAITING_FOR_USER = frozenset({"AUDIT_FAILED", "SPLIT_FAILED", "USER_REVIEW_REJECT"})
+_ABANDONED_AFTER_MS = 30 * DAY_MS
 _FAILED = C.STATE_CODE["FAILED"]
 _REJECT = C.STATE_CODE["USER_REVIEW_REJECT"]
 _PHONE_PREFIX = {"CN": "+86 1", "EN": "+1 415", "ES": "+34 6", "AR": "+971 5", "JA": "+81 90", "KO": "+82 10"}
@@ -95,6 +98,71 @@ def rfc3339(ms: int) -> str:
     if ms % 1000:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_MASK64 = (1 << 64) - 1
+_REGIONS = ("cn-north-4", "cn-east-3")
+_PHONE_FORMAT: dict[str | None, tuple[str, int]] = {
+    "CN": ("+86 1", 10),
+    "EN": ("+1 415", 7),
+    "ES": ("+34 6", 8),
+    "AR": ("+971 5", 8),
+    "JA": ("+81 90", 8),
+    "KO": ("+82 10", 8),
+    None: ("+44 7", 9),
+}
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_SIG_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class _Bits:
+    """splitmix64 stream: cheap, deterministic 64-bit words from a job's salt."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed
+
+    def next(self) -> int:
+        self.state = z = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+
+def _text(word: int, alphabet: str, length: int) -> str:
+    size = len(alphabet)
+    chars = []
+    for _ in range(length):
+        word, digit = divmod(word, size)
+        chars.append(alphabet[digit])
+    return "".join(chars)
+
+
+def _presigned(word1: int, word2: int, expires: int) -> str:
+    """An object-storage pre-signed query string: the credential a sync must not keep."""
+    key = _text(word1, _KEY_ALPHABET, 12)
+    signature = _text(word2, _SIG_ALPHABET, 10) + _text(word1 ^ word2, _SIG_ALPHABET, 10)
+    return f"?AccessKeyId={key}&Expires={expires}&Signature={signature}%3D"
+
+
+def _assess(bits: _Bits, flags: int) -> dict:
+    result: dict = {}
+    failing = 0
+    for name, expected, low, high, unit, zh, en in C.ASSESS_PARAMS:
+        word = bits.next()
+        status = 1 if word % 100 < 15 else 0
+        failing += status
+        actual = low + (high - low) * ((word >> 8) % 10_000) / 10_000
+        item: dict = {"expected": expected, "actual": f"{actual:.2f}{unit}"}
+        if status:
+            item["suggestion"], item["suggestion_en"] = zh, en
+        item["status"] = status
+        result[name] = item
+    result["suggestion"] = C.ASSESS_SUMMARY[1] if failing else C.ASSESS_SUMMARY[(bits.next() & 1) * 2]
+    if flags & F_ASSESS_EXTRA:
+        result["pitch"] = {"expected": "80-300Hz", "actual": f"{60 + bits.next() % 260}Hz", "status": 0}
+    return result
 
 
 class _SortIndex:
@@ -192,7 +260,9 @@ class SimulatorState:
         projects = len(self.projects)
         project_weights = 1.0 / np.arange(1, projects + 1)  # the first project is the busiest
         cols: dict[str, np.ndarray] = {
-            "project": rng.choice(projects, size=n, p=project_weights / project_weights.sum()).astype(np.int16),
+            "project": rng.choice(projects, size=n, p=project_weights / project_weights.sum()).astype(
+                np.int16
+            ),
             "id_hi": rng.integers(0, 2**64, size=n, dtype=np.uint64),
             "id_lo": rng.integers(0, 2**64, size=n, dtype=np.uint64),
             "salt": rng.integers(0, 2**63, size=n, dtype=np.uint64),
@@ -300,11 +370,13 @@ class SimulatorState:
         reject[rejected_once] = 1 + (rng.random(int(rejected_once.sum())) < 0.3)
         is_reject = state == _REJECT
         reject[is_reject] = rng.integers(1, 4, size=int(is_reject.sum()))
-        failure = np.where(
-            state == _FAILED, rng.integers(0, len(C.FAILURES), size=n), -1
-        ).astype(np.int8)
+        failure = np.where(state == _FAILED, rng.integers(0, len(C.FAILURES), size=n), -1).astype(np.int8)
         cols.update(
-            create_ms=create, update_ms=update, state=state, reject=reject, failure=failure,
+            create_ms=create,
+            update_ms=update,
+            state=state,
+            reject=reject,
+            failure=failure,
             deleted=np.zeros(n, dtype=np.bool_),
         )
         self._append(cols)
@@ -315,107 +387,116 @@ class SimulatorState:
         if not rows:
             return []
         idx = np.asarray(rows, dtype=np.int64)
-        c = {name: self._cols[name][idx].tolist() for name in _COLUMNS}
-        out = []
-        for k in range(len(rows)):
-            out.append(self._record({name: values[k] for name, values in c.items()}))
-        return out
+        columns = [self._cols[name][idx].tolist() for name in _COLUMNS]
+        record = self._record
+        return [record(*values) for values in zip(*columns, strict=True)]
 
-    def _record(self, r: dict) -> dict:
-        rnd = random.Random(r["salt"])
-        flags = r["flags"]
-        job_id = f"{r['id_hi']:016x}{r['id_lo']:016x}"
-        state = C.STATES[r["state"]]
-        divisor = 1000 if r["secs"] else 1
-        project = self.projects[r["project"]]
-        rec: dict = {"job_id": job_id, "job_type": C.JOB_TYPES[r["job_type"]]}
-        if r["app_user"] >= 0:
-            rec["app_user_id"] = APP_USERS[r["app_user"]]
-        rec["voice_name"] = C.VOICE_NAMES[r["voice"]]
-        if r["sex"] >= 0:
-            rec["sex"] = C.SEXES[r["sex"]]
-        language = C.LANGUAGES[r["language"]] if r["language"] >= 0 else None
+    def _record(
+        self,
+        project,
+        id_hi,
+        id_lo,
+        salt,
+        create_ms,
+        update_ms,
+        secs,
+        state_code,
+        job_type,
+        sex,
+        language_code,
+        output_language,
+        tag,
+        create_type,
+        voice,
+        batch,
+        app_user,
+        reject,
+        failure,
+        charge,
+        ondemand,
+        remake,
+        flags,
+        deleted,
+    ) -> dict:
+        """One job's JSON object; every free-text detail derives from the row's salt."""
+        bits = _Bits(salt)
+        job_id = f"{id_hi:016x}{id_lo:016x}"
+        state = C.STATES[state_code]
+        rec: dict = {"job_id": job_id, "job_type": C.JOB_TYPES[job_type]}
+        if app_user >= 0:
+            rec["app_user_id"] = APP_USERS[app_user]
+        rec["voice_name"] = C.VOICE_NAMES[voice]
+        if sex >= 0:
+            rec["sex"] = C.SEXES[sex]
+        language = C.LANGUAGES[language_code] if language_code >= 0 else None
         if language:
             rec["language"] = language
         rec["state"] = state
-        if r["reject"] > 0:
-            rec["reject_times"] = r["reject"]
-        asset_bits = rnd.getrandbits(128)
-        if state == "SUCCEED":
-            rec["asset_id"] = f"{asset_bits:032x}"
-        if r["failure"] >= 0 and state == "FAILED":
-            rec["job_failed_code"], rec["job_failed_reason"] = C.FAILURES[r["failure"]]
-        rec["create_time"] = r["create_ms"] // divisor
-        rec["lastupdate_time"] = r["update_ms"] // divisor
-        region = "cn-north-4" if rnd.random() < 0.7 else "cn-east-3"
-        expires = r["create_ms"] // 1000 + 7 * 86400
-        for field, path, bit in (
-            ("voice_authorization_url", "voice-authorization", F_SIGNED_AUTH),
-            ("training_input_source_url", "training-input", F_SIGNED_INPUT),
-        ):
-            url = f"https://metastudio-{project}.obs.{region}.myhuaweicloud.com/{path}/{job_id}/"
-            url += "authorization.mp4" if bit == F_SIGNED_AUTH else "corpus.zip"
-            if flags & bit:
-                key = "".join(rnd.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=20))
-                sig = "".join(rnd.choices("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", k=27))
-                url += f"?AccessKeyId={key}&Expires={expires}&Signature={sig}%3D"
-            rec[field] = url
-        rec["create_type"] = C.CREATE_TYPES[r["create_type"]]
-        if r["tag"] >= 0:
-            rec["tag"] = C.TAGS[r["tag"]]
+        if reject > 0:
+            rec["reject_times"] = reject
+        word = bits.next()
+        if state_code == _SUCCEED:
+            rec["asset_id"] = f"{word:016x}{id_lo ^ word:016x}"
+        if failure >= 0 and state_code == _FAILED:
+            rec["job_failed_code"], rec["job_failed_reason"] = C.FAILURES[failure]
+        if secs:
+            rec["create_time"], rec["lastupdate_time"] = create_ms // 1000, update_ms // 1000
+        else:
+            rec["create_time"], rec["lastupdate_time"] = create_ms, update_ms
+        host = f"https://metastudio-{self.projects[project]}.obs.{_REGIONS[word & 1]}.myhuaweicloud.com"
+        expires = create_ms // 1000 + 7 * 86400
+        url = f"{host}/voice-authorization/{job_id}/authorization.mp4"
+        if flags & F_SIGNED_AUTH:
+            url += _presigned(bits.next(), bits.next(), expires)
+        rec["voice_authorization_url"] = url
+        url = f"{host}/training-input/{job_id}/corpus.zip"
+        if flags & F_SIGNED_INPUT:
+            url += _presigned(bits.next(), bits.next(), expires)
+        rec["training_input_source_url"] = url
+        rec["create_type"] = C.CREATE_TYPES[create_type]
+        if tag >= 0:
+            rec["tag"] = C.TAGS[tag]
         if flags & F_PHONE:
-            prefix = _PHONE_PREFIX.get(language or "CN", "+44 7")
-            rec["phone"] = prefix + "".join(rnd.choices("0123456789", k=13 - len(prefix.replace(" ", ""))))
+            prefix, digits = _PHONE_FORMAT.get(language, _PHONE_FORMAT[None])
+            rec["phone"] = f"{prefix}{bits.next() % 10**digits:0{digits}d}"
         if flags & F_DHTMS:
-            rec["dhtms_job_id"] = f"{rnd.getrandbits(128):032x}"
-        if r["batch"] >= 0:
-            rec["batch_name"] = C.BATCH_NAMES[r["batch"]]
-        if r["charge"] >= 0:
-            mode = C.CHARGE_MODES[r["charge"]]
-            resource = {"resource_id": f"{rnd.getrandbits(96):024x}", "charge_mode": mode}
+            rec["dhtms_job_id"] = f"{bits.next():016x}{bits.next():016x}"
+        if batch >= 0:
+            rec["batch_name"] = C.BATCH_NAMES[batch]
+        if charge >= 0:
+            mode = C.CHARGE_MODES[charge]
+            resource = {"resource_id": f"{bits.next() >> 16:012x}{word >> 32:08x}", "charge_mode": mode}
             if mode != "ON_DEMAND":
                 lifetime = 365 if mode == "PERIODIC" else 30
-                resource["expire_time"] = rfc3339(r["create_ms"] // 1000 * 1000 + lifetime * DAY_MS)
+                resource["expire_time"] = time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(create_ms // 1000 + lifetime * 86400)
+                )
             rec["allocated_resource"] = resource
-        if r["output_language"] >= 0:
-            rec["output_language"] = C.LANGUAGES[r["output_language"]]
-        if r["remake"] >= 0:
-            rec["is_remake"] = bool(r["remake"])
+        if output_language >= 0:
+            rec["output_language"] = C.LANGUAGES[output_language]
+        if remake >= 0:
+            rec["is_remake"] = remake == 1
         if flags & F_ASSESS:
-            rec["assess_result"] = self._assess(rnd, flags)
-        if r["ondemand"] >= 0:
-            rec["is_ondemand_resource"] = bool(r["ondemand"])
+            rec["assess_result"] = _assess(bits, flags)
+        if ondemand >= 0:
+            rec["is_ondemand_resource"] = ondemand == 1
         if flags & F_NULLS:
             for name in _NULLABLE:
                 rec.setdefault(name, None)
         if flags & F_EXTRA:
-            rec["voice_style"] = rnd.choice(("calm", "lively", "温柔", "news"))
-            rec["quality_score"] = round(rnd.random(), 3)
+            word = bits.next()
+            rec["voice_style"] = ("calm", "lively", "温柔", "news")[word & 3]
+            rec["quality_score"] = (word >> 8) % 1000 / 1000
         return rec
-
-    @staticmethod
-    def _assess(rnd: random.Random, flags: int) -> dict:
-        result: dict = {}
-        failing = 0
-        for name, expected, low, high, unit, zh, en in C.ASSESS_PARAMS:
-            status = 1 if rnd.random() < 0.15 else 0
-            failing += status
-            item: dict = {"expected": expected, "actual": f"{rnd.uniform(low, high):.2f}{unit}"}
-            if status:
-                item["suggestion"], item["suggestion_en"] = zh, en
-            item["status"] = status
-            result[name] = item
-        result["suggestion"] = C.ASSESS_SUMMARY[1] if failing else C.ASSESS_SUMMARY[rnd.randrange(0, 3, 2)]
-        if flags & F_ASSESS_EXTRA:
-            result["pitch"] = {"expected": "80-300Hz", "actual": f"{rnd.uniform(60, 320):.0f}Hz", "status": 0}
-        return result
 
     def _blobs_for(self, rows: list[int]) -> list[bytes]:
         blobs = self._blobs
         missing = [row for row in rows if blobs[row] is None]
         if missing:
             for row, record in zip(missing, self._records(missing), strict=True):
-                blobs[row] = orjson.dumps(record)
+                # Re-wrapping copies into a right-sized object: orjson's own result keeps
+                # a several-kilobyte allocation alive per cached job.
+                blobs[row] = b"%b" % orjson.dumps(record)
         return [blobs[row] for row in rows]  # type: ignore[misc]
 
     def warm(self) -> None:
@@ -434,7 +515,9 @@ class SimulatorState:
             self._indexes[(project, key)] = index
         return index
 
-    def _matching(self, project: int, params: ListParams, app_user: str | None) -> tuple[_SortIndex, np.ndarray | None, int, int]:
+    def _matching(
+        self, project: int, params: ListParams, app_user: str | None
+    ) -> tuple[_SortIndex, np.ndarray | None, int, int]:
         """Narrow by the sort key's window; returns (index, filtered rows or None, lo, hi).
 
         ``None`` means no filter beyond the window, so counts come from prefix sums.
@@ -505,7 +588,9 @@ class SimulatorState:
                 mask &= cols["ondemand"][rows] != 1
         return index, rows[mask], lo, hi
 
-    def _select(self, project: int, params: ListParams, app_user: str | None, everything: bool = False) -> tuple[int, np.ndarray]:
+    def _select(
+        self, project: int, params: ListParams, app_user: str | None, everything: bool = False
+    ) -> tuple[int, np.ndarray]:
         """(count, rows of the requested page in served order); ``everything`` ignores offset/limit."""
         index, filtered, lo, hi = self._matching(project, params, app_user)
         offset, limit = (0, None) if everything else (params.offset, params.limit)
@@ -556,13 +641,23 @@ class SimulatorState:
             if project_id is not None:
                 mask &= self._col("project") == self._project_code.get(project_id, -1)
             rows = np.flatnonzero(mask)
-            return {f"{hi:016x}{lo:016x}" for hi, lo in zip(self._col("id_hi")[rows].tolist(), self._col("id_lo")[rows].tolist(), strict=True)}
+            return {
+                f"{hi:016x}{lo:016x}"
+                for hi, lo in zip(
+                    self._col("id_hi")[rows].tolist(), self._col("id_lo")[rows].tolist(), strict=True
+                )
+            }
 
     def job_ids(self, project_id: str | None = None) -> list[str]:
         """job_ids of listed jobs, oldest first."""
         with self._lock:
             rows = self._listed_rows(project_id)
-            return [f"{hi:016x}{lo:016x}" for hi, lo in zip(self._cols["id_hi"][rows].tolist(), self._cols["id_lo"][rows].tolist(), strict=True)]
+            return [
+                f"{hi:016x}{lo:016x}"
+                for hi, lo in zip(
+                    self._cols["id_hi"][rows].tolist(), self._cols["id_lo"][rows].tolist(), strict=True
+                )
+            ]
 
     # -------------------------------------------------------------- mutations
     def _touch(self, rows: np.ndarray, *, updated: bool = False, deleted: bool = False) -> None:
@@ -609,7 +704,8 @@ class SimulatorState:
             cols["secs"] &= ceiled <= new_now
             create = np.where(cols["secs"], ceiled, create)
             cols.update(
-                create_ms=create, update_ms=create.copy(),
+                create_ms=create,
+                update_ms=create.copy(),
                 state=np.full(created, C.STATE_CODE["CREATING"], dtype=np.int8),
                 failure=np.full(created, -1, dtype=np.int8),
             )
@@ -641,6 +737,8 @@ class SimulatorState:
             state = C.STATES[int(state_col[row])]
             last = int(update_col[row])
             secs = bool(secs_col[row])
+            if state in _WAITING_FOR_USER and old_now - last > _ABANDONED_AFTER_MS:
+                continue  # users come back within weeks or never
             t = max(last, old_now)  # memoryless dwell: start counting where the last step left off
             moved = False
             while state in C.TRANSITIONS:
@@ -673,7 +771,9 @@ class SimulatorState:
             self._touch(np.array(touched, dtype=np.int64), updated=True)
         return events, len(touched)
 
-    def hostile_mutation(self, project_id: str, params: ListParams, app_user: str | None = None) -> dict | None:
+    def hostile_mutation(
+        self, project_id: str, params: ListParams, app_user: str | None = None
+    ) -> dict | None:
         """Delete one listed job of the requested set and back-date a new one into its window.
 
         The victim is sometimes on a page already served (rank < offset), sometimes
@@ -696,10 +796,16 @@ class SimulatorState:
             victim_id = self._job_id(victim)
             self._delete(np.array([victim]))
             self.hostile_mutations += 1
-            new_row = None if params.job_id is not None else self._backdate(victim, params, int(creates.min()), int(creates.max()), rnd)
+            new_row = (
+                None
+                if params.job_id is not None
+                else self._backdate(victim, params, int(creates.min()), int(creates.max()), rnd)
+            )
             return {"deleted": victim_id, "created": None if new_row is None else self._job_id(new_row)}
 
-    def _backdate(self, template: int, params: ListParams, first: int, last: int, rnd: random.Random) -> int | None:
+    def _backdate(
+        self, template: int, params: ListParams, first: int, last: int, rnd: random.Random
+    ) -> int | None:
         now = self._now_ms
         c_lo = params.create_since if params.create_since is not None else first
         c_hi = min(params.create_until if params.create_until is not None else last, now)
@@ -715,8 +821,13 @@ class SimulatorState:
         update = rnd.randint(low, min(u_hi, max(low, create + 3 * DAY_MS)))
         row = {name: self._cols[name][template] for name in _COLUMNS}
         row.update(
-            id_hi=rnd.getrandbits(64), id_lo=rnd.getrandbits(64), salt=rnd.getrandbits(63),
-            create_ms=create, update_ms=update, secs=False, deleted=False,
+            id_hi=rnd.getrandbits(64),
+            id_lo=rnd.getrandbits(64),
+            salt=rnd.getrandbits(63),
+            create_ms=create,
+            update_ms=update,
+            secs=False,
+            deleted=False,
         )
         rows = self._append({name: np.array([value], dtype=_COLUMNS[name]) for name, value in row.items()})
         return int(rows[0])
