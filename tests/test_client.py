@@ -311,10 +311,20 @@ def test_unreachable_endpoint_names_the_host_and_the_settings():
         ),
         (
             401,
-            {"error_code": "APIGW.0307", "error_msg": "token expires"},
+            {"error_code": "APIGW.0301", "error_msg": "the security token is invalid"},
             "aksk",
             AuthenticationError,
-            "METASTUDIO_AUTH_TOKEN",
+            "HUAWEICLOUD_SDK_SECURITY_TOKEN",
+        ),
+        (
+            401,
+            {
+                "error_code": "APIGW.0303",
+                "error_msg": "the request has expired (X-Sdk-Date is 20 minutes off)",
+            },
+            "aksk",
+            AuthenticationError,
+            "local clock",
         ),
         (
             403,
@@ -537,6 +547,8 @@ def test_simulator_accepts_every_credential_form(simulator):
     [
         ("wrong-sk", AuthenticationError, "HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK"),
         ("expired-token", AuthenticationError, "METASTUDIO_AUTH_TOKEN"),
+        ("skewed-clock", AuthenticationError, "local clock"),
+        ("wrong-security-token", AuthenticationError, "HUAWEICLOUD_SDK_SECURITY_TOKEN"),
         ("unknown-project", AuthenticationError, "HUAWEICLOUD_SDK_PROJECT_ID"),
         ("bad-limit", BadRequestError, "MSS.00000001"),
         ("bad-path", ConfigurationError, "METASTUDIO_ENDPOINT"),
@@ -547,6 +559,11 @@ def test_simulator_refusals_are_not_retried_and_name_the_fix(simulator, case, er
     auth: httpx.Auth = AKSKAuth(ak, "not-the-secret-key-123" if case == "wrong-sk" else sk)
     if case == "expired-token":
         auth = TokenAuth(next(iter(simulator.config.expired_tokens)))
+    if case == "skewed-clock":
+        auth = AKSKAuth(ak, sk, clock=lambda: datetime.now(UTC) - timedelta(minutes=20))
+    if case == "wrong-security-token":
+        temp_ak, (temp_sk, _) = next(iter(simulator.config.temporary_credentials.items()))
+        auth = AKSKAuth(temp_ak, temp_sk, "not-the-security-token")
     project = "0000ffff0000ffff0000ffff0000ffff" if case == "unknown-project" else SIM_PROJECT
     params = {"limit": 1000} if case == "bad-limit" else {}
     before = simulator.stats["requests"]

@@ -60,18 +60,31 @@ class AuthenticationError(MetaStudioError):
                 f"MetaStudio refused access to the project (HTTP {status}{said}); "
                 "check HUAWEICLOUD_SDK_PROJECT_ID and that the credentials may read MetaStudio in that project."
             )
-        elif token_auth or "token" in text or "expire" in text:
+        elif token_auth:
             reason = cls.TOKEN
             message = (
                 f"MetaStudio rejected the IAM token as invalid or expired (HTTP {status}{said}); "
                 "get a new IAM token into METASTUDIO_AUTH_TOKEN."
+            )
+        elif "security token" in text or "security_token" in text or "token" in text:
+            # With AK/SK the only token is the one of temporary credentials.
+            reason = cls.SIGNATURE
+            message = (
+                f"MetaStudio rejected the temporary credentials' security token (HTTP {status}{said}); "
+                "get a fresh HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK/HUAWEICLOUD_SDK_SECURITY_TOKEN set."
+            )
+        elif "x-sdk-date" in text or "expired" in text or "skew" in text:
+            reason = cls.SIGNATURE
+            message = (
+                f"MetaStudio rejected the request time of the signature (HTTP {status}{said}); "
+                "set the local clock right (within minutes of UTC), then check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK."
             )
         else:
             reason = cls.SIGNATURE
             message = (
                 f"MetaStudio rejected the request signature (HTTP {status}{said}); "
                 "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (and HUAWEICLOUD_SDK_SECURITY_TOKEN for "
-                "temporary keys) and that the local clock is correct."
+                "temporary keys)."
             )
         return cls(message, status=status, error_code=error_code, reason=reason)
 
