@@ -140,6 +140,25 @@ def test_page_has_server_time_and_server_now_follows_date_header():
     assert client.server_now() == server_date + timedelta(seconds=42.5)
 
 
+def test_server_now_uses_the_newest_date_and_never_runs_backwards():
+    dates = [datetime(2025, 3, 1, 12, 0, 10, tzinfo=UTC), datetime(2025, 3, 1, 12, 0, 9, tzinfo=UTC)]
+    dates += [dates[0]]
+    handler = scripted(*(json_response(200, OK_BODY, Date=format_datetime(d, usegmt=True)) for d in dates))
+    clock = FakeClock()
+
+    async def main():
+        async with make_client(handler, clock) as client:
+            await client.list_jobs("p", {})
+            clock.now += 3.0
+            await client.list_jobs("p", {})  # an older Date (another server node): ignored
+            assert client.server_now() == dates[0] + timedelta(seconds=3)
+            clock.now += 2.0
+            await client.list_jobs("p", {})  # the same Date again, received later: the earlier estimate
+            assert client.server_now() == dates[0]
+
+    run(main())
+
+
 # ---------------------------------------------------------------- retries
 
 

@@ -159,8 +159,8 @@ class MetaStudioClient:
         self._next_slot = 0.0
         self._blocked_until = 0.0
         self._pace_lock = asyncio.Lock()
-        # Source clock: the largest (server Date - local monotonic) seen, a lower bound of the offset.
-        self._clock_offset: float | None = None
+        # Source clock: the newest server Date and the local monotonic time it arrived.
+        self._server_date: tuple[datetime, float] | None = None
         self.stats = ClientStats()
         self._http = httpx.AsyncClient(
             auth=auth,
@@ -187,17 +187,20 @@ class MetaStudioClient:
     # ------------------------------------------------------------------ source clock
 
     def server_now(self) -> datetime:
-        """The source's current time: newest server ``Date`` plus monotonic time since; local clock before any."""
-        if self._clock_offset is None:
+        """The source's current time: newest server ``Date`` plus monotonic time since; local clock before any.
+
+        ``Date`` has whole seconds and is stamped before the answer travels, so this errs
+        early, never late: the safe side for deciding which windows are complete.
+        """
+        if self._server_date is None:
             return datetime.now(UTC)
-        return datetime.fromtimestamp(self._clock_offset + self._monotonic(), UTC)
+        date_value, received_at = self._server_date
+        return date_value + timedelta(seconds=max(0.0, self._monotonic() - received_at))
 
     def _observe_date(self, response: httpx.Response, received_at: float) -> datetime | None:
         server_time = _parse_http_date(response.headers.get("Date"))
-        if server_time is not None:
-            offset = server_time.timestamp() - received_at
-            if self._clock_offset is None or offset > self._clock_offset:
-                self._clock_offset = offset
+        if server_time is not None and (self._server_date is None or server_time >= self._server_date[0]):
+            self._server_date = (server_time, received_at)
         return server_time
 
     # ------------------------------------------------------------------ listing
