@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import duckdb
 import pyarrow as pa
@@ -552,6 +552,32 @@ class Warehouse:
             / LAKE_FILE
         )
 
+    def rebuild_lake(self) -> int:
+        """Mark every partition (of the table, and of files already in the lake) dirty and export.
+
+        For recovery after the lake was damaged or deleted; returns what export_dirty_partitions does."""
+        on_disk = []
+        for f in self.lake_dir.glob(f"create_day=*/project_id=*/{LAKE_FILE}"):
+            with suppress(ValueError):
+                day = date.fromisoformat(f.parent.parent.name.partition("=")[2])
+                on_disk.append((unquote(f.parent.name.partition("=")[2]), day))
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM lake_dirty")
+                con.execute(
+                    f"INSERT INTO lake_dirty SELECT DISTINCT project_id, CAST(timezone('UTC', create_time) AS DATE)"
+                    f" FROM {JOBS_TABLE}"
+                )
+                if on_disk:
+                    con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in on_disk])
+                con.execute("COMMIT")
+            except BaseException:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        return self.export_dirty_partitions()
+
     def export_dirty_partitions(self) -> int:
         """Rewrite every lake partition marked dirty; returns how many files were written or removed."""
         done = 0
@@ -574,10 +600,17 @@ class Warehouse:
         return done
 
     def _write_partition(self, path: Path, table: pa.Table) -> None:
+        # Temporary files left by a crashed export; this process is the only writer.
+        for stale in path.parent.glob(".data-*.parquet.tmp"):
+            with suppress(OSError):
+                stale.unlink()
         if table.num_rows == 0:
             with suppress(FileNotFoundError):
                 path.unlink()
                 _fsync_dir(path.parent)
+            for empty in (path.parent, path.parent.parent):
+                with suppress(OSError):
+                    empty.rmdir()  # only succeeds when nothing else is left
             return
         tmp: Path | None = None
         try:
@@ -618,6 +651,9 @@ class Warehouse:
                     f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
                     "publish the serving snapshot when no sync is writing"
                 )
+            for stale in self.data_dir.glob(".serving-*.duckdb.tmp"):
+                with suppress(OSError):
+                    stale.unlink()
             tmp: Path | None = None
             try:
                 fd, name = tempfile.mkstemp(prefix=".serving-", suffix=".duckdb.tmp", dir=self.data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -351,6 +352,22 @@ def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
         con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01')")
     assert wh.export_dirty_partitions() == 1
     assert not path.exists()
+    assert list(wh.lake_dir.iterdir()) == []  # no empty partition directories left behind
+
+
+def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    expected = _lake_rows(wh)
+    shutil.rmtree(wh.lake_dir)
+    orphan = wh.partition_path("p9", date(2024, 1, 1))
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left over")
+    (wh.partition_path("p1", DAY1.date()).parent / ".data-crashed.parquet.tmp").parent.mkdir(parents=True)
+    (wh.partition_path("p1", DAY1.date()).parent / ".data-crashed.parquet.tmp").write_bytes(b"half")
+    assert wh.rebuild_lake() == 3
+    assert not orphan.exists()
+    assert _lake_rows(wh) == expected
+    assert sorted(p.name for p in wh.lake_dir.rglob("*") if p.is_file()) == ["data.parquet", "data.parquet"]
 
 
 def test_lake_write_failure_keeps_old_file_and_mark_and_leaves_no_temp_file(
