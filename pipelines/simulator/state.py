@@ -194,6 +194,7 @@ class SimulatorState:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._lock = threading.RLock()
+        self.config = config  # as generated; run-time behaviour lives on the server
         self._seed = config.seed
         self._days = config.days
         self._base_jobs = config.jobs
