@@ -308,24 +308,28 @@ class _Fetcher:
         return _merge(list(parts))
 
     async def fetch(self, window: Window) -> dict[str, dict]:
+        """Distinct jobs of ``window``: split when large, re-paged and then split while the count disagrees."""
         first = await self._list(window, window.since, 0, PAGE_LIMIT)
         if first.count > self.split_threshold and window.can_split():
             log.debug("window %s holds %d jobs (> %d): splitting", window, first.count, self.split_threshold)
             return await self._split(window)
-        merged: dict[str, dict] | None = None
+        merged: dict[str, dict] = {}
         repaged = 0
         pages = 0
         while True:
             self.pages += 1  # the first page of this pass
             jobs, pass_pages = await self._pass(window, first)
             pages += pass_pages
+            # A fresh pass is the truth at its moment; a job keeps its most recently updated version.
+            merged = {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
             expected = first.count
-            if len(jobs) != expected:
+            # One answer holding the whole window is a snapshot: its count and its jobs describe
+            # the same moment, so a disagreement is the server's and neither re-paging nor
+            # splitting can resolve it.
+            snapshot = pass_pages == 1 and len(first.jobs) < PAGE_LIMIT
+            if len(jobs) != expected and not snapshot:
                 # The set may have moved during the pass; the truth is the count now.
                 expected = await self._count(window)
-            merged = (
-                jobs if merged is None else {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
-            )
             if len(jobs) == expected:
                 break
             self.mismatches += 1
@@ -337,6 +341,8 @@ class _Fetcher:
                 expected,
                 repaged + 1,
             )
+            if snapshot:
+                break
             if repaged >= self.max_repage:
                 if window.can_split():
                     return await self._split(window)
