@@ -228,6 +228,12 @@ async def fetch_window(
     lag, so no window reaches into time that is still being written); a window
     wholly after it returns no jobs and no leaves. Windows whose count exceeds
     ``split_threshold`` are split before paging, halves fetched concurrently.
+
+    After each keyset pass the distinct jobs are compared with the server's count
+    (asked again when they differ). A disagreement re-pages the window up to
+    ``max_repage`` times, keeping the newest pass, then splits it. What still
+    disagrees (a window too short to split, or one answered in a single page) is
+    returned as fetched and shows as a leaf whose ``api_count != fetched``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'create' or 'update', got {kind!r}")
