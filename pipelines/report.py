@@ -1,0 +1,400 @@
+"""A self-contained HTML report of the analytics tables, for people who never open SQL.
+
+One file, no network: the charts are inline SVG drawn here, the styles are inline CSS.
+It reads the `analytics` schema (built by pipelines.models) of a warehouse or serving
+snapshot, read-only.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+REQUIRED_TABLES = (
+    "job_outcomes",
+    "daily_job_stats",
+    "weekly_job_stats",
+    "failure_rate_by_tag",
+    "failure_rate_by_language",
+    "failure_rate_by_job_type",
+    "time_to_finish_by_job_type",
+    "top_failure_codes",
+    "in_flight_backlog",
+)
+BUCKET_ORDER = ("<1h", "1h-1d", "1-7d", "7-30d", ">30d")
+NONE_LABEL = "(not set)"
+
+COLOR_LINE = "#2563eb"
+COLOR_BAR = "#dc2626"
+COLOR_MUTED = "#9ca3af"
+COLOR_GRID = "#e5e7eb"
+COLOR_TEXT = "#374151"
+
+
+class ReportError(RuntimeError):
+    """The database lacks what the report needs."""
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    value: float | None  # None: nothing to show (e.g. no finished job), drawn as a note
+    note: str = ""
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a short human duration: 45 s, 12 min, 3.5 h, 2.1 days."""
+    if seconds is None:
+        return "n/a"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def count(n: int | None) -> str:
+    return "0" if n is None else f"{n:,}"
+
+
+# ---------------------------------------------------------------- charts
+
+
+def _nice_ceiling(value: float) -> float:
+    """A round axis maximum at or above `value` (1, 2, 2.5, 5 times a power of ten)."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * power + 1e-12:
+            return step * power
+    return 10 * power
+
+
+def line_chart(points: Sequence[tuple[date, float | None]], title: str, *, percent: bool = True) -> str:
+    """An SVG line chart of `points` (day, value) placed on a time axis; None leaves a gap.
+
+    Values are fractions when `percent`.
+    """
+    width, height = 720, 240
+    left, right, top, bottom = 56, 16, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for _, v in points if v is not None]
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+        f'<text x="{left}" y="18" class="chart-title">{esc(title)}</text>',
+    ]
+    if not values:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">'
+                     "No finished jobs yet</text></svg>")  # fmt: skip
+        return "".join(parts)
+    # Rates never exceed 100%, so a percent axis stops there.
+    y_max = _nice_ceiling(max(values))
+    if percent:
+        y_max = min(y_max, 1.0)
+
+    first, last = points[0][0].toordinal(), points[-1][0].toordinal()
+    span = last - first
+
+    def x_at(i: int) -> float:
+        # Position by date, not by index, so days without jobs keep their width.
+        return left + (plot_w * (points[i][0].toordinal() - first) / span if span else plot_w / 2)
+
+    def y_at(v: float) -> float:
+        return top + plot_h - plot_h * (v / y_max)
+
+    for k in range(5):
+        v = y_max * k / 4
+        y = y_at(v)
+        label = pct(v, 0) if percent else f"{v:g}"
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{COLOR_GRID}"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{esc(label)}</text>'
+        )
+    tick_days = sorted({first, first + span // 2, last}) if span else [first]
+    for day in tick_days:
+        x = left + (plot_w * (day - first) / span if span else plot_w / 2)
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - bottom + 18}" text-anchor="middle" class="axis">'
+            f"{esc(date.fromordinal(day).isoformat())}</text>"
+        )
+    # Consecutive known values form one segment; an unknown value breaks the line.
+    segment: list[str] = []
+    segments: list[list[str]] = []
+    for i, (_, v) in enumerate(points):
+        if v is None:
+            if segment:
+                segments.append(segment)
+            segment = []
+        else:
+            segment.append(f"{x_at(i):.1f},{y_at(v):.1f}")
+    if segment:
+        segments.append(segment)
+    for seg in segments:
+        parts.append(
+            f'<polyline fill="none" stroke="{COLOR_LINE}" stroke-width="2" points="{" ".join(seg)}"/>'
+        )
+    for i, (label, v) in enumerate(points):
+        if v is not None:
+            shown = pct(v) if percent else f"{v:g}"
+            parts.append(
+                f'<circle cx="{x_at(i):.1f}" cy="{y_at(v):.1f}" r="3" fill="{COLOR_LINE}">'
+                f"<title>{esc(label.isoformat())}: {esc(shown)}</title></circle>"
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def bar_chart(bars: Sequence[Bar], title: str, *, percent: bool = True) -> str:
+    """A horizontal SVG bar chart; a bar without a value shows its note instead."""
+    row_h, label_w, width, top = 26, 170, 720, 30
+    height = top + row_h * max(len(bars), 1) + 10
+    value_w = width - label_w - 170
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+        f'<text x="0" y="18" class="chart-title">{esc(title)}</text>',
+    ]
+    if not bars:
+        parts.append(
+            f'<text x="{width / 2}" y="{top + 16}" text-anchor="middle" class="empty">No jobs yet</text></svg>'
+        )
+        return "".join(parts)
+    known = [b.value for b in bars if b.value is not None]
+    scale = (min(_nice_ceiling(max(known)), 1.0) if percent else _nice_ceiling(max(known))) if known else 1.0
+    for i, bar in enumerate(bars):
+        y = top + i * row_h
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" class="label">{esc(bar.label)}</text>'
+        )
+        if bar.value is None:
+            parts.append(f'<text x="{label_w}" y="{y + 17}" class="muted">{esc(bar.note or "n/a")}</text>')
+            continue
+        w = max(value_w * bar.value / scale, 1.0) if scale else 1.0
+        shown = pct(bar.value) if percent else f"{bar.value:g}"
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" fill="{COLOR_BAR}" rx="2">'
+            f"<title>{esc(bar.label)}: {esc(shown)}</title></rect>"
+        )
+        parts.append(
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 17}" class="value">{esc(shown)}'
+            f'<tspan class="muted"> {esc(bar.note)}</tspan></text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    if not rows:
+        return '<p class="muted">Nothing to show.</p>'
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------- data
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def _rate_over_time(
+    con: duckdb.DuckDBPyConnection, table: str, column: str
+) -> list[tuple[date, float | None]]:
+    rows = _fetch(
+        con,
+        f"""SELECT {column}, sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0)
+            FROM analytics.{table} WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY {column}""",
+    )
+    return [(d, r) for d, r in rows]
+
+
+def _group_bars(con: duckdb.DuckDBPyConnection, column: str) -> list[Bar]:
+    rows = _fetch(
+        con,
+        f"""SELECT {column}, failure_rate, succeeded + failed, in_progress
+            FROM analytics.failure_rate_by_{column}
+            ORDER BY failure_rate DESC NULLS LAST, total_jobs DESC, {column} NULLS LAST""",
+    )
+    bars = []
+    for group, rate, finished, in_progress in rows:
+        label = NONE_LABEL if group is None else str(group)
+        if rate is None:
+            bars.append(Bar(label, None, f"no finished jobs yet ({count(in_progress)} in progress)"))
+        else:
+            bars.append(Bar(label, rate, f"of {count(finished)} finished"))
+    return bars
+
+
+def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    row = con.execute(
+        """SELECT count(*),
+                  count(*) FILTER (WHERE outcome = 'succeeded'),
+                  count(*) FILTER (WHERE outcome = 'failed'),
+                  count(*) FILTER (WHERE outcome = 'in_progress'),
+                  quantile_cont(finish_seconds, 0.5),
+                  max(lastupdate_time)
+           FROM analytics.job_outcomes"""
+    ).fetchone()
+    total, succeeded, failed, in_flight, p50, as_of = row
+    return {
+        "total": total,
+        "succeeded": succeeded,
+        "failed": failed,
+        "in_flight": in_flight,
+        "failure_rate": failed / (succeeded + failed) if succeeded + failed else None,
+        "p50": p50,
+        "as_of": as_of,
+    }
+
+
+# ---------------------------------------------------------------- page
+
+CSS = f"""
+body {{ font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; color: {COLOR_TEXT};
+       max-width: 960px; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }}
+h1 {{ margin-bottom: .2rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px solid {COLOR_GRID}; }}
+.sub, .muted {{ color: #6b7280; fill: #6b7280; }}
+.cards {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: .8rem; }}
+.card {{ border: 1px solid {COLOR_GRID}; border-radius: 8px; padding: .7rem .9rem; }}
+.card .n {{ font-size: 1.6rem; font-weight: 600; }}
+.chart {{ width: 100%; height: auto; margin: .6rem 0; }}
+.chart text {{ font-size: 12px; fill: {COLOR_TEXT}; }}
+.chart .chart-title {{ font-size: 14px; font-weight: 600; }}
+.chart .empty {{ fill: #6b7280; font-size: 14px; }}
+table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
+th, td {{ border-bottom: 1px solid {COLOR_GRID}; padding: .3rem .5rem; text-align: left; }}
+"""
+
+
+def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None) -> str:
+    """The report page for the analytics schema reachable through `con`."""
+    present = {
+        r[0] for r in _fetch(con, "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics'")
+    }
+    present |= {
+        r[0] for r in _fetch(con, "SELECT view_name FROM duckdb_views() WHERE schema_name = 'analytics'")
+    }
+    missing = [t for t in REQUIRED_TABLES if t not in present]
+    if missing:
+        raise ReportError(f"analytics tables missing: {', '.join(missing)}; build the analytics models first")
+    generated_at = generated_at or datetime.now(UTC)
+    h = _headlines(con)
+    as_of = h["as_of"].astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if h["as_of"] else "no jobs yet"
+    cards = [
+        ("Jobs", count(h["total"]), "known to the warehouse, deleted jobs left out"),
+        ("Succeeded", count(h["succeeded"]), "state SUCCEED"),
+        ("Failed", count(h["failed"]), "state FAILED"),
+        ("Failure rate", pct(h["failure_rate"]), "failed out of finished jobs"),
+        ("In flight", count(h["in_flight"]), "not finished yet"),
+        ("Median time to finish", duration(h["p50"]), "creation to success or failure"),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="muted">{esc(t)}</div><div class="n">{esc(v)}</div>'
+        f'<div class="muted">{esc(note)}</div></div>'
+        for t, v, note in cards
+    )
+    daily = _rate_over_time(con, "daily_job_stats", "day")
+    weekly = _rate_over_time(con, "weekly_job_stats", "week_start")
+    codes = _fetch(
+        con,
+        """SELECT coalesce(job_failed_code, '(no code)'), coalesce(most_common_reason, ''), jobs,
+                  share_of_failures, last_seen
+           FROM analytics.top_failure_codes ORDER BY jobs DESC, job_failed_code NULLS LAST LIMIT 15""",
+    )
+    code_rows = [
+        (c, r, count(n), pct(s), ls.astimezone(UTC).strftime("%Y-%m-%d") if ls else "")
+        for c, r, n, s, ls in codes
+    ]
+    finish = _fetch(
+        con,
+        """SELECT coalesce(job_type, '(not set)'), finished_jobs, p50_finish_seconds, p90_finish_seconds,
+                  p99_finish_seconds
+           FROM analytics.time_to_finish_by_job_type ORDER BY finished_jobs DESC, job_type NULLS LAST""",
+    )
+    finish_rows = [(t, count(n), duration(a), duration(b), duration(c)) for t, n, a, b, c in finish]
+    backlog = _fetch(con, "SELECT state, age_bucket, jobs FROM analytics.in_flight_backlog")
+    states = sorted({s for s, _, _ in backlog}, key=lambda s: (s is None, s or ""))
+    cells = {(s, b): n for s, b, n in backlog}
+    buckets = [*BUCKET_ORDER, None] if any(b is None for _, b, _ in backlog) else list(BUCKET_ORDER)
+    backlog_rows = [
+        (NONE_LABEL if s is None else s, *[count(cells.get((s, b), 0)) for b in buckets]) for s in states
+    ]
+    sections = [
+        "<h2>Failure rate over time</h2>",
+        "<p>Out of the jobs created on each day (or week) that have finished, the share that failed. "
+        "Jobs still in progress are not counted until they finish, so recent points can move.</p>",
+        line_chart(daily, "Failure rate by creation day (UTC)"),
+        line_chart(weekly, "Failure rate by creation week (weeks start on Monday)"),
+        "<h2>Failure rate by tag and language</h2>",
+        "<p>Each bar is the share of finished jobs that failed. Jobs without a tag or language are "
+        f"grouped as {esc(NONE_LABEL)}.</p>",
+        bar_chart(_group_bars(con, "tag"), "Failure rate by tag"),
+        bar_chart(_group_bars(con, "language"), "Failure rate by language"),
+        bar_chart(_group_bars(con, "job_type"), "Failure rate by job type"),
+        "<h2>Why jobs fail</h2>",
+        html_table(
+            ["Failure code", "Most common reason", "Jobs", "Share of failures", "Last seen"], code_rows
+        ),
+        "<h2>How long jobs take</h2>",
+        "<p>Time from creation to success or failure, for finished jobs. Half the jobs finish within "
+        "the median; nine in ten within the 90th percentile.</p>",
+        html_table(
+            ["Job type", "Finished jobs", "Median", "90th percentile", "99th percentile"], finish_rows
+        ),
+        "<h2>Jobs still in flight, by age</h2>",
+        f"<p>Age is measured against the newest update the source reported ({esc(as_of)}).</p>",
+        html_table(["State", *[b or "unknown" for b in buckets]], backlog_rows),
+    ]
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Voice-training jobs report</title><style>{CSS}</style></head><body>"
+        "<h1>Voice-training jobs</h1>"
+        f'<p class="sub">Data as of {esc(as_of)} &middot; generated {esc(generated_at.strftime("%Y-%m-%d %H:%M UTC"))}</p>'
+        f'<div class="cards">{card_html}</div>' + "".join(sections) + "</body></html>\n"
+    )
+
+
+def write_report(db_path: str | Path, out_path: str | Path) -> Path:
+    """Write the HTML report for the database at `db_path` to `out_path`; return the path written.
+
+    The database is opened read-only; its analytics models must have been built. The file
+    is written beside its target and renamed into place, so a reader never sees half a page.
+    """
+    db = Path(db_path)
+    if not db.exists():
+        raise FileNotFoundError(f"no database at {db}")
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        page = render(con)
+    finally:
+        con.close()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,165 @@
+"""The HTML report and the query formats, over a small warehouse with known answers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.models import refresh_models
+from pipelines.query import format_rows, run_query
+from pipelines.report import Bar, ReportError, bar_chart, duration, line_chart, write_report
+from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Dataset]:
+    db = tmp_path_factory.mktemp("wh") / "serving.duckdb"
+    data = sample_dataset(now=datetime(2025, 6, 1, tzinfo=UTC))
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    data.load(con)
+    refresh_models(con)
+    con.close()
+    return db, data
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_is_a_self_contained_page_with_charts(built, tmp_path):
+    db, data = built
+    out = write_report(db, tmp_path / "out" / "report.html")
+    assert out == tmp_path / "out" / "report.html"
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # Inline charts only: nothing fetched from the network, no scripts.
+    assert "http" not in page and "<script" not in page
+    titles = re.findall(r'<svg class="chart"[^>]*aria-label="([^"]+)"', page)
+    assert titles == [
+        "Failure rate by creation day (UTC)",
+        "Failure rate by creation week (weeks start on Monday)",
+        "Failure rate by tag",
+        "Failure rate by language",
+        "Failure rate by job type",
+    ]
+    live = data.live_jobs()
+    failed = sum(j["state"] == "FAILED" for j in live)
+    succeeded = sum(j["state"] == "SUCCEED" for j in live)
+    assert f"{failed / (failed + succeeded) * 100:.1f}%" in page
+    assert f">{len(live):,}<" in page
+    # Every daily point with a finished job is drawn; the tag with nothing finished says so.
+    daily_points = {(j["create_time"].date()) for j in live if j["state"] in ("SUCCEED", "FAILED")}
+    day_chart = page.split('aria-label="Failure rate by creation day (UTC)"')[1].split("</svg>")[0]
+    assert day_chart.count("<circle") == len(daily_points)
+    assert "no finished jobs yet" in page and "LIVE" in page and "(not set)" in page
+    assert "STORYTELLING" not in page, "deleted jobs are left out"
+    assert "audio too noisy" in page
+
+
+def test_report_refuses_a_database_without_models(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    con.close()
+    with pytest.raises(ReportError, match="build the analytics models first"):
+        write_report(db, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
+    with pytest.raises(FileNotFoundError):
+        write_report(tmp_path / "missing.duckdb", tmp_path / "report.html")
+
+
+def test_report_of_an_empty_warehouse(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    refresh_models(con)
+    con.close()
+    page = write_report(db, tmp_path / "report.html").read_text()
+    assert "No finished jobs yet" in page and "no jobs yet" in page
+
+
+def test_report_escapes_source_text(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    t = datetime(2025, 3, 3, tzinfo=UTC)
+    insert_rows(con, "main.voice_training_jobs", [
+        {"project_id": "p", "job_id": "1", "state": "FAILED", "tag": "<b>x</b>", "job_failed_code": "E&1",
+         "job_failed_reason": "<script>alert(1)</script>", "create_time": t, "lastupdate_time": t},
+    ])  # fmt: skip
+    refresh_models(con)
+    con.close()
+    page = write_report(db, tmp_path / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_chart_helpers():
+    chart = line_chart([(date(2025, 3, 1), 0.5), (date(2025, 3, 2), None), (date(2025, 3, 11), 0.25)], "t")
+    assert chart.count("<polyline") == 2, "an unknown value breaks the line"
+    assert "2025-03-06" in chart, "the middle tick is the middle date, not the middle point"
+    bars = bar_chart([Bar("A", 0.5, "of 2 finished"), Bar("B", None, "no finished jobs yet")], "b")
+    assert bars.count("<rect") == 1 and "50.0%" in bars and "no finished jobs yet" in bars
+    assert [duration(s) for s in (30, 600, 7200, 3 * 86400)] == ["30 s", "10 min", "2.0 h", "3.0 days"]
+
+
+# ---------------------------------------------------------------- query
+
+
+def test_query_table_format_uses_analytics_first(built):
+    db, data = built
+    text = run_query(
+        db, "select tag, total_jobs, failure_rate from failure_rate_by_tag order by tag nulls last"
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == ["tag", "total_jobs", "failure_rate"]
+    assert set(lines[1]) == {"-", " "}
+    assert lines[-1] == f"({len(lines) - 3} rows)"
+    assert lines[-2].startswith("NULL") and "LIVE" in text
+    # Numbers align right: each total_jobs value ends where its header ends.
+    end = lines[0].index("total_jobs") + len("total_jobs")
+    for line in lines[2:-1]:
+        assert line[end - 1].isdigit() and line[end] == " ", line
+    # Unqualified names resolve to analytics (deleted jobs left out), then to main.
+    live = run_query(db, "select count(*) as n from voice_training_jobs", "json")
+    assert json.loads(live) == [{"n": len(data.live_jobs())}]
+    runs = run_query(db, "select run_id from sync_runs", "json")
+    assert json.loads(runs) == [{"run_id": "run-1"}]
+
+
+def test_query_csv_and_json(built):
+    db, _ = built
+    sql = "select tag, failure_rate, total_jobs from failure_rate_by_tag order by tag nulls last"
+    rows = list(csv.reader(io.StringIO(run_query(db, sql, "csv"))))
+    assert rows[0] == ["tag", "failure_rate", "total_jobs"]
+    assert rows[-1][0] == "" and any(r[0] == "LIVE" and r[1] == "" for r in rows[1:])
+    records = json.loads(run_query(db, sql, "json"))
+    assert records[-1]["tag"] is None and {r["tag"]: r["failure_rate"] for r in records}["LIVE"] is None
+    assert all(isinstance(r["total_jobs"], int) for r in records)
+    stamped = json.loads(run_query(db, "select last_seen from top_failure_codes limit 1", "json"))
+    assert datetime.fromisoformat(stamped[0]["last_seen"]).tzinfo is not None
+
+
+def test_query_is_read_only_and_binds_parameters(built):
+    db, _ = built
+    with pytest.raises(duckdb.Error):
+        run_query(db, "delete from main.voice_training_jobs")
+    text = run_query(
+        db, "select count(*) as n from voice_training_jobs where tag = ?", "csv", params=["LIVE"]
+    )
+    assert text.splitlines()[0] == "n" and int(text.splitlines()[1]) > 0
+    with pytest.raises(ValueError, match="unknown format"):
+        run_query(db, "select 1", "xml")
+
+
+def test_format_rows_cells():
+    text = format_rows(["a", "b"], [("x", 1234567.891), (None, 0.000123456), ("z|w", None)], "table")
+    assert "1234568" in text and "0.000123" in text and "NULL" in text and "e+" not in text
+    md = format_rows(["a"], [("z|w",)], "markdown")
+    assert md.splitlines() == ["| a |", "|---|", "| z\\|w |"]
