@@ -51,6 +51,7 @@ value by value to find the rows that are at fault.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,7 +259,15 @@ def _raw_json(record: Any, personal_data: str) -> str:
         for name in URL_FIELDS:
             if record.get(name) is not None:
                 record[name] = _strip_url_any(record[name])
-    return orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    return _dumps(record)
+
+
+def _dumps(obj: Any, *, sort_keys: bool = False) -> str:
+    """JSON text; orjson for speed, the standard library for what orjson refuses (ints past 64 bits)."""
+    try:
+        return orjson.dumps(obj, default=repr, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(obj, default=repr, sort_keys=sort_keys, ensure_ascii=False, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- per-value coercion
@@ -641,10 +650,7 @@ def normalize(
             extras[i] = ex
 
     cols["extra"] = pa.array(
-        [
-            None if e is None else orjson.dumps(e, option=orjson.OPT_SORT_KEYS, default=repr).decode()
-            for e in extras
-        ],
+        [None if e is None else _dumps(e, sort_keys=True) for e in extras],
         type=pa.string(),
     )
 
@@ -663,7 +669,7 @@ def normalize(
                 )
 
     cols["project_id"] = pa.array([project_id] * n, type=pa.string())
-    synced_ms = int(synced_at.timestamp() * 1000)
+    synced_ms = (synced_at - _EPOCH) // _MS
     cols["synced_at"] = pa.array([synced_ms] * n, type=pa.int64()).cast(_TS)
 
     table = pa.Table.from_arrays([cols[f.name] for f in JOBS_SCHEMA], schema=JOBS_SCHEMA)

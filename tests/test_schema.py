@@ -391,3 +391,15 @@ def test_a_batch_with_one_bad_row_keeps_the_rest_intact():
     assert out.table.num_rows == 48
     assert set(out.table["reject_times"].to_pylist()) == {2}
     assert out.table["job_id"].to_pylist() == [f"job-{i}" for i in range(50) if i not in (17, 31)]
+
+
+def test_values_past_64_bits_do_not_break_normalize():
+    out = normalize(
+        [{"job_id": "a", "create_time": CREATED_S, "big": 2**70}, {"job_id": "b", "create_time": 2**70}],
+        "proj",
+        SYNCED,
+    )
+    assert out.table.to_pylist()[0]["extra"] == '{"big":1180591620717411303424}'
+    assert [q.job_id for q in out.quarantine] == ["b"]
+    assert "create_time: invalid number out of the epoch range" in out.quarantine[0].reason
+    assert json.loads(out.quarantine[0].raw_record)["create_time"] == 2**70
