@@ -1,10 +1,10 @@
 """The sync assets: creation-day partitions and change capture of voice_training_jobs."""
 
-from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from pipelines.resources import MetaStudioResource, WarehouseResource, first_partition_day
 from pipelines.sync import SyncReport, open_source, sync
@@ -48,7 +48,7 @@ def _run(metastudio: MetaStudioResource, warehouse: WarehouseResource, **kwargs)
     kinds={"duckdb", "parquet"},
 )
 def voice_training_jobs(
-    context: dg.AssetExecutionContext, metastudio: MetaStudioResource, warehouse: WarehouseResource
+    context: AssetExecutionContext, metastudio: MetaStudioResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Every voice-training job, one row per (project_id, job_id), synced by creation day."""
     keys = context.partition_key_range
@@ -71,7 +71,7 @@ def voice_training_job_changes(
 
 @dg.asset(pool=WAREHOUSE_POOL, group_name="warehouse", kinds={"duckdb"})
 def voice_training_job_deletions(
-    context: dg.AssetExecutionContext, metastudio: MetaStudioResource, warehouse: WarehouseResource
+    context: AssetExecutionContext, metastudio: MetaStudioResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Reconciliation: every creation day paged completely; jobs the source no longer lists are marked deleted."""
     wh = warehouse.warehouse()

@@ -1,6 +1,5 @@
 """The serving snapshot: what analysts and BI tools open, replaced atomically after the models."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,6 @@
 """The only wiring file: assets, checks, resources, jobs and schedules."""
 
-from __future__ import annotations
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -25,7 +25,6 @@ nightly_sync = dg.define_asset_job(
     "nightly_sync",
     selection=dg.AssetSelection.assets(job_assets.voice_training_jobs, job_assets.voice_training_job_changes)
     | downstream,
-    partitions_def=job_assets.creation_days,
     tags={"voicejobs/writes-warehouse": "true"},
     description="Change capture, the newest creation day and every model, then the serving snapshot.",
 )
@@ -37,13 +36,21 @@ weekly_reconcile = dg.define_asset_job(
     description="Page every creation day completely and mark the jobs the source no longer lists as deleted.",
 )
 
-nightly_schedule = dg.build_schedule_from_partitioned_job(
-    nightly_sync,
+
+
+@dg.schedule(
     name="nightly_sync_schedule",
+    job=nightly_sync,
     cron_schedule=_schedule["nightly_cron"],  # default "0 2 * * *": every night at 02:00
     execution_timezone=_schedule["timezone"],
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday's creation day (UTC), the newest complete partition, with change capture."""
+    scheduled = context.scheduled_execution_time or datetime.now(UTC)
+    day = (scheduled.astimezone(UTC) - timedelta(days=1)).date().isoformat()
+    return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
+
 
 weekly_reconcile_schedule = dg.ScheduleDefinition(
     name="weekly_reconcile_schedule",
