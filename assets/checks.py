@@ -300,7 +300,14 @@ def build_checks(
 ) -> dg.AssetChecksDefinition:
     """One op running `checks` over one warehouse connection."""
     specs = [
-        dg.AssetCheckSpec(check_name, asset=asset_key, description=description, blocking=blocking)
+        dg.AssetCheckSpec(
+            check_name,
+            asset=asset_key,
+            description=description,
+            blocking=blocking,
+            # The other sync assets write the same table: check after them when a run holds them.
+            additional_deps=[k for k in SOURCE_ASSET_KEYS if k != asset_key],
+        )
         for check_name, (_, description) in checks.items()
     ]
 

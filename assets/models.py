@@ -21,8 +21,14 @@ import duckdb
 from pipelines.models import Model, connect, load_models, refresh_models
 from pipelines.query import format_rows
 
-# Asset written by the sync that fills main.voice_training_jobs and its history.
-SOURCE_ASSET_KEYS: tuple[dg.AssetKey, ...] = (dg.AssetKey("voice_training_jobs"),)
+# The sync assets writing main.voice_training_jobs and its history (assets/jobs.py): creation-day
+# partitions, change capture and deletion reconciliation. Models depend on all three so a run
+# holding any of them builds the models after it.
+SOURCE_ASSET_KEYS: tuple[dg.AssetKey, ...] = (
+    dg.AssetKey("voice_training_jobs"),
+    dg.AssetKey("voice_training_job_changes"),
+    dg.AssetKey("voice_training_job_deletions"),
+)
 WAREHOUSE_RESOURCE_KEY = "warehouse"
 # The pool of every step that opens warehouse.duckdb (the sync assets use the same name),
 # so two processes never contend for the file's lock.

@@ -5,9 +5,10 @@
 --   valid_from  TIMESTAMPTZ  when this version became the job's state of record,
 --   valid_to    TIMESTAMPTZ  when the next version replaced it (NULL = current version),
 --   observed_at TIMESTAMPTZ  when the sync first saw this version.
--- deleted_at is dropped: deleted jobs are not shown at all.
+-- deleted_at (deleted jobs are not shown at all) and the warehouse's row_hash are dropped.
 CREATE OR REPLACE VIEW analytics.voice_training_job_history AS
-SELECT h.* EXCLUDE (deleted_at)
+-- Only the contract's columns: bookkeeping columns the warehouse may add stay out of view.
+SELECT COLUMNS(lambda c: c NOT IN ('deleted_at', 'row_hash'))
 FROM main.voice_training_job_history AS h
 WHERE NOT EXISTS (
     SELECT 1

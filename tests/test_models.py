@@ -545,7 +545,11 @@ def test_model_asset_lineage():
     analytics = build_analytics_assets()
     deps = analytics.asset_deps
     assert deps[dg.AssetKey("failure_rate_by_tag")] == {dg.AssetKey(["analytics", "job_outcomes"])}
-    assert deps[dg.AssetKey(["analytics", "voice_training_jobs"])] == {dg.AssetKey("voice_training_jobs")}
+    assert deps[dg.AssetKey(["analytics", "voice_training_jobs"])] == {
+        dg.AssetKey("voice_training_jobs"),
+        dg.AssetKey("voice_training_job_changes"),
+        dg.AssetKey("voice_training_job_deletions"),
+    }
     specs = {s.key: s for s in analytics.specs}
     assert all(s.group_name == "analytics" and s.description for s in specs.values())
 
@@ -568,3 +572,25 @@ def test_materialize_subset_and_refusal(tmp_path):
     )
     keys = [e.materialization.asset_key for e in allowed.get_asset_materialization_events()]
     assert keys == [dg.AssetKey(["analytics", "voice_training_jobs"])]
+
+
+def test_models_run_on_the_warehouse_schema(tmp_path, data):
+    """The same rows in tables created by pipelines.warehouse give the same answers."""
+    from pipelines.warehouse import Warehouse
+
+    warehouse = Warehouse(tmp_path)
+    with warehouse.connect() as con:
+        data.load(con)
+        refresh_models(con)
+        rows = table(con, "failure_rate_by_tag")
+        assert_rows_equal({r["tag"]: r for r in rows}, expected_failure_rate_by(data, "tag"))
+        assert_rows_equal(
+            {r["job_type"]: r for r in table(con, "time_to_finish_by_job_type")},
+            expected_time_to_finish(data),
+        )
+        history_columns = [
+            r[0] for r in con.execute("DESCRIBE analytics.voice_training_job_history").fetchall()
+        ]
+        assert history_columns[-3:] == ["valid_from", "valid_to", "observed_at"]
+        assert "row_hash" not in history_columns and "deleted_at" not in history_columns
+        assert con.execute("SELECT count(*) FROM analytics.voice_training_job_transitions").fetchone()[0] > 0
