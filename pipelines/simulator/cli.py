@@ -8,7 +8,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-from .config import SimulatorConfig
+from .config import FAULT_KINDS, SimulatorConfig
 from .server import SimulatorServer
 
 
@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULT_KINDS),
+        help=f"comma-separated fault kinds out of {','.join(FAULT_KINDS)}",
+    )
+    parser.add_argument("--stall-seconds", type=float, default=35.0, help="how long a 'stall' fault sleeps")
     parser.add_argument("--hostile-paging", action="store_true")
+    parser.add_argument(
+        "--warm", action="store_true", help="serialize every job before listening (benchmarks)"
+    )
     return parser
 
 
@@ -50,12 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             fault_rate=args.fault_rate,
             rate_limit=args.rate_limit,
+            faults=tuple(k.strip() for k in args.faults.split(",") if k.strip()),
+            stall_seconds=args.stall_seconds,
             hostile_paging=args.hostile_paging,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = SimulatorServer(config, host=args.host, port=args.port).start()
+    server = SimulatorServer(config, host=args.host, port=args.port)
+    if args.warm:
+        server.state.warm()
+    server.start()
     stop = threading.Event()
 
     def _stop(signum, frame) -> None:

@@ -209,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ParamError as exc:
             self._send(400, _error_body("MSS.00000001", f"Invalid parameter: {exc}"))
             return
-        app_user = self.headers.get("X-App-UserId")
+        app_user = self.headers.get("X-App-UserId") or None
         fault = simulator._draw_fault()
         if fault == "429":
             self._send(
@@ -402,12 +402,6 @@ class SimulatorServer:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def serve_forever(self) -> None:
-        """Serve on the calling thread until :meth:`stop` (used by the command line)."""
-        if self._httpd is None:
-            self._httpd = _HTTPServer((self._host, self._port), self)
-        self._httpd.serve_forever(poll_interval=0.2)
 
     def __enter__(self) -> SimulatorServer:
         return self.start()
