@@ -21,6 +21,7 @@ import math
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -89,6 +90,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], simulator: SimulatorServer) -> None:
         self.simulator = simulator
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -102,6 +105,12 @@ class _HTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients that time out or hang up mid-answer are part of the game (stalls, faults).
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
     def close_open_connections(self) -> None:
         """Keep-alive connections would otherwise outlive the server."""
