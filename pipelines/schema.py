@@ -56,6 +56,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -425,12 +426,12 @@ def _slow(values: list[Any], fn: Callable[[Any], Any], typ: pa.DataType, name: s
     return pa.array(out, type=typ)
 
 
-def _string_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+def _fast_string(values: list[Any]) -> pa.Array | None:
     try:
         # bytes would pass pa.array(type=string); JSON never yields bytes.
         return pa.array(values, type=pa.string())
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return _slow(values, _coerce_str, pa.string(), name, bad)
+        return None
 
 
 def _infer(values: list[Any]) -> pa.Array | None:
@@ -440,59 +441,90 @@ def _infer(values: list[Any]) -> pa.Array | None:
         return None
 
 
-def _int32_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+def _fast_int32(values: list[Any]) -> pa.Array | None:
     arr = _infer(values)
-    if arr is not None:
-        t = arr.type
-        try:
-            if pa.types.is_null(t):
-                return pa.nulls(len(values), pa.int32())
-            if pa.types.is_integer(t):
-                return arr.cast(pa.int32())  # safe cast: raises on overflow
-            if pa.types.is_floating(t) and pc.all(pc.equal(pc.trunc(arr), arr)).as_py() is not False:
-                return arr.cast(pa.int32())
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass
-    return _slow(values, _coerce_int32, pa.int32(), name, bad)
-
-
-def _bool_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
-    arr = _infer(values)
-    if arr is not None:
-        t = arr.type
+    if arr is None:
+        return None
+    t = arr.type
+    try:
         if pa.types.is_null(t):
-            return pa.nulls(len(values), pa.bool_())
-        if pa.types.is_boolean(t):
-            return arr
-    return _slow(values, _coerce_bool, pa.bool_(), name, bad)
+            return pa.nulls(len(values), pa.int32())
+        if pa.types.is_integer(t):
+            return arr.cast(pa.int32())  # safe cast: raises on overflow
+        if pa.types.is_floating(t) and pc.all(pc.equal(pc.trunc(arr), arr)).as_py() is not False:
+            return arr.cast(pa.int32())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return None
 
 
-def _epoch_column(values: list[Any], name: str, bad: _Bad) -> pa.Array:
+def _fast_bool(values: list[Any]) -> pa.Array | None:
     arr = _infer(values)
-    if arr is not None:
-        t = arr.type
-        if pa.types.is_null(t):
-            return pa.nulls(len(values), _TS)
-        try:
-            if pa.types.is_integer(t):
-                is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
-                ms = pc.if_else(is_ms, arr, pc.multiply_checked(arr, 1000))
-            elif (
-                pa.types.is_floating(t)
-                and not pc.any(pc.is_nan(arr)).as_py()
-                and not pc.any(pc.is_inf(arr)).as_py()
-            ):
-                is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
-                ms = pc.round(pc.if_else(is_ms, arr, pc.multiply(arr, 1000.0)))
-            else:
-                ms = None
-            if ms is not None:
-                in_range = pc.and_(pc.greater_equal(ms, 0), pc.less_equal(ms, _MAX_EPOCH_MS))
-                if pc.all(in_range).as_py() is not False:
-                    return ms.cast(pa.int64()).cast(_TS)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            pass  # overflow: the slow path names the rows
-    return _slow(values, _coerce_epoch_ms, _TS, name, bad)
+    if arr is None:
+        return None
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(values), pa.bool_())
+    return arr if pa.types.is_boolean(arr.type) else None
+
+
+def _fast_epoch(values: list[Any]) -> pa.Array | None:
+    arr = _infer(values)
+    if arr is None:
+        return None
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(values), _TS)
+    try:
+        if pa.types.is_integer(t):
+            is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
+            ms = pc.if_else(is_ms, arr, pc.multiply_checked(arr, 1000))
+        elif (
+            pa.types.is_floating(t)
+            and not pc.any(pc.is_nan(arr)).as_py()
+            and not pc.any(pc.is_inf(arr)).as_py()
+        ):
+            is_ms = pc.greater_equal(arr, EPOCH_MS_THRESHOLD)
+            ms = pc.round(pc.if_else(is_ms, arr, pc.multiply(arr, 1000.0)))
+        else:
+            return None
+        in_range = pc.and_(pc.greater_equal(ms, 0), pc.less_equal(ms, _MAX_EPOCH_MS))
+        if pc.all(in_range).as_py() is not False:
+            return ms.cast(pa.int64()).cast(_TS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass  # overflow: the slow path names the rows
+    return None
+
+
+_COMBINE_MAX_ROWS = 2048
+
+_KINDS: dict[pa.DataType, tuple[Callable[[list[Any]], pa.Array | None], Callable[[Any], Any]]] = {
+    pa.string(): (_fast_string, _coerce_str),
+    pa.int32(): (_fast_int32, _coerce_int32),
+    pa.bool_(): (_fast_bool, _coerce_bool),
+    _TS: (_fast_epoch, _coerce_epoch_ms),
+}
+
+
+def _convert(
+    typ: pa.DataType, columns: dict[str, tuple[str, list[Any]]], n: int, bad: _Bad
+) -> dict[str, pa.Array]:
+    """Convert columns of one type: {column: (field path, values)} -> {column: array}.
+
+    In small batches all columns go through one pa.array call first (then zero-copy
+    slices): there the fixed cost per call, not per value, dominates; in large ones the extra
+    pass to concatenate costs more than it saves. When that fails each column is tried
+    alone, and only a failing column is walked value by value.
+    """
+    fast, coerce = _KINDS[typ]
+    if 0 < n <= _COMBINE_MAX_ROWS:
+        combined = fast(list(chain.from_iterable(values for _, values in columns.values())))
+        if combined is not None:
+            return {name: combined.slice(i * n, n) for i, name in enumerate(columns)}
+    out: dict[str, pa.Array] = {}
+    for name, (path, values) in columns.items():
+        arr = fast(values)
+        out[name] = arr if arr is not None else _slow(values, coerce, typ, path, bad)
+    return out
 
 
 def _rfc3339_column(values: list[Any], extras: list[dict[str, Any] | None], name: str) -> pa.Array:
@@ -578,27 +610,12 @@ def normalize(
     bad: _Bad = {}
     cols: dict[str, pa.Array] = {}
 
-    # job_id: required, a non-empty string.
-    job_ids = [r.get("job_id") for r in recs]
-    cols["job_id"] = _string_column(job_ids, "job_id", bad)
-    missing = pc.or_kleene(pc.is_null(cols["job_id"]), pc.equal(cols["job_id"], ""))
-    if pc.any(missing).as_py():
-        for i in pc.indices_nonzero(pc.fill_null(missing, True)).to_pylist():
-            if i not in bad:
-                bad[i] = ["job_id: missing"]
-
+    strings: dict[str, tuple[str, list[Any]]] = {"job_id": ("job_id", [r.get("job_id") for r in recs])}
     for name in _TOP_STRING_COLUMNS:
-        cols[name] = _string_column([r.get(name) for r in recs], name, bad)
-    cols["reject_times"] = _int32_column([r.get("reject_times") for r in recs], "reject_times", bad)
-    cols["create_time"] = _epoch_column([r.get("create_time") for r in recs], "create_time", bad)
-    nulls = pc.is_null(cols["create_time"])
-    if pc.any(nulls).as_py():
-        for i in pc.indices_nonzero(nulls).to_pylist():
-            if i not in bad or not any(m.startswith("create_time") for m in bad[i]):
-                bad.setdefault(i, []).append("create_time: missing")
-    cols["lastupdate_time"] = _epoch_column([r.get("lastupdate_time") for r in recs], "lastupdate_time", bad)
-    for name in ("is_remake", "is_ondemand_resource"):
-        cols[name] = _bool_column([r.get(name) for r in recs], name, bad)
+        strings[name] = (name, [r.get(name) for r in recs])
+    ints = {"reject_times": ("reject_times", [r.get("reject_times") for r in recs])}
+    epochs = {name: (name, [r.get(name) for r in recs]) for name in ("create_time", "lastupdate_time")}
+    bools = {name: (name, [r.get(name) for r in recs]) for name in ("is_remake", "is_ondemand_resource")}
 
     # Unknown keys -> extra. issuperset() runs in C, so the common all-known case stays cheap.
     extras: list[dict[str, Any] | None] = [None] * n
@@ -608,12 +625,8 @@ def normalize(
             extras[i] = _unknown(r, known_top)
 
     ar = _objects([r.get("allocated_resource") for r in recs], "allocated_resource", bad)
-    cols["allocated_resource_resource_id"] = _string_column(
-        [a.get("resource_id") for a in ar], "allocated_resource.resource_id", bad
-    )
-    cols["allocated_resource_charge_mode"] = _string_column(
-        [a.get("charge_mode") for a in ar], "allocated_resource.charge_mode", bad
-    )
+    for name in ("resource_id", "charge_mode"):
+        strings[f"allocated_resource_{name}"] = (f"allocated_resource.{name}", [a.get(name) for a in ar])
     cols["allocated_resource_expire_time"] = _rfc3339_column(
         [a.get("expire_time") for a in ar], extras, "expire_time"
     )
@@ -629,25 +642,39 @@ def normalize(
     for prop in ASSESS_PROPERTIES:
         details = _objects([a.get(prop) for a in assess], f"assess_result.{prop}", bad)
         for name in ASSESS_DETAIL_FIELDS:
-            col = f"assess_result_{prop}_{name}"
-            values = [d.get(name) for d in details]
-            path = f"assess_result.{prop}.{name}"
-            cols[col] = (
-                _int32_column(values, path, bad) if name == "status" else _string_column(values, path, bad)
+            target = ints if name == "status" else strings
+            target[f"assess_result_{prop}_{name}"] = (
+                f"assess_result.{prop}.{name}",
+                [d.get(name) for d in details],
             )
         for i, d in enumerate(details):
             if not known_detail.issuperset(d):
                 ex = extras[i] if extras[i] is not None else {}
                 ex.setdefault("assess_result", {}).setdefault(prop, {}).update(_unknown(d, known_detail))
                 extras[i] = ex
-    cols["assess_result_suggestion"] = _string_column(
-        [a.get("suggestion") for a in assess], "assess_result.suggestion", bad
-    )
+    strings["assess_result_suggestion"] = ("assess_result.suggestion", [a.get("suggestion") for a in assess])
     for i, a in enumerate(assess):
         if not known_as.issuperset(a):
             ex = extras[i] if extras[i] is not None else {}
             ex.setdefault("assess_result", {}).update(_unknown(a, known_as))
             extras[i] = ex
+
+    cols.update(_convert(pa.string(), strings, n, bad))
+    cols.update(_convert(pa.int32(), ints, n, bad))
+    cols.update(_convert(_TS, epochs, n, bad))
+    cols.update(_convert(pa.bool_(), bools, n, bad))
+
+    # job_id and create_time are required.
+    missing = pc.or_kleene(pc.is_null(cols["job_id"]), pc.equal(cols["job_id"], ""))
+    if pc.any(missing).as_py():
+        for i in pc.indices_nonzero(pc.fill_null(missing, True)).to_pylist():
+            if i not in bad:
+                bad[i] = ["job_id: missing"]
+    no_create = pc.is_null(cols["create_time"])
+    if pc.any(no_create).as_py():
+        for i in pc.indices_nonzero(no_create).to_pylist():
+            if not any(m.startswith("create_time") for m in bad.get(i, ())):
+                bad.setdefault(i, []).append("create_time: missing")
 
     cols["extra"] = pa.array(
         [None if e is None else _dumps(e, sort_keys=True) for e in extras],

@@ -403,3 +403,20 @@ def test_values_past_64_bits_do_not_break_normalize():
     assert [q.job_id for q in out.quarantine] == ["b"]
     assert "create_time: invalid number out of the epoch range" in out.quarantine[0].reason
     assert json.loads(out.quarantine[0].raw_record)["create_time"] == 2**70
+
+
+@pytest.mark.parametrize("size", [3, 2500])  # small batches convert columns together, large ones apart
+def test_batch_sizes_give_the_same_rows(size):
+    recs = [
+        full_record(f"job-{i}") | {"reject_times": i % 10, "lastupdate_time": CREATED_S + i}
+        for i in range(size)
+    ]
+    recs[-1]["assess_result"]["snr"]["status"] = "broken"
+    out = normalize(recs, "proj", SYNCED)
+    assert [q.job_id for q in out.quarantine] == [f"job-{size - 1}"]
+    rows = out.table.to_pylist()
+    assert len(rows) == size - 1
+    expected_first = normalize([recs[0]], "proj", SYNCED).table.to_pylist()[0]
+    assert rows[0] == expected_first
+    assert [r["reject_times"] for r in rows] == [i % 10 for i in range(size - 1)]
+    assert rows[-1]["lastupdate_time"] == datetime.fromtimestamp(CREATED_S + size - 2, UTC)
