@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -109,16 +110,28 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
+def _width(text: str) -> int:
+    """Terminal columns `text` occupies: East Asian wide characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[_text(v) for v in row] for row in rows]
-    widths = [len(c) for c in columns]
+    # Line breaks and tabs inside a value would break the grid.
+    cells = [[_text(v).replace("\n", " ").replace("\t", " ") for v in row] for row in rows]
+    widths = [_width(c) for c in columns]
     for row in cells:
-        widths = [max(w, len(v)) for w, v in zip(widths, row, strict=True)]
+        widths = [max(w, _width(v)) for w, v in zip(widths, row, strict=True)]
     # Numbers align right so their magnitudes line up; text aligns left.
     right = [bool(rows) and all(_numeric(r[i]) or r[i] is None for r in rows) for i in range(len(columns))]
 
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)]
+        parts = []
+        for v, w, r in zip(values, widths, right, strict=True):
+            pad = " " * (w - _width(v))
+            parts.append(pad + v if r else v + pad)
         return "  ".join(parts).rstrip()
 
     out = [line(columns), "  ".join("-" * w for w in widths)]

@@ -158,6 +158,13 @@ def test_query_is_read_only_and_binds_parameters(built):
         run_query(db, "select 1", "xml")
 
 
+def test_table_aligns_wide_characters():
+    text = format_rows(["reason", "n"], [("训练音频", 1), ("abc", 22)], "table")
+    lines = text.splitlines()
+    # "训练音频" takes eight terminal columns, so both numbers end at the same column.
+    assert lines[2] == "训练音频   1" and lines[3] == "abc       22"
+
+
 def test_format_rows_cells():
     text = format_rows(["a", "b"], [("x", 1234567.891), (None, 0.000123456), ("z|w", None)], "table")
     assert "1234568" in text and "0.000123" in text and "NULL" in text and "e+" not in text
