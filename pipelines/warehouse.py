@@ -219,17 +219,24 @@ class Warehouse:
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Keep warehouse.duckdb open for the block and yield the connection (nestable)."""
+        """Keep warehouse.duckdb open for the block and yield the connection.
+
+        Nested blocks yield the same connection. The yielded connection is for the thread
+        that opened the block; methods called from other threads meanwhile use cursors of it.
+        """
         with self._lock:
-            if self._con is not None:
-                yield self._con
-                return
-            self._con = self._open()
+            outer = self._con
+            if outer is None:
+                self._con = self._open()
+            con = self._con
+        if outer is not None:
+            yield con
+            return
         try:
-            yield self._con
+            yield con
         finally:
             with self._lock:
-                con, self._con = self._con, None
+                self._con = None
             con.close()
 
     session = connect

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -403,6 +404,15 @@ def test_session_keeps_one_connection_and_methods_work_inside(wh: Warehouse, run
         assert wh.live_job_ids("p1", DAY1, DAY2) == {"a"}
     with duckdb.connect(str(wh.db_path), read_only=True) as reader:
         assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
+
+
+def test_methods_can_run_in_worker_threads_inside_a_session(wh: Warehouse, run: str):
+    with wh.connect(), ThreadPoolExecutor(2) as pool:
+        applied = pool.submit(wh.apply, run, jobs=jobs([rec("a")]))
+        applied.result(timeout=60)
+        seen = pool.submit(wh.live_job_ids, "p1", DAY1, DAY2)
+        assert seen.result(timeout=60) == {"a"}
+        assert wh.watermark("p1") is None
 
 
 _READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"
