@@ -8,6 +8,7 @@ import json
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import duckdb
 import pytest
@@ -61,6 +62,10 @@ def test_report_is_a_self_contained_page_with_charts(built, tmp_path):
     assert "no finished jobs yet" in page and "LIVE" in page and "(not set)" in page
     assert "STORYTELLING" not in page, "deleted jobs are left out"
     assert "audio too noisy" in page
+    # Each chart is well-formed markup on its own (a browser would drop a broken one silently).
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        root = ElementTree.fromstring(svg)
+        assert root.tag == "svg" and len(root) > 2
 
 
 def test_report_refuses_a_database_without_models(tmp_path):
