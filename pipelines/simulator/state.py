@@ -10,6 +10,7 @@ the project it touches.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -130,6 +131,17 @@ class _Bits:
         return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+def _rfc3339_seconds(epoch_seconds: int) -> str:
+    day, second = divmod(epoch_seconds, 86400)
+    hours, rest = divmod(second, 3600)
+    return f"{_day_text(day)}T{hours:02d}:{rest // 60:02d}:{rest % 60:02d}Z"
+
+
 def _pool(alphabet: str, length: int, size: int, seed: int) -> tuple[str, ...]:
     rnd = random.Random(seed)
     return tuple("".join(rnd.choices(alphabet, k=length)) for _ in range(size))
@@ -203,6 +215,10 @@ class SimulatorState:
         self._days = config.days
         self._base_jobs = config.jobs
         self.projects: tuple[str, ...] = tuple(config.projects)
+        self._hosts = [
+            [f"https://metastudio-{p}.obs.{region}.myhuaweicloud.com" for region in _REGIONS]
+            for p in self.projects
+        ]
         self._project_code = {p: i for i, p in enumerate(self.projects)}
         now = config.now or datetime.now(UTC).replace(microsecond=0)
         self._now_ms = datetime_to_ms(now.astimezone(UTC))
@@ -448,7 +464,7 @@ class SimulatorState:
             rec["create_time"], rec["lastupdate_time"] = create_ms // 1000, update_ms // 1000
         else:
             rec["create_time"], rec["lastupdate_time"] = create_ms, update_ms
-        host = f"https://metastudio-{self.projects[project]}.obs.{_REGIONS[word & 1]}.myhuaweicloud.com"
+        host = self._hosts[project][word & 1]
         expires = create_ms // 1000 + 7 * 86400
         url = f"{host}/voice-authorization/{job_id}/authorization.mp4"
         if flags & F_SIGNED_AUTH:
@@ -473,9 +489,7 @@ class SimulatorState:
             resource = {"resource_id": f"{bits.next() >> 16:012x}{word >> 32:08x}", "charge_mode": mode}
             if mode != "ON_DEMAND":
                 lifetime = 365 if mode == "PERIODIC" else 30
-                resource["expire_time"] = time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(create_ms // 1000 + lifetime * 86400)
-                )
+                resource["expire_time"] = _rfc3339_seconds(create_ms // 1000 + lifetime * 86400)
             rec["allocated_resource"] = resource
         if output_language >= 0:
             rec["output_language"] = C.LANGUAGES[output_language]
