@@ -69,6 +69,22 @@ _CONTENT_COLUMNS: tuple[str, ...] = tuple(c for c in JOB_COLUMNS if c != "synced
 _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", _TS: "TIMESTAMPTZ"}
 
 
+def _partition_slices(table: pa.Table) -> dict[tuple[str, date], tuple[int, int]]:
+    """(project_id, day) -> (offset, length) of its run in a table sorted by project_id, _day."""
+    slices: dict[tuple[str, date], tuple[int, int]] = {}
+    if table.num_rows == 0:
+        return slices
+    keys = pa.table({"p": table["project_id"], "d": table["_day"]})
+    start = 0
+    projects = keys["p"].to_pylist()
+    days = keys["d"].to_pylist()
+    for i in range(1, len(projects) + 1):
+        if i == len(projects) or projects[i] != projects[start] or days[i] != days[start]:
+            slices[(projects[start], days[start])] = (start, i - start)
+            start = i
+    return slices
+
+
 class WarehouseError(Exception):
     """Storage cannot be used or written; the message names the path and what to do."""
 
@@ -586,20 +602,32 @@ class Warehouse:
         return self.export_dirty_partitions()
 
     def export_dirty_partitions(self) -> int:
-        """Rewrite every lake partition marked dirty; returns how many files were written or removed."""
+        """Rewrite every lake partition marked dirty; returns how many files were written or removed.
+
+        One query reads the rows of all dirty partitions (a scan per partition costs far more
+        than the files themselves); the result is sliced per partition in Arrow.
+        """
         done = 0
         with self._cursor() as con:
             dirty = con.execute(
-                "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 2, 1"
+                "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 1, 2"
             ).fetchall()
+            if not dirty:
+                return 0
+            table = con.sql(
+                f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
+                f" FROM {JOBS_TABLE} j"
+                " WHERE EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
+                "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
+                " ORDER BY project_id, _day, job_id"
+            ).to_arrow_table()
+            slices = _partition_slices(table)
+            table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
+            empty = table.slice(0, 0)
             for project_id, day in dirty:
-                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-                table = con.sql(
-                    f"SELECT {_COLS}, deleted_at FROM {JOBS_TABLE}"
-                    " WHERE project_id = ? AND create_time >= ? AND create_time < ? ORDER BY job_id",
-                    params=[project_id, start, start + timedelta(days=1)],
-                ).to_arrow_table()
-                self._write_partition(self.partition_path(project_id, day), table.cast(STORED_JOBS_SCHEMA))
+                offset, length = slices.get((project_id, day), (0, 0))
+                part = table.slice(offset, length) if length else empty
+                self._write_partition(self.partition_path(project_id, day), part)
                 con.execute(
                     "DELETE FROM lake_dirty WHERE project_id = ? AND create_day = ?", [project_id, day]
                 )
