@@ -4,12 +4,12 @@
 import dagster as dg
 
 from assets.jobs import WAREHOUSE_POOL
-from pipelines.models import load_models
+from assets.models import MODEL_ASSET_KEYS
 from pipelines.resources import WarehouseResource
 
 
 @dg.asset(
-    deps=[dg.AssetKey(model.name) for model in load_models()],
+    deps=list(MODEL_ASSET_KEYS),
     pool=WAREHOUSE_POOL,
     group_name="serving",
     kinds={"duckdb"},

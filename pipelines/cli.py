@@ -67,18 +67,21 @@ def _cmd_sync(args) -> int:
     with open_source(settings) as source:
         report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
                       progress=_progress_printer())
-    _refresh_and_publish(warehouse)
+    _refresh_and_publish(warehouse, settings)
     print(report.summary())
     print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
     return EXIT_OK
 
 
-def _refresh_and_publish(warehouse) -> None:
+def _refresh_and_publish(warehouse, settings) -> None:
     """Rebuild the SQL models, then publish the snapshot BI tools read."""
-    from pipelines.models import refresh_models
+    from pipelines.models import connect, refresh_models
 
-    with warehouse.connect() as con:
-        refresh_models(con)
+    con = connect(warehouse.db_path)
+    try:
+        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
+    finally:
+        con.close()
     warehouse.publish_serving()
 
 
@@ -98,7 +101,7 @@ def _cmd_demo(args) -> int:
         warehouse = Warehouse(settings.data_dir)
         report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
                       warehouse=warehouse, progress=_progress_printer())
-    _refresh_and_publish(warehouse)
+    _refresh_and_publish(warehouse, settings)
     print(report.summary())
     print(
         f"\nLoaded {report.rows_written:,} jobs into:\n"

@@ -316,6 +316,12 @@ def sync(
         days_between(since, until)
     warehouse = warehouse or Warehouse(settings.data_dir)
     projects = settings.require_projects()
+    # One connection for the whole run: opening DuckDB per window costs more than paging it.
+    with warehouse.connect():
+        return _sync_run(settings, warehouse, projects, mode, since, until, progress)
+
+
+def _sync_run(settings, warehouse, projects, mode, since, until, progress) -> SyncReport:
     report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until)
     run_id = warehouse.begin_run(mode, {"since": str(since) if since else None,
                                         "until": str(until) if until else None, "projects": list(projects)})
