@@ -52,7 +52,7 @@ def _settings(args):
 
 def _cmd_sync(args) -> int:
     from pipelines.settings import parse_day
-    from pipelines.sync import open_source, sync
+    from pipelines.sync import open_source, refresh_and_publish, sync
     from pipelines.warehouse import Warehouse
 
     since = parse_day(args.since, "--since") if args.since else None
@@ -67,27 +67,15 @@ def _cmd_sync(args) -> int:
     with open_source(settings) as source:
         report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
                       progress=_progress_printer())
-    _refresh_and_publish(warehouse, settings)
+    refresh_and_publish(warehouse, settings)
     print(report.summary())
     print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
     return EXIT_OK
 
 
-def _refresh_and_publish(warehouse, settings) -> None:
-    """Rebuild the SQL models, then publish the snapshot BI tools read."""
-    from pipelines.models import connect, refresh_models
-
-    con = connect(warehouse.db_path)
-    try:
-        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
-    finally:
-        con.close()
-    warehouse.publish_serving()
-
-
 def _cmd_demo(args) -> int:
     from pipelines.simulator import SimulatorConfig, SimulatorServer
-    from pipelines.sync import simulator_settings, sync
+    from pipelines.sync import refresh_and_publish, simulator_settings, sync
     from pipelines.warehouse import Warehouse
 
     settings = _settings(args)
@@ -101,7 +89,7 @@ def _cmd_demo(args) -> int:
         warehouse = Warehouse(settings.data_dir)
         report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
                       warehouse=warehouse, progress=_progress_printer())
-    _refresh_and_publish(warehouse, settings)
+    refresh_and_publish(warehouse, settings)
     print(report.summary())
     print(
         f"\nLoaded {report.rows_written:,} jobs into:\n"

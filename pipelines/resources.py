@@ -40,6 +40,7 @@ class MetaStudioResource(dg.ConfigurableResource):
     safety_lag_seconds: float = 120.0
     lookback_seconds: float = 7200.0
     personal_data: str = "mask"
+    first_day: str | None = None
 
     def settings(self, data_dir: Path) -> Settings:
         return Settings(
@@ -57,6 +58,7 @@ class MetaStudioResource(dg.ConfigurableResource):
             safety_lag_seconds=self.safety_lag_seconds,
             lookback_seconds=self.lookback_seconds,
             personal_data=self.personal_data,
+            first_day=parse_day(self.first_day, "first_day") if self.first_day else first_partition_day(),
         )
 
 
@@ -83,6 +85,7 @@ def metastudio_from_env() -> MetaStudioResource:
         "app_user_id": _optional("METASTUDIO_APP_USER_ID"),
         "max_rps": _optional("VOICEJOBS_MAX_RPS", float),
         "personal_data": _optional("VOICEJOBS_PERSONAL_DATA") or "mask",
+        "first_day": _optional("VOICEJOBS_FIRST_DAY"),
     }
     for key, cast, env in (("max_in_flight", int, "VOICEJOBS_MAX_IN_FLIGHT"),
                            ("safety_lag_seconds", float, "VOICEJOBS_SAFETY_LAG_SECONDS"),

@@ -67,6 +67,7 @@ class SyncReport:
     quarantined: int = 0
     deleted: int = 0
     mismatched_windows: int = 0
+    count_checks: int = 0
     pages: int = 0
     requests: int = 0
     retries: dict[str, int] = field(default_factory=dict)
@@ -91,6 +92,7 @@ class SyncReport:
             "quarantined": self.quarantined,
             "deleted": self.deleted,
             "mismatched_windows": self.mismatched_windows,
+            "count_checks": self.count_checks,
             "pages": self.pages,
             "requests": self.requests,
             "retries": self.retries_total,
@@ -115,6 +117,18 @@ class SyncReport:
         if self.mismatched_windows:
             lines.append(f"  windows whose count never matched the pages: {self.mismatched_windows}")
         return "\n".join(lines)
+
+
+def refresh_and_publish(warehouse: Warehouse, settings: Settings) -> None:
+    """After a sync: rebuild the SQL models, then publish the snapshot BI tools read."""
+    from pipelines.models import connect, refresh_models
+
+    con = connect(warehouse.db_path)
+    try:
+        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
+    finally:
+        con.close()
+    warehouse.publish_serving()
 
 
 @dataclass(frozen=True)
@@ -291,6 +305,44 @@ async def _not_after(client: MetaStudioClient, settings: Settings, project_id: s
     return client.server_now() - timedelta(seconds=settings.safety_lag_seconds)
 
 
+@dataclass
+class DisagreeingDays:
+    days: list[date]
+    requests: int
+
+
+async def find_disagreeing_days(client: MetaStudioClient, warehouse: Warehouse, project_id: str,
+                                first_day: date, not_after: datetime) -> DisagreeingDays:
+    """Creation days whose live job count in the warehouse differs from the source's ``count``.
+
+    Bisection over day-aligned ranges: one count request (``limit=1``) per range, and only a
+    range that disagrees is split, so the cost grows with the number of days that changed
+    (deletions, missed jobs), about 2 * log2(days) requests each, not with the history.
+    """
+    ranges = [(first_day, not_after.date())] if first_day <= not_after.date() else []
+    found: list[date] = []
+    requests = 0
+    while ranges:
+        windows = [Window(day_window(a).since, min(day_window(b).until, not_after)) for a, b in ranges]
+        pages = await asyncio.gather(*(
+            client.list_jobs(project_id, {"create_since": w.since, "create_until": w.until, "limit": 1})
+            for w in windows
+        ))
+        requests += len(pages)
+        stored = warehouse.live_counts(project_id, [(w.since, w.until) for w in windows])
+        next_ranges = []
+        for (a, b), page, have in zip(ranges, pages, stored, strict=True):
+            if page.count == have:
+                continue
+            if a == b:
+                found.append(a)
+            else:
+                mid = a + (b - a) // 2
+                next_ranges += [(a, mid), (mid + timedelta(days=1), b)]
+        ranges = next_ranges
+    return DisagreeingDays(sorted(found), requests)
+
+
 def _day_tasks(project_ids: Sequence[str], days: Sequence[date], reconcile: bool) -> list[_Task]:
     tasks = []
     for project_id in project_ids:
@@ -381,5 +433,13 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
                 newest = run.newest_update.get(project_id)
                 if newest and newest > stored:
                     watermarks[project_id] = newest
+                # Deletions never show in an update window: find the days whose counts disagree.
+                run.flush(deleted_at=client.server_now())
+                days = await find_disagreeing_days(client, run.warehouse, project_id, settings.first_day, not_after)
+                run.report.count_checks += days.requests
+                if days.days:
+                    log.info("Counts disagree on %d creation days of %s: paging them completely.",
+                             len(days.days), project_id)
+                    await _run_tasks(client, run, _day_tasks([project_id], days.days, reconcile=True), not_after)
         run.report.watermarks = {k: v.isoformat() for k, v in watermarks.items()}
         run.flush(deleted_at=client.server_now(), watermarks=watermarks or None)

@@ -1,0 +1,172 @@
+"""Change capture, history and deletions against a simulator whose clock moves."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import duckdb
+import pytest
+
+from pipelines.simulator import SimulatorConfig, SimulatorServer
+from pipelines.sync import refresh_and_publish, sync
+from pipelines.warehouse import Warehouse
+from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.expected import assert_rows_equal
+
+FIRST_DAY = (SIM_NOW - timedelta(days=31)).date()
+
+
+@pytest.fixture
+def moving_simulator():
+    config = SimulatorConfig(jobs=2500, seed=23, days=30, projects=PROJECTS, now=SIM_NOW)
+    with SimulatorServer(config) as server:
+        yield server
+
+
+def _state_sequences(con, table: str) -> dict[tuple[str, str], list[str]]:
+    rows = con.execute(
+        f"select project_id, job_id, state from {table} order by project_id, job_id, valid_from, observed_at"
+    ).fetchall()
+    seqs: dict[tuple[str, str], list[str]] = {}
+    for pid, jid, state in rows:
+        seq = seqs.setdefault((pid, jid), [])
+        if not seq or seq[-1] != state:  # a version may change other fields and keep its state
+            seq.append(state)
+    return seqs
+
+
+def _assert_true_to_source(server, warehouse: Warehouse, observed: dict) -> None:
+    refresh_and_publish(warehouse, warehouse_settings(warehouse))
+    truth = {pid: server.state.truth(pid) for pid in PROJECTS}
+    table = warehouse.jobs_table(include_deleted=True)
+    live = [r for r in table.drop_columns(["synced_at"]).to_pylist() if r.pop("deleted_at") is None]
+    assert_rows_equal(live, truth, personal_data="raw")
+
+    deleted_in_source = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)}
+    marked = {(r["project_id"], r["job_id"]) for r in table.to_pylist() if r["deleted_at"] is not None}
+    assert marked == deleted_in_source & {(r["project_id"], r["job_id"]) for r in table.to_pylist()}
+
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        # Everything analysts see leaves deleted jobs out.
+        analyst_keys = set(con.execute("select project_id, job_id from analytics.voice_training_jobs").fetchall())
+        assert analyst_keys == {(pid, j["job_id"]) for pid, jobs in truth.items() for j in jobs}
+        # The history holds every state each job was seen in, in order.
+        history = _state_sequences(con, "voice_training_job_history")
+    for key, states in observed.items():
+        assert history.get(key) == states, f"{key}: history {history.get(key)} != observed {states}"
+
+
+def warehouse_settings(warehouse: Warehouse):
+    from pipelines.settings import Settings
+
+    return Settings(data_dir=warehouse.data_dir, personal_data="raw")
+
+
+def _observe(server, observed: dict) -> None:
+    """Record, the way an outside observer would, each job's state after a sync."""
+    for pid in PROJECTS:
+        for job in server.state.truth(pid):
+            seq = observed.setdefault((pid, job["job_id"]), [])
+            if not seq or seq[-1] != job.get("state"):
+                seq.append(job.get("state"))
+
+
+def test_warehouse_stays_true_through_a_dozen_clock_steps(moving_simulator, tmp_path):
+    server = moving_simulator
+    settings = sim_settings(server, tmp_path, personal_data="raw", first_day=FIRST_DAY, lookback_seconds=900)
+    warehouse = Warehouse(tmp_path)
+    observed: dict = {}
+
+    first = sync(settings, mode="incremental", warehouse=warehouse)  # no watermark yet: a backfill
+    assert first.rows_written > 0 and set(first.watermarks) == set(PROJECTS)
+    _observe(server, observed)
+    _assert_true_to_source(server, warehouse, observed)
+
+    totals = {"created": 0, "transitioned": 0, "deleted": 0}
+    for step in range(12):
+        summary = server.state.advance(5 * 3600)
+        for key in totals:
+            totals[key] += summary[key]
+        report = sync(settings, mode="incremental", warehouse=warehouse)
+        # change capture pages only what changed, never the whole history again
+        assert report.jobs_fetched < first.jobs_fetched / 2, (step, report.as_dict())
+        _observe(server, observed)
+        _assert_true_to_source(server, warehouse, observed)
+
+    assert all(totals.values()), totals  # the steps really created, moved and deleted jobs
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        transitions = con.execute(
+            "select count(*) from voice_training_job_transitions"
+            " where from_state is not null and from_state <> to_state"
+        ).fetchone()[0]
+        watermarks = con.execute("select count(*) from sync_state").fetchone()[0]
+    # one transition row per observed change of state (several moves inside one step show as one)
+    assert transitions == sum(len(seq) - 1 for seq in observed.values()) > 0
+    assert watermarks == len(PROJECTS)
+
+
+def test_watermark_is_the_source_clock_and_never_moves_back(moving_simulator, tmp_path):
+    server = moving_simulator
+    settings = sim_settings(server, tmp_path, first_day=FIRST_DAY)
+    warehouse = Warehouse(tmp_path)
+    sync(settings, mode="incremental", warehouse=warehouse)
+    before = {pid: warehouse.watermark(pid) for pid in PROJECTS}
+    for pid in PROJECTS:
+        # from the source's clock (lastupdate_time), not the local one, which is years ahead here
+        assert before[pid] <= server.state.now
+    report = sync(settings, mode="incremental", warehouse=warehouse)  # nothing changed
+    assert report.rows_written == 0 or report.jobs_fetched < 200
+    assert {pid: warehouse.watermark(pid) for pid in PROJECTS} == before
+
+
+def test_a_failed_change_capture_leaves_the_warehouse_as_it_was(moving_simulator, tmp_path):
+    server = moving_simulator
+    settings = sim_settings(server, tmp_path, personal_data="raw", first_day=FIRST_DAY)
+    warehouse = Warehouse(tmp_path)
+    sync(settings, mode="incremental", warehouse=warehouse)
+    before_rows = warehouse.jobs_table().to_pylist()
+    before_marks = {pid: warehouse.watermark(pid) for pid in PROJECTS}
+
+    server.state.advance(6 * 3600)
+    broken = settings.with_(sk="not-the-secret")
+    from pipelines.metastudio.errors import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        sync(broken, mode="incremental", warehouse=warehouse)
+    assert warehouse.jobs_table().to_pylist() == before_rows
+    assert {pid: warehouse.watermark(pid) for pid in PROJECTS} == before_marks
+
+    # the next good run catches up with no manual step
+    sync(settings, mode="incremental", warehouse=warehouse)
+    observed: dict = {}
+    _observe(server, observed)
+    truth = {pid: server.state.truth(pid) for pid in PROJECTS}
+    live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist() if r.pop("deleted_at") is None]
+    assert_rows_equal(live, truth, personal_data="raw")
+
+
+def test_hostile_paging_loses_and_duplicates_no_surviving_job(tmp_path):
+    """Jobs deleted and (backdated) created inside each window while it is paged."""
+    config = SimulatorConfig(jobs=3000, seed=31, days=20, projects=PROJECTS[:1], now=SIM_NOW)
+    with SimulatorServer(config) as server:
+        settings = sim_settings(server, tmp_path, personal_data="raw")
+        before = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
+        server.configure(hostile_paging=True)
+        since, until = (SIM_NOW - timedelta(days=21)).date(), SIM_NOW.date()
+        sync(settings, mode="days", since=since, until=until)
+        server.configure(hostile_paging=False)
+        after = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
+        assert before - after and after - before  # the switch really deleted and created jobs
+
+        warehouse = Warehouse(tmp_path)
+        rows = warehouse.jobs_table().to_pylist()
+        keys = [r["job_id"] for r in rows]
+        assert len(keys) == len(set(keys))  # nothing duplicated
+        stored_live = {r["job_id"] for r in rows if r["deleted_at"] is None}
+        # every job that survived the whole run is there (nothing lost)
+        assert (before & after) <= stored_live
+        # a reconciliation pass afterwards makes the warehouse equal to the source exactly
+        sync(settings, mode="reconcile", since=since, until=until)
+        live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist()
+                if r.pop("deleted_at") is None]
+        assert_rows_equal(live, {PROJECTS[0]: server.state.truth(PROJECTS[0])}, personal_data="raw")
