@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.crashpoints import crashpoint
 from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.paging import Window, WindowResult, day_window, fetch_window
 from pipelines.schema import JOBS_SCHEMA, normalize
@@ -128,6 +129,7 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings) -> None:
         refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
     finally:
         con.close()
+    crashpoint("models_refreshed")
     warehouse.publish_serving()
 
 
@@ -247,6 +249,7 @@ class _Run:
         self.report.windows += 1
         self.report.jobs_fetched += len(result.jobs)
         self.report.quarantined += len(normalized.quarantine)
+        crashpoint("fetched")
         self.progress.windows_done += 1
         self.progress.jobs += len(result.jobs)
         if self.progress_cb:
@@ -257,6 +260,7 @@ class _Run:
         if not (self.tables or self.windows or self.quarantine or self.deleted or watermarks):
             return
         jobs = pa.concat_tables(self.tables) if self.tables else JOBS_SCHEMA.empty_table()
+        crashpoint("before_flush")
         self.warehouse.apply(
             self.run_id,
             jobs=jobs,
@@ -269,6 +273,8 @@ class _Run:
         self.report.rows_written += jobs.num_rows
         self.report.deleted += len(self.deleted)
         self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+        if watermarks:
+            crashpoint("watermark_committed")
 
 
 async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task], not_after: datetime) -> None:
@@ -391,6 +397,7 @@ def _sync_run(settings, warehouse, projects, mode, since, until, progress) -> Sy
     report.elapsed_seconds = time.monotonic() - started
     _collect_client_stats(report, client)
     warehouse.finish_run(run_id, "succeeded", report.as_dict())
+    crashpoint("run_finished")
     return report
 
 

@@ -51,6 +51,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.crashpoints import crashpoint
 from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, Quarantined
 
 JOBS_TABLE = "voice_training_jobs"
@@ -370,6 +371,7 @@ class Warehouse:
                     self._mark_deleted(con, deleted, deleted_at, stats)
                 if watermarks:
                     self._advance_watermarks(con, watermarks, now)
+                crashpoint("apply_before_commit")
                 con.execute("COMMIT")
             except BaseException as exc:
                 with suppress(duckdb.Error):
@@ -387,7 +389,9 @@ class Warehouse:
                 for name in ("_stage", "_win", "_hist_new", "_del"):
                     with suppress(duckdb.Error):
                         con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+        crashpoint("apply_after_commit")
         stats.partitions_written = self.export_dirty_partitions()
+        crashpoint("lake_exported")
         return stats
 
     @staticmethod
@@ -628,6 +632,7 @@ class Warehouse:
                 offset, length = slices.get((project_id, day), (0, 0))
                 part = table.slice(offset, length) if length else empty
                 self._write_partition(self.partition_path(project_id, day), part)
+                crashpoint("lake_replaced")
                 con.execute(
                     "DELETE FROM lake_dirty WHERE project_id = ? AND create_day = ?", [project_id, day]
                 )
@@ -656,6 +661,7 @@ class Warehouse:
                 pq.write_table(table, fh, compression="zstd")
                 fh.flush()
                 os.fsync(fh.fileno())
+            crashpoint("lake_tmp_written")
             os.replace(tmp, path)
             tmp = None
             _fsync_dir(path.parent)
@@ -694,12 +700,15 @@ class Warehouse:
                 fd, name = tempfile.mkstemp(prefix=".serving-", suffix=".duckdb.tmp", dir=self.data_dir)
                 tmp = Path(name)
                 with os.fdopen(fd, "wb") as dst, open(self.db_path, "rb") as src:
+                    dst.write(src.read(256 * 1024))
+                    crashpoint("serving_copying")  # a snapshot copy left half-done
                     shutil.copyfileobj(src, dst, 1024 * 1024)
                     dst.flush()
                     os.fsync(dst.fileno())
                 os.replace(tmp, self.serving_path)
                 tmp = None
                 _fsync_dir(self.data_dir)
+                crashpoint("serving_replaced")
             except OSError as exc:
                 raise WarehouseError(
                     f"writing the serving snapshot {self.serving_path} failed ({exc.strerror or exc}); "

@@ -1,0 +1,215 @@
+"""A sync killed with SIGKILL at any point leaves a warehouse that opens and is consistent.
+
+Each case starts from the same committed warehouse (a full sync of the simulator), moves
+the simulator's clock on (new jobs, state changes, deletions), and runs ``voicejobs sync``
+(change capture) as a subprocess that kills itself at one named point of
+:mod:`pipelines.crashpoints`. Afterwards:
+
+- the process died by SIGKILL (exit -9), so nothing after the point ran;
+- warehouse.duckdb opens, holds each job once, and every row is either the job as it was
+  before the run or the job as the source now lists it (no mixed or torn rows);
+- every Parquet file in the lake is complete and readable, and serving.duckdb (if present)
+  opens;
+- the next sync finishes, and the warehouse equals the source and the lake equals the table.
+
+"While DuckDB is committing" is covered twice: a crash point right before COMMIT (the
+transaction is open with all its writes done) and SIGKILLs from outside at random moments
+of a larger run, which land inside DuckDB's own write and commit paths.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.simulator import SimulatorConfig, SimulatorServer
+from pipelines.sync import refresh_and_publish, sync
+from pipelines.warehouse import Warehouse
+from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.expected import assert_rows_equal, comparable, expected_row
+
+REPO = Path(__file__).resolve().parent.parent
+DAYS = 20
+FIRST_DAY = (SIM_NOW - timedelta(days=DAYS + 1)).date()
+
+# (crash point, what the run had done when it died)
+CRASH_POINTS = [
+    "fetched",  # a window fetched and normalized; nothing written
+    "before_flush",  # the first buffer is about to be applied
+    "before_flush:2",  # between flushes: the first project's changes committed, the second's not
+    "apply_before_commit",  # inside the DuckDB transaction, every write done, COMMIT not issued
+    "apply_before_commit:2",  # second transaction of the run, first one committed
+    "apply_after_commit",  # committed, lake export not started (partitions stay marked dirty)
+    "lake_tmp_written",  # a parquet temp file written, not renamed into place
+    "lake_replaced",  # a parquet file in place, its dirty mark not cleared
+    "lake_exported",  # a flush complete, the run not
+    "watermark_committed",  # the watermark transaction committed
+    "run_finished",  # run recorded as succeeded, SQL models not refreshed
+    "models_refreshed",  # models rebuilt, serving snapshot not published
+    "serving_copying",  # the serving snapshot copy half written
+    "serving_replaced",  # serving.duckdb swapped in, process not yet done
+]
+
+
+def _key(row: dict) -> tuple[str, str]:
+    return row["project_id"], row["job_id"]
+
+
+def _content(row: dict) -> dict:
+    row = comparable(row)
+    row.pop("synced_at", None)
+    row.pop("deleted_at", None)
+    return row
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A simulator, a committed baseline warehouse, and the simulator moved on afterwards."""
+    config = SimulatorConfig(jobs=500, seed=23, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    with SimulatorServer(config) as server:
+        baseline = tmp_path_factory.mktemp("baseline")
+        settings = sim_settings(server, baseline, first_day=FIRST_DAY)
+        sync(settings, mode="incremental", warehouse=Warehouse(baseline))
+        refresh_and_publish(Warehouse(baseline), settings)
+        before = {_key(r): r for r in Warehouse(baseline).jobs_table().to_pylist()}
+        changes = server.state.advance(3 * 86400)
+        assert changes["created"] and changes["transitioned"] and changes["deleted"]
+        yield server, baseline, before
+
+
+def _env(server, data_dir: Path, **extra: str) -> dict[str, str]:
+    config = server.state.config
+    ak, sk = next(iter(config.credentials.items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
+    env.update(
+        METASTUDIO_ENDPOINT=server.url,
+        HUAWEICLOUD_SDK_AK=ak,
+        HUAWEICLOUD_SDK_SK=sk,
+        HUAWEICLOUD_SDK_PROJECT_ID=",".join(config.projects),
+        VOICEJOBS_DATA_DIR=str(data_dir),
+        VOICEJOBS_FIRST_DAY=FIRST_DAY.isoformat(),
+        VOICEJOBS_SAFETY_LAG_SECONDS="0",
+        VOICEJOBS_MAX_ATTEMPTS="3",
+        VOICEJOBS_TIMEOUT_SECONDS="10",
+    )
+    env.update(extra)
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args], env=env, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _assert_consistent(data_dir: Path, before: dict, truth: dict) -> None:
+    """The warehouse opens; each job once; each row the old or the new version; the lake readable."""
+    warehouse = Warehouse(data_dir)
+    rows = warehouse.jobs_table().to_pylist()
+    keys = [_key(r) for r in rows]
+    assert len(keys) == len(set(keys)), "a job is stored twice"
+    for row in rows:
+        key = _key(row)
+        versions = []
+        if key in before:
+            versions.append(_content(before[key]))
+        if key in truth:
+            versions.append(truth[key])
+        assert versions, f"{key} is neither in the earlier warehouse nor in the source"
+        assert _content(row) in versions, f"{key} is neither its old nor its new version"
+    # Every job of the earlier warehouse is still there (a crash never loses committed rows).
+    assert before.keys() <= set(keys)
+    for path in warehouse.lake_dir.rglob("*.parquet"):
+        assert pq.read_table(path).num_rows > 0, f"{path} is empty"
+    if warehouse.serving_path.exists():
+        with duckdb.connect(str(warehouse.serving_path), read_only=True) as con:
+            assert con.execute("select count(*) from voice_training_jobs").fetchone()[0] > 0
+
+
+def _assert_repaired(server, data_dir: Path) -> None:
+    warehouse = Warehouse(data_dir)
+    live = warehouse.jobs_table(include_deleted=False).drop_columns(["synced_at", "deleted_at"]).to_pylist()
+    truth = {pid: server.state.truth(pid) for pid in server.state.config.projects}
+    assert_rows_equal(live, truth, personal_data="mask")
+    table = warehouse.jobs_table().sort_by([("project_id", "ascending"), ("job_id", "ascending")])
+    lake = ds.dataset(warehouse.lake_dir, format="parquet").to_table()
+    lake = lake.select(table.column_names).cast(table.schema)
+    lake = lake.sort_by([("project_id", "ascending"), ("job_id", "ascending")])
+    assert lake.equals(table), "the lake differs from the jobs table"
+    assert not list(warehouse.lake_dir.rglob("*.tmp")), "temporary parquet files were left behind"
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        assert con.execute("select count(*) from lake_dirty").fetchone()[0] == 0
+        statuses = dict(con.execute("select status, count(*) from sync_runs group by 1").fetchall())
+    assert statuses.get("succeeded", 0) >= 1
+
+
+def _truth_rows(server) -> dict:
+    return {
+        (pid, job["job_id"]): expected_row(job, pid, "mask")
+        for pid in server.state.config.projects
+        for job in server.state.truth(pid)
+    }
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_at_a_crash_point_leaves_a_consistent_warehouse(world, tmp_path, point):
+    server, baseline, before = world
+    data_dir = tmp_path / "data"
+    shutil.copytree(baseline, data_dir)
+
+    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT=point), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"{point} was not reached: rc={proc.returncode}\n{out}\n{err}"
+
+    _assert_consistent(data_dir, before, _truth_rows(server))
+
+    proc = _cli(_env(server, data_dir), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    _assert_repaired(server, data_dir)
+
+
+def test_sigkill_from_outside_at_random_moments(tmp_path):
+    """Kills at arbitrary instants (inside DuckDB writes and commits, Parquet writes, HTTP reads)."""
+    config = SimulatorConfig(jobs=4000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    rng = random.Random(5)
+    data_dir = tmp_path / "data"
+    with SimulatorServer(config) as server:
+        truth = _truth_rows(server)
+        env = _env(server, data_dir)
+        # How long a whole run takes here, to spread the kills over it.
+        started = time.monotonic()
+        probe = _cli(_env(server, tmp_path / "probe"), "sync", "--since", FIRST_DAY.isoformat(),
+                     "--until", SIM_NOW.date().isoformat())
+        probe.communicate(timeout=120)
+        assert probe.returncode == 0
+        duration = time.monotonic() - started
+        kills = 0
+        for _ in range(3):
+            proc = _cli(env, "sync", "--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
+            time.sleep(rng.uniform(0.3, 1.0) * duration)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=120)
+            if (data_dir / "warehouse.duckdb").exists():
+                _assert_consistent(data_dir, {}, truth)
+        assert kills >= 2, "the runs finished before they could be killed"
+        proc = _cli(env, "sync", "--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        _assert_repaired(server, data_dir)
