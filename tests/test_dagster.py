@@ -99,3 +99,33 @@ def _day(value):
     from tests.expected import epoch
 
     return epoch(value).date()
+
+
+def test_nightly_schedule_runs_yesterdays_creation_day_with_change_capture():
+    from datetime import UTC, datetime
+
+    from pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    schedule = repo.get_schedule_def("nightly_sync_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 2, 2, 0, tzinfo=UTC),
+                                        repository_def=repo)
+    [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-03-01"
+    job = repo.get_job("nightly_sync")
+    selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert {"voice_training_jobs", "voice_training_job_changes", "failure_rate_by_tag", "serving_snapshot"} <= selected
+
+
+def test_every_writer_shares_one_pool_of_one_slot():
+    import yaml
+
+    from pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    writers = ["voice_training_jobs", "voice_training_job_changes", "voice_training_job_deletions", "serving_snapshot"]
+    for name in writers:
+        node = repo.asset_graph.get(dg.AssetKey(name)).assets_def.node_def
+        assert node.pool == "voicejobs_warehouse", name
+    instance_config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert instance_config["concurrency"]["pools"]["default_limit"] == 1
