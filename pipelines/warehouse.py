@@ -177,10 +177,16 @@ def _aware(dt: datetime, what: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+_DISK_FULL_TEXTS = ("no space left", "file too large", "disk quota", "could not write file")
+
+
 def _is_disk_error(exc: BaseException) -> bool:
-    # DuckDB reports a full disk or a failing device as IOException; an OSError reaching
-    # here comes from the file system as well.
-    return isinstance(exc, OSError | duckdb.IOException)
+    # DuckDB reports a full disk or a failing device as IOException, but a write that fails
+    # while committing surfaces as a TransactionException carrying the OS error's text;
+    # an OSError reaching here comes from the file system as well.
+    if isinstance(exc, OSError | duckdb.IOException):
+        return True
+    return isinstance(exc, duckdb.Error) and any(t in str(exc).lower() for t in _DISK_FULL_TEXTS)
 
 
 def _fsync_dir(path: Path) -> None:
