@@ -99,6 +99,9 @@ def _step_baseline(args: dict) -> dict:
     import httpx
     import orjson
 
+    # The client module's import-time fix of httpcore's per-request sniffio import applies to
+    # the baseline too, so the ratio compares the sync with the same transport.
+    import pipelines.metastudio.client  # noqa: F401
     from pipelines.metastudio.auth import AKSKAuth, canonical_query
     from pipelines.metastudio.paging import day_windows, format_time
     from pipelines.settings import Settings

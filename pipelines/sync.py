@@ -36,7 +36,7 @@ from pipelines.warehouse import Warehouse, WindowRecord
 
 log = logging.getLogger("voicejobs.sync")
 
-FLUSH_ROWS = 50_000  # rows buffered before one warehouse transaction: bounds memory, amortises commits
+FLUSH_ROWS = 20_000  # rows per warehouse transaction: bounds memory, amortises commits
 TS = pa.timestamp("ms", tz="UTC")
 
 
@@ -193,6 +193,16 @@ class _Task:
     reconcile: bool = False  # mark stored jobs missing from a complete window as deleted
 
 
+@dataclass
+class _Batch:
+    """What one warehouse transaction writes."""
+
+    tables: list[pa.Table]
+    windows: list[WindowRecord]
+    quarantine: list
+    deleted: list[tuple[str, str]]
+
+
 class _Run:
     """The state of one sync run: buffers, counters and the warehouse it writes."""
 
@@ -257,52 +267,101 @@ class _Run:
 
     def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
         """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
-        if not (self.tables or self.windows or self.quarantine or self.deleted or watermarks):
-            return
-        jobs = pa.concat_tables(self.tables) if self.tables else JOBS_SCHEMA.empty_table()
+        batch = self.take()
+        if batch is not None or watermarks:
+            self.apply(batch or _Batch([], [], [], []), deleted_at=deleted_at, watermarks=watermarks)
+
+    def take(self) -> _Batch | None:
+        """Hand over the buffer (None when empty) and start a new one, so absorbing can go on."""
+        if not (self.tables or self.windows or self.quarantine or self.deleted):
+            return None
+        batch = _Batch(self.tables, self.windows, self.quarantine, self.deleted)
+        self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+        return batch
+
+    def apply(self, batch: _Batch, *, deleted_at: datetime | None,
+              watermarks: dict[str, datetime] | None = None) -> None:
+        """One warehouse transaction for ``batch``; safe to run in a worker thread beside absorb()."""
+        jobs = pa.concat_tables(batch.tables) if batch.tables else JOBS_SCHEMA.empty_table()
+        batch.tables = []  # the concatenated table is the only copy from here on
         crashpoint("before_flush")
         self.warehouse.apply(
             self.run_id,
             jobs=jobs,
-            windows=self.windows,
-            quarantine=self.quarantine,
-            deleted=self.deleted,
+            windows=batch.windows,
+            quarantine=batch.quarantine,
+            deleted=batch.deleted,
             deleted_at=deleted_at,
             watermarks=watermarks,
         )
         self.report.rows_written += jobs.num_rows
-        self.report.deleted += len(self.deleted)
-        self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+        self.report.deleted += len(batch.deleted)
         if watermarks:
             crashpoint("watermark_committed")
 
 
 async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task], not_after: datetime) -> None:
-    """Fetch every task's window concurrently; absorb and flush as windows finish."""
+    """Fetch every task's window concurrently; absorb windows as they finish, apply batches behind.
+
+    A pipeline with bounded stages, so memory does not grow with the history:
+    a window holds its slot from its first request until it is absorbed (fetched windows
+    never pile up when normalizing is the slower stage), and one batch at a time is applied
+    in a worker thread while the next is fetched and normalized (DuckDB and Parquet writing
+    release the GIL). A batch is applied only after the previous one committed, so
+    transactions keep their order.
+    """
     settings = run.settings
-    # Windows in flight beyond the request limit keep the pipe full while others are normalized.
-    window_slots = asyncio.Semaphore(max(2, settings.max_in_flight * 2))
+    # Keyset paging reads a window one page after another, so max_in_flight windows keep every
+    # request slot busy; two more keep the pipe full while one is normalized. Each slot holds a
+    # whole window of decoded JSON (several MB), so more slots cost memory and no speed.
+    window_slots = asyncio.Semaphore(settings.max_in_flight + 2)
     run.progress.windows_total += len(tasks)
 
-    async def fetch(task: _Task) -> tuple[_Task, WindowResult]:
-        async with window_slots:
-            result = await fetch_window(
-                client, task.project_id, task.window, kind=task.kind, not_after=not_after,
-                split_threshold=settings.split_threshold,
-            )
-            return task, result
+    # Finished windows travel through a queue, not as task results: a finished asyncio task
+    # keeps its result for as long as the task is referenced, which would hold every page.
+    finished: asyncio.Queue[tuple[_Task, WindowResult | Exception, asyncio.Event | None]] = asyncio.Queue()
 
+    async def fetch(task: _Task) -> None:
+        async with window_slots:
+            try:
+                result = await fetch_window(
+                    client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                    split_threshold=settings.split_threshold,
+                )
+            except Exception as exc:  # handed to the consumer, which raises it
+                finished.put_nowait((task, exc, None))
+                return
+            absorbed = asyncio.Event()
+            finished.put_nowait((task, result, absorbed))
+            del result
+            await absorbed.wait()  # the slot is held until the window is absorbed
+
+    applying: asyncio.Future | None = None
     pending = [asyncio.ensure_future(fetch(task)) for task in tasks]
     try:
-        for next_done in asyncio.as_completed(pending):
-            task, result = await next_done
+        for _ in range(len(tasks)):
+            task, result, absorbed = await finished.get()
+            if absorbed is None:
+                raise result
             run.absorb(task, result, datetime.now(UTC))
+            del result
+            absorbed.set()
             if run.buffered >= FLUSH_ROWS:
-                await asyncio.to_thread(run.flush, deleted_at=client.server_now())
+                if applying is not None:
+                    await applying
+                batch = run.take()
+                if batch is not None:
+                    applying = asyncio.ensure_future(
+                        asyncio.to_thread(run.apply, batch, deleted_at=client.server_now()))
+        if applying is not None:
+            await applying
+            applying = None
     finally:
         for fut in pending:
             fut.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if applying is not None:  # a failure elsewhere: let the transaction in flight end first
+            await asyncio.gather(applying, return_exceptions=True)
 
 
 async def _not_after(client: MetaStudioClient, settings: Settings, project_id: str) -> datetime:

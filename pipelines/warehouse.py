@@ -55,6 +55,8 @@ from pipelines.crashpoints import crashpoint
 from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, Quarantined
 
 JOBS_TABLE = "voice_training_jobs"
+DUCKDB_MEMORY_LIMIT = "160MB"
+DUCKDB_THREADS = 2
 HISTORY_TABLE = "voice_training_job_history"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
 LAKE_FILE = "data.parquet"
@@ -232,6 +234,11 @@ class Warehouse:
             ) from None
         try:
             con.execute("SET TimeZone = 'UTC'")
+            # DuckDB's default buffer pool is 80% of RAM and it keeps what it read: a sync would
+            # grow with the history. A fixed cap keeps the sync's memory flat (larger work spills
+            # to disk); two threads match the machines this runs on and leave the event loop a core.
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            con.execute(f"SET threads = {DUCKDB_THREADS}")
             if not self._schema_ready:
                 self._migrate(con)
                 self._schema_ready = True
