@@ -370,7 +370,10 @@ class _Fetcher:
         while True:
             for job in page.jobs:
                 key = job_key(job)
-                seen[key] = job
+                # A job listed twice in one pass (a boundary second, or a server repeating it)
+                # keeps its most recently updated version, as everywhere else.
+                prev = seen.get(key)
+                seen[key] = job if prev is None else _newer(job, prev)
                 seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
             if len(page.jobs) < PAGE_LIMIT:
                 return seen, pages

@@ -26,7 +26,8 @@ class SimulatorConfig:
     (kinds in :data:`FAULT_KINDS`; a ``stall`` sleeps ``stall_seconds`` before
     answering); ``rate_limit`` requests/s admitted by a token bucket, the excess
     answered 429 with ``Retry-After``; ``hostile_paging`` deletes and back-dates one
-    job inside the requested window before every page after the first or windowed.
+    job inside the requested window before every page after the first or windowed;
+    ``quirks`` corrupt served records deterministically (see :mod:`.quirks`).
     """
 
     jobs: int = 20_000
@@ -46,6 +47,7 @@ class SimulatorConfig:
     rate_limit: float | None = None
     stall_seconds: float = 35.0
     hostile_paging: bool = False
+    quirks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.jobs < 0:
@@ -65,6 +67,10 @@ class SimulatorConfig:
             raise ValueError(f"faults must be a non-empty subset of {FAULT_KINDS}")
         if self.rate_limit is not None and self.rate_limit <= 0:
             raise ValueError("rate_limit must be > 0 requests/s (or None)")
+        from .quirks import QUIRKS
+
+        if set(self.quirks) - set(QUIRKS):
+            raise ValueError(f"quirks must be a subset of {QUIRKS}")
         if self.latency_ms < 0 or self.stall_seconds < 0:
             raise ValueError("latency_ms and stall_seconds must be >= 0")
 

@@ -36,12 +36,13 @@ from pipelines.metastudio import auth
 
 from .config import SimulatorConfig
 from .params import ParamError, parse_list_params
+from .quirks import corrupt_page
 from .state import SimulatorState
 
 JSON_TYPE = "application/json;charset=UTF-8"
 _JOBS_PATH = re.compile(r"^/v1/([^/]+)/voice-training-manage/user/jobs/?$")
 _MAX_SKEW_SECONDS = 15 * 60
-_RUNTIME_FIELDS = ("latency_ms", "fault_rate", "faults", "rate_limit", "stall_seconds", "hostile_paging")
+_RUNTIME_FIELDS = ("latency_ms", "fault_rate", "faults", "rate_limit", "stall_seconds", "hostile_paging", "quirks")
 _BAD_GATEWAY_HTML = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>API Gateway</center>\r\n"
@@ -241,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         if config.hostile_paging and (params.offset > 0 or params.windowed):
             simulator.state.hostile_mutation(match.group(1), params, app_user)
         page = simulator.state.list_page(match.group(1), params, app_user)
+        if config.quirks:
+            page = corrupt_page(page, config.quirks)
         if fault == "truncated":
             page = page[: max(1, len(page) // 2)]
         self._send(200, page)
@@ -436,8 +439,9 @@ class SimulatorServer:
         unknown = set(changes) - set(_RUNTIME_FIELDS)
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)} at run time; allowed: {list(_RUNTIME_FIELDS)}")
-        if "faults" in changes:
-            changes["faults"] = tuple(changes["faults"])
+        for name in ("faults", "quirks"):
+            if name in changes:
+                changes[name] = tuple(changes[name])
         with self._lock:
             self.config = dataclasses.replace(self.config, **changes)
             if "rate_limit" in changes:
