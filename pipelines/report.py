@@ -136,8 +136,10 @@ def line_chart(points: Sequence[tuple[date, float | None]], title: str, *, perce
     tick_days = sorted({first, first + span // 2, last}) if span else [first]
     for day in tick_days:
         x = left + (plot_w * (day - first) / span if span else plot_w / 2)
+        # The end labels hang inward so a date at the plot's edge is not clipped by the frame.
+        anchor = "start" if span and day == first else "end" if span and day == last else "middle"
         parts.append(
-            f'<text x="{x:.1f}" y="{height - bottom + 18}" text-anchor="middle" class="axis">'
+            f'<text x="{x:.1f}" y="{height - bottom + 18}" text-anchor="{anchor}" class="axis">'
             f"{esc(date.fromordinal(day).isoformat())}</text>"
         )
     # Consecutive known values form one segment; an unknown value breaks the line.
