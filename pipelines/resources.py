@@ -37,6 +37,8 @@ class MetaStudioResource(dg.ConfigurableResource):
     app_user_id: str | None = None
     max_in_flight: int = 8
     max_rps: float | None = None
+    timeout_seconds: float = 30.0
+    max_attempts: int = 6
     safety_lag_seconds: float = 120.0
     lookback_seconds: float = 7200.0
     personal_data: str = "mask"
@@ -55,6 +57,8 @@ class MetaStudioResource(dg.ConfigurableResource):
             data_dir=data_dir,
             max_in_flight=self.max_in_flight,
             max_rps=self.max_rps,
+            timeout=self.timeout_seconds,
+            max_attempts=self.max_attempts,
             safety_lag_seconds=self.safety_lag_seconds,
             lookback_seconds=self.lookback_seconds,
             personal_data=self.personal_data,
@@ -88,6 +92,8 @@ def metastudio_from_env() -> MetaStudioResource:
         "first_day": _optional("VOICEJOBS_FIRST_DAY"),
     }
     for key, cast, env in (("max_in_flight", int, "VOICEJOBS_MAX_IN_FLIGHT"),
+                           ("timeout_seconds", float, "VOICEJOBS_TIMEOUT_SECONDS"),
+                           ("max_attempts", int, "VOICEJOBS_MAX_ATTEMPTS"),
                            ("safety_lag_seconds", float, "VOICEJOBS_SAFETY_LAG_SECONDS"),
                            ("lookback_seconds", float, "VOICEJOBS_LOOKBACK_SECONDS")):
         value = _optional(env, cast)
