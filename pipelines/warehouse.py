@@ -631,12 +631,21 @@ class Warehouse:
             ).fetchall()
             if not dirty:
                 return 0
+            # The create_time range lets DuckDB skip row groups by their min/max (a backfill
+            # inserts roughly in creation order), so an export reads the days it rewrites, not
+            # the whole history; NULL days are never exported, so the range loses nothing.
+            days = [day for _, day in dirty if day is not None]
+            first, last = (min(days), max(days)) if days else (date(1970, 1, 1), date(1969, 12, 31))
+            lo = datetime(first.year, first.month, first.day, tzinfo=UTC)
+            hi = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
             table = con.sql(
                 f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
                 f" FROM {JOBS_TABLE} j"
-                " WHERE EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
+                " WHERE j.create_time >= ? AND j.create_time < ?"
+                "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
                 "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
-                " ORDER BY project_id, _day, job_id"
+                " ORDER BY project_id, _day, job_id",
+                params=[lo, hi],
             ).to_arrow_table()
             slices = _partition_slices(table)
             table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
