@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 import uuid
@@ -52,6 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
+from pipelines.redact import redact
 from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, Quarantined
 
 JOBS_TABLE = "voice_training_jobs"
@@ -60,6 +60,9 @@ DUCKDB_THREADS = 2
 HISTORY_TABLE = "voice_training_job_history"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
 LAKE_FILE = "data.parquet"
+SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
+# The oldest DuckDB release that can read serving.duckdb (the warehouse file itself is newer).
+SERVING_STORAGE_VERSION = "v1.2.0"
 
 _TS = pa.timestamp("ms", tz="UTC")
 #: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
@@ -207,7 +210,7 @@ class Warehouse:
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "warehouse.duckdb"
         self.lake_dir = self.data_dir / "lake" / JOBS_TABLE
-        self.serving_path = self.data_dir / "serving.duckdb"
+        self.serving_path = self.data_dir / SERVING_FILE
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.RLock()
         self._schema_ready = False
@@ -714,32 +717,39 @@ class Warehouse:
                     f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
                     "publish the serving snapshot when no sync is writing"
                 )
-            for stale in self.data_dir.glob(".serving-*.duckdb.tmp"):
+            for stale in self.data_dir.glob(".serving-*.duckdb.tmp*"):
                 with suppress(OSError):
                     stale.unlink()
-            tmp: Path | None = None
+            token = uuid.uuid4().hex
+            tmp: Path | None = self.data_dir / f".serving-{token}.duckdb.tmp"
+            alias = f"serving_{token[:12]}"
+            quoted = str(tmp).replace("'", "''")
             try:
-                fd, name = tempfile.mkstemp(prefix=".serving-", suffix=".duckdb.tmp", dir=self.data_dir)
-                tmp = Path(name)
-                with os.fdopen(fd, "wb") as dst, open(self.db_path, "rb") as src:
-                    dst.write(src.read(256 * 1024))
+                # A copy in an older storage format rather than the file itself: BI drivers and
+                # CLIs lag DuckDB releases, and a file written by the newest one locks them out.
+                con.execute(f"ATTACH '{quoted}' AS {alias} (STORAGE_VERSION '{SERVING_STORAGE_VERSION}')")
+                try:
+                    source = con.execute("SELECT current_database()").fetchone()[0]
+                    con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
                     crashpoint("serving_copying")  # a snapshot copy left half-done
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                    dst.flush()
-                    os.fsync(dst.fileno())
+                finally:
+                    con.execute(f"DETACH {alias}")
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
                 os.replace(tmp, self.serving_path)
                 tmp = None
                 _fsync_dir(self.data_dir)
                 crashpoint("serving_replaced")
-            except OSError as exc:
+            except (OSError, duckdb.Error) as exc:
                 raise WarehouseError(
-                    f"writing the serving snapshot {self.serving_path} failed ({exc.strerror or exc}); "
+                    f"writing the serving snapshot {self.serving_path} failed ({redact(exc)}); "
                     f"free space on the disk holding {self.data_dir} and publish again"
-                ) from exc
+                ) from None
             finally:
                 if tmp is not None:
-                    with suppress(OSError):
-                        tmp.unlink()
+                    for leftover in (tmp, Path(f"{tmp}.wal")):
+                        with suppress(OSError):
+                            leftover.unlink()
         return self.serving_path
 
     # ------------------------------------------------------------------ readers
