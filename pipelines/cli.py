@@ -103,27 +103,33 @@ def _cmd_demo(args) -> int:
     return EXIT_OK
 
 
-def _cmd_query(args) -> int:
-    from pipelines.query import run_query
-    from pipelines.warehouse import Warehouse
+def _serving_path(args) -> Path:
+    """The serving snapshot readers use, or a usage error saying how to make one (nothing is created)."""
+    from pipelines.warehouse import SERVING_FILE
 
-    settings = _settings(args)
-    warehouse = Warehouse(settings.data_dir)
-    if not warehouse.serving_path.exists():
-        raise UsageError(f"no warehouse at {warehouse.serving_path}; run `voicejobs demo` or `voicejobs sync` first")
-    print(run_query(warehouse.serving_path, args.sql, fmt=args.format))
+    path = Path(_settings(args).data_dir) / SERVING_FILE
+    if not path.exists():
+        raise UsageError(f"no warehouse at {path}; run `voicejobs demo` or `voicejobs sync` first")
+    return path
+
+
+def _cmd_query(args) -> int:
+    import duckdb
+
+    from pipelines.query import run_query
+
+    try:
+        print(run_query(_serving_path(args), args.sql, fmt=args.format))
+    except duckdb.Error as exc:
+        # The analyst's SQL is input like any other: say what DuckDB said, without a traceback.
+        raise UsageError(str(exc).splitlines()[0] + " (tables: voicejobs query \"show all tables\")") from None
     return EXIT_OK
 
 
 def _cmd_report(args) -> int:
     from pipelines.report import write_report
-    from pipelines.warehouse import Warehouse
 
-    settings = _settings(args)
-    warehouse = Warehouse(settings.data_dir)
-    if not warehouse.serving_path.exists():
-        raise UsageError(f"no warehouse at {warehouse.serving_path}; run `voicejobs demo` or `voicejobs sync` first")
-    out = write_report(warehouse.serving_path, Path(args.out))
+    out = write_report(_serving_path(args), Path(args.out))
     print(f"report written to {out}")
     return EXIT_OK
 
