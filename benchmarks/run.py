@@ -78,9 +78,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _first_day() -> date:
+def _first_day(days: int) -> date:
     now = datetime.fromisoformat(SIM_NOW.replace("Z", "+00:00"))
-    return (now - timedelta(days=SIM_DAYS + 1)).date()
+    return (now - timedelta(days=days + 1)).date()
 
 
 def _settings(args: dict):
@@ -88,7 +88,7 @@ def _settings(args: dict):
 
     return Settings(
         endpoint=args["url"], ak=AK, sk=SK, project_ids=(PROJECT,), data_dir=Path(args["data_dir"]),
-        first_day=_first_day(), safety_lag_seconds=0, max_rps=args.get("max_rps"),
+        first_day=_first_day(args["days"]), safety_lag_seconds=0, max_rps=args.get("max_rps"),
     )
 
 
@@ -109,7 +109,7 @@ def _step_baseline(args: dict) -> dict:
     in_flight = Settings().max_in_flight
     base = f"{args['url']}/v1/{PROJECT}/voice-training-manage/user/jobs"
     last = datetime.fromisoformat(SIM_NOW.replace("Z", "+00:00")).date()
-    windows = day_windows(_first_day(), last)
+    windows = day_windows(_first_day(args["days"]), last)
     counters = {"requests": 0, "jobs": 0}
 
     async def main() -> None:
@@ -157,7 +157,7 @@ def _step_sync(args: dict) -> dict:
     started = time.perf_counter()
     if args["mode"] == "days":
         last = datetime.fromisoformat(SIM_NOW.replace("Z", "+00:00")).date()
-        report = sync(settings, mode="days", since=_first_day(), until=last, warehouse=warehouse)
+        report = sync(settings, mode="days", since=_first_day(args["days"]), until=last, warehouse=warehouse)
     else:
         report = sync(settings, mode="incremental", warehouse=warehouse)
     seconds = time.perf_counter() - started
@@ -207,11 +207,12 @@ def _child_main(spec: str) -> int:
 class Simulator:
     """``python -m pipelines.simulator`` as its own process, warmed before it listens."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, days: int) -> None:
         self.jobs = jobs
+        self.days = days
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.simulator", "--jobs", str(jobs), "--warm", "--port", "0",
-             "--now", SIM_NOW, "--days", str(SIM_DAYS), "--projects", PROJECT],
+             "--now", SIM_NOW, "--days", str(days), "--projects", PROJECT],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()
@@ -260,21 +261,22 @@ def _result(scenario: str, out: dict, latency: float, baseline: Result | None = 
     )
 
 
-def bench_size(jobs: int, latencies: list[float], work: Path, results: list[Result], echo,
+def bench_size(jobs: int, days: int, latencies: list[float], work: Path, results: list[Result], echo,
                profile_dir: Path | None = None) -> None:
-    sim = Simulator(jobs)
+    sim = Simulator(jobs, days)
     try:
         kept_dir: Path | None = None
         full_at_zero: Result | None = None
         for latency in latencies:
             sim.configure(latency_ms=latency, rate_limit=None)
-            baseline = _result("baseline", run_step(step="baseline", url=sim.url), latency)
+            baseline = _result("baseline", run_step(step="baseline", url=sim.url, days=days), latency)
             echo(baseline, results)
             data_dir = work / f"full-{jobs}-{int(latency)}"
             # An incremental sync with no watermark is the full backfill of every creation day,
             # and leaves the watermark the change-capture scenario starts from.
             profile = str(profile_dir / f"full-{jobs}-{int(latency)}.prof") if profile_dir else None
-            out = run_step(step="sync", url=sim.url, data_dir=str(data_dir), mode="incremental", profile=profile)
+            out = run_step(step="sync", url=sim.url, days=days, data_dir=str(data_dir), mode="incremental",
+                           profile=profile)
             full = _result("full", out, latency, baseline)
             echo(full, results)
             if latency == 0:
@@ -284,7 +286,7 @@ def bench_size(jobs: int, latencies: list[float], work: Path, results: list[Resu
 
         sim.configure(latency_ms=0, rate_limit=RATE_CAP)
         data_dir = work / f"capped-{jobs}"
-        out = run_step(step="sync", url=sim.url, data_dir=str(data_dir), mode="days", max_rps=RATE_CAP)
+        out = run_step(step="sync", url=sim.url, days=days, data_dir=str(data_dir), mode="days", max_rps=RATE_CAP)
         floor = out["requests"] / RATE_CAP
         capped = _result("rate-cap", out, 0, None,
                          note=f"floor {floor:.1f}s, {out['seconds'] / floor:.3f}x floor")
@@ -299,7 +301,7 @@ def bench_size(jobs: int, latencies: list[float], work: Path, results: list[Resu
             while changed < CHANGED_SHARE * jobs:
                 moved = sim.admin(f"/_sim/advance?seconds={step_hours * 3600}")
                 changed += moved["created"] + moved["transitioned"] + moved["deleted"]
-            out = run_step(step="sync", url=sim.url, data_dir=str(kept_dir), mode="incremental")
+            out = run_step(step="sync", url=sim.url, days=days, data_dir=str(kept_dir), mode="incremental")
             share = out["seconds"] / full_at_zero.seconds
             inc = _result("incremental", out, 0, None, note=f"{changed} changed, {share:.1%} of full")
             inc.details["changed"] = changed
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small history (5,000 jobs): a smoke run")
     parser.add_argument("--sizes", help="comma-separated history sizes (default 100000,1000000)")
+    parser.add_argument("--days", type=int, default=SIM_DAYS, help=f"days of history (default {SIM_DAYS})")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the JSON")
     parser.add_argument("--profile", action="store_true", help="cProfile every full sync into the results dir")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             profile_dir = out_dir / f"profile-{stamp}" if args.profile else None
             if profile_dir:
                 profile_dir.mkdir(parents=True, exist_ok=True)
-            bench_size(jobs, latencies, Path(tmp), results, echo, profile_dir)
+            bench_size(jobs, args.days, latencies, Path(tmp), results, echo, profile_dir)
     total = time.perf_counter() - started
 
     print()
