@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return _child_main(args.child)
 
+    # A terminated run still stops its simulator and the step in flight (finally blocks run).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([5_000] if args.quick else [100_000, 1_000_000])
     latencies = [0.0, 20.0]
     out_dir = Path(args.out)
