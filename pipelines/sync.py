@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 
 from pipelines.crashpoints import crashpoint
 from pipelines.metastudio.client import MetaStudioClient
-from pipelines.metastudio.paging import Window, WindowResult, day_window, fetch_window
+from pipelines.metastudio.paging import (
+    PAGE_LIMIT,
+    Window,
+    WindowResult,
+    day_window,
+    fetch_window,
+    floor_second,
+)
 from pipelines.schema import JOBS_SCHEMA, normalize
 from pipelines.settings import Settings
 from pipelines.warehouse import Warehouse, WindowRecord
@@ -370,42 +377,75 @@ async def _not_after(client: MetaStudioClient, settings: Settings, project_id: s
     return client.server_now() - timedelta(seconds=settings.safety_lag_seconds)
 
 
+# A disagreeing range holding at most this many jobs at the source is paged rather than
+# bisected further: two pages cost what the two count requests of one more level cost.
+LEAF_JOBS = 2 * PAGE_LIMIT
+MS = timedelta(milliseconds=1)
+
+
 @dataclass
-class DisagreeingDays:
-    days: list[date]
+class DisagreeingWindows:
+    windows: list[Window]
     requests: int
 
 
-async def find_disagreeing_days(client: MetaStudioClient, warehouse: Warehouse, project_id: str,
-                                first_day: date, not_after: datetime) -> DisagreeingDays:
-    """Creation days whose live job count in the warehouse differs from the source's ``count``.
+def _halves(window: Window) -> tuple[Window, Window] | None:
+    """Two closed halves sharing their middle instant: on a midnight while the range spans
+    days, else on a whole second; None for a range of one second or less."""
+    since, until = window.since, window.until
+    if until - since > timedelta(days=1):
+        first = day_window(since.date()).until
+        days = (until - first).days
+        mid = first + timedelta(days=days // 2)
+        if since < mid < until:
+            return Window(since, mid), Window(mid, until)
+    seconds = int((until - since).total_seconds())
+    if seconds < 2:
+        return None
+    mid = since + timedelta(seconds=seconds // 2)
+    return Window(since, mid), Window(mid, until)
 
-    Bisection over day-aligned ranges: one count request (``limit=1``) per range, and only a
-    range that disagrees is split, so the cost grows with the number of days that changed
-    (deletions, missed jobs), about 2 * log2(days) requests each, not with the history.
+
+async def find_disagreeing_windows(client: MetaStudioClient, warehouse: Warehouse, project_id: str,
+                                   first_day: date, not_after: datetime) -> DisagreeingWindows:
+    """Closed creation-time ranges whose live job count in the warehouse differs from the source's ``count``.
+
+    Bisection: one count request (``limit=1``) per range, and only a range that disagrees is
+    split, by days first, then within the day on whole seconds, until it holds at most
+    ``LEAF_JOBS`` jobs at the source. Halves share their middle instant on both sides, so a
+    job there is counted alike in the warehouse and at the source. The cost grows with the
+    number of places that changed (deletions, missed jobs), about 2 * log2(history / leaf)
+    count requests and a page or two each, not with the history; paging whole days would
+    re-read most of the history once deletions are spread over many days.
     """
-    ranges = [(first_day, not_after.date())] if first_day <= not_after.date() else []
-    found: list[date] = []
+    start = day_window(first_day).since
+    end = floor_second(not_after)  # what the source is asked, so both sides count the same range
+    ranges = [Window(start, end)] if start <= end else []
+    found: list[Window] = []
     requests = 0
     while ranges:
-        windows = [Window(day_window(a).since, min(day_window(b).until, not_after)) for a, b in ranges]
         pages = await asyncio.gather(*(
             client.list_jobs(project_id, {"create_since": w.since, "create_until": w.until, "limit": 1})
-            for w in windows
+            for w in ranges
         ))
         requests += len(pages)
-        stored = warehouse.live_counts(project_id, [(w.since, w.until) for w in windows])
-        next_ranges = []
-        for (a, b), page, have in zip(ranges, pages, stored, strict=True):
+        stored = warehouse.live_counts(project_id, [(w.since, w.until) for w in ranges])
+        next_ranges: list[Window] = []
+        for window, page, have in zip(ranges, pages, stored, strict=True):
             if page.count == have:
                 continue
-            if a == b:
-                found.append(a)
+            halves = _halves(window) if page.count > LEAF_JOBS else None
+            if halves is None:
+                found.append(window)
             else:
-                mid = a + (b - a) // 2
-                next_ranges += [(a, mid), (mid + timedelta(days=1), b)]
+                next_ranges.extend(halves)
         ranges = next_ranges
-    return DisagreeingDays(sorted(found), requests)
+    return DisagreeingWindows(sorted(found), requests)
+
+
+def _range_tasks(project_id: str, windows: Sequence[Window]) -> list[_Task]:
+    """Reconciling tasks owning each closed range (to the millisecond) completely."""
+    return [_Task(project_id, w, "create", w.since, w.until + MS, True) for w in windows]
 
 
 def _day_tasks(project_ids: Sequence[str], days: Sequence[date], reconcile: bool) -> list[_Task]:
@@ -501,11 +541,12 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
                     watermarks[project_id] = newest
                 # Deletions never show in an update window: find the days whose counts disagree.
                 run.flush(deleted_at=client.server_now())
-                days = await find_disagreeing_days(client, run.warehouse, project_id, settings.first_day, not_after)
-                run.report.count_checks += days.requests
-                if days.days:
-                    log.info("Counts disagree on %d creation days of %s: paging them completely.",
-                             len(days.days), project_id)
-                    await _run_tasks(client, run, _day_tasks([project_id], days.days, reconcile=True), not_after)
+                found = await find_disagreeing_windows(client, run.warehouse, project_id, settings.first_day,
+                                                       not_after)
+                run.report.count_checks += found.requests
+                if found.windows:
+                    log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",
+                             len(found.windows), project_id)
+                    await _run_tasks(client, run, _range_tasks(project_id, found.windows), not_after)
         run.report.watermarks = {k: v.isoformat() for k, v in watermarks.items()}
         run.flush(deleted_at=client.server_now(), watermarks=watermarks or None)

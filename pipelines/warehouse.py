@@ -42,6 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -57,6 +58,7 @@ from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, Quarantined
 JOBS_TABLE = "voice_training_jobs"
 DUCKDB_MEMORY_LIMIT = "160MB"
 DUCKDB_THREADS = 2
+EXPORT_PARTITIONS = 8  # lake partitions read per query
 HISTORY_TABLE = "voice_training_job_history"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
 LAKE_FILE = "data.parquet"
@@ -65,6 +67,7 @@ SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.d
 SERVING_STORAGE_VERSION = "v1.2.0"
 
 _TS = pa.timestamp("ms", tz="UTC")
+_TS_US = pa.timestamp("us", tz="UTC")
 #: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
 STORED_JOBS_SCHEMA: pa.Schema = JOBS_SCHEMA.append(pa.field("deleted_at", _TS))
 
@@ -624,8 +627,9 @@ class Warehouse:
     def export_dirty_partitions(self) -> int:
         """Rewrite every lake partition marked dirty; returns how many files were written or removed.
 
-        One query reads the rows of all dirty partitions (a scan per partition costs far more
-        than the files themselves); the result is sliced per partition in Arrow.
+        One query reads the rows of up to ``EXPORT_PARTITIONS`` dirty partitions (a scan per
+        partition costs far more than the files themselves); the result is sliced per partition
+        in Arrow.
         """
         done = 0
         with self._cursor() as con:
@@ -634,35 +638,48 @@ class Warehouse:
             ).fetchall()
             if not dirty:
                 return 0
+            # A change capture can dirty every day of the history: partitions are read a few
+            # at a time so the rows held (and sorted inside DuckDB's memory limit) stay bounded.
+            for project_id, group in groupby(dirty, key=lambda key: key[0]):
+                days = [day for _, day in group]
+                for i in range(0, len(days), EXPORT_PARTITIONS):
+                    done += self._export_partitions(con, project_id, days[i:i + EXPORT_PARTITIONS])
+        return done
+
+    def _export_partitions(self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> int:
+        """Rewrite the lake files of ``days`` of one project from one query; clear their dirty marks."""
+        known = [day for day in days if day is not None]
+        if known:
             # The create_time range lets DuckDB skip row groups by their min/max (a backfill
             # inserts roughly in creation order), so an export reads the days it rewrites, not
             # the whole history; NULL days are never exported, so the range loses nothing.
-            days = [day for _, day in dirty if day is not None]
-            first, last = (min(days), max(days)) if days else (date(1970, 1, 1), date(1969, 12, 31))
-            lo = datetime(first.year, first.month, first.day, tzinfo=UTC)
-            hi = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+            lo = datetime(min(known).year, min(known).month, min(known).day, tzinfo=UTC)
+            hi = datetime(max(known).year, max(known).month, max(known).day, tzinfo=UTC) + timedelta(days=1)
             table = con.sql(
                 f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
                 f" FROM {JOBS_TABLE} j"
-                " WHERE j.create_time >= ? AND j.create_time < ?"
+                " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
                 "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
                 "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
                 " ORDER BY project_id, _day, job_id",
-                params=[lo, hi],
+                params=[project_id, lo, hi],
             ).to_arrow_table()
-            slices = _partition_slices(table)
-            table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
-            empty = table.slice(0, 0)
-            for project_id, day in dirty:
-                offset, length = slices.get((project_id, day), (0, 0))
-                part = table.slice(offset, length) if length else empty
-                self._write_partition(self.partition_path(project_id, day), part)
-                crashpoint("lake_replaced")
-                con.execute(
-                    "DELETE FROM lake_dirty WHERE project_id = ? AND create_day = ?", [project_id, day]
-                )
-                done += 1
-        return done
+        else:
+            table = con.sql(
+                f"SELECT {_COLS}, deleted_at, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
+            ).to_arrow_table()
+        slices = _partition_slices(table)
+        table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
+        empty = table.slice(0, 0)
+        for day in days:
+            offset, length = slices.get((project_id, day), (0, 0))
+            part = table.slice(offset, length) if length else empty
+            self._write_partition(self.partition_path(project_id, day), part)
+            crashpoint("lake_replaced")
+            con.execute(
+                "DELETE FROM lake_dirty WHERE project_id = ? AND create_day = ?", [project_id, day]
+            )
+        return len(days)
 
     def _write_partition(self, path: Path, table: pa.Table) -> None:
         # Temporary files left by a crashed export; this process is the only writer.
@@ -776,19 +793,24 @@ class Warehouse:
         """Not-deleted jobs created in each closed range [since, until], in one query."""
         if not ranges:
             return []
+        # Ranges go in as one Arrow table: bisection asks for hundreds at once, and a row-by-row
+        # INSERT of them cost more than the counting.
+        bounds = pa.table({
+            "i": pa.array(range(len(ranges)), pa.int32()),
+            "since": pa.array([_aware(a, "since") for a, _ in ranges], _TS_US),
+            "until": pa.array([_aware(b, "until") for _, b in ranges], _TS_US),
+        })
         with self._cursor() as con:
-            con.execute("CREATE OR REPLACE TEMP TABLE _count_ranges (i INTEGER, since TIMESTAMPTZ, until TIMESTAMPTZ)")
-            con.executemany(
-                "INSERT INTO _count_ranges VALUES (?, ?, ?)",
-                [[i, _aware(a, "since"), _aware(b, "until")] for i, (a, b) in enumerate(ranges)],
-            )
-            rows = con.execute(
-                f"SELECT r.i, count(j.job_id) FROM _count_ranges r LEFT JOIN {JOBS_TABLE} j"
-                " ON j.project_id = ? AND j.deleted_at IS NULL AND j.create_time BETWEEN r.since AND r.until"
-                " GROUP BY r.i",
-                [project_id],
-            ).fetchall()
-            con.execute("DROP TABLE _count_ranges")
+            con.register("_count_ranges", bounds)
+            try:
+                rows = con.execute(
+                    f"SELECT r.i, count(j.job_id) FROM _count_ranges r LEFT JOIN {JOBS_TABLE} j"
+                    " ON j.project_id = ? AND j.deleted_at IS NULL AND j.create_time BETWEEN r.since AND r.until"
+                    " GROUP BY r.i",
+                    [project_id],
+                ).fetchall()
+            finally:
+                con.unregister("_count_ranges")
         counts = dict(rows)
         return [counts.get(i, 0) for i in range(len(ranges))]
 
