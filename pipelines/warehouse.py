@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -67,7 +68,6 @@ SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.d
 SERVING_STORAGE_VERSION = "v1.2.0"
 
 _TS = pa.timestamp("ms", tz="UTC")
-_TS_US = pa.timestamp("us", tz="UTC")
 #: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
 STORED_JOBS_SCHEMA: pa.Schema = JOBS_SCHEMA.append(pa.field("deleted_at", _TS))
 
@@ -177,6 +177,11 @@ WHERE from_state IS DISTINCT FROM state""",
     ],
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+def _epoch_us(dt: datetime) -> int:
+    """Whole microseconds since the epoch, exactly (no float rounding)."""
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def _aware(dt: datetime, what: str) -> datetime:
@@ -790,29 +795,25 @@ class Warehouse:
         return {r[0] for r in rows}
 
     def live_counts(self, project_id: str, ranges: Sequence[tuple[datetime, datetime]]) -> list[int]:
-        """Not-deleted jobs created in each closed range [since, until], in one query."""
+        """Not-deleted jobs created in each closed range [since, until], from one scan.
+
+        The creation times (microseconds) of the live jobs spanning the ranges are read once,
+        sorted, and each range is counted by binary search: a range join of hundreds of
+        ranges against a million jobs took 0.4 s per call, this a small part of that.
+        """
         if not ranges:
             return []
-        # Ranges go in as one Arrow table: bisection asks for hundreds at once, and a row-by-row
-        # INSERT of them cost more than the counting.
-        bounds = pa.table({
-            "i": pa.array(range(len(ranges)), pa.int32()),
-            "since": pa.array([_aware(a, "since") for a, _ in ranges], _TS_US),
-            "until": pa.array([_aware(b, "until") for _, b in ranges], _TS_US),
-        })
+        since = [_epoch_us(_aware(a, "since")) for a, _ in ranges]
+        until = [_epoch_us(_aware(b, "until")) for _, b in ranges]
         with self._cursor() as con:
-            con.register("_count_ranges", bounds)
-            try:
-                rows = con.execute(
-                    f"SELECT r.i, count(j.job_id) FROM _count_ranges r LEFT JOIN {JOBS_TABLE} j"
-                    " ON j.project_id = ? AND j.deleted_at IS NULL AND j.create_time BETWEEN r.since AND r.until"
-                    " GROUP BY r.i",
-                    [project_id],
-                ).fetchall()
-            finally:
-                con.unregister("_count_ranges")
-        counts = dict(rows)
-        return [counts.get(i, 0) for i in range(len(ranges))]
+            times = con.execute(
+                f"SELECT epoch_us(create_time) AS t FROM {JOBS_TABLE}"
+                " WHERE project_id = ? AND deleted_at IS NULL AND epoch_us(create_time) BETWEEN ? AND ?",
+                [project_id, min(since), max(until)],
+            ).fetchnumpy()["t"]
+        times = np.sort(np.asarray(times, dtype=np.int64))
+        counts = np.searchsorted(times, until, side="right") - np.searchsorted(times, since, side="left")
+        return [max(0, int(c)) for c in counts]
 
     def jobs_table(self, include_deleted: bool = True) -> pa.Table:
         """The jobs table as STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), ordered by key."""
