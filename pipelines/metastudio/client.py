@@ -286,17 +286,21 @@ class MetaStudioClient:
     async def _pace(self) -> None:
         """Wait for this request's start slot (rate cap) and for any server-requested pause.
 
-        Requests pass one at a time and the next slot is measured from the moment the
-        previous one actually left, so a late wake-up never bunches two requests together.
+        Requests pass one at a time on an ideal schedule, one interval apart: a late wake-up
+        (a busy event loop oversleeps by milliseconds) is made up by the next slot instead of
+        adding up over thousands of requests, but two requests never leave less than half an
+        interval apart, and after an idle spell the schedule restarts from now (no burst).
         """
         if not self._interval and self._blocked_until <= self._monotonic():
             return
         async with self._pace_lock:
-            wait = max(self._next_slot, self._blocked_until) - self._monotonic()
+            slot = max(self._next_slot, self._blocked_until)
+            wait = slot - self._monotonic()
             if wait > 0:
                 await self._sleep(wait)
                 self.stats.wait_seconds += wait
-            self._next_slot = self._monotonic() + self._interval
+            left = self._monotonic()
+            self._next_slot = max(max(slot, left - self._interval) + self._interval, left + self._interval / 2)
 
     async def _attempt(self, url: str, headers: dict[str, str]) -> Page:
         async with self._semaphore:
