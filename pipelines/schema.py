@@ -578,10 +578,6 @@ def _unknown(d: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- normalize
 
 
-def empty_jobs_table() -> pa.Table:
-    return JOBS_SCHEMA.empty_table()
-
-
 def normalize(
     records: Sequence[Any],
     project_id: str,
