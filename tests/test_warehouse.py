@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines.schema import JOBS_SCHEMA, SCHEMA_VERSION, normalize
-from pipelines.warehouse import STORED_JOBS_SCHEMA, Warehouse, WarehouseError, WindowRecord
+from pipelines.schema import JOBS_SCHEMA, normalize
+from pipelines.warehouse import STORED_JOBS_SCHEMA, WAREHOUSE_VERSION, Warehouse, WarehouseError, WindowRecord
 
 DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -67,7 +67,9 @@ def test_layout_and_schema_are_created_idempotently(tmp_path: Path):
     assert wh.jobs_table().schema.equals(STORED_JOBS_SCHEMA)
     again = Warehouse(tmp_path / "d")
     assert again.jobs_table().num_rows == 0
-    assert sql(again, "SELECT version FROM schema_migrations") == [(SCHEMA_VERSION,)]
+    assert sql(again, "SELECT version FROM schema_migrations ORDER BY 1") == [
+        (v,) for v in range(1, WAREHOUSE_VERSION + 1)
+    ]
     tables = {
         r[0] for r in sql(again, "SELECT table_name FROM information_schema.tables WHERE table_schema='main'")
     }
@@ -88,7 +90,7 @@ def test_layout_and_schema_are_created_idempotently(tmp_path: Path):
 
 def test_a_newer_schema_is_refused(tmp_path: Path):
     wh = Warehouse(tmp_path)
-    sql(wh, "INSERT INTO schema_migrations VALUES (?, now(), 'future')", [SCHEMA_VERSION + 1])
+    sql(wh, "INSERT INTO schema_migrations VALUES (?, now(), 'future')", [WAREHOUSE_VERSION + 1])
     with pytest.raises(WarehouseError, match="newer than this program"):
         Warehouse(tmp_path).jobs_table()
 
@@ -145,6 +147,28 @@ def test_reapplying_the_same_batch_changes_nothing(wh: Warehouse, run: str):
     third = wh.apply(run, jobs=jobs([rec("a", "WAITING")], synced_at=SYNC2))
     assert third.history_versions == 0
     assert sql(wh, "SELECT count(*) FROM voice_training_job_history") == [(3,)]
+
+
+def test_hashes_of_another_algorithm_are_redone_without_new_versions(tmp_path: Path):
+    """A warehouse hashed by another algorithm (md5 before, or another DuckDB release) is
+    re-hashed when opened, so the next sync of unchanged jobs adds no history version."""
+    wh = Warehouse(tmp_path / "d")
+    run = wh.begin_run("days", {})
+    batch = jobs([rec("a", "WAITING"), rec("b", "CREATING", updated_min=5)])
+    wh.apply(run, jobs=batch)
+    sql(wh, "UPDATE voice_training_job_history SET row_hash = md5(job_id)")
+    sql(wh, "UPDATE warehouse_meta SET value = 'md5-json' WHERE key = 'row_hash'")
+
+    reopened = Warehouse(tmp_path / "d")
+    assert sql(reopened, "SELECT value FROM warehouse_meta WHERE key = 'row_hash'") == [
+        (f"duckdb-hash/{duckdb.__version__}",)
+    ]
+    again = reopened.apply(run, jobs=jobs([rec("a", "WAITING"), rec("b", "CREATING", updated_min=5)],
+                                          synced_at=SYNC2))
+    assert again.history_versions == 0
+    changed = reopened.apply(run, jobs=jobs([rec("a", "PROCESSING", updated_min=9)], synced_at=SYNC2))
+    assert changed.history_versions == 1
+    assert sql(reopened, "SELECT count(*) FROM voice_training_job_history") == [(3,)]
 
 
 def test_history_versions_and_transitions(wh: Warehouse, run: str):
