@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.dataset as ds
 import pytest
 
@@ -366,6 +367,34 @@ def test_lake_partitions_equal_the_table(wh: Warehouse, run: str):
     wh.apply(run, jobs=jobs([rec("b", "SUCCEED", created=DAY2, updated_min=5)]), deleted=[("p1", "a")])
     assert _lake_rows(wh) == wh.jobs_table().to_pylist()
     assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+
+
+def _lake_files(wh: Warehouse) -> dict[str, list[dict]]:
+    return {str(f.relative_to(wh.lake_dir)): pq.read_table(f).to_pylist() for f in sorted(wh.lake_dir.rglob("*.parquet"))}
+
+
+def test_partitions_merged_from_batches_equal_an_export_from_the_table(wh: Warehouse, run: str):
+    """Most partitions are written from the old file plus a batch's winning rows; the files
+    must be what an export from the table writes, row for row and in the same order."""
+    day3 = DAY2 + timedelta(days=1)
+    wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=(DAY1, DAY2, day3)[i % 3] + timedelta(minutes=i))
+                             for i in range(30)]))
+    # updates into existing partitions, a new job, a stale row, duplicates inside the batch
+    wh.apply(run, jobs=jobs([rec("j04", "SUCCEED", created=DAY2 + timedelta(minutes=4), updated_min=9),
+                             rec("j05", "FAILED", created=day3 + timedelta(minutes=5), updated_min=1),
+                             rec("new", created=DAY1 + timedelta(hours=5))], synced_at=SYNC2))
+    wh.apply(run, jobs=jobs([rec("j04", "WAITING", created=DAY2 + timedelta(minutes=4), updated_min=2)],
+                            synced_at=SYNC2))  # stale: loses to the stored version
+    # a deletion and an undeletion (the slow path) beside merged partitions
+    wh.apply(run, jobs=jobs([rec("j07", "PROCESSING", created=DAY2 + timedelta(minutes=7), updated_min=3)]),
+             deleted=[("p1", "j00"), ("p1", "j08")])
+    wh.apply(run, jobs=jobs([rec("j00", created=DAY1, updated_min=0)]))  # listed again: not deleted
+    merged = _lake_files(wh)
+    assert sum(len(rows) for rows in merged.values()) == 31
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+    wh.rebuild_lake()
+    assert _lake_files(wh) == merged
+    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
 
 
 def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
