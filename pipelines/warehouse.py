@@ -21,10 +21,12 @@ allows a single read-write process per file.
 
 Atomicity: `apply()` is one DuckDB transaction; on any error it rolls back and nothing of
 the batch remains. The lake is derived data: partitions touched by a committed batch are
-marked in `lake_dirty` inside that transaction, and `export_dirty_partitions()` (run after
-the commit, and safe to re-run) rewrites them, each through a temporary file, fsync and
-os.replace. A crash between the commit and the export leaves the marks, and the next export
-writes those partitions.
+marked in `lake_dirty` inside that transaction. After the commit each is rewritten through a
+temporary file, fsync and os.replace: from its old file plus the batch's rows and deletion
+marks where that is exact (`_export_from_batch`), else from the table
+(`export_dirty_partitions()`, safe to re-run); only then is its mark cleared. A crash between
+the commit and the export leaves the marks, and the next export writes those partitions
+from the table. A partition without a mark therefore always equals its file.
 
 Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
 DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key
