@@ -157,7 +157,7 @@ class _LakePlan:
     whose files can NOT be derived from the old file plus those (a row left them, or they
     were already waiting for an export)."""
 
-    ords: np.ndarray | None = None
+    ords: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     marks: dict[tuple[str, date], dict[str, datetime | None]] = field(default_factory=dict)
     slow: set[tuple[str, date]] = field(default_factory=set)
 
@@ -254,11 +254,6 @@ def _with_deletion_marks(part: pa.Table, marks: Mapping[str, datetime | None]) -
             deleted_at[i] = marks[job_id]
     index = part.schema.get_field_index("deleted_at")
     return part.set_column(index, "deleted_at", pa.array(deleted_at, _TS))
-
-
-@contextmanager
-def _same(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    yield con
 
 
 def _fsync_dir(path: Path) -> None:
@@ -504,9 +499,8 @@ class Warehouse:
                     with suppress(duckdb.Error):
                         con.execute(f"DROP TABLE IF EXISTS temp.{name}")
         crashpoint("apply_after_commit")
-        if (plan.ords is not None and len(plan.ords)) or plan.marks:
-            winners = jobs.take(plan.ords) if plan.ords is not None else jobs.slice(0, 0)
-            stats.partitions_written = self._export_from_batch(winners, plan)
+        if len(plan.ords) or plan.marks:
+            stats.partitions_written = self._export_from_batch(jobs.take(plan.ords), plan)
         stats.partitions_written += self.export_dirty_partitions()
         crashpoint("lake_exported")
         return stats
@@ -789,7 +783,6 @@ class Warehouse:
         keep their dirty marks for export_dirty_partitions(). Most of the lake is written
         here: reading rows back from DuckDB cost more than writing them.
         """
-        slow = plan.slow
         day = pc.cast(pc.divide(pc.cast(winners["create_time"], pa.int64()), 86_400_000), pa.int32())
         table = (
             winners.append_column("deleted_at", pa.nulls(winners.num_rows, _TS))
@@ -821,17 +814,19 @@ class Warehouse:
 
         # Parquet reading, encoding and compression release the GIL: partitions are written
         # side by side (a change capture touches a few hundred of them).
-        keys = [key for key in sorted(slices.keys() | plan.marks.keys()) if key not in slow]
+        keys = [key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow]
         if len(keys) > 1:
             with ThreadPoolExecutor(LAKE_WRITERS, thread_name_prefix="lake") as pool:
                 done = list(pool.map(write, keys))
         else:
             done = [write(key) for key in keys]
         written = [key for key, ok in zip(keys, done, strict=True) if ok]
-        self._clear_dirty(written)
+        with self._cursor() as con:
+            self._clear_dirty(con, written)
         return len(written)
 
-    def _clear_dirty(self, partitions: Sequence[tuple[str, date]], con: duckdb.DuckDBPyConnection | None = None) -> None:
+    @staticmethod
+    def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:
         """Drop the export marks of partitions just written, in one statement."""
         if not partitions:
             return
@@ -839,15 +834,14 @@ class Warehouse:
             "project_id": pa.array([p for p, _ in partitions], pa.string()),
             "create_day": pa.array([d for _, d in partitions], pa.date32()),
         })
-        with self._cursor() if con is None else _same(con) as cur:
-            cur.register("_exported", done)
-            try:
-                cur.execute(
-                    "DELETE FROM lake_dirty d USING _exported e"
-                    " WHERE d.project_id = e.project_id AND d.create_day = e.create_day"
-                )
-            finally:
-                cur.unregister("_exported")
+        con.register("_exported", done)
+        try:
+            con.execute(
+                "DELETE FROM lake_dirty d USING _exported e"
+                " WHERE d.project_id = e.project_id AND d.create_day = e.create_day"
+            )
+        finally:
+            con.unregister("_exported")
 
     def _export_partitions(self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> int:
         """Rewrite the lake files of ``days`` of one project from one query; clear their dirty marks."""
@@ -879,7 +873,7 @@ class Warehouse:
             part = table.slice(offset, length) if length else empty
             self._write_partition(self.partition_path(project_id, day), part)
             crashpoint("lake_replaced")
-        self._clear_dirty([(project_id, day) for day in days], con)
+        self._clear_dirty(con, [(project_id, day) for day in days])
         return len(days)
 
     def _write_partition(self, path: Path, table: pa.Table) -> None:
@@ -991,14 +985,6 @@ class Warehouse:
                 [project_id, _aware(since, "since"), _aware(until, "until")],
             ).fetchall()
         return {r[0] for r in rows}
-
-    def live_counts(self, project_id: str, ranges: Sequence[tuple[datetime, datetime]]) -> list[int]:
-        """Not-deleted jobs created in each closed range [since, until], from one scan."""
-        if not ranges:
-            return []
-        since = min(_aware(a, "since") for a, _ in ranges)
-        until = max(_aware(b, "until") for _, b in ranges)
-        return count_in_ranges(self.live_creation_times(project_id, since, until), ranges)
 
     def live_creation_times(self, project_id: str, since: datetime, until: datetime) -> np.ndarray:
         """Sorted creation times (epoch microseconds) of the not-deleted jobs created in [since, until].
