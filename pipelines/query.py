@@ -1,8 +1,9 @@
 """Ad-hoc SQL over the serving snapshot, formatted for a terminal, a spreadsheet or a program.
 
-The snapshot is opened read-only with search_path `analytics,main`, so analysts write
+The snapshot is opened through `open_analyst_connection`: read-only, no file access, no
+extensions, settings locked, search_path `analytics,main`, so analysts write
 `select * from failure_rate_by_tag` and get the analytics relation (deleted jobs left out)
-before any warehouse table of the same name.
+before any warehouse table of the same name, and can do nothing but read.
 """
 
 from __future__ import annotations
@@ -23,27 +24,134 @@ import duckdb
 FORMATS = ("table", "csv", "json", "markdown")
 SEARCH_PATH = "analytics,main"
 
+# Set when the database opens, before any SQL runs; `lock_configuration` then freezes them.
+# enable_external_access=false leaves DuckDB no file but the database it opened: no COPY TO,
+# EXPORT/IMPORT, read_csv/read_text/read_parquet/glob, ATTACH, INSTALL or LOAD of an extension,
+# and no secrets directory.
+ANALYST_CONFIG = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+}
+_LOCKED = {**{k: str(v).lower() for k, v in ANALYST_CONFIG.items()}, "lock_configuration": "true"}
 
-def run_query(db_path: str | Path, sql: str, fmt: str = "table", params: Sequence[Any] | None = None) -> str:
-    """Run one query against `db_path` read-only and return its result as text in `fmt`.
+REFUSAL = (
+    "this query needs file access, an extension, a write or a setting change, which analyst SQL may not do; "
+    "it can only read the relations of the serving snapshot"
+)
 
-    fmt: "table" (aligned plain text, NULL shown as NULL), "csv" (header row, NULL as an
-    empty field), "json" (a list of objects; timestamps in ISO 8601) or "markdown".
-    `params` are bound to `?` placeholders, never formatted into the text.
+
+class AnalystSQLRefused(duckdb.PermissionException):
+    """Analyst SQL tried something beyond reading the snapshot's relations."""
+
+
+def open_analyst_connection(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open `db_path` for SQL written outside the pipeline: it can read the relations and nothing else.
+
+    Every connection that runs SQL from outside (`voicejobs query`, `voicejobs report`, and
+    any later one) must be opened here, never with `duckdb.connect` directly.
+
+    The database is opened read-only with DuckDB's `enable_external_access = false` (no file
+    read or written besides this database: no COPY TO, EXPORT/IMPORT DATABASE, read_* table
+    functions, glob, ATTACH, INSTALL, LOAD, secrets), `autoload_known_extensions = false` and
+    `autoinstall_known_extensions = false`. The search_path is set to `analytics,main` (those
+    of the two that exist), then `lock_configuration = true` makes every global setting final
+    for the connection's life (SET, RESET and PRAGMA of a setting fail). The settings are read back before returning,
+    so a database already opened differently in this process cannot slip through.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = Path(db_path)
     if not path.exists():
         raise FileNotFoundError(f"no database at {path}")
-    con = duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect(str(path), read_only=True, config=ANALYST_CONFIG)
     try:
-        con.execute(f"SET search_path = '{SEARCH_PATH}'")
+        # Only schemas that exist: a warehouse whose models were never built has no `analytics`,
+        # and its callers say so better than a failing SET would.
+        present = {
+            r[0]
+            for r in con.execute(
+                "SELECT schema_name FROM duckdb_schemas() WHERE database_name = current_database()"
+            ).fetchall()
+        }
+        schemas = [s for s in SEARCH_PATH.split(",") if s in present] or ["main"]
+        con.execute(f"SET search_path = '{','.join(schemas)}'")
+        con.execute("SET lock_configuration = true")
+        in_force = dict(
+            con.execute(
+                "SELECT name, lower(value) FROM duckdb_settings() WHERE name IN ({})".format(
+                    ", ".join("?" for _ in _LOCKED)
+                ),
+                list(_LOCKED),
+            ).fetchall()
+        )
+        if in_force != _LOCKED:
+            raise RuntimeError(f"the analyst connection to {path} is not sandboxed: {in_force}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _refused(exc: duckdb.Error) -> bool:
+    """Whether DuckDB stopped the statement because of the sandbox rather than a mistake in it."""
+    if isinstance(exc, duckdb.PermissionException):
+        return True
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return isinstance(exc, duckdb.InvalidInputException) and (
+        "the configuration has been locked" in first or "read-only mode" in first
+    )
+
+
+# Statements that can never be reading the snapshot. The connection's sandbox stops them
+# anyway; refusing them up front gives every one the same plain message, and also catches
+# the session-local settings the lock leaves open (SET search_path, USE, SET VARIABLE).
+_NOT_READS = {
+    duckdb.StatementType.SET,  # SET, RESET, USE, PRAGMA x = y
+    duckdb.StatementType.VARIABLE_SET,
+    duckdb.StatementType.COPY,
+    duckdb.StatementType.COPY_DATABASE,
+    duckdb.StatementType.EXPORT,
+    duckdb.StatementType.ATTACH,
+    duckdb.StatementType.DETACH,
+    duckdb.StatementType.LOAD,  # LOAD and INSTALL
+    duckdb.StatementType.EXTENSION,
+}
+
+
+def _refuse_non_reads(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    for statement in con.extract_statements(sql):
+        try:
+            kind = statement.type
+        except ValueError:  # a statement type this duckdb module has no name for (UPDATE EXTENSIONS)
+            kind = None
+        if kind is None or kind in _NOT_READS:
+            text = " ".join(statement.query.split())
+            raise AnalystSQLRefused(f"{REFUSAL} ({text[:80]})")
+
+
+def run_query(db_path: str | Path, sql: str, fmt: str = "table", params: Sequence[Any] | None = None) -> str:
+    """Run one query against `db_path` in the analyst sandbox and return its result as text in `fmt`.
+
+    fmt: "table" (aligned plain text, NULL shown as NULL), "csv" (header row, NULL as an
+    empty field), "json" (a list of objects; timestamps in ISO 8601) or "markdown".
+    `params` are bound to `?` placeholders, never formatted into the text. SQL that needs
+    more than reading the snapshot (see `open_analyst_connection`) raises AnalystSQLRefused,
+    a duckdb.Error whose first line says so.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    con = open_analyst_connection(db_path)
+    try:
+        _refuse_non_reads(con, sql)
         cursor = con.execute(sql, list(params) if params is not None else None)
         if cursor.description is None:
             return ""
         columns = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
+    except duckdb.Error as exc:
+        if isinstance(exc, AnalystSQLRefused) or not _refused(exc):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AnalystSQLRefused(f"{REFUSAL} ({detail})") from None
     finally:
         con.close()
     return format_rows(columns, rows, fmt)

@@ -17,6 +17,8 @@ from typing import Any
 
 import duckdb
 
+from pipelines.query import open_analyst_connection
+
 REQUIRED_TABLES = (
     "job_outcomes",
     "daily_job_stats",
@@ -383,13 +385,13 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
 def write_report(db_path: str | Path, out_path: str | Path) -> Path:
     """Write the HTML report for the database at `db_path` to `out_path`; return the path written.
 
-    The database is opened read-only; its analytics models must have been built. The file
+    The database is opened with pipelines.query.open_analyst_connection (read-only, no file
+    access, settings locked); its analytics models must have been built. The file
     is written beside its target and renamed into place, so a reader never sees half a page.
     """
-    db = Path(db_path)
-    if not db.exists():
-        raise FileNotFoundError(f"no database at {db}")
-    con = duckdb.connect(str(db), read_only=True)
+    # The sandbox every connection serving outside readers uses (read-only, no file access,
+    # settings locked): the report reads the same relations an analyst may.
+    con = open_analyst_connection(db_path)
     try:
         page = render(con)
     finally:
