@@ -17,6 +17,8 @@ from pipelines.metastudio.paging import (
     Window,
     day_window,
     day_windows,
+    SplitBudget,
+    SplitBudgetExceeded,
     epoch_seconds,
     fetch_window,
     format_time,
@@ -327,18 +329,66 @@ def test_the_same_moving_listing_defeats_plain_offset_paging():
     assert not survivors <= naive
 
 
-def test_a_count_that_never_agrees_is_repaged_then_split_and_recorded():
+def test_a_count_that_never_agrees_is_repaged_then_recorded_not_split():
+    """Pages that came back short listed the window completely: a count off by one is the server's error."""
     jobs = [job(i, T0_MS + (i % 8) * 1000 + i) for i in range(500)]  # ~62 jobs in each of 8 seconds
     listing = FakeListing(jobs, count_bias=1)  # the server always counts one job too many
     window = Window(T0, T0 + timedelta(seconds=8))
     result = fetch(listing, window, max_repage=1)
     assert sorted(ids(result)) == sorted(j["job_id"] for j in jobs)
-    assert result.mismatches > len(result.leaves)  # the multi-page windows were re-paged first
-    # split until each window fits one answer; there the count is plainly the server's own error
-    assert all(leaf.api_count == leaf.fetched + 1 and leaf.pages == 1 for leaf in result.leaves)
-    assert all(leaf.repaged == 0 and leaf.fetched < 100 for leaf in result.leaves)
-    # bounded: about (passes + count checks) x pages per level, four levels; never endless
-    assert len(listing.requests) < 100
+    # one leaf, re-paged once, its disagreement recorded as the server's
+    assert [(leaf.api_count, leaf.fetched, leaf.repaged) for leaf in result.leaves] == [(501, 500, 1)]
+    assert result.mismatches == 2
+    # two passes plus a count check after each: nothing split
+    assert len(listing.requests) == result.pages + 2 and result.pages % 2 == 0
+
+
+def test_a_count_that_ignores_the_filters_splits_nothing():
+    """count = 10**12 on every page: the window is read once per pass and never split to the second."""
+    jobs = spread(160, T0_MS, 86_400_000, seed=3)
+    listing = FakeListing(jobs, count_bias=10**12)
+    result = fetch(listing, day_window(DAY), split_threshold=10_000)
+    assert sorted(ids(result)) == sorted(j["job_id"] for j in jobs)
+    # A full first page with a count over the threshold splits once; each half's first page is
+    # short, so it is read whole and splits no further: splitting is bounded by the real jobs.
+    assert sum(leaf.fetched for leaf in result.leaves) == 160
+    assert all(leaf.pages == 1 and leaf.repaged == 0 for leaf in result.leaves)
+    assert len(listing.requests) == 1 + len(result.leaves) == 3
+
+
+def test_splits_are_bounded_by_the_runs_budget():
+    jobs = spread(2_000, T0_MS, 86_400_000, seed=4)
+    listing = FakeListing(jobs)
+    budget = SplitBudget(3)
+    with pytest.raises(SplitBudgetExceeded, match="more than 3 window splits"):
+        fetch(listing, day_window(DAY), split_threshold=100, split_budget=budget)
+    assert budget.used == 3
+
+
+def test_a_job_outside_the_window_neither_ends_the_pass_nor_moves_the_cursor():
+    """A record whose create_time lies far outside the window sits on every page: paging goes on."""
+    jobs = spread(450, T0_MS, 86_400_000, seed=5)
+    listing = FakeListing(jobs)
+    stray = {"job_id": "stray", "create_time": 253402214400000, "lastupdate_time": 253402214400000,
+             "state": "SUCCEED"}
+    inner = listing.handler
+
+    def handler(request):
+        response = inner(request)
+        body = orjson.loads(response.content)
+        body["jobs"].append(stray)  # a server bug: listed although outside the filter
+        body["count"] += 1
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    async def main():
+        client = MetaStudioClient("https://metastudio.test", TokenAuth("t0ken-value"),
+                                  transport=httpx.MockTransport(handler))
+        async with client:
+            return await fetch_window(client, "proj", day_window(DAY))
+
+    result = asyncio.run(main())
+    assert {j["job_id"] for j in jobs} <= set(ids(result))  # not one job of the day lost
+    assert "stray" in ids(result)  # handed on: the sync stores or quarantines every record
 
 
 def test_a_wrong_count_on_a_single_page_is_recorded_without_repaging():

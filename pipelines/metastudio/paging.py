@@ -10,8 +10,13 @@ de-duplicated by ``job_id``. Offsets are used only inside one second that holds
 a full page or more of jobs.
 
 After a pass, the number of distinct jobs is compared with the server's
-``count``; a disagreement means the set moved during the pass: the window is
-paged again, and if it keeps disagreeing it is split into halves.
+``count``; a disagreement may mean the set moved during the pass, so the window
+is paged again (a bounded number of times). A pass that ended on a short page
+listed the window completely, whatever ``count`` says: the disagreement is
+recorded and the window is not split, so a server whose ``count`` ignores the
+filters cannot make a sync split windows down to the second. Splitting (up front
+for windows whose first page is full and whose count is over the threshold) draws
+on a :class:`SplitBudget` shared by a run; a run that exhausts it stops.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from pipelines.metastudio.errors import MetaStudioError
+
 if TYPE_CHECKING:
     from pipelines.metastudio.client import MetaStudioClient, Page
 
@@ -36,6 +43,38 @@ PAGE_LIMIT = 100
 MILLISECONDS_FROM = 100_000_000_000
 
 ONE_SECOND = timedelta(seconds=1)
+#: Window splits one sync may make. A legitimate backfill splits a few times per burst day
+#: (a day of 50,000 jobs splits about 8 times at the default threshold); only a server whose
+#: counts ignore the filters needs more.
+DEFAULT_SPLIT_BUDGET = 2_000
+
+
+class SplitBudgetExceeded(MetaStudioError):
+    """A run asked for more window splits than its budget allows."""
+
+    def __init__(self, limit: int, window: Window) -> None:
+        super().__init__(
+            f"the source's counts asked for more than {limit:,} window splits (last at {window}); its "
+            "'count' may ignore the filters. Nothing more is fetched; the warehouse keeps what was "
+            "committed. Check METASTUDIO_ENDPOINT points at the MetaStudio API, or raise "
+            "VOICEJOBS_SPLIT_THRESHOLD if the source really holds that many jobs per day"
+        )
+        self.limit = limit
+
+
+class SplitBudget:
+    """How many window splits a run may still make (shared by every window of the run)."""
+
+    def __init__(self, limit: int = DEFAULT_SPLIT_BUDGET) -> None:
+        if limit < 0:
+            raise ValueError("a split budget cannot be negative")
+        self.limit = limit
+        self.used = 0
+
+    def take(self, window: Window) -> None:
+        if self.used >= self.limit:
+            raise SplitBudgetExceeded(self.limit, window)
+        self.used += 1
 
 
 def format_time(dt: datetime) -> str:
@@ -221,6 +260,7 @@ async def fetch_window(
     not_after: datetime | None = None,
     split_threshold: int = 10_000,
     max_repage: int = 2,
+    split_budget: SplitBudget | None = None,
 ) -> WindowResult:
     """Every job of ``project_id`` whose create (``kind="create"``) or update time lies in ``window``.
 
@@ -231,9 +271,12 @@ async def fetch_window(
 
     After each keyset pass the distinct jobs are compared with the server's count
     (asked again when they differ). A disagreement re-pages the window up to
-    ``max_repage`` times, keeping the newest pass, then splits it. What still
-    disagrees (a window too short to split, or one answered in a single page) is
-    returned as fetched and shows as a leaf whose ``api_count != fetched``.
+    ``max_repage`` times, keeping the newest pass. A pass that ended on a short page
+    listed the window completely: what still disagrees then is returned as fetched and
+    shows as a leaf whose ``api_count != fetched``, never split. Only a pass cut short
+    otherwise (the server's count said nothing lay beyond a full page) is split.
+    Every split draws on ``split_budget`` (a fresh :class:`SplitBudget` when None);
+    :class:`SplitBudgetExceeded` ends the call.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'create' or 'update', got {kind!r}")
@@ -247,7 +290,8 @@ async def fetch_window(
         if window.until > limit:
             window = Window(window.since, limit)
             result.window = window
-    fetcher = _Fetcher(client, project_id, KINDS[kind], dict(filters or {}), split_threshold, max_repage)
+    fetcher = _Fetcher(client, project_id, KINDS[kind], dict(filters or {}), split_threshold, max_repage,
+                       split_budget if split_budget is not None else SplitBudget())
     jobs = await fetcher.fetch(window)
     result.jobs = list(jobs.values())
     result.leaves = sorted(fetcher.leaves, key=lambda leaf: leaf.window)
@@ -278,8 +322,10 @@ class _Fetcher:
         filters: dict[str, object],
         split_threshold: int,
         max_repage: int,
+        budget: SplitBudget,
     ) -> None:
         self.client = client
+        self.budget = budget
         self.project_id = project_id
         self.kind = kind
         self.filters = filters
@@ -309,6 +355,7 @@ class _Fetcher:
         return (await self._list(window, window.since, 0, 1)).count
 
     async def _split(self, window: Window) -> dict[str, dict]:
+        self.budget.take(window)
         halves = window.split()
         parts = await asyncio.gather(*(self.fetch(half) for half in halves))
         return _merge(list(parts))
@@ -316,7 +363,9 @@ class _Fetcher:
     async def fetch(self, window: Window) -> dict[str, dict]:
         """Distinct jobs of ``window``: split when large, re-paged and then split while the count disagrees."""
         first = await self._list(window, window.since, 0, PAGE_LIMIT)
-        if first.count > self.split_threshold and window.can_split():
+        # A short first page holds the whole window: nothing to gain from splitting, whatever count says.
+        full = len(first.jobs) >= PAGE_LIMIT
+        if full and first.count > self.split_threshold and window.can_split():
             log.debug("window %s holds %d jobs (> %d): splitting", window, first.count, self.split_threshold)
             return await self._split(window)
         merged: dict[str, dict] = {}
@@ -324,7 +373,7 @@ class _Fetcher:
         pages = 0
         while True:
             self.pages += 1  # the first page of this pass
-            jobs, pass_pages = await self._pass(window, first)
+            jobs, pass_pages, ended_short = await self._pass(window, first)
             pages += pass_pages
             # A fresh pass is the truth at its moment; a job keeps its most recently updated version.
             merged = {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
@@ -350,7 +399,8 @@ class _Fetcher:
             if snapshot:
                 break
             if repaged >= self.max_repage:
-                if window.can_split():
+                # Pages that came back short listed the window completely: the count is wrong.
+                if not ended_short and window.can_split():
                     return await self._split(window)
                 break
             repaged += 1
@@ -358,8 +408,11 @@ class _Fetcher:
         self.leaves.append(LeafStat(window, expected, len(jobs), pages, repaged))
         return merged
 
-    async def _pass(self, window: Window, first: Page) -> tuple[dict[str, dict], int]:
-        """One keyset pass over ``window`` starting from its first page; returns distinct jobs and pages read."""
+    async def _pass(self, window: Window, first: Page) -> tuple[dict[str, dict], int, bool]:
+        """One keyset pass over ``window`` starting from its first page.
+
+        Returns the distinct jobs, the pages read, and whether the pass ended on a short page
+        (the listing said itself that nothing more lies in the window)."""
         seen: dict[str, dict] = {}
         seconds_of: dict[str, int | None] = {}
         lower = floor_second(window.since)
@@ -376,19 +429,22 @@ class _Fetcher:
                 seen[key] = job if prev is None else _newer(job, prev)
                 seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
             if len(page.jobs) < PAGE_LIMIT:
-                return seen, pages
+                return seen, pages, True
+            lower_s = int(lower.timestamp())
             stamps = [
                 s
                 for s in (epoch_seconds(job.get(self.kind.time_field)) for job in page.jobs)
                 if s is not None
             ]
-            last = max(stamps) if stamps else None
-            lower_s = int(lower.timestamp())
+            # The cursor moves only on times inside the window: a record whose time lies outside
+            # it (a server bug, or a corrupt value) must not end the pass or move it past jobs.
+            inside = [s for s in stamps if lower_s <= s <= until]
+            last = max(inside) if inside else None
+            if last is None and any(s > until for s in stamps):
+                # The server listed only jobs beyond the window's end: nothing more inside it.
+                log.warning("window %s: the server returned jobs after the window's end", window)
+                return seen, pages, False
             if last is not None and last > lower_s:
-                if last > until:
-                    # The server listed jobs beyond the window's end: nothing more inside it.
-                    log.warning("window %s: the server returned jobs after the window's end", window)
-                    return seen, pages
                 lower = datetime.fromtimestamp(last, UTC)
                 offset = 0
             else:
@@ -397,7 +453,7 @@ class _Fetcher:
                 offset = max(offset + len(page.jobs), at_lower)
                 if offset >= page.count:
                     # The server's own count from this bound says nothing lies beyond.
-                    return seen, pages
+                    return seen, pages, False
             page = await self._list(window, lower, offset, PAGE_LIMIT)
             self.pages += 1
             pages += 1
