@@ -7,7 +7,8 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from pipelines.resources import MetaStudioResource, WarehouseResource, first_partition_day
-from pipelines.sync import SyncReport, open_source, sync
+from pipelines.source import open_source
+from pipelines.sync import SyncReport, sync
 
 # One pool for everything that writes warehouse.duckdb: two syncs never write at once.
 WAREHOUSE_POOL = "voicejobs_warehouse"
@@ -31,6 +32,8 @@ def _metadata(report: SyncReport) -> dict:
         "quarantined": dg.MetadataValue.int(report.quarantined),
         "marked_deleted": dg.MetadataValue.int(report.deleted),
         "mismatched_windows": dg.MetadataValue.int(report.mismatched_windows),
+        "source": "embedded simulator (SIMULATED DATA)" if report.simulated else report.source,
+        "simulated": report.simulated,
     }
 
 

@@ -9,8 +9,10 @@ fix and exit non-zero, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shlex
 import sys
 import time
 from datetime import timedelta
@@ -52,7 +54,8 @@ def _settings(args):
 
 def _cmd_sync(args) -> int:
     from pipelines.settings import parse_day
-    from pipelines.sync import open_source, refresh_and_publish, sync
+    from pipelines.source import open_source
+    from pipelines.sync import sync
     from pipelines.warehouse import Warehouse
 
     since = parse_day(args.since, "--since") if args.since else None
@@ -64,41 +67,61 @@ def _cmd_sync(args) -> int:
     mode = args.mode if since else "incremental"
     settings = _settings(args)
     warehouse = Warehouse(settings.data_dir)
-    with open_source(settings) as source:
+    with open_source(settings, simulator=args.simulator) as source:
         report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
-                      progress=_progress_printer())
-    refresh_and_publish(warehouse, settings)
+                      progress=_progress_printer(), refresh=True)
     print(report.summary())
     print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
     return EXIT_OK
 
 
+#: Where `voicejobs demo` writes unless --data-dir says otherwise: never the real syncs' ./data.
+DEMO_DATA_DIR = Path("demo-data")
+
+
+def _self_command() -> str:
+    """How to run this program again from the current directory, as the user started it."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(argv0).name == "voicejobs":
+        path = Path(argv0)
+        if path.is_absolute():
+            with contextlib.suppress(ValueError):
+                path = path.relative_to(Path.cwd())
+        return shlex.quote(str(path))
+    return f"{shlex.quote(sys.executable)} -m pipelines.cli"
+
+
 def _cmd_demo(args) -> int:
     from pipelines.simulator import SimulatorConfig, SimulatorServer
-    from pipelines.sync import refresh_and_publish, simulator_settings, sync
+    from pipelines.source import simulator_settings
+    from pipelines.sync import sync
     from pipelines.warehouse import Warehouse
 
-    settings = _settings(args)
+    data_dir = Path(args.data_dir) if args.data_dir else DEMO_DATA_DIR
+    settings = _settings(args).with_(data_dir=data_dir)
     config = SimulatorConfig(jobs=args.jobs, seed=args.seed)
-    print(f"Starting the embedded MetaStudio simulator with {args.jobs:,} jobs ...", flush=True)
+    print(f"Starting the embedded MetaStudio simulator with {args.jobs:,} jobs (simulated data) ...", flush=True)
     with SimulatorServer(config) as server:
         print(f"  listening on {server.url} (AK/SK signing, as the real API)", flush=True)
         sim_settings = simulator_settings(settings, server)
         now = server.state.now
         since = (now - timedelta(days=config.days)).date()
-        warehouse = Warehouse(settings.data_dir)
+        warehouse = Warehouse(data_dir)
         report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
-                      warehouse=warehouse, progress=_progress_printer())
-    refresh_and_publish(warehouse, settings)
+                      warehouse=warehouse, progress=_progress_printer(), refresh=True)
     print(report.summary())
+    me = _self_command()
+    where = "" if data_dir == Path(os.environ.get("VOICEJOBS_DATA_DIR", "").strip() or "data") else (
+        f" --data-dir {shlex.quote(str(data_dir))}")
     print(
-        f"\nLoaded {report.rows_written:,} jobs into:\n"
+        f"\nLoaded {report.rows_written:,} simulated jobs into:\n"
         f"  DuckDB warehouse   {warehouse.db_path}\n"
         f"  serving snapshot   {warehouse.serving_path}  (open this one from BI tools)\n"
         f"  Parquet lake       {warehouse.lake_dir}\n\n"
         "Try:\n"
-        '  voicejobs query "select * from failure_rate_by_tag"\n'
-        f"  duckdb -readonly {warehouse.serving_path} \"select state, count(*) from analytics.voice_training_jobs group by 1\""
+        f'  {me} query{where} "select * from failure_rate_by_tag"\n'
+        f'  {me} query{where} "select state, count(*) as jobs from voice_training_jobs group by 1 order by 2 desc"\n'
+        f"  {me} report{where} --out voicejobs-report.html"
     )
     return EXIT_OK
 
@@ -155,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     def data_dir(p):
         p.add_argument("--data-dir", help="data directory (default: $VOICEJOBS_DATA_DIR or ./data)")
 
-    demo = sub.add_parser("demo", help="sync the embedded simulator's whole range into a warehouse")
-    data_dir(demo)
+    demo = sub.add_parser("demo", help="sync the embedded simulator's whole range into a warehouse of its own")
+    demo.add_argument("--data-dir", help=f"data directory (default: ./{DEMO_DATA_DIR}, never the real syncs' one)")
     demo.add_argument("--jobs", type=int, default=20_000, help="jobs the simulator holds (default 20000)")
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
 
@@ -164,12 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(s)
     s.add_argument("--since", help="first creation day, YYYY-MM-DD")
     s.add_argument("--until", help="last creation day, YYYY-MM-DD (inclusive)")
+    s.add_argument("--simulator", action="store_true",
+                   help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
     s.set_defaults(mode="days")
 
     r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted")
     data_dir(r)
     r.add_argument("--since", required=True, help="first creation day, YYYY-MM-DD")
     r.add_argument("--until", required=True, help="last creation day, YYYY-MM-DD (inclusive)")
+    r.add_argument("--simulator", action="store_true",
+                   help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
     r.set_defaults(mode="reconcile")
 
     sub.add_parser("simulator", help="run the MetaStudio simulator (see `voicejobs simulator --help`)", add_help=False)

@@ -3,7 +3,9 @@
 One code path for the CLI and the Dagster assets. Three modes:
 
 * ``days``: creation-day windows (partitions, backfills, ``voicejobs sync --since --until``).
-  A window paged completely also reconciles deletions for its day.
+  A window the source really listed, with a count that agrees, also reconciles deletions
+  for its day; a window that was not listed (it lies after the source's clock) proves
+  nothing and deletes nothing.
 * ``incremental``: change capture by ``update_since`` from the stored watermark
   minus a lookback; falls back to a full backfill when there is no watermark.
 * ``reconcile``: the same as ``days``, run to find deletions over a range.
@@ -12,25 +14,32 @@ Fetching runs concurrently across windows (the client bounds requests in
 flight); each finished window is normalized and buffered, and the buffer is
 applied to the warehouse in one transaction per flush. The watermark moves
 only in the last transaction, after the data it covers is committed.
+
+Deletions need evidence: a reconciling window whose listing would mark more than
+:data:`MASS_DELETION_SHARE` of its range's live jobs deleted is listed a second time,
+and the run stops unless both listings hold the same jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines import screen
 from pipelines.crashpoints import crashpoint
 from pipelines.metastudio.client import MetaStudioClient
+from pipelines.metastudio.errors import MetaStudioError
 from pipelines.metastudio.paging import (
     PAGE_LIMIT,
+    SplitBudget,
     Window,
     WindowResult,
     day_window,
@@ -39,12 +48,21 @@ from pipelines.metastudio.paging import (
 )
 from pipelines.schema import JOBS_SCHEMA, normalize
 from pipelines.settings import Settings
+from pipelines.source import claim, identity_of
 from pipelines.warehouse import ReconciledRange, Warehouse, WindowRecord, count_in_ranges
 
 log = logging.getLogger("voicejobs.sync")
 
 FLUSH_ROWS = 20_000  # rows per warehouse transaction: bounds memory, amortises commits
-TS = pa.timestamp("ms", tz="UTC")
+FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
+#: A reconciling window that would mark more than this share of its range's live jobs
+#: deleted (and at least MASS_DELETION_MIN jobs) is listed again before it is believed.
+MASS_DELETION_SHARE = 0.5
+MASS_DELETION_MIN = 10
+
+
+class SourceDisagreementError(MetaStudioError):
+    """Two listings of the same range disagree where a sync would mark many jobs deleted."""
 
 
 @dataclass
@@ -82,6 +100,11 @@ class SyncReport:
     wait_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     watermarks: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    simulated: bool = False
+    clock_skew_seconds: float | None = None
+    relisted_ranges: int = 0
+    out_of_window: int = 0
 
     @property
     def retries_total(self) -> int:
@@ -108,14 +131,21 @@ class SyncReport:
             "api_wait_seconds": round(self.wait_seconds, 3),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "watermarks": dict(self.watermarks),
+            "source": self.source,
+            "simulated": self.simulated,
+            "clock_skew_seconds": self.clock_skew_seconds,
+            "relisted_ranges": self.relisted_ranges,
+            "out_of_window": self.out_of_window,
         }
 
     def summary(self) -> str:
         rate = self.jobs_fetched / self.elapsed_seconds if self.elapsed_seconds else 0.0
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(self.retries.items())) or "none"
+        origin = "the embedded MetaStudio simulator: SIMULATED DATA" if self.simulated else self.source
         lines = [
             f"{self.mode} sync of {', '.join(self.projects)}"
-            + (f", creation days {self.since} .. {self.until}" if self.since else ""),
+            + (f", creation days {self.since} .. {self.until}" if self.since else "")
+            + (f" from {origin}" if origin else ""),
             f"  windows {self.windows}, pages {self.pages}, requests {self.requests}",
             f"  jobs fetched {self.jobs_fetched:,}, rows written {self.rows_written:,}, "
             f"quarantined {self.quarantined}, marked deleted {self.deleted}",
@@ -124,51 +154,31 @@ class SyncReport:
         ]
         if self.mismatched_windows:
             lines.append(f"  windows whose count never matched the pages: {self.mismatched_windows}")
+        if self.out_of_window:
+            lines.append(f"  quarantined as listed outside their window: {self.out_of_window}")
+        if self.clock_skew_seconds is not None:
+            lines.append(f"  the source's clock is {_skew_text(self.clock_skew_seconds)}: this machine's clock was used")
+        if self.relisted_ranges:
+            lines.append(f"  ranges listed twice before deletions were believed: {self.relisted_ranges}")
         return "\n".join(lines)
 
 
+def _skew_text(seconds: float) -> str:
+    direction = "ahead of" if seconds > 0 else "behind"
+    return f"{abs(seconds):,.0f} s {direction} this machine's"
+
+
 def refresh_and_publish(warehouse: Warehouse, settings: Settings) -> None:
-    """After a sync: rebuild the SQL models, then publish the snapshot BI tools read."""
-    from pipelines.models import connect, refresh_models
+    """After a sync: rebuild the SQL models, then publish the snapshot BI tools read.
 
-    con = connect(warehouse.db_path)
-    try:
+    Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
+    sync, the models and the snapshot hold the file's lock as one unit of work."""
+    from pipelines.models import refresh_models
+
+    with warehouse.connect() as con:
         refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
-    finally:
-        con.close()
-    crashpoint("models_refreshed")
-    warehouse.publish_serving()
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where jobs come from: the configured API or an embedded simulator."""
-
-    settings: Settings
-    simulator: object | None = None
-
-
-@contextlib.contextmanager
-def open_source(settings: Settings) -> Iterator[Source]:
-    """The configured API; the embedded simulator when nothing at all is configured."""
-    if not settings.uses_embedded_simulator:
-        settings.base_url()  # fail fast, with the fix, on a bad endpoint
-        settings.auth()
-        settings.require_projects()
-        yield Source(settings)
-        return
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
-
-    log.warning("No endpoint or credentials configured: syncing from the embedded MetaStudio simulator.")
-    with SimulatorServer(SimulatorConfig()) as server:
-        yield Source(simulator_settings(settings, server), server)
-
-
-def simulator_settings(settings: Settings, server) -> Settings:
-    """Settings that point at a running simulator with its AK/SK credentials."""
-    config = server.state.config
-    ak, sk = next(iter(config.credentials.items()))
-    return settings.with_(endpoint=server.url, ak=ak, sk=sk, project_ids=tuple(config.projects))
+        crashpoint("models_refreshed")
+        warehouse.publish_serving()
 
 
 def make_client(settings: Settings) -> MetaStudioClient:
@@ -211,6 +221,12 @@ class _Batch:
     reconciled: list[ReconciledRange] = field(default_factory=list)
 
 
+def listed_completely(result: WindowResult) -> bool:
+    """Positive evidence that the source listed a window: it was paged (a window after the
+    source's clock never is) and every part's distinct jobs agree with its count."""
+    return bool(result.leaves) and all(leaf.fetched == leaf.api_count for leaf in result.leaves)
+
+
 class _Run:
     """The state of one sync run: buffers, counters and the warehouse it writes."""
 
@@ -229,17 +245,50 @@ class _Run:
         self.deleted: list[tuple[str, str]] = []
         self.reconciled: list[ReconciledRange] = []
         self.newest_update: dict[str, datetime] = {}
+        self.buffered_bytes = 0
+        self.split_budget = SplitBudget()
+        # Creation times (epoch us, sorted) of each project's live jobs before this run wrote
+        # any: what a reconciling window's listing is held against (see check_deletions).
+        self.live_before: dict[str, np.ndarray] = {}
+
+    def load_live(self, project_id: str, windows: Sequence[Window]) -> None:
+        """Read the live creation times ``windows`` span, before the run writes any there."""
+        if windows and project_id not in self.live_before:
+            since, until = min(w.since for w in windows), max(w.until for w in windows)
+            self.live_before[project_id] = self.warehouse.live_creation_times(project_id, since, until)
+
+    def would_delete(self, task: _Task, result: WindowResult) -> tuple[int, int]:
+        """(live jobs stored in the task's owner range, how many of them the listing lacks at least)."""
+        times = self.live_before.get(task.project_id)
+        if times is None or task.owner_since is None:
+            return 0, 0
+        # The owner range is half-open; count_in_ranges counts closed ranges.
+        [stored] = count_in_ranges(times, [(task.owner_since, task.owner_until - US)])
+        return stored, max(0, stored - len(result.jobs))
 
     def absorb(self, task: _Task, result: WindowResult, synced_at: datetime) -> None:
         """Normalize one finished window into the buffer; find its deletions."""
-        normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=self.settings.personal_data)
+        personal_data = self.settings.personal_data
+        normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=personal_data)
         table = normalized.table
+        quarantine = list(normalized.quarantine)
+        raw: dict | None = None
         if task.owner_since is not None and table.num_rows:
-            mask = pc.and_(
-                pc.greater_equal(table["create_time"], pa.scalar(task.owner_since, TS)),
-                pc.less(table["create_time"], pa.scalar(task.owner_until, TS)),
-            )
-            table = table.filter(mask)
+            listed = (result.window.since, result.window.until)
+            table, outside = screen.split_owned(table, listed, (task.owner_since, task.owner_until))
+            if outside.num_rows:
+                raw = screen.raw_index(result.jobs)
+                quarantine += screen.quarantine_rows(
+                    outside, raw, task.project_id,
+                    f"create_time: outside the creation window {result.window} it was listed in", personal_data)
+                self.report.out_of_window += outside.num_rows
+        too_big = screen.oversized(table)
+        if too_big is not None:
+            raw = raw if raw is not None else screen.raw_index(result.jobs)
+            quarantine += screen.quarantine_rows(
+                table.filter(too_big), raw, task.project_id,
+                f"record: more than {screen.MAX_RECORD_BYTES:,} bytes of text", personal_data)
+            table = table.filter(pc.invert(too_big))
         if table.num_rows:
             newest = pc.max(table["lastupdate_time"]).as_py()
             if newest is not None:
@@ -247,32 +296,36 @@ class _Run:
                 self.newest_update[task.project_id] = max(prev, newest) if prev else newest
         self.tables.append(table)
         self.buffered += table.num_rows
-        self.quarantine.extend(normalized.quarantine)
+        self.buffered_bytes += table.nbytes
+        self.quarantine.extend(quarantine)
         for leaf in result.leaves:
             self.windows.append(
                 WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
                              leaf.api_count, leaf.fetched, leaf.pages)
             )
-        complete = all(leaf.fetched == leaf.api_count for leaf in result.leaves)
-        if not complete:
-            self.report.mismatched_windows += 1
+        if not listed_completely(result):
+            self.report.mismatched_windows += bool(result.leaves)
         if task.reconcile and task.owner_since is not None:
-            if complete:
-                owner_until = min(task.owner_until, result.window.until) if result.leaves else task.owner_until
+            if listed_completely(result):
+                owner_until = min(task.owner_until, result.window.until)
                 # The stored jobs it did not list are marked deleted inside the batch's transaction.
                 seen = [job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)]
                 self.reconciled.append(ReconciledRange(task.project_id, task.owner_since, owner_until, seen))
-            else:
+            elif result.leaves:
                 log.warning("Window %s..%s of %s did not reconcile with its count; deletions not marked there.",
                             task.window.since, task.window.until, task.project_id)
         self.report.windows += 1
         self.report.jobs_fetched += len(result.jobs)
-        self.report.quarantined += len(normalized.quarantine)
+        self.report.quarantined += len(quarantine)
         crashpoint("fetched")
         self.progress.windows_done += 1
         self.progress.jobs += len(result.jobs)
         if self.progress_cb:
             self.progress_cb(self.progress)
+
+    @property
+    def buffer_full(self) -> bool:
+        return self.buffered >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
 
     def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
         """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
@@ -286,7 +339,7 @@ class _Run:
             return None
         batch = _Batch(self.tables, self.windows, self.quarantine, self.deleted, self.reconciled)
         self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
-        self.reconciled = []
+        self.reconciled, self.buffered_bytes = [], 0
         return batch
 
     def apply(self, batch: _Batch, *, deleted_at: datetime | None,
@@ -309,6 +362,37 @@ class _Run:
         self.report.deleted += stats.deleted
         if watermarks:
             crashpoint("watermark_committed")
+
+
+async def check_deletions(client: MetaStudioClient, run: _Run, task: _Task, result: WindowResult,
+                          not_after: datetime) -> None:
+    """Re-list a reconciling window whose listing would delete an unusual share of its live jobs.
+
+    One listing can be wrong in ways its own count does not show (a server answering from an
+    empty replica, a proxy serving a stale page). Before believing that more than
+    MASS_DELETION_SHARE of a range's live jobs are gone, the range is listed again; the run
+    stops unless both listings hold the same jobs."""
+    if not listed_completely(result):
+        return
+    stored, missing = run.would_delete(task, result)
+    if missing < MASS_DELETION_MIN or missing <= MASS_DELETION_SHARE * stored:
+        return
+    log.warning("The listing of %s %s lacks %d of its %d live jobs: listing it again before marking them deleted.",
+                task.project_id, result.window, missing, stored)
+    again = await fetch_window(client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                               split_threshold=run.settings.split_threshold, split_budget=run.split_budget)
+    run.report.relisted_ranges += 1
+    first_ids = _ids(result)
+    if not listed_completely(again) or _ids(again) != first_ids:
+        raise SourceDisagreementError(
+            f"two listings of {task.project_id} creation times {result.window} disagree ({len(first_ids)} then "
+            f"{len(_ids(again))} jobs) where the warehouse holds {stored} live jobs; nothing there was marked "
+            "deleted. The source may be unstable: run the sync again later"
+        )
+
+
+def _ids(result: WindowResult) -> set[str]:
+    return {job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)}
 
 
 async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task], not_after: datetime) -> None:
@@ -337,8 +421,10 @@ async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task]
             try:
                 result = await fetch_window(
                     client, task.project_id, task.window, kind=task.kind, not_after=not_after,
-                    split_threshold=settings.split_threshold,
+                    split_threshold=settings.split_threshold, split_budget=run.split_budget,
                 )
+                if task.reconcile:
+                    await check_deletions(client, run, task, result, not_after)
             except Exception as exc:  # handed to the consumer, which raises it
                 finished.put_nowait((task, exc, None))
                 return
@@ -357,7 +443,7 @@ async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task]
             run.absorb(task, result, datetime.now(UTC))
             del result
             absorbed.set()
-            if run.buffered >= FLUSH_ROWS:
+            if run.buffer_full:
                 if applying is not None:
                     await applying
                 batch = run.take()
@@ -385,6 +471,7 @@ async def _not_after(client: MetaStudioClient, settings: Settings, project_id: s
 # bisected further: two pages cost what the two count requests of one more level cost.
 LEAF_JOBS = 2 * PAGE_LIMIT
 MS = timedelta(milliseconds=1)
+US = timedelta(microseconds=1)
 
 
 @dataclass
@@ -481,30 +568,42 @@ def sync(
     until: date | None = None,
     warehouse: Warehouse | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
+    refresh: bool = False,
 ) -> SyncReport:
-    """Run one sync to completion (blocking). ``mode``: days, incremental or reconcile."""
+    """Run one sync to completion (blocking). ``mode``: days, incremental or reconcile.
+
+    With ``refresh``, the SQL models and the serving snapshot are rebuilt in the same unit of
+    work, under the same hold of the warehouse file: the run is recorded as succeeded only
+    when all three are done, and no other process can take the file in between."""
     if mode in ("days", "reconcile"):
         if since is None or until is None:
             raise ValueError(f"a {mode} sync needs since and until")
         days_between(since, until)
     warehouse = warehouse or Warehouse(settings.data_dir)
     projects = settings.require_projects()
+    identity = identity_of(settings)
     _release_freed_memory()
     # One connection for the whole run: opening DuckDB per window costs more than paging it.
     with warehouse.connect():
-        return _sync_run(settings, warehouse, projects, mode, since, until, progress)
+        claim(warehouse, identity)
+        report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until,
+                            source=identity.origin, simulated=identity.simulated)
+        return _sync_run(settings, warehouse, report, progress, refresh)
 
 
-def _sync_run(settings, warehouse, projects, mode, since, until, progress) -> SyncReport:
-    report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until)
-    run_id = warehouse.begin_run(mode, {"since": str(since) if since else None,
-                                        "until": str(until) if until else None, "projects": list(projects)})
-    report.run_id = run_id
+def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
+              progress: Callable[[SyncProgress], None] | None, refresh: bool) -> SyncReport:
+    since, until = report.since, report.until
+    report.run_id = run_id = warehouse.begin_run(report.mode, {
+        "since": str(since) if since else None, "until": str(until) if until else None,
+        "projects": list(report.projects), "source": report.source})
     run = _Run(settings, warehouse, run_id, report, progress)
     started = time.monotonic()
     client = make_client(settings)
     try:
-        asyncio.run(_sync(client, run, mode, since, until))
+        asyncio.run(_sync(client, run, report.mode, since, until))
+        if refresh:
+            refresh_and_publish(warehouse, settings)
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)
@@ -530,8 +629,13 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
     projects = run.report.projects
     async with client:
         not_after = await _not_after(client, settings, projects[0])
+        skew = getattr(client, "clock_skew", None)
+        if skew is not None:
+            run.report.clock_skew_seconds = skew.total_seconds()
         if mode in ("days", "reconcile"):
             tasks = _day_tasks(projects, days_between(since, until), reconcile=True)
+            for project_id in projects:
+                run.load_live(project_id, [t.window for t in tasks])
             await _run_tasks(client, run, tasks, not_after)
             run.flush(deleted_at=client.server_now())
             return
@@ -543,6 +647,7 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
                 first = settings.first_day
                 log.info("No watermark for %s yet: backfilling creation days from %s.", project_id, first)
                 tasks = _day_tasks([project_id], days_between(first, not_after.date()), reconcile=True)
+                run.load_live(project_id, [t.window for t in tasks])
                 await _run_tasks(client, run, tasks, not_after)
                 # Changes made while the backfill ran carry lastupdate_time >= its start, so the
                 # watermark is capped at the start; the next change capture re-reads from there.
@@ -564,6 +669,7 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
                 if found.windows:
                     log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",
                              len(found.windows), project_id)
+                    run.load_live(project_id, found.windows)
                     await _run_tasks(client, run, _range_tasks(project_id, found.windows), not_after)
         run.report.watermarks = {k: v.isoformat() for k, v in watermarks.items()}
         run.flush(deleted_at=client.server_now(), watermarks=watermarks or None)

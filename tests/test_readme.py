@@ -45,13 +45,13 @@ def argv(line: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    """A directory laid out as after `voicejobs demo`: ./data holds the warehouse."""
+    """A directory laid out as after `voicejobs demo`: ./demo-data holds the warehouse."""
     from pipelines.simulator import SimulatorConfig, SimulatorServer
 
     root = tmp_path_factory.mktemp("readme")
     with SimulatorServer(SimulatorConfig(jobs=1500, seed=3, days=30, now=SIM_NOW)) as server:
-        settings = sim_settings(server, root / "data")
-        warehouse = Warehouse(root / "data")
+        settings = sim_settings(server, root / "demo-data")
+        warehouse = Warehouse(root / "demo-data")
         sync(settings, mode="days", since=(SIM_NOW - timedelta(days=31)).date(), until=SIM_NOW.date(),
              warehouse=warehouse)
         refresh_and_publish(warehouse, settings)
@@ -81,16 +81,29 @@ def test_python_examples_run_as_written(demo_dir, code):
     assert result.stdout.strip() and "[]" not in result.stdout.splitlines()[0]
 
 
-def test_the_demo_command_leaves_a_warehouse(tmp_path):
-    """The README's first command, minus the install, on a smaller simulator."""
+def test_the_demo_command_leaves_a_warehouse_and_its_next_steps_run_as_printed(tmp_path):
+    """The README's first command, minus the install, on a smaller simulator; then every
+    "Try:" line it prints, verbatim, from the same directory."""
     demo = next(line for block in blocks(section("The two commands"), "bash") for line in block.split("&&")
                 if "voicejobs demo" in line)
-    result = subprocess.run([*argv(demo.strip()), "--jobs", "3000", "--data-dir", str(tmp_path / "data")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_"))})
+    words = shlex.split(demo.strip())
+    assert words[0] == ".venv/bin/voicejobs"
+    (tmp_path / ".venv").symlink_to(BIN.parent)  # the README's virtualenv, seen from the user's directory
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
+    result = subprocess.run([*words, "--jobs", "3000"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert "Loaded 3,000 jobs" in result.stdout
-    query = subprocess.run([str(BIN / "voicejobs"), "query", "select count(*) from voice_training_jobs",
-                            "--data-dir", str(tmp_path / "data"), "--format", "csv"],
-                           capture_output=True, text=True, timeout=120)
+    assert "Loaded 3,000 simulated jobs" in result.stdout
+    assert not (tmp_path / "data").exists()
+    steps = result.stdout.split("Try:\n", 1)[1].strip().splitlines()
+    assert len(steps) >= 3
+    for step in steps:
+        done = subprocess.run(shlex.split(step), cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, (step, done.stderr)
+        assert "Traceback" not in done.stderr
+    report = next(step for step in steps if " report " in step)
+    assert (tmp_path / shlex.split(report)[-1]).stat().st_size > 10_000
+    query = subprocess.run([".venv/bin/voicejobs", "query", "select count(*) from voice_training_jobs",
+                            "--data-dir", "demo-data", "--format", "csv"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert query.returncode == 0 and query.stdout.split() == ["count_star()", "3000"], query.stdout + query.stderr
