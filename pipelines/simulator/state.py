@@ -840,6 +840,15 @@ class SimulatorState:
                     if index is not None:
                         index._cum = None
 
+    def delete(self, job_ids: set[str]) -> int:
+        """Delete the listed jobs among ``job_ids`` now (as a user would); returns how many."""
+        with self._lock:
+            rows = np.flatnonzero(~self._col("deleted"))
+            rows = np.array([r for r in rows.tolist() if self._job_id(r) in job_ids], dtype=np.int64)
+            if len(rows):
+                self._delete(rows)
+            return len(rows)
+
     def _delete(self, rows: np.ndarray) -> None:
         self._cols["deleted"][rows] = True
         self._touch(rows, deleted=True)

@@ -1,0 +1,139 @@
+"""A deletion is recorded only on positive evidence, and the sync's unit of work holds the file.
+
+- a window the source never listed (it lies after the source's clock minus the safety lag)
+  proves nothing, so it deletes nothing;
+- a window whose listing would delete most of its live jobs is listed a second time before
+  it is believed;
+- the sync, the SQL models and the serving snapshot hold warehouse.duckdb as one unit: no
+  reader slips in between, and a run whose models fail is recorded as failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import duckdb
+import pyarrow.compute as pc
+import pytest
+
+from pipelines import cli
+from pipelines.simulator import SimulatorConfig, SimulatorServer
+from pipelines.sync import sync
+from pipelines.warehouse import Warehouse, WarehouseError
+from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+
+DAYS = 6
+SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
+UNTIL = SIM_NOW.date()
+
+
+@pytest.fixture
+def server():
+    with SimulatorServer(SimulatorConfig(jobs=600, seed=5, days=DAYS, projects=PROJECTS, now=SIM_NOW)) as sim:
+        yield sim
+
+
+def live(warehouse: Warehouse) -> set[tuple[str, str]]:
+    table = warehouse.jobs_table(include_deleted=False)
+    return set(zip(table["project_id"].to_pylist(), table["job_id"].to_pylist(), strict=True))
+
+
+def truth(server) -> set[tuple[str, str]]:
+    return {(pid, job["job_id"]) for pid in PROJECTS for job in server.state.truth(pid)}
+
+
+def test_windows_after_the_source_clock_delete_nothing(server, tmp_path):
+    warehouse = Warehouse(tmp_path)
+    settings = sim_settings(server, tmp_path)
+    sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+    before = live(warehouse)
+    assert before == truth(server)
+
+    # The same days again, but the source's clock (less the lag) now ends a day early: the
+    # last day's window is never listed, which is no evidence that its jobs are gone.
+    lagged = settings.with_(safety_lag_seconds=86400)
+    report = sync(lagged, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+    assert report.deleted == 0
+    assert live(warehouse) == before
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        unlisted = con.execute(
+            "SELECT count(*) FROM sync_windows WHERE run_id = ? AND since > ?",
+            [report.run_id, SIM_NOW - timedelta(days=1)]
+        ).fetchone()[0]
+    assert unlisted == 0  # a window that was never paged is not recorded as listed
+
+
+def test_a_window_losing_most_of_its_jobs_is_listed_twice_then_believed(server, tmp_path):
+    warehouse = Warehouse(tmp_path)
+    settings = sim_settings(server, tmp_path)
+    sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+    day = SINCE + timedelta(days=2)
+    table = warehouse.jobs_table()
+    created = pc.cast(pc.divide(pc.cast(table["create_time"], "int64"), 86_400_000), "int32")
+    on_day = table.filter(pc.and_(pc.equal(table["project_id"], PROJECTS[0]),
+                                  pc.equal(created, (day - SINCE.__class__(1970, 1, 1)).days)))
+    doomed = set(on_day["job_id"].to_pylist()[: int(on_day.num_rows * 0.8)])
+    assert len(doomed) >= 10
+    assert server.state.delete(doomed) == len(doomed)
+
+    report = sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+    assert report.relisted_ranges == 1
+    assert report.deleted == len(doomed)
+    assert live(warehouse) == truth(server)
+
+
+def _lock_probe(path) -> str:
+    """Try to open ``path`` read-only from another process: 'opened' or 'locked'."""
+    code = (
+        "import duckdb, sys\n"
+        "try:\n"
+        f"    duckdb.connect({str(path)!r}, read_only=True).close(); print('opened')\n"
+        "except duckdb.IOException:\n"
+        "    print('locked')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def _cli_env(monkeypatch, server, data_dir) -> None:
+    ak, sk = next(iter(server.state.config.credentials.items()))
+    for name in list(__import__("os").environ):
+        if name.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_")):
+            monkeypatch.delenv(name)
+    for name, value in dict(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
+                            HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(data_dir),
+                            VOICEJOBS_SAFETY_LAG_SECONDS="0").items():
+        monkeypatch.setenv(name, value)
+
+
+def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
+    import pipelines.models as models
+
+    _cli_env(monkeypatch, server, tmp_path)
+    real = models.refresh_models
+    probes: list[str] = []
+
+    def probed(*args, **kwargs):
+        probes.append(_lock_probe(tmp_path / "warehouse.duckdb"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "refresh_models", probed)
+    assert cli.main(["sync", "--since", str(SINCE), "--until", str(UNTIL)]) == 0
+    assert probes == ["locked"]
+
+
+def test_a_run_whose_models_fail_is_recorded_as_failed_with_one_line(server, tmp_path, monkeypatch, capsys):
+    import pipelines.models as models
+
+    _cli_env(monkeypatch, server, tmp_path)
+
+    def broken(con, *args, **kwargs):
+        raise WarehouseError("refreshing the SQL models failed (No space left on device); free space and run again")
+
+    monkeypatch.setattr(models, "refresh_models", broken)
+    assert cli.main(["sync", "--since", str(SINCE), "--until", str(UNTIL)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "space" in err
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT status FROM sync_runs").fetchall() == [("failed",)]
