@@ -52,14 +52,25 @@ def _settings(args):
     return Settings.from_env(data_dir=Path(data_dir) if data_dir else None)
 
 
-def _cmd_sync(args) -> int:
+def _day_flag(text: str | None, flag: str):
+    """A --since/--until value; a bad one is a usage error (exit 2), like any bad flag."""
+    from pipelines.metastudio.errors import ConfigurationError
     from pipelines.settings import parse_day
+
+    if text is None:
+        return None
+    try:
+        return parse_day(text, flag)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_sync(args) -> int:
     from pipelines.source import open_source
     from pipelines.sync import sync
     from pipelines.warehouse import Warehouse
 
-    since = parse_day(args.since, "--since") if args.since else None
-    until = parse_day(args.until, "--until") if args.until else None
+    since, until = (_day_flag(args.since, "--since"), _day_flag(args.until, "--until"))
     if (since is None) != (until is None):
         raise UsageError("give both --since and --until (creation days), or neither for change capture")
     if since and until and until < since:
@@ -139,13 +150,18 @@ def _serving_path(args) -> Path:
 def _cmd_query(args) -> int:
     import duckdb
 
-    from pipelines.query import run_query
+    from pipelines.query import list_relations, run_query
 
+    if args.tables == (args.sql is not None):
+        raise UsageError("give one SQL statement, or --tables to list what there is to query")
     try:
-        print(run_query(_serving_path(args), args.sql, fmt=args.format))
+        if args.tables:
+            print(list_relations(_serving_path(args), fmt=args.format))
+        else:
+            print(run_query(_serving_path(args), args.sql, fmt=args.format))
     except duckdb.Error as exc:
         # The analyst's SQL is input like any other: say what DuckDB said, without a traceback.
-        raise UsageError(str(exc).splitlines()[0] + " (tables: voicejobs query \"show all tables\")") from None
+        raise UsageError(str(exc).splitlines()[0] + " (to list the tables: voicejobs query --tables)") from None
     return EXIT_OK
 
 
@@ -167,10 +183,25 @@ class UsageError(Exception):
     """A command line that cannot be run as given."""
 
 
+EXIT_CODES_HELP = "exit codes: 0 done; 1 the run failed (configuration, source, storage); 2 usage error (bad flags or dates)"
+
+
+def _environment_help() -> str:
+    """The variables a sync reads, from the one list the settings parser uses."""
+    from pipelines.settings import ENV_VARS
+
+    width = max(map(len, ENV_VARS))
+    lines = ["The API, the credentials and the tuning come from the environment (see .env.example):"]
+    lines += [f"  {name:<{width}}  {meaning}" for name, meaning in ENV_VARS.items()]
+    return "\n".join([*lines, "", EXIT_CODES_HELP])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicejobs",
         description="Sync Huawei Cloud MetaStudio voice-training jobs into a Parquet lake and a DuckDB warehouse.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=20_000, help="jobs the simulator holds (default 20000)")
     demo.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
 
-    s = sub.add_parser("sync", help="sync creation days (--since/--until) or, with no dates, changes since the last sync")
+    s = sub.add_parser("sync", help="sync creation days (--since/--until) or, with no dates, changes since the last sync",
+                       epilog=_environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     data_dir(s)
     s.add_argument("--since", help="first creation day, YYYY-MM-DD")
     s.add_argument("--until", help="last creation day, YYYY-MM-DD (inclusive)")
@@ -191,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
     s.set_defaults(mode="days")
 
-    r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted")
+    r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted",
+                       epilog=_environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     data_dir(r)
     r.add_argument("--since", required=True, help="first creation day, YYYY-MM-DD")
     r.add_argument("--until", required=True, help="last creation day, YYYY-MM-DD (inclusive)")
@@ -203,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="run SQL against the serving snapshot and print the result")
     data_dir(q)
-    q.add_argument("sql")
+    q.add_argument("sql", nargs="?", help="one SQL statement (read-only; the analytics schema comes first)")
+    q.add_argument("--tables", action="store_true", help="list the relations analysts can query, and what a row is")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
     rep = sub.add_parser("report", help="write a self-contained HTML report with charts")

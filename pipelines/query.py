@@ -157,6 +157,46 @@ def run_query(db_path: str | Path, sql: str, fmt: str = "table", params: Sequenc
     return format_rows(columns, rows, fmt)
 
 
+#: The warehouse relations analysts read beside the analytics schema (the rest is the sync's own).
+ANALYST_MAIN_RELATIONS = {
+    "voice_training_jobs": "every job at its newest version, deleted ones kept with deleted_at",
+    "voice_training_job_history": "every observed version of a job (SCD type 2)",
+    "voice_training_job_transitions": "one row per change of state of a job",
+}
+_RELATIONS_SQL = """
+SELECT schema_name, table_name, 'table' FROM duckdb_tables() WHERE schema_name IN ('analytics', 'main')
+UNION ALL
+SELECT schema_name, view_name, 'view' FROM duckdb_views() WHERE NOT internal AND schema_name IN ('analytics', 'main')
+"""
+
+
+def _what_a_row_is(description: str, width: int = 90) -> str:
+    """The first sentence of a model's header, after its "name (kind):" lead, on one line."""
+    text = " ".join(description.split("Columns:")[0].split())
+    text = text.split("): ", 1)[-1].split(". ")[0].rstrip(".")
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def list_relations(db_path: str | Path, fmt: str = "table") -> str:
+    """The analyst-facing relations of the snapshot and what one row of each is (``query --tables``)."""
+    from pipelines.models import load_models
+
+    described = {m.name: _what_a_row_is(m.description) for m in load_models()}
+    con = open_analyst_connection(db_path)
+    try:
+        found = con.execute(_RELATIONS_SQL).fetchall()
+    finally:
+        con.close()
+    rows = sorted(
+        (name if schema == "analytics" else f"main.{name}", kind,
+         described.get(name, "") if schema == "analytics" else ANALYST_MAIN_RELATIONS[name])
+        for schema, name, kind in found
+        if schema == "analytics" or name in ANALYST_MAIN_RELATIONS
+    )
+    rows.sort(key=lambda row: row[0].startswith("main."))
+    return format_rows(["relation", "kind", "one row is"], rows, fmt)
+
+
 def format_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table") -> str:
     """Render a result set in one of FORMATS."""
     if fmt == "table":
