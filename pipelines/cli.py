@@ -23,24 +23,38 @@ from pipelines.redact import install_log_redaction, redact
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _progress_printer(stream=sys.stderr):
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _progress_printer(stream=sys.stderr, clock=time.monotonic):
     """A progress callback drawing one line on a terminal; silent when not a terminal."""
     if not stream.isatty():
         return None
-    last = [0.0]
+    last = [-1.0, ""]
 
     def show(progress) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and progress.windows_done < progress.windows_total:
+        now = clock()
+        fetching = progress.phase == "fetching windows"
+        if fetching and now - last[0] < 0.2 and progress.windows_done < progress.windows_total:
             return
-        last[0] = now
+        if not fetching:
+            if last[1] == "fetching windows":
+                stream.write("\n")
+            stream.write(f"  {progress.phase} ... ({_clock(progress.elapsed)} elapsed)\n")
+            stream.flush()
+            last[1] = progress.phase
+            return
+        last[0], last[1] = now, progress.phase
+        eta = progress.eta_seconds
         stream.write(
-            f"\r  windows {progress.windows_done}/{progress.windows_total}  "
-            f"jobs {progress.jobs:,}  {progress.rate:,.0f} jobs/s   "
+            f"\r  windows {progress.windows_done}/{progress.windows_total} ({progress.fraction:.0%})  "
+            f"jobs {progress.jobs:,}  {progress.rate:,.0f} jobs/s  elapsed {_clock(progress.elapsed)}"
+            + (f"  eta {_clock(eta)}" if eta is not None else "") + "   "
         )
         stream.flush()
-        if progress.windows_done >= progress.windows_total:
-            stream.write("\n")
 
     return show
 

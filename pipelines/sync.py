@@ -67,15 +67,44 @@ class SourceDisagreementError(MetaStudioError):
 
 @dataclass
 class SyncProgress:
+    """What a progress display shows: the phase, and while fetching windows, jobs and rates."""
+
     windows_total: int = 0
     windows_done: int = 0
     jobs: int = 0
-    started: float = field(default_factory=time.monotonic)
+    phase: str = "fetching windows"
+    clock: Callable[[], float] = time.monotonic
+    started: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
 
     @property
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
+        elapsed = self.elapsed
         return self.jobs / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.windows_done / self.windows_total if self.windows_total else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Time left for the windows, at the pace so far; None before the first one."""
+        if not self.windows_done or not self.windows_total:
+            return None
+        return self.elapsed / self.windows_done * (self.windows_total - self.windows_done)
+
+
+WRITING = "writing the last windows to the warehouse and the lake"
+#: What each mode is called where people read it.
+MODE_NAMES = {"days": "backfill of creation days", "incremental": "change capture",
+              "reconcile": "reconciliation of creation days"}
 
 
 @dataclass
@@ -99,6 +128,7 @@ class SyncReport:
     retries: dict[str, int] = field(default_factory=dict)
     wait_seconds: float = 0.0
     elapsed_seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     watermarks: dict[str, str] = field(default_factory=dict)
     source: str = ""
     simulated: bool = False
@@ -130,6 +160,7 @@ class SyncReport:
             "retries_by_cause": dict(self.retries),
             "api_wait_seconds": round(self.wait_seconds, 3),
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "phase_seconds": {k: round(v, 3) for k, v in self.phase_seconds.items()},
             "watermarks": dict(self.watermarks),
             "source": self.source,
             "simulated": self.simulated,
@@ -142,15 +173,17 @@ class SyncReport:
         rate = self.jobs_fetched / self.elapsed_seconds if self.elapsed_seconds else 0.0
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(self.retries.items())) or "none"
         origin = "the embedded MetaStudio simulator: SIMULATED DATA" if self.simulated else self.source
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.phase_seconds.items())
         lines = [
-            f"{self.mode} sync of {', '.join(self.projects)}"
+            f"{MODE_NAMES.get(self.mode, self.mode)} of {', '.join(self.projects)}"
             + (f", creation days {self.since} .. {self.until}" if self.since else "")
             + (f" from {origin}" if origin else ""),
             f"  windows {self.windows}, pages {self.pages}, requests {self.requests}",
             f"  jobs fetched {self.jobs_fetched:,}, rows written {self.rows_written:,}, "
             f"quarantined {self.quarantined}, marked deleted {self.deleted}",
-            f"  retries {self.retries_total} ({causes}), waiting on the API {self.wait_seconds:.1f}s",
-            f"  took {self.elapsed_seconds:.1f}s ({rate:,.0f} jobs/s)",
+            f"  retries {self.retries_total} ({causes}); request time summed over concurrent requests "
+            f"{self.wait_seconds:.1f}s",
+            f"  took {self.elapsed_seconds:.1f}s in all ({rate:,.0f} jobs/s)" + (f": {phases}" if phases else ""),
         ]
         if self.mismatched_windows:
             lines.append(f"  windows whose count never matched the pages: {self.mismatched_windows}")
@@ -168,17 +201,29 @@ def _skew_text(seconds: float) -> str:
     return f"{abs(seconds):,.0f} s {direction} this machine's"
 
 
-def refresh_and_publish(warehouse: Warehouse, settings: Settings) -> None:
+def refresh_and_publish(warehouse: Warehouse, settings: Settings,
+                        phase: Callable[[str], None] | None = None) -> dict[str, float]:
     """After a sync: rebuild the SQL models, then publish the snapshot BI tools read.
 
     Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
-    sync, the models and the snapshot hold the file's lock as one unit of work."""
+    sync, the models and the snapshot hold the file's lock as one unit of work. ``phase``
+    hears each step as it starts; returns the seconds of each."""
     from pipelines.models import refresh_models
 
+    seconds: dict[str, float] = {}
     with warehouse.connect() as con:
+        if phase:
+            phase("building the SQL models")
+        started = time.monotonic()
         refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
+        seconds["models"] = time.monotonic() - started
         crashpoint("models_refreshed")
+        if phase:
+            phase("publishing the serving snapshot")
+        started = time.monotonic()
         warehouse.publish_serving()
+        seconds["snapshot"] = time.monotonic() - started
+    return seconds
 
 
 def make_client(settings: Settings) -> MetaStudioClient:
@@ -323,6 +368,14 @@ class _Run:
         if self.progress_cb:
             self.progress_cb(self.progress)
 
+    def announce(self, phase: str) -> None:
+        """Tell the progress display that a new phase starts (once)."""
+        if self.progress.phase == phase:
+            return
+        self.progress.phase = phase
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
     @property
     def buffer_full(self) -> bool:
         return self.buffered >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
@@ -330,6 +383,8 @@ class _Run:
     def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
         """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
         batch = self.take()
+        if batch is not None:
+            self.announce(WRITING)
         if batch is not None or watermarks:
             self.apply(batch or _Batch([], [], [], []), deleted_at=deleted_at, watermarks=watermarks)
 
@@ -451,6 +506,7 @@ async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task]
                     applying = asyncio.ensure_future(
                         asyncio.to_thread(run.apply, batch, deleted_at=client.server_now()))
         if applying is not None:
+            run.announce(WRITING)
             await applying
             applying = None
     finally:
@@ -602,8 +658,9 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     client = make_client(settings)
     try:
         asyncio.run(_sync(client, run, report.mode, since, until))
+        report.phase_seconds["fetch and write"] = time.monotonic() - started
         if refresh:
-            refresh_and_publish(warehouse, settings)
+            report.phase_seconds.update(refresh_and_publish(warehouse, settings, run.announce))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)

@@ -64,3 +64,45 @@ def test_a_missing_table_points_at_the_list(snapshot_dir, capsys):
     assert cli.main(["query", "--data-dir", str(snapshot_dir), "select * from no_such_table"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "voicejobs query --tables" in err
+
+
+class _Terminal:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_shows_share_elapsed_eta_and_every_phase():
+    from pipelines import sync as sync_module
+
+    now = [0.0]
+    terminal = _Terminal()
+    show = cli._progress_printer(terminal, clock=lambda: 10_000.0)
+    progress = sync_module.SyncProgress(windows_total=4, clock=lambda: now[0])  # started at t=0
+    progress.windows_done, progress.jobs, now[0] = 1, 100, 20.0
+    show(progress)  # 20 s for the first window of four: three more to go at that pace
+    assert "windows 1/4 (25%)" in terminal.text and "elapsed 0:20" in terminal.text
+    assert "eta 1:00" in terminal.text and "5 jobs/s" in terminal.text
+    for phase in ("building the SQL models", "publishing the serving snapshot"):
+        progress.phase = phase
+        show(progress)
+        assert f"\n  {phase} ... (" in terminal.text
+
+
+def test_the_summary_gives_the_total_and_each_phase():
+    from pipelines.sync import SyncReport
+
+    report = SyncReport(run_id="r", mode="days", projects=("p",), jobs_fetched=100, elapsed_seconds=10.0,
+                        wait_seconds=30.0, phase_seconds={"fetch and write": 7.0, "models": 2.0, "snapshot": 1.0})
+    text = report.summary()
+    assert text.splitlines()[0].startswith("backfill of creation days of p")
+    assert "took 10.0s in all (10 jobs/s): fetch and write 7.0s, models 2.0s, snapshot 1.0s" in text
+    assert "request time summed over concurrent requests 30.0s" in text
