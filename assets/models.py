@@ -5,8 +5,11 @@ lets a single process write the warehouse file, and the models are cheap next to
 Dagster still shows and selects each model as its own asset, with its own deps.
 
 Asset keys: a table model's key is its name (`failure_rate_by_tag`). A view's key is
-prefixed `analytics` (`analytics/voice_training_jobs`), because the analytics views mirror
-warehouse relations whose names the sync assets already use as keys.
+prefixed `analytics` (`analytics/job_outcomes`). A view that mirrors a warehouse relation of
+the same name, leaving deleted jobs out, is keyed `analytics/live_<name>`
+(`analytics/live_voice_training_jobs`): the lineage then reads as the sync asset
+`voice_training_jobs` feeding its live view, not as an asset feeding itself. The SQL
+relation keeps its name, `analytics.voice_training_jobs`.
 """
 
 from __future__ import annotations
@@ -87,8 +90,11 @@ CONFIG_SCHEMA = {
 
 
 def model_asset_key(model: Model) -> dg.AssetKey:
-    """The asset key of a model: its name for tables, `analytics/<name>` for views."""
-    return dg.AssetKey(["analytics", model.name]) if model.kind == "view" else dg.AssetKey(model.name)
+    """The asset key of a model: its name for tables, `analytics/<name>` for views, and
+    `analytics/live_<name>` for a view over the warehouse relation of its own name."""
+    if model.kind != "view":
+        return dg.AssetKey(model.name)
+    return dg.AssetKey(["analytics", f"live_{model.name}" if model.name in model.sources else model.name])
 
 
 def model_spec(model: Model, by_name: dict[str, Model], source_keys: Sequence[dg.AssetKey]) -> dg.AssetSpec:

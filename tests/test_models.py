@@ -13,7 +13,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from assets.models import build_analytics_assets, model_asset_key
+from assets.models import SOURCE_ASSET_KEYS, build_analytics_assets, model_asset_key
 from pipelines.models import (
     MODELS_DIR,
     ModelError,
@@ -536,7 +536,7 @@ def test_materialize_model_assets_twice(tmp_path, data):
     assert meta[dg.AssetKey("in_flight_backlog")]["jobs_in_flight"] == sum(
         j["state"] not in TERMINAL for j in live
     )
-    assert meta[dg.AssetKey(["analytics", "voice_training_jobs"])]["dagster/row_count"] == len(live)
+    assert meta[dg.AssetKey(["analytics", "live_voice_training_jobs"])]["dagster/row_count"] == len(live)
     preview = result.get_asset_materialization_events()[0].materialization.metadata["preview"].value
     assert preview.startswith("| ")
 
@@ -545,7 +545,7 @@ def test_model_asset_lineage():
     analytics = build_analytics_assets()
     deps = analytics.asset_deps
     assert deps[dg.AssetKey("failure_rate_by_tag")] == {dg.AssetKey(["analytics", "job_outcomes"])}
-    assert deps[dg.AssetKey(["analytics", "voice_training_jobs"])] == {
+    assert deps[dg.AssetKey(["analytics", "live_voice_training_jobs"])] == {
         dg.AssetKey("voice_training_jobs"),
         dg.AssetKey("voice_training_job_changes"),
         dg.AssetKey("voice_training_job_deletions"),
@@ -567,11 +567,11 @@ def test_materialize_subset_and_refusal(tmp_path):
     allowed = dg.materialize(
         assets,
         resources=resources,
-        selection=dg.AssetSelection.assets(["analytics", "voice_training_jobs"]),
+        selection=dg.AssetSelection.assets(["analytics", "live_voice_training_jobs"]),
         run_config={"ops": {"analytics_models": {"config": {"allow_unmasked_personal_data": True}}}},
     )
     keys = [e.materialization.asset_key for e in allowed.get_asset_materialization_events()]
-    assert keys == [dg.AssetKey(["analytics", "voice_training_jobs"])]
+    assert keys == [dg.AssetKey(["analytics", "live_voice_training_jobs"])]
 
 
 def test_models_run_on_the_warehouse_schema(tmp_path, data):
@@ -594,3 +594,13 @@ def test_models_run_on_the_warehouse_schema(tmp_path, data):
         assert history_columns[-3:] == ["valid_from", "valid_to", "observed_at"]
         assert "row_hash" not in history_columns and "deleted_at" not in history_columns
         assert con.execute("SELECT count(*) FROM analytics.voice_training_job_transitions").fetchone()[0] > 0
+
+
+def test_no_model_asset_reads_like_the_sync_asset_it_depends_on():
+    """The graph labels an asset by its last key part: a view over voice_training_jobs must not
+    show as voice_training_jobs again (an edge that looks like a loop)."""
+    analytics = build_analytics_assets()
+    labels = {key.path[-1] for key in analytics.keys}
+    assert not labels & {key.path[-1] for key in SOURCE_ASSET_KEYS}
+    assert dg.AssetKey(["analytics", "live_voice_training_jobs"]) in analytics.keys
+    assert dg.AssetKey(["analytics", "job_outcomes"]) in analytics.keys
