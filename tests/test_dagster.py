@@ -127,14 +127,14 @@ def test_every_writer_shares_one_pool_of_one_slot():
     for name in writers:
         node = repo.asset_graph.get(dg.AssetKey(name)).assets_def.node_def
         assert node.pool == "voicejobs_warehouse", name
-    instance_config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    instance_config = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
     assert instance_config["concurrency"]["pools"]["default_limit"] == 1
 
 
 def test_dagster_yaml_is_a_valid_instance_config(tmp_path):
     import shutil
 
-    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", tmp_path / "dagster.yaml")
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
