@@ -127,7 +127,7 @@ class RetriesExhaustedError(MetaStudioError):
 
 
 class EndpointUnreachableError(MetaStudioError):
-    """No connection could be made to the endpoint (refused, DNS failure) after every attempt."""
+    """No connection could be made to the endpoint: refused after every attempt, or a name that does not resolve."""
 
     def __init__(self, host: str, detail: str, attempts: int) -> None:
         self.host = host
@@ -136,6 +136,37 @@ class EndpointUnreachableError(MetaStudioError):
             f"Cannot reach the MetaStudio endpoint at host {host!r} ({detail}) after {attempts} "
             f"attempt{'s' if attempts != 1 else ''}; check METASTUDIO_ENDPOINT or METASTUDIO_REGION "
             "and the network path to it."
+        )
+
+
+class ResponseTooLargeError(MetaStudioError):
+    """A response body passed the client's size cap; it was abandoned at the cap, not read whole."""
+
+    def __init__(self, host: str, size: int, cap: int, *, declared: bool = False, status: int | None = None) -> None:
+        self.host = host
+        self.size = size
+        self.cap = cap
+        if declared:
+            what = f"announced a response of {size:,} bytes, over the cap of {cap:,} bytes"
+        else:
+            what = f"sent a response larger than the cap of {cap:,} bytes (reading stopped at {size:,} bytes)"
+        super().__init__(
+            f"The MetaStudio endpoint at host {host!r} {what}; raise VOICEJOBS_MAX_RESPONSE_BYTES if the "
+            "source really sends such pages, otherwise check METASTUDIO_ENDPOINT points at the MetaStudio API.",
+            status=status,
+        )
+
+
+class CertificateError(MetaStudioError):
+    """The TLS handshake with the endpoint failed: its certificate could not be verified (or TLS broke)."""
+
+    def __init__(self, host: str, reason: str, *, verification: bool = True) -> None:
+        self.host = host
+        self.reason = reason
+        what = "the TLS certificate could not be verified" if verification else "the TLS handshake failed"
+        super().__init__(
+            f"Cannot connect securely to the MetaStudio endpoint at host {host!r}: {what}: {reason}; "
+            "check the endpoint or the machine's CA certificates."
         )
 
 
