@@ -8,11 +8,13 @@ shown by ``repr``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -46,38 +48,97 @@ ENV_VARS = {
 }
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = env.get(name, "").strip()
+class Bound(NamedTuple):
+    """The allowed range of one numeric setting and the variable that sets it."""
+
+    var: str
+    low: float
+    high: float
+    whole: bool = False  # an integer setting
+
+
+#: Every numeric field of Settings -> its variable and range. The one table both
+#: Settings.from_env (the CLI) and Settings.__post_init__ (the Dagster resources build
+#: Settings directly) check against, so both refuse the same values with the same message.
+#: The maxima are far beyond any useful value; they stop nan/inf and typos (1e12 seconds of
+#: safety lag overflowed datetime arithmetic mid-run).
+NUMBER_BOUNDS: dict[str, Bound] = {
+    "max_in_flight": Bound("VOICEJOBS_MAX_IN_FLIGHT", 1, 64, whole=True),
+    "max_rps": Bound("VOICEJOBS_MAX_RPS", 0.01, 1000),
+    "timeout": Bound("VOICEJOBS_TIMEOUT_SECONDS", 0.1, 3600),
+    "max_attempts": Bound("VOICEJOBS_MAX_ATTEMPTS", 1, 100, whole=True),
+    "max_retry_seconds": Bound("VOICEJOBS_MAX_RETRY_SECONDS", 0, 86_400),
+    "safety_lag_seconds": Bound("VOICEJOBS_SAFETY_LAG_SECONDS", 0, 86_400),
+    "lookback_seconds": Bound("VOICEJOBS_LOOKBACK_SECONDS", 0, 30 * 86_400),
+    "split_threshold": Bound("VOICEJOBS_SPLIT_THRESHOLD", 100, 1_000_000, whole=True),
+}
+
+#: The earliest creation day a sync accepts: MetaStudio did not exist before. Days before
+#: it (or far in the future) only made a sync page through decades of empty windows.
+EARLIEST_DAY = date(2018, 1, 1)
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _out_of_bounds(name: str, shown: str) -> ConfigurationError:
+    bound = NUMBER_BOUNDS[name]
+    kind = "a whole number" if bound.whole else "a number"
+    return ConfigurationError(
+        f"{bound.var}={shown} is not {kind} between {_plain(bound.low)} and {_plain(bound.high)}."
+    )
+
+
+def _check_number(name: str, value: object, shown: str | None = None) -> None:
+    """Raise the ConfigurationError of NUMBER_BOUNDS[name] unless ``value`` is a finite number in range."""
+    bound = NUMBER_BOUNDS[name]
+    shown = str(value) if shown is None else shown
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _out_of_bounds(name, shown)
+    if bound.whole and not isinstance(value, int):
+        raise _out_of_bounds(name, shown)
+    if not (math.isfinite(value) and bound.low <= value <= bound.high):
+        raise _out_of_bounds(name, shown)
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """The Settings field ``name`` from its variable (NUMBER_BOUNDS), or ``default`` when unset."""
+    bound = NUMBER_BOUNDS[name]
+    raw = env.get(bound.var, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = int(raw) if bound.whole else float(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number; set it to an integer >= {minimum}.") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={value} is too small; set it to an integer >= {minimum}.")
+        raise _out_of_bounds(name, raw) from None
+    _check_number(name, value, raw)
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float | None, minimum: float = 0.0) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number; set it to a number >= {minimum}.") from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={value} is too small; set it to a number >= {minimum}.")
-    return value
+def day_range(today: date | None = None) -> tuple[date, date]:
+    """The creation days a sync accepts: EARLIEST_DAY to the day after ``today`` (default: today in UTC)."""
+    today = datetime.now(UTC).date() if today is None else today
+    return EARLIEST_DAY, today + timedelta(days=1)
 
 
-def parse_day(text: str, what: str = "date") -> date:
-    """A ``YYYY-MM-DD`` day, or a ConfigurationError saying what was wrong."""
+def _check_day(day: date, what: str, today: date | None = None) -> date:
+    first, last = day_range(today)
+    if not first <= day <= last:
+        raise ConfigurationError(
+            f"{what} {day.isoformat()} is out of range; creation days run from {first.isoformat()} "
+            f"to {last.isoformat()}."
+        )
+    return day
+
+
+def parse_day(text: str, what: str = "date", *, today: date | None = None) -> date:
+    """A ``YYYY-MM-DD`` day within :func:`day_range`, or a ConfigurationError saying what was wrong."""
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(text.strip())
     except (ValueError, AttributeError):
         raise ConfigurationError(f"{what} {text!r} is not a valid date; write it as YYYY-MM-DD, e.g. 2025-03-01.") from None
+    return _check_day(day, what, today)
 
 
 @dataclass(frozen=True)
@@ -113,6 +174,13 @@ class Settings:
             )
         if self.app_user_id is not None and any("\u4e00" <= ch <= "\u9fff" for ch in self.app_user_id):
             raise ConfigurationError("METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule).")
+        for name in NUMBER_BOUNDS:
+            value = getattr(self, name)
+            if not (name == "max_rps" and value is None):
+                _check_number(name, value)
+        if not isinstance(self.first_day, date):
+            raise ConfigurationError(f"VOICEJOBS_FIRST_DAY {self.first_day!r} is not a date.")
+        _check_day(self.first_day, "VOICEJOBS_FIRST_DAY")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -135,14 +203,14 @@ class Settings:
             app_user_id=text("METASTUDIO_APP_USER_ID"),
             data_dir=Path(text("VOICEJOBS_DATA_DIR") or "data"),
             first_day=parse_day(first_day, "VOICEJOBS_FIRST_DAY") if first_day else DEFAULT_FIRST_DAY,
-            max_in_flight=_int(env, "VOICEJOBS_MAX_IN_FLIGHT", 8),
-            max_rps=_float(env, "VOICEJOBS_MAX_RPS", None, minimum=0.01),
-            timeout=_float(env, "VOICEJOBS_TIMEOUT_SECONDS", 30.0, minimum=0.1),
-            max_attempts=_int(env, "VOICEJOBS_MAX_ATTEMPTS", 6),
-            max_retry_seconds=_float(env, "VOICEJOBS_MAX_RETRY_SECONDS", 300.0, minimum=0.0),
-            safety_lag_seconds=_float(env, "VOICEJOBS_SAFETY_LAG_SECONDS", 120.0),
-            lookback_seconds=_float(env, "VOICEJOBS_LOOKBACK_SECONDS", 7200.0),
-            split_threshold=_int(env, "VOICEJOBS_SPLIT_THRESHOLD", 10_000, minimum=100),
+            max_in_flight=_env_number(env, "max_in_flight", 8),
+            max_rps=_env_number(env, "max_rps", None),
+            timeout=_env_number(env, "timeout", 30.0),
+            max_attempts=_env_number(env, "max_attempts", 6),
+            max_retry_seconds=_env_number(env, "max_retry_seconds", 300.0),
+            safety_lag_seconds=_env_number(env, "safety_lag_seconds", 120.0),
+            lookback_seconds=_env_number(env, "lookback_seconds", 7200.0),
+            split_threshold=_env_number(env, "split_threshold", 10_000),
             personal_data=(text("VOICEJOBS_PERSONAL_DATA") or "mask").lower(),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
