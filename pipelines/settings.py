@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -266,14 +267,21 @@ class Settings:
         return self.project_ids
 
 
+#: What a project id may be: Huawei's are 32 hex characters; other ASCII letters, digits,
+#: '-' and '_' up to 64 pass too. Each id becomes a URL path segment and a lake directory
+#: name, so non-ASCII ids (UnicodeEncodeError) and long ones (ENAMETOOLONG) are refused here.
+PROJECT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def split_project_ids(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
     ids = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     for pid in ids:
-        if not pid.replace("-", "").replace("_", "").isalnum():
+        if not PROJECT_ID_PATTERN.fullmatch(pid):
+            shown = repr(pid) if len(pid) <= 40 else f"{pid[:32]!r}... ({len(pid)} characters)"
             raise ConfigurationError(
-                f"Project id {pid!r} in HUAWEICLOUD_SDK_PROJECT_ID is not valid; use the 32-character id "
-                "from the console's 'My Credentials' page."
+                f"Project id {shown} in HUAWEICLOUD_SDK_PROJECT_ID is not valid; a project id is 1 to 64 "
+                "ASCII letters, digits, '-' or '_' (the 32-character id from the console's 'My Credentials' page)."
             )
     return ids

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.cli import EXIT_FAILED, EXIT_USAGE, main
 from pipelines.metastudio.errors import ConfigurationError
-from pipelines.settings import EARLIEST_DAY, NUMBER_BOUNDS, Settings, parse_day
+from pipelines.settings import EARLIEST_DAY, NUMBER_BOUNDS, Settings, parse_day, split_project_ids
 
 PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 # Nothing listens on the discard port: a run that got as far as the network would say so.
@@ -143,3 +143,29 @@ def test_settings_built_directly_check_the_first_day():
         Settings(first_day=date(1900, 1, 1))
     with pytest.raises(ConfigurationError, match="VOICEJOBS_FIRST_DAY 9999-12-31 is out of range"):
         Settings.from_env({"VOICEJOBS_FIRST_DAY": "9999-12-31"})
+
+
+# ---------------------------------------------------------------- project ids
+
+
+@pytest.mark.parametrize("pid", ["a" * 300, "a" * 65, "项目", "proj.1", "p 1", "ｐｒｏｊ"])
+def test_project_ids_the_api_and_the_lake_cannot_hold_are_refused(pid):
+    with pytest.raises(ConfigurationError) as err:
+        split_project_ids(f"{PROJECT},{pid}")
+    message = str(err.value)
+    assert "HUAWEICLOUD_SDK_PROJECT_ID" in message
+    assert "1 to 64" in message and "ASCII letters, digits, '-' or '_'" in message
+    assert len(message) < 300  # a long id is shortened, not quoted whole
+
+
+def test_project_id_refused_through_the_cli(env, capsys, tmp_path):
+    env.setenv("HUAWEICLOUD_SDK_PROJECT_ID", "a" * 300)
+    code, line = run_cli(capsys, "--since", "2026-01-01", "--until", "2026-01-02")
+    assert code == EXIT_FAILED  # a bad setting
+    assert "HUAWEICLOUD_SDK_PROJECT_ID" in line and "1 to 64" in line
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("pid", [PROJECT, "a" * 64, "x", "sim-project", "Proj_2-b"])
+def test_valid_project_ids_pass(pid):
+    assert split_project_ids(f" {pid} ,{pid}") == (pid,)
