@@ -26,7 +26,13 @@ temporary file, fsync and os.replace: from its old file plus the batch's rows an
 marks where that is exact (`_export_from_batch`), else from the table
 (`export_dirty_partitions()`, safe to re-run); only then is its mark cleared. A crash between
 the commit and the export leaves the marks, and the next export writes those partitions
-from the table. A partition without a mark therefore always equals its file.
+from the table. A partition without a mark therefore always equals its file. A partition
+that cannot be written (a full disk, a path in the way, a name too long) keeps its mark and
+its old file without holding up the others; the run that left it so fails at its end with a
+LakeExportError naming it (see finish_run).
+
+Runs: `sync_runs.status` is 'running' from begin_run() to finish_run(), then 'succeeded' or
+'failed'; a run whose process died in between is set to 'abandoned' by the next begin_run().
 
 Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
 DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key
@@ -35,12 +41,14 @@ inside one transaction.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -59,6 +67,8 @@ import pyarrow.parquet as pq
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
 from pipelines.schema import JOBS_SCHEMA, Quarantined
+
+log = logging.getLogger(__name__)
 
 JOBS_TABLE = "voice_training_jobs"
 DUCKDB_MEMORY_LIMIT = "160MB"
@@ -108,6 +118,40 @@ class WarehouseError(Exception):
     """Storage cannot be used or written; the message names the path and what to do."""
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _lake_fix(exc: OSError, path: Path, data_dir: Path) -> str:
+    """What to do about ``exc`` raised while writing the lake file ``path``, by its errno."""
+    if exc.errno in _DISK_FULL_ERRNOS:
+        return f"free space on the disk holding {data_dir}"
+    if exc.errno in _PERMISSION_ERRNOS:
+        return f"fix the permissions of {path.parent} (and of the directories above it in {data_dir})"
+    if exc.errno == errno.ENAMETOOLONG:
+        return ("the name is too long for the file system; use a data directory with a shorter path "
+                "(VOICEJOBS_DATA_DIR) or a shorter project id")
+    return "fix that path"
+
+
+class LakeExportError(WarehouseError):
+    """Lake partitions that could not be written, every other one having been written.
+
+    The warehouse keeps their rows and their dirty marks, so the next export writes them.
+    ``failures`` holds (partition file, OSError) pairs; the message names the first one, its
+    cause and the fix."""
+
+    def __init__(self, failures: Sequence[tuple[Path, OSError]], data_dir: Path) -> None:
+        self.failures = list(failures)
+        path, exc = self.failures[0]
+        more = len(self.failures) - 1
+        others = f", as are {more} more partition{'s' if more != 1 else ''} that failed" if more else ""
+        super().__init__(
+            f"writing the lake file {path} failed ({exc.strerror or exc}); {_lake_fix(exc, path, data_dir)}, "
+            f"then run the sync again (the warehouse keeps its data; the partition stays marked for export{others})"
+        )
+
+
 @dataclass(frozen=True)
 class WindowRecord:
     """One fetched listing window: what the API counted and what the sync got."""
@@ -147,6 +191,7 @@ class ApplyStats:
     windows: int = 0
     quarantined: int = 0
     partitions_written: int = 0
+    partitions_failed: int = 0  # lake partitions left marked: they could not be written
 
 
 @dataclass
@@ -234,6 +279,10 @@ def _aware(dt: datetime, what: str) -> datetime:
     return dt.astimezone(UTC)
 
 
+# Runs begun by this process and not finished yet (see Warehouse.begin_run).
+_LIVE_RUNS: set[str] = set()
+_LIVE_RUNS_LOCK = threading.Lock()
+
 _DISK_FULL_TEXTS = ("no space left", "file too large", "disk quota", "could not write file")
 
 
@@ -276,6 +325,9 @@ class Warehouse:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.RLock()
         self._schema_ready = False
+        # run_id -> lake partitions that failed to export during that run: later batches of
+        # the run skip them, finish_run() tries them once more (see apply()).
+        self._stuck: dict[str, set[tuple[str, date]]] = {}
         try:
             self.lake_dir.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.data_dir)
@@ -396,36 +448,106 @@ class Warehouse:
     # ------------------------------------------------------------------ runs
 
     def begin_run(self, mode: str, details: Mapping[str, Any]) -> str:
-        """Record the start of a sync run; returns its run_id (uuid4 hex)."""
+        """Record the start of a sync run; returns its run_id (uuid4 hex).
+
+        A run still 'running' whose process is gone (SIGKILL, the OOM killer, a power cut:
+        nothing could record its end) becomes 'abandoned' here, with finished_at the time it
+        was found and stats saying so. Only one process can open warehouse.duckdb for writing
+        and a sync keeps it open from begin_run() to finish_run(), so every 'running' row is
+        dead except the runs this process began and has not finished (_LIVE_RUNS).
+        """
         run_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        with _LIVE_RUNS_LOCK:
+            live = sorted(_LIVE_RUNS)
+        found = json.dumps({
+            "abandoned": f"found abandoned at {now.isoformat()} by run {run_id}: its process ended "
+                         "without recording how the run ended (killed or crashed)",
+            "found_abandoned_at": now.isoformat(),
+            "found_by_run": run_id,
+        }, sort_keys=True)  # fmt: skip
         with self._cursor() as con:
-            con.execute(
-                "INSERT INTO sync_runs (run_id, started_at, status, mode, details) VALUES (?, ?, 'running', ?, ?)",
-                [run_id, datetime.now(UTC), mode, json.dumps(dict(details), default=str, sort_keys=True)],
-            )
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    "UPDATE sync_runs SET status = 'abandoned', finished_at = ?, stats = ?"
+                    " WHERE status = 'running' AND NOT list_contains(CAST(? AS VARCHAR[]), run_id)",
+                    [now, found, live],
+                )
+                con.execute(
+                    "INSERT INTO sync_runs (run_id, started_at, status, mode, details) VALUES (?, ?, 'running', ?, ?)",
+                    [run_id, now, mode, json.dumps(dict(details), default=str, sort_keys=True)],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        with _LIVE_RUNS_LOCK:
+            _LIVE_RUNS.add(run_id)
         return run_id
 
     def finish_run(self, run_id: str, status: str, stats: Mapping[str, Any]) -> None:
         """Close a run: status 'succeeded' or 'failed'; `stats` is kept as JSON, and its
         rows (or rows_written), requests, retries (a number or a mapping of counts) and
-        quarantined are copied into columns."""
+        quarantined are copied into columns. ('abandoned' is set by begin_run() only.)
+
+        A run closing as 'succeeded' first exports the lake partitions still marked, which
+        gives the ones that failed during the run one more try. If one still cannot be
+        written, the run is recorded as 'failed' with the error in its stats and the
+        LakeExportError is raised: the run's data stays committed, every other partition is
+        exported, and nothing stale goes unnoticed.
+        """
         if status not in ("succeeded", "failed"):
             raise ValueError(f"status must be 'succeeded' or 'failed', not {status!r}")
+        closing_a_failure = status == "failed"
+        lake_error: LakeExportError | None = None
+        try:
+            if status == "succeeded":
+                try:
+                    self.export_dirty_partitions()
+                except LakeExportError as exc:
+                    lake_error = exc
+                    status = "failed"
+                    stats = {**stats, "error": str(exc),
+                             "lake_partitions_not_written": [str(path) for path, _ in exc.failures]}
+        finally:
+            with self._lock:
+                self._stuck.pop(run_id, None)
+            with _LIVE_RUNS_LOCK:
+                _LIVE_RUNS.discard(run_id)
         retries = stats.get("retries")
         if isinstance(retries, Mapping):
             retries = sum(int(v) for v in retries.values())
         rows = stats.get("rows", stats.get("rows_written"))
-        with self._cursor() as con:
-            found = con.execute(
-                "UPDATE sync_runs SET finished_at = ?, status = ?, rows = ?, requests = ?, retries = ?,"
-                " quarantined = ?, stats = ? WHERE run_id = ? RETURNING run_id",
-                [
-                    datetime.now(UTC), status, rows, stats.get("requests"), retries, stats.get("quarantined"),
-                    json.dumps(dict(stats), default=str, sort_keys=True), run_id,
-                ],
-            ).fetchall()  # fmt: skip
+        try:
+            with self._cursor() as con:
+                found = con.execute(
+                    "UPDATE sync_runs SET finished_at = ?, status = ?, rows = ?, requests = ?, retries = ?,"
+                    " quarantined = ?, stats = ? WHERE run_id = ? RETURNING run_id",
+                    [
+                        datetime.now(UTC), status, rows, stats.get("requests"), retries, stats.get("quarantined"),
+                        json.dumps(dict(stats), default=str, sort_keys=True), run_id,
+                    ],
+                ).fetchall()  # fmt: skip
+        except (OSError, duckdb.Error) as exc:
+            if closing_a_failure:
+                # Closing a failed run is best effort: the error that failed it (often the same full
+                # disk) is the one to report, and the next run marks this one abandoned.
+                log.info("could not record the end of failed run %s in %s: %s", run_id, self.db_path, exc)
+                return
+            if lake_error is None and _is_disk_error(exc):
+                raise WarehouseError(
+                    f"recording the end of run {run_id} in {self.db_path} failed ({exc}); free space on the "
+                    f"disk holding {self.data_dir} and run again; the warehouse keeps its data"
+                ) from exc
+            if lake_error is not None:
+                raise lake_error from exc
+            raise
         if not found:
             raise ValueError(f"no sync run {run_id!r} in {self.db_path}")
+        if lake_error is not None:
+            raise lake_error
 
     # ------------------------------------------------------------------ apply
 
@@ -455,6 +577,9 @@ class Warehouse:
 
         The lake partitions the batch touched are written after COMMIT: from the old file and
         the batch's winning rows where that is exact, else by export_dirty_partitions().
+        A partition that cannot be written stops neither the others nor the run: it keeps its
+        dirty mark (``stats.partitions_failed`` counts it), later batches of the run skip it,
+        and finish_run() tries it once more and fails the run if it still cannot be written.
         """
         now = datetime.now(UTC)
         deleted_at = _aware(deleted_at, "deleted_at") if deleted_at is not None else now
@@ -499,9 +624,16 @@ class Warehouse:
                     with suppress(duckdb.Error):
                         con.execute(f"DROP TABLE IF EXISTS temp.{name}")
         crashpoint("apply_after_commit")
+        with self._lock:
+            stuck = frozenset(self._stuck.get(run_id, ()))
         if len(plan.ords) or plan.marks:
-            stats.partitions_written = self._export_from_batch(jobs.take(plan.ords), plan)
-        stats.partitions_written += self.export_dirty_partitions()
+            stats.partitions_written = self._export_from_batch(jobs.take(plan.ords), plan, skip=stuck)
+        written, failures = self._export_dirty(skip=stuck)
+        stats.partitions_written += written
+        stats.partitions_failed = len(failures)
+        if failures:
+            with self._lock:
+                self._stuck.setdefault(run_id, set()).update(key for key, _, _ in failures)
         crashpoint("lake_exported")
         return stats
 
@@ -755,32 +887,47 @@ class Warehouse:
 
         One query reads the rows of up to ``EXPORT_PARTITIONS`` dirty partitions (a scan per
         partition costs far more than the files themselves); the result is sliced per partition
-        in Arrow.
+        in Arrow. A partition that cannot be written keeps its mark and does not stop the
+        others: once every other one is written, LakeExportError names it and its cause.
         """
+        done, failures = self._export_dirty()
+        if failures:
+            raise LakeExportError([(path, exc) for _, path, exc in failures], self.data_dir)
+        return done
+
+    def _export_dirty(
+        self, skip: Collection[tuple[str, date]] = ()
+    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
+        """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
         done = 0
+        failures: list[tuple[tuple[str, date], Path, OSError]] = []
         with self._cursor() as con:
-            dirty = con.execute(
-                "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 1, 2"
-            ).fetchall()
-            if not dirty:
-                return 0
+            dirty = [
+                tuple(key) for key in con.execute(
+                    "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 1, 2"
+                ).fetchall()
+                if tuple(key) not in skip
+            ]  # fmt: skip
             # A change capture can dirty every day of the history: partitions are read a few
             # at a time so the rows held (and sorted inside DuckDB's memory limit) stay bounded.
             for project_id, group in groupby(dirty, key=lambda key: key[0]):
                 days = [day for _, day in group]
                 for i in range(0, len(days), EXPORT_PARTITIONS):
-                    done += self._export_partitions(con, project_id, days[i:i + EXPORT_PARTITIONS])
-        return done
+                    written, failed = self._export_partitions(con, project_id, days[i:i + EXPORT_PARTITIONS])
+                    done += written
+                    failures += failed
+        return done, failures
 
-    def _export_from_batch(self, winners: pa.Table, plan: _LakePlan) -> int:
+    def _export_from_batch(self, winners: pa.Table, plan: _LakePlan, skip: Collection[tuple[str, date]] = ()) -> int:
         """Write the partitions a committed batch changed without reading the table.
 
         A partition not marked dirty before the batch equals its file (the invariant of the
         dirty marks), so after the batch it is the old file's rows whose keys did not win,
         plus the winners (deleted_at NULL: a listed job is not deleted), with the batch's
         deletion marks applied, ordered by job_id as an export from the table would be.
-        Partitions in ``plan.slow``, and any whose old file is needed but cannot be read,
-        keep their dirty marks for export_dirty_partitions(). Most of the lake is written
+        Partitions in ``plan.slow`` or ``skip``, any whose old file is needed but cannot be
+        read, and any that cannot be written keep their dirty marks for
+        export_dirty_partitions(), which reports what still fails. Most of the lake is written
         here: reading rows back from DuckDB cost more than writing them.
         """
         day = pc.cast(pc.divide(pc.cast(winners["create_time"], pa.int64()), 86_400_000), pa.int32())
@@ -797,24 +944,29 @@ class Warehouse:
             path = self.partition_path(*key)
             offset, length = slices.get(key, (0, 0))
             part = table.slice(offset, length)
-            if path.exists():
-                try:
-                    old = pq.read_table(path, schema=STORED_JOBS_SCHEMA)
-                except (OSError, pa.ArrowException):
-                    return False  # unreadable: exported from the table afterwards
-                keep = old.filter(pc.invert(pc.is_in(old["job_id"], value_set=part["job_id"])))
-                part = pa.concat_tables([keep, part]).sort_by("job_id")
-            elif key in plan.marks and not length:
-                return False  # marks on rows the lake does not hold yet: exported from the table
-            if key in plan.marks:
-                part = _with_deletion_marks(part, plan.marks[key])
-            self._write_partition(path, part)
+            try:
+                if path.exists():
+                    try:
+                        old = pq.read_table(path, schema=STORED_JOBS_SCHEMA)
+                    except (OSError, pa.ArrowException):
+                        return False  # unreadable: exported from the table afterwards
+                    keep = old.filter(pc.invert(pc.is_in(old["job_id"], value_set=part["job_id"])))
+                    part = pa.concat_tables([keep, part]).sort_by("job_id")
+                elif key in plan.marks and not length:
+                    return False  # marks on rows the lake does not hold yet: exported from the table
+                if key in plan.marks:
+                    part = _with_deletion_marks(part, plan.marks[key])
+                self._write_partition(path, part)
+            except OSError:
+                return False  # tried again from the table afterwards, which reports what still fails
             crashpoint("lake_replaced")
             return True
 
         # Parquet reading, encoding and compression release the GIL: partitions are written
         # side by side (a change capture touches a few hundred of them).
-        keys = [key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow]
+        keys = [
+            key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow and key not in skip
+        ]
         if len(keys) > 1:
             with ThreadPoolExecutor(LAKE_WRITERS, thread_name_prefix="lake") as pool:
                 done = list(pool.map(write, keys))
@@ -843,8 +995,11 @@ class Warehouse:
         finally:
             con.unregister("_exported")
 
-    def _export_partitions(self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> int:
-        """Rewrite the lake files of ``days`` of one project from one query; clear their dirty marks."""
+    def _export_partitions(
+        self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]
+    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
+        """Rewrite the lake files of ``days`` of one project from one query; clear the dirty
+        marks of those written. Returns (files written, (key, path, error) of those that failed)."""
         known = [day for day in days if day is not None]
         if known:
             # The create_time range lets DuckDB skip row groups by their min/max (a backfill
@@ -868,29 +1023,40 @@ class Warehouse:
         slices = _partition_slices(table)
         table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
         empty = table.slice(0, 0)
+        written: list[tuple[str, date]] = []
+        failed: list[tuple[tuple[str, date], Path, OSError]] = []
         for day in days:
             offset, length = slices.get((project_id, day), (0, 0))
             part = table.slice(offset, length) if length else empty
-            self._write_partition(self.partition_path(project_id, day), part)
+            path = self.partition_path(project_id, day)
+            try:
+                self._write_partition(path, part)
+            except OSError as exc:
+                failed.append(((project_id, day), path, exc))  # keeps its mark; the others go on
+                continue
+            written.append((project_id, day))
             crashpoint("lake_replaced")
-        self._clear_dirty(con, [(project_id, day) for day in days])
-        return len(days)
+        self._clear_dirty(con, written)
+        return len(written), failed
 
     def _write_partition(self, path: Path, table: pa.Table) -> None:
-        # Temporary files left by a crashed export; this process is the only writer.
-        for stale in path.parent.glob(".data-*.parquet.tmp"):
-            with suppress(OSError):
-                stale.unlink()
-        if table.num_rows == 0:
-            with suppress(FileNotFoundError):
-                path.unlink()
-                _fsync_dir(path.parent)
-            for empty in (path.parent, path.parent.parent):
-                with suppress(OSError):
-                    empty.rmdir()  # only succeeds when nothing else is left
-            return
+        """Replace one lake file through a temporary file, or remove it when ``table`` is empty.
+
+        Raises the OSError of a failed write; the old file is then left as it was."""
         tmp: Path | None = None
         try:
+            # Temporary files left by a crashed export; this process is the only writer.
+            for stale in path.parent.glob(".data-*.parquet.tmp"):
+                with suppress(OSError):
+                    stale.unlink()
+            if table.num_rows == 0:
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                    _fsync_dir(path.parent)
+                for empty in (path.parent, path.parent.parent):
+                    with suppress(OSError):
+                        empty.rmdir()  # only succeeds when nothing else is left
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=".data-", suffix=".parquet.tmp", dir=path.parent)
             tmp = Path(name)
@@ -904,11 +1070,6 @@ class Warehouse:
             os.replace(tmp, path)
             tmp = None
             _fsync_dir(path.parent)
-        except OSError as exc:
-            raise WarehouseError(
-                f"writing the lake file {path} failed ({exc.strerror or exc}); free space on the disk "
-                f"holding {self.data_dir}, then run the sync again (the partition stays marked for export)"
-            ) from exc
         finally:
             if tmp is not None:
                 with suppress(OSError):

@@ -19,6 +19,7 @@ of a larger run, which land inside DuckDB's own write and commit paths.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -154,6 +155,7 @@ def _assert_repaired(server, data_dir: Path) -> None:
         assert con.execute("select count(*) from lake_dirty").fetchone()[0] == 0
         statuses = dict(con.execute("select status, count(*) from sync_runs group by 1").fetchall())
     assert statuses.get("succeeded", 0) >= 1
+    assert "running" not in statuses, "a killed run was left 'running'"
 
 
 def _truth_rows(server) -> dict:
@@ -181,6 +183,37 @@ def test_sigkill_at_a_crash_point_leaves_a_consistent_warehouse(world, tmp_path,
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     _assert_repaired(server, data_dir)
+
+
+def _runs(data_dir: Path) -> dict[str, tuple]:
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("select run_id, status, started_at, finished_at, stats from sync_runs").fetchall()
+    return {run_id: rest for run_id, *rest in rows}
+
+
+def test_the_next_run_marks_a_killed_run_abandoned(world, tmp_path):
+    server, baseline, _ = world
+    data_dir = tmp_path / "data"
+    shutil.copytree(baseline, data_dir)
+    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT="apply_after_commit"), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"rc={proc.returncode}\n{out}\n{err}"
+    killed = [run_id for run_id, (status, *_) in _runs(data_dir).items() if status == "running"]
+    assert len(killed) == 1  # the killed process could not record how its run ended
+
+    proc = _cli(_env(server, data_dir), "sync")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    runs = _runs(data_dir)
+    status, _, finished_at, stats = runs[killed[0]]
+    assert status == "abandoned"
+    stats = json.loads(stats)
+    finder = runs[stats["found_by_run"]]
+    assert finder[0] == "succeeded"
+    assert finished_at == finder[1]  # closed when the next run started and found it
+    assert stats["found_abandoned_at"] == finished_at.isoformat()
+    assert stats["abandoned"].startswith(f"found abandoned at {finished_at.isoformat()}")
+    assert [s for s, *_ in runs.values()].count("running") == 0
 
 
 def test_sigkill_from_outside_at_random_moments(tmp_path):

@@ -296,6 +296,28 @@ def test_windows_quarantine_and_runs_are_recorded(wh: Warehouse):
         wh.finish_run("missing", "failed", {})
 
 
+def test_begin_run_marks_runs_of_dead_processes_abandoned_only(wh: Warehouse):
+    # A run left 'running' by a process that no longer exists (it never reached finish_run).
+    with wh.connect() as con:
+        con.execute("INSERT INTO sync_runs (run_id, started_at, status, mode) VALUES"
+                    " ('dead', TIMESTAMPTZ '2025-03-01 00:00:00+00', 'running', 'days')")
+    live = wh.begin_run("days", {})
+    runs = dict(sql(wh, "SELECT run_id, status FROM sync_runs"))
+    assert runs == {"dead": "abandoned", live: "running"}
+    finished_at, stats = sql(wh, "SELECT finished_at, stats FROM sync_runs WHERE run_id = 'dead'")[0]
+    started_at = sql(wh, "SELECT started_at FROM sync_runs WHERE run_id = ?", [live])[0][0]
+    assert finished_at == started_at
+    assert json.loads(stats)["found_by_run"] == live
+    # A run this process began and has not finished is alive: a second run leaves it alone.
+    other = wh.begin_run("incremental", {})
+    assert dict(sql(wh, "SELECT run_id, status FROM sync_runs")) == {
+        "dead": "abandoned", live: "running", other: "running"}
+    wh.finish_run(live, "succeeded", {})
+    wh.finish_run(other, "failed", {})
+    assert dict(sql(wh, "SELECT run_id, status FROM sync_runs")) == {
+        "dead": "abandoned", live: "succeeded", other: "failed"}
+
+
 def _state(wh: Warehouse) -> tuple:
     return (
         wh.jobs_table().to_pylist(),
@@ -435,14 +457,21 @@ def test_lake_write_failure_keeps_old_file_and_mark_and_leaves_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("pipelines.warehouse.os.fsync", disk_full)
-    with pytest.raises(WarehouseError) as err:
-        wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=3)]))
-    assert str(path) in str(err.value) and "free space" in str(err.value)
-    # the database transaction committed; the lake keeps its old, whole file and the mark
+    # the database transaction commits; the partition that could not be written is counted ...
+    assert wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=3)])).partitions_failed == 1
+    # ... and the lake keeps its old, whole file and the mark
     assert states(wh) == {"a": "SUCCEED"}
     assert path.read_bytes() == old_bytes
     assert [p.name for p in path.parent.iterdir()] == ["data.parquet"]
     assert sql(wh, "SELECT project_id, create_day FROM lake_dirty") == [("p1", DAY1.date())]
+    # exporting (and closing the run) says which file and what to do
+    with pytest.raises(WarehouseError) as err:
+        wh.export_dirty_partitions()
+    assert str(path) in str(err.value) and "free space" in str(err.value)
+    with pytest.raises(WarehouseError, match="free space"):
+        wh.finish_run(run, "succeeded", {})
+    assert sql(wh, "SELECT status FROM sync_runs WHERE run_id = ?", [run]) == [("failed",)]
+    assert path.read_bytes() == old_bytes
     monkeypatch.undo()
     assert wh.export_dirty_partitions() == 1
     assert _lake_rows(wh) == wh.jobs_table().to_pylist()
