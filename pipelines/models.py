@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from pipelines.schema import PHONE_FIELD, URL_FIELDS
+from pipelines.warehouse import WarehouseError, _is_disk_error
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA = "analytics"
@@ -186,7 +188,8 @@ def refresh_models(
     """Rebuild the given models (default: all) in dependency order, in one transaction.
 
     Returns {model name: rows in analytics.<name> afterwards}, in build order. A failure
-    rolls every model back to its previous state. Unknown names raise ModelError.
+    rolls every model back to its previous state. Unknown names raise ModelError; a full
+    disk (or another write error of the database file) raises a one-line WarehouseError.
     Analytics views expose phone and URL columns as stored, so the refresh refuses
     (UnmaskedPersonalDataError, nothing changed) when the warehouse holds them in clear,
     unless `allow_unmasked_personal_data` says the raw policy is intended.
@@ -204,20 +207,46 @@ def refresh_models(
         if found:
             raise UnmaskedPersonalDataError(found)
     rows: dict[str, int] = {}
-    con.execute("BEGIN TRANSACTION")
+    database = _database_file(con)  # asked first: a failed write can leave the connection unusable
     try:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        for model in ordered:
-            try:
-                con.execute(model.sql)
-            except duckdb.Error as exc:
-                raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
-            rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            for model in ordered:
+                try:
+                    con.execute(model.sql)
+                except duckdb.Error as exc:
+                    if _is_disk_error(exc):
+                        raise
+                    raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
+                rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+        except BaseException:
+            with suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        # DuckDB writes the models when committing: a full disk surfaces here.
+        con.execute("COMMIT")
+    except (OSError, duckdb.Error) as exc:
+        if not _is_disk_error(exc):
+            raise
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        disk = f"the disk holding {database.parent}" if database else "the disk"
+        raise WarehouseError(
+            f"refreshing the SQL models in {database or 'the warehouse'} failed ({detail}); free space on {disk} "
+            "and run again; the warehouse keeps its data (the models their previous state)"
+        ) from exc
     return rows
+
+
+def _database_file(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of ``con``'s current database (None in memory), for messages."""
+    with suppress(duckdb.Error):
+        row = con.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()
+        if row and row[0]:
+            return Path(row[0])
+    return None
 
 
 def connect(

@@ -176,3 +176,41 @@ def test_full_disk_keeps_the_previous_warehouse(server, tmp_path):
     assert after == before
     # and once space is back, the sync goes through
     assert voicejobs(env, "sync", *DATES).returncode == 0
+
+
+# The CLI, with the disk filling up the moment the SQL models start to refresh: from then on
+# no file may grow past 1 KiB (as test_full_disk_keeps_the_previous_warehouse, for the models).
+_FULL_DISK_AT_MODEL_REFRESH = """
+import resource, signal, sys
+import pipelines.models as models
+refresh = models.refresh_models
+def refresh_on_a_full_disk(*args, **kwargs):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return refresh(*args, **kwargs)
+models.refresh_models = refresh_on_a_full_disk
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_full_disk_during_the_model_refresh(server, tmp_path):
+    import duckdb
+
+    env = env_for(server, tmp_path)
+    assert voicejobs(env, "sync", *DATES).returncode == 0
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        daily_before = con.execute("select * from analytics.daily_job_stats order by all").fetchall()
+    before = Warehouse(tmp_path).jobs_table().num_rows
+    assert daily_before and before
+
+    result = subprocess.run([sys.executable, "-c", _FULL_DISK_AT_MODEL_REFRESH, "sync", *DATES], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    line = assert_one_clear_line(result, "free space", str(tmp_path / "warehouse.duckdb"), "keeps its data")
+    assert "SQL models" in line
+
+    # The warehouse keeps its data and the models their previous state; with space back, all goes through.
+    assert Warehouse(tmp_path).jobs_table().num_rows == before
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("select * from analytics.daily_job_stats order by all").fetchall() == daily_before
+    assert voicejobs(env, "sync", *DATES).returncode == 0
