@@ -38,11 +38,12 @@ WAREHOUSE_RESOURCE_KEY = "warehouse"
 WAREHOUSE_POOL = "voicejobs_warehouse"
 PREVIEW_ROWS = 20
 
-# Headline numbers per model: one row whose columns become plottable metadata.
+# Headline numbers per model: one row whose columns become plottable metadata. Rates come from
+# the macro analytics.failure_rate (sql/_macros.sql), never a formula written here.
 HEADLINES: dict[str, str] = {
     **{
         f"failure_rate_by_{g}": f"""
-            SELECT sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0) AS overall_failure_rate,
+            SELECT analytics.failure_rate(sum(failed), sum(succeeded)) AS overall_failure_rate,
                    sum(total_jobs) AS total_jobs, sum(in_progress) AS jobs_in_flight,
                    count(*) AS groups
             FROM analytics.failure_rate_by_{g}"""
@@ -51,7 +52,7 @@ HEADLINES: dict[str, str] = {
     **{
         f"{p}_job_stats": f"""
             SELECT sum(jobs_created) AS jobs_created,
-                   sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0) AS overall_failure_rate
+                   analytics.failure_rate(sum(failed), sum(succeeded)) AS overall_failure_rate
             FROM analytics.{p}_job_stats"""
         for p in ("daily", "weekly", "monthly")
     },
@@ -71,8 +72,9 @@ HEADLINES: dict[str, str] = {
     "job_outcomes": """
         SELECT count(*) AS total_jobs,
                count(*) FILTER (WHERE outcome = 'in_progress') AS jobs_in_flight,
-               count(*) FILTER (WHERE outcome = 'failed')::DOUBLE
-                   / nullif(count(*) FILTER (WHERE outcome <> 'in_progress'), 0) AS overall_failure_rate
+               analytics.failure_rate(
+                   count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'succeeded')
+               ) AS overall_failure_rate
         FROM analytics.job_outcomes""",
 }
 

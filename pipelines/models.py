@@ -7,6 +7,13 @@ says what one row means and defines every column; it becomes the model's descrip
 Dependencies come from the SQL itself: every `analytics.<other>` reference is a dependency on
 the model `<other>`, and every `main.<table>` reference is a dependency on the warehouse.
 A header line `-- depends_on: a, b` adds dependencies the text does not show.
+
+`sql/_macros.sql` (MACROS_FILE) is not a model: it holds the `CREATE OR REPLACE MACRO
+analytics.<name>` statements of the business rules the models share, and every refresh runs
+it first, in the models' transaction. A call `analytics.<name>(...)` is a macro, not a
+dependency. A table macro is handed the relation it reads as an argument
+(`FROM analytics.failure_rate_by(analytics.job_outcomes, tag)`), so the calling model still
+names that relation; the macros file itself may name none.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pipelines.warehouse import WarehouseError, _is_disk_error
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA = "analytics"
+MACROS_FILE = "_macros.sql"  # in a models directory: the macros its models call, run first
 
 # Columns holding personal data that ingestion masks under the default policy.
 PHONE_COLUMN = PHONE_FIELD
@@ -34,7 +42,8 @@ _CREATE = re.compile(
     r"^\s*CREATE\s+OR\s+REPLACE\s+(VIEW|TABLE)\s+analytics\.([A-Za-z_][A-Za-z0-9_]*)\s+AS\b",
     re.IGNORECASE | re.MULTILINE,
 )
-_ANALYTICS_REF = re.compile(r"\banalytics\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+# A name followed by "(" is a call of a macro (sql/_macros.sql), not a relation.
+_ANALYTICS_REF = re.compile(r"\banalytics\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()", re.IGNORECASE)
 _MAIN_REF = re.compile(r"\bmain\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 _DEPENDS_ON = re.compile(r"^--\s*depends_on:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
 # Comments and string literals, scanned left to right so a quote inside a comment (or a
@@ -96,6 +105,11 @@ def _header(sql: str) -> str:
     return "\n".join(lines).strip()
 
 
+def _code(sql: str) -> str:
+    """`sql` with comments blanked and string literals emptied, for scanning names."""
+    return _COMMENT_OR_STRING.sub(lambda m: "''" if m.group().startswith("'") else " ", sql)
+
+
 def parse_model(path: Path) -> Model:
     """Read one model file; raise ModelError when it does not build `analytics.<file stem>`."""
     sql = path.read_text(encoding="utf-8")
@@ -103,7 +117,7 @@ def parse_model(path: Path) -> Model:
     description = _header(sql)
     if not description:
         raise ModelError(f"{path.name}: starts with no comment saying what a row means")
-    code = _COMMENT_OR_STRING.sub(lambda m: "''" if m.group().startswith("'") else " ", sql)
+    code = _code(sql)
     creates = _CREATE.findall(code)
     if len(creates) != 1:
         raise ModelError(f"{path.name}: expected one CREATE OR REPLACE VIEW|TABLE analytics.<name> AS")
@@ -152,12 +166,42 @@ def order_models(models: Iterable[Model]) -> list[Model]:
     return ordered
 
 
+def load_macros(models_dir: Path) -> str | None:
+    """The SQL of `models_dir`'s macros file (None without one); ModelError when it builds or reads a relation."""
+    path = Path(models_dir) / MACROS_FILE
+    if not path.is_file():
+        return None
+    sql = path.read_text(encoding="utf-8")
+    code = _code(sql)
+    if _CREATE.search(code):
+        raise ModelError(f"{path.name}: holds macros only; a relation is built by its own model file")
+    named = sorted(
+        {f"analytics.{r}" for r in _ANALYTICS_REF.findall(code)} | {f"main.{r}" for r in _MAIN_REF.findall(code)}
+    )
+    if named:
+        raise ModelError(
+            f"{path.name}: a macro names {', '.join(named)}; hand a table macro the relation it reads "
+            "as an argument, so the models calling it show the dependency"
+        )
+    return sql
+
+
+def macros_for(models: Iterable[Model]) -> list[tuple[Path, str]]:
+    """(path, SQL) of the macros file of each directory the models come from, to run before them."""
+    directories = sorted({m.path.parent for m in models})
+    return [(d / MACROS_FILE, sql) for d in directories if (sql := load_macros(d)) is not None]
+
+
 def load_models(models_dir: Path | None = None) -> list[Model]:
-    """Every `*.sql` model in `models_dir` (default MODELS_DIR), in dependency order."""
+    """Every `*.sql` model in `models_dir` (default MODELS_DIR), in dependency order.
+
+    The macros file (MACROS_FILE) is not a model; it is checked here and run by refresh_models.
+    """
     directory = MODELS_DIR if models_dir is None else Path(models_dir)
-    paths = sorted(directory.glob("*.sql"))
+    paths = sorted(p for p in directory.glob("*.sql") if p.name != MACROS_FILE)
     if not paths:
         raise ModelError(f"no SQL models found in {directory}")
+    load_macros(directory)
     return order_models(parse_model(p) for p in paths)
 
 
@@ -195,6 +239,7 @@ def refresh_models(
     unless `allow_unmasked_personal_data` says the raw policy is intended.
     """
     ordered = list(models) if models is not None else load_models()
+    macros = macros_for(ordered)  # all of them, whichever models are asked for
     if names is not None:
         known = {m.name for m in ordered}
         unknown = sorted(set(names) - known)
@@ -212,6 +257,7 @@ def refresh_models(
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            _create_macros(con, macros)
             for model in ordered:
                 try:
                     con.execute(model.sql)
@@ -236,6 +282,17 @@ def refresh_models(
             "and run again; the warehouse keeps its data (the models their previous state)"
         ) from exc
     return rows
+
+
+def _create_macros(con: duckdb.DuckDBPyConnection, macros: Sequence[tuple[Path, str]]) -> None:
+    """Run each macros file (CREATE OR REPLACE MACRO ...); ModelError naming the file when one fails."""
+    for path, sql in macros:
+        try:
+            con.execute(sql)
+        except duckdb.Error as exc:
+            if _is_disk_error(exc):
+                raise
+            raise ModelError(f"macros ({path.name}) failed: {exc}") from exc
 
 
 def _database_file(con: duckdb.DuckDBPyConnection) -> Path | None:

@@ -30,6 +30,8 @@ REQUIRED_TABLES = (
     "top_failure_codes",
     "in_flight_backlog",
 )
+# Macros of sql/_macros.sql the report's SQL calls (the business rules, defined there once).
+REQUIRED_MACROS = ("failure_rate",)
 BUCKET_ORDER = ("<1h", "1h-1d", "1-7d", "7-30d", ">30d")
 NONE_LABEL = "(not set)"
 
@@ -229,7 +231,7 @@ def _rate_over_time(
 ) -> list[tuple[date, float | None]]:
     rows = _fetch(
         con,
-        f"""SELECT {column}, sum(failed)::DOUBLE / nullif(sum(succeeded + failed), 0)
+        f"""SELECT {column}, analytics.failure_rate(sum(failed), sum(succeeded))
             FROM analytics.{table} WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY {column}""",
     )
     return [(d, r) for d, r in rows]
@@ -254,24 +256,17 @@ def _group_bars(con: duckdb.DuckDBPyConnection, column: str) -> list[Bar]:
 
 def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     row = con.execute(
-        """SELECT count(*),
-                  count(*) FILTER (WHERE outcome = 'succeeded'),
-                  count(*) FILTER (WHERE outcome = 'failed'),
-                  count(*) FILTER (WHERE outcome = 'in_progress'),
-                  quantile_cont(finish_seconds, 0.5),
-                  max(lastupdate_time)
+        """SELECT count(*) AS total,
+                  count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
+                  count(*) FILTER (WHERE outcome = 'failed') AS failed,
+                  count(*) FILTER (WHERE outcome = 'in_progress') AS in_flight,
+                  analytics.failure_rate(failed, succeeded) AS failure_rate,
+                  quantile_cont(finish_seconds, 0.5) AS p50,
+                  max(lastupdate_time) AS as_of
            FROM analytics.job_outcomes"""
-    ).fetchone()
-    total, succeeded, failed, in_flight, p50, as_of = row
-    return {
-        "total": total,
-        "succeeded": succeeded,
-        "failed": failed,
-        "in_flight": in_flight,
-        "failure_rate": failed / (succeeded + failed) if succeeded + failed else None,
-        "p50": p50,
-        "as_of": as_of,
-    }
+    )
+    names = [d[0] for d in row.description]
+    return dict(zip(names, row.fetchone(), strict=True))
 
 
 # ---------------------------------------------------------------- page
@@ -304,6 +299,15 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
     missing = [t for t in REQUIRED_TABLES if t not in present]
     if missing:
         raise ReportError(f"analytics tables missing: {', '.join(missing)}; build the analytics models first")
+    macros = {
+        r[0] for r in _fetch(con, "SELECT function_name FROM duckdb_functions() WHERE schema_name = 'analytics'")
+    }
+    missing = [m for m in REQUIRED_MACROS if m not in macros]
+    if missing:
+        raise ReportError(
+            f"analytics macros missing: {', '.join(missing)}; the models were built by an older version, "
+            "rebuild the analytics models"
+        )
     generated_at = generated_at or datetime.now(UTC)
     h = _headlines(con)
     as_of = h["as_of"].astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if h["as_of"] else "no jobs yet"

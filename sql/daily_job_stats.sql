@@ -11,26 +11,6 @@
 --                                finished jobs (NULL when none has finished),
 --   p90_finish_seconds  DOUBLE   90th percentile of the same (linear interpolation).
 CREATE OR REPLACE TABLE analytics.daily_job_stats AS
-WITH counts AS (
-    SELECT
-        (create_time AT TIME ZONE 'UTC')::DATE AS day,
-        project_id,
-        count(*) AS jobs_created,
-        count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
-        count(*) FILTER (WHERE outcome = 'failed') AS failed,
-        quantile_cont(finish_seconds, 0.5) AS p50_finish_seconds,
-        quantile_cont(finish_seconds, 0.9) AS p90_finish_seconds
-    FROM analytics.job_outcomes
-    GROUP BY ALL
-)
-SELECT
-    day,
-    project_id,
-    jobs_created,
-    succeeded,
-    failed,
-    CASE WHEN succeeded + failed > 0 THEN failed::DOUBLE / (succeeded + failed) END AS failure_rate,
-    p50_finish_seconds,
-    p90_finish_seconds
-FROM counts
+SELECT * RENAME (period_start AS day)
+FROM analytics.job_stats_by(analytics.job_outcomes, 'day')
 ORDER BY day, project_id;

@@ -8,18 +8,6 @@
 --   in_progress  BIGINT   jobs in any other state (they may still finish either way),
 --   failure_rate DOUBLE   failed / (succeeded + failed); NULL when no job has finished.
 CREATE OR REPLACE TABLE analytics.failure_rate_by_job_type AS
-WITH counts AS (
-    SELECT
-        job_type,
-        count(*) AS total_jobs,
-        count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
-        count(*) FILTER (WHERE outcome = 'failed') AS failed,
-        count(*) FILTER (WHERE outcome = 'in_progress') AS in_progress
-    FROM analytics.job_outcomes
-    GROUP BY job_type
-)
-SELECT
-    *,
-    CASE WHEN succeeded + failed > 0 THEN failed::DOUBLE / (succeeded + failed) END AS failure_rate
-FROM counts
+SELECT *
+FROM analytics.failure_rate_by(analytics.job_outcomes, job_type)
 ORDER BY total_jobs DESC, job_type NULLS LAST;

@@ -17,7 +17,7 @@ CREATE OR REPLACE VIEW analytics.job_outcomes AS
 WITH first_terminal AS (
     SELECT project_id, job_id, min(valid_from) AS finished_at
     FROM analytics.voice_training_job_history
-    WHERE state IN ('SUCCEED', 'FAILED')
+    WHERE analytics.is_terminal(state)
     GROUP BY project_id, job_id
 ),
 jobs AS (
@@ -38,7 +38,7 @@ jobs AS (
         j.create_time,
         j.lastupdate_time,
         CASE
-            WHEN j.state IN ('SUCCEED', 'FAILED') THEN coalesce(ft.finished_at, j.lastupdate_time)
+            WHEN analytics.is_terminal(j.state) THEN coalesce(ft.finished_at, j.lastupdate_time)
         END AS finished_at
     FROM analytics.voice_training_jobs AS j
     LEFT JOIN first_terminal AS ft

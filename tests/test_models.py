@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -13,8 +14,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from assets.models import SOURCE_ASSET_KEYS, build_analytics_assets, model_asset_key
+from assets.models import HEADLINES, SOURCE_ASSET_KEYS, build_analytics_assets, model_asset_key
 from pipelines.models import (
+    MACROS_FILE,
     MODELS_DIR,
     ModelError,
     UnmaskedPersonalDataError,
@@ -350,7 +352,7 @@ def test_views_show_masked_personal_data_as_stored(con, data):
 def test_models_load_in_dependency_order():
     models = load_models()
     names = [m.name for m in models]
-    assert {p.stem for p in MODELS_DIR.glob("*.sql")} == set(names)
+    assert {p.stem for p in MODELS_DIR.glob("*.sql") if p.name != MACROS_FILE} == set(names)
     position = {n: i for i, n in enumerate(names)}
     for m in models:
         assert all(position[d] < position[m.name] for d in m.depends_on), m.name
@@ -399,6 +401,80 @@ def test_malformed_models_are_rejected(tmp_path, name, text, message):
     write_model(tmp_path, name, text)
     with pytest.raises(ModelError, match=message):
         load_models(tmp_path)
+
+
+def test_macros_run_first_and_are_not_models(tmp_path):
+    (tmp_path / MACROS_FILE).write_text(
+        "-- test macros\n"
+        "CREATE OR REPLACE MACRO analytics.double_it(x) AS x * 2;\n"
+        "CREATE OR REPLACE MACRO analytics.rows_of(relation) AS TABLE SELECT * FROM query_table(relation);\n"
+    )
+    write_model(tmp_path, "a", "CREATE OR REPLACE TABLE analytics.a AS SELECT analytics.double_it(21) AS x")
+    write_model(tmp_path, "b", "CREATE OR REPLACE VIEW analytics.b AS SELECT * FROM analytics.rows_of(analytics.a)")
+    models = load_models(tmp_path)
+    # A macro call is not a model; the relation a table macro is handed is a dependency.
+    assert {m.name: m.depends_on for m in models} == {"a": (), "b": ("a",)}
+    con = duckdb.connect()
+    # Only model `a` asked for, on a database that never saw the macros: they are created anyway.
+    assert refresh_models(con, ["a"], models=models) == {"a": 1}
+    refresh_models(con, models=models)
+    assert con.execute("SELECT x FROM analytics.b").fetchall() == [(42,)]
+
+
+def test_macros_that_read_a_relation_themselves_are_rejected(tmp_path):
+    # A macro reading analytics.a would hide that dependency from every model calling it.
+    (tmp_path / MACROS_FILE).write_text(
+        "-- test macros\nCREATE OR REPLACE MACRO analytics.all_a() AS TABLE SELECT * FROM analytics.a;\n"
+    )
+    write_model(tmp_path, "a", "CREATE OR REPLACE TABLE analytics.a AS SELECT 1 AS x")
+    with pytest.raises(ModelError, match="analytics.a"):
+        load_models(tmp_path)
+
+
+def test_business_rules_are_written_once():
+    """The failure rate, the per-period stats and the per-group counts are each defined in the macros file."""
+    root = MODELS_DIR.parent
+    division_of_failed = re.compile(r"failed\W{0,4}(?:::DOUBLE)?\s*/", re.IGNORECASE)
+    outcome_counting = re.compile(r"count\(\*\)\s+FILTER\s*\(\s*WHERE\s+outcome", re.IGNORECASE)
+    places = {  # the code of each model: its header may say what a column means
+        p.name: re.sub(r"--[^\n]*", "", p.read_text(encoding="utf-8"))
+        for p in MODELS_DIR.glob("*.sql")
+        if p.name != MACROS_FILE
+    }
+    places |= {f"HEADLINES[{k}]": v for k, v in HEADLINES.items()}
+    places["pipelines/report.py"] = (root / "pipelines" / "report.py").read_text(encoding="utf-8")
+    restated = sorted(name for name, text in places.items() if division_of_failed.search(text))
+    assert restated == [], "the failure rate is computed by analytics.failure_rate only"
+    counting = sorted(name for name, text in places.items() if name.endswith(".sql") and outcome_counting.search(text))
+    assert counting == [], "per-period and per-group counts come from the table macros"
+    macros = re.sub(r"--[^\n]*", "", (MODELS_DIR / MACROS_FILE).read_text(encoding="utf-8"))
+    assert len(division_of_failed.findall(macros)) == 1
+
+
+def test_macros_reach_the_serving_snapshot(tmp_path, data):
+    """Views calling a macro, and the macros themselves, work in the read-only analyst snapshot."""
+    from pipelines.query import open_analyst_connection
+    from pipelines.warehouse import Warehouse
+
+    warehouse = Warehouse(tmp_path)
+    with warehouse.connect() as con:
+        data.load(con)
+        refresh_models(con)
+    warehouse.publish_serving()
+    analyst = open_analyst_connection(warehouse.serving_path)
+    try:
+        assert analyst.execute("SELECT failure_rate(1, 3), analytics.failure_rate(0, 0)").fetchone() == (0.25, None)
+        assert analyst.execute("SELECT count(*) FROM job_outcomes").fetchone()[0] == len(data.live_jobs())
+        by_tag = analyst.execute("SELECT * FROM failure_rate_by(job_outcomes, tag) ORDER BY ALL").fetchall()
+        assert by_tag == analyst.execute("SELECT * FROM failure_rate_by_tag ORDER BY ALL").fetchall()
+    finally:
+        analyst.close()
+    # A plain read-only client with the default search path (the duckdb CLI, a BI driver).
+    plain = duckdb.connect(str(warehouse.serving_path), read_only=True)
+    try:
+        assert plain.execute("SELECT count(*) FROM analytics.job_outcomes").fetchone()[0] == len(data.live_jobs())
+    finally:
+        plain.close()
 
 
 def test_model_without_header_is_rejected(tmp_path):

@@ -80,6 +80,17 @@ def test_report_refuses_a_database_without_models(tmp_path):
         write_report(tmp_path / "missing.duckdb", tmp_path / "report.html")
 
 
+def test_report_refuses_models_built_without_the_macros(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    refresh_models(con)
+    con.execute("DROP MACRO analytics.failure_rate")  # as built before the rules were macros
+    con.close()
+    with pytest.raises(ReportError, match="rebuild the analytics models"):
+        write_report(db, tmp_path / "report.html")
+
+
 def test_report_of_an_empty_warehouse(tmp_path):
     db = tmp_path / "warehouse.duckdb"
     con = duckdb.connect(str(db))

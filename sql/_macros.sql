@@ -1,0 +1,54 @@
+-- The business rules the models share, each written once as a DuckDB macro in the analytics
+-- schema. pipelines/models.py runs this file before the models, in the same refresh
+-- transaction; the macros are copied into the serving snapshot with the models, so analysts
+-- can call them too (`select failure_rate(failed, succeeded) from ...`).
+--
+-- Calls are always schema-qualified (`analytics.failure_rate(...)`): a table built with the
+-- warehouse's default search path finds them as well as a view or an analyst's query.
+-- A table macro never names a relation itself: it is handed the one it reads
+-- (`FROM analytics.failure_rate_by(analytics.job_outcomes, tag)`), so the model that calls
+-- it still names every relation it reads and the loader sees the dependency.
+--
+-- analytics.failure_rate(failed, succeeded) -> DOUBLE
+--     failed / (succeeded + failed): the share of finished jobs that failed; NULL when none
+--     has finished (jobs still in flight are not counted either way).
+-- analytics.is_terminal(state) -> BOOLEAN
+--     whether a state is final: SUCCEED or FAILED (NULL for a NULL state).
+-- analytics.failure_rate_by(outcomes, group_col) -> TABLE
+--     one row per value of column `group_col` (NULL its own group) of the relation `outcomes`
+--     (shaped like analytics.job_outcomes): group_col, total_jobs, succeeded, failed,
+--     in_progress (every non-terminal state), failure_rate.
+-- analytics.job_stats_by(outcomes, period) -> TABLE
+--     one row per creation period ('day', 'week' starting Monday, 'month'; UTC) and project_id
+--     of the relation `outcomes`: period_start, project_id, jobs_created, succeeded, failed,
+--     failure_rate, p50_finish_seconds, p90_finish_seconds.
+
+CREATE OR REPLACE MACRO analytics.failure_rate(failed, succeeded) AS
+    CASE WHEN succeeded + failed > 0 THEN failed::DOUBLE / (succeeded + failed) END;
+
+CREATE OR REPLACE MACRO analytics.is_terminal(state) AS
+    state IN ('SUCCEED', 'FAILED');
+
+CREATE OR REPLACE MACRO analytics.failure_rate_by(outcomes, group_col) AS TABLE
+    SELECT
+        group_col,
+        count(*) AS total_jobs,
+        count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
+        count(*) FILTER (WHERE outcome = 'failed') AS failed,
+        count(*) FILTER (WHERE outcome = 'in_progress') AS in_progress,
+        analytics.failure_rate(failed, succeeded) AS failure_rate
+    FROM query_table(outcomes)
+    GROUP BY group_col;
+
+CREATE OR REPLACE MACRO analytics.job_stats_by(outcomes, period) AS TABLE
+    SELECT
+        date_trunc(period, create_time AT TIME ZONE 'UTC')::DATE AS period_start,
+        project_id,
+        count(*) AS jobs_created,
+        count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
+        count(*) FILTER (WHERE outcome = 'failed') AS failed,
+        analytics.failure_rate(failed, succeeded) AS failure_rate,
+        quantile_cont(finish_seconds, 0.5) AS p50_finish_seconds,
+        quantile_cont(finish_seconds, 0.9) AS p90_finish_seconds
+    FROM query_table(outcomes)
+    GROUP BY period_start, project_id;
