@@ -39,8 +39,12 @@ class MetaStudioResource(dg.ConfigurableResource):
     max_rps: float | None = None
     timeout_seconds: float = 30.0
     max_attempts: int = 6
+    max_retry_seconds: float = 300.0
     safety_lag_seconds: float = 120.0
     lookback_seconds: float = 7200.0
+    split_threshold: int = 10_000
+    max_clock_skew_seconds: float = 300.0
+    max_response_bytes: int = 64 << 20
     personal_data: str = "mask"
     first_day: str | None = None
 
@@ -59,8 +63,12 @@ class MetaStudioResource(dg.ConfigurableResource):
             max_rps=self.max_rps,
             timeout=self.timeout_seconds,
             max_attempts=self.max_attempts,
+            max_retry_seconds=self.max_retry_seconds,
             safety_lag_seconds=self.safety_lag_seconds,
             lookback_seconds=self.lookback_seconds,
+            split_threshold=self.split_threshold,
+            max_clock_skew_seconds=self.max_clock_skew_seconds,
+            max_response_bytes=self.max_response_bytes,
             personal_data=self.personal_data,
             first_day=parse_day(self.first_day, "first_day") if self.first_day else first_partition_day(),
         )
@@ -94,6 +102,10 @@ def metastudio_from_env() -> MetaStudioResource:
     for key, cast, env in (("max_in_flight", int, "VOICEJOBS_MAX_IN_FLIGHT"),
                            ("timeout_seconds", float, "VOICEJOBS_TIMEOUT_SECONDS"),
                            ("max_attempts", int, "VOICEJOBS_MAX_ATTEMPTS"),
+                           ("max_retry_seconds", float, "VOICEJOBS_MAX_RETRY_SECONDS"),
+                           ("split_threshold", int, "VOICEJOBS_SPLIT_THRESHOLD"),
+                           ("max_clock_skew_seconds", float, "VOICEJOBS_MAX_CLOCK_SKEW_SECONDS"),
+                           ("max_response_bytes", int, "VOICEJOBS_MAX_RESPONSE_BYTES"),
                            ("safety_lag_seconds", float, "VOICEJOBS_SAFETY_LAG_SECONDS"),
                            ("lookback_seconds", float, "VOICEJOBS_LOOKBACK_SECONDS")):
         value = _optional(env, cast)

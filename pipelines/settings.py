@@ -45,6 +45,9 @@ ENV_VARS = {
     "VOICEJOBS_SAFETY_LAG_SECONDS": "windows end this long before the source's now (default 120)",
     "VOICEJOBS_LOOKBACK_SECONDS": "change capture re-reads this long before the watermark (default 7200)",
     "VOICEJOBS_SPLIT_THRESHOLD": "windows holding more jobs than this are split (default 10000)",
+    "VOICEJOBS_MAX_CLOCK_SKEW_SECONDS": "the source's Date may differ this much from this machine's clock before "
+    "it is ignored (default 300; 0 believes every Date)",
+    "VOICEJOBS_MAX_RESPONSE_BYTES": "a response larger than this is refused as malformed (default 67108864, 64 MiB)",
     "VOICEJOBS_PERSONAL_DATA": "mask (default): phones keep last 4 digits, URLs lose query strings; raw: keep",
 }
 
@@ -72,6 +75,8 @@ NUMBER_BOUNDS: dict[str, Bound] = {
     "safety_lag_seconds": Bound("VOICEJOBS_SAFETY_LAG_SECONDS", 0, 86_400),
     "lookback_seconds": Bound("VOICEJOBS_LOOKBACK_SECONDS", 0, 30 * 86_400),
     "split_threshold": Bound("VOICEJOBS_SPLIT_THRESHOLD", 100, 1_000_000, whole=True),
+    "max_clock_skew_seconds": Bound("VOICEJOBS_MAX_CLOCK_SKEW_SECONDS", 0, 10 * 365 * 86_400),
+    "max_response_bytes": Bound("VOICEJOBS_MAX_RESPONSE_BYTES", 1 << 20, 1 << 32, whole=True),
 }
 
 #: The earliest creation day a sync accepts: MetaStudio did not exist before. Days before
@@ -165,6 +170,10 @@ class Settings:
     lookback_seconds: float = 7200.0
     split_threshold: int = 10_000
     personal_data: str = "mask"
+    max_clock_skew_seconds: float = 300.0  # 0: believe every Date the source sends
+    max_response_bytes: int = 64 << 20
+    # Set only by the code that starts the embedded simulator: the run reads simulated jobs.
+    embedded_simulator: bool = False
 
     def __post_init__(self) -> None:
         for secret in (self.ak, self.sk, self.security_token, self.auth_token):
@@ -212,6 +221,8 @@ class Settings:
             safety_lag_seconds=_env_number(env, "safety_lag_seconds", 120.0),
             lookback_seconds=_env_number(env, "lookback_seconds", 7200.0),
             split_threshold=_env_number(env, "split_threshold", 10_000),
+            max_clock_skew_seconds=_env_number(env, "max_clock_skew_seconds", 300.0),
+            max_response_bytes=_env_number(env, "max_response_bytes", 64 << 20),
             personal_data=(text("VOICEJOBS_PERSONAL_DATA") or "mask").lower(),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -225,8 +236,8 @@ class Settings:
         return bool(self.auth_token or self.ak or self.sk)
 
     @property
-    def uses_embedded_simulator(self) -> bool:
-        """Nothing configured at all: the embedded simulator stands in for the API."""
+    def nothing_configured(self) -> bool:
+        """No endpoint, region, credential or project: the embedded simulator may stand in."""
         return not (self.endpoint or self.region or self.has_credentials or self.project_ids)
 
     def base_url(self) -> str:

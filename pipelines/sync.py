@@ -236,6 +236,8 @@ def make_client(settings: Settings) -> MetaStudioClient:
         timeout=settings.timeout,
         max_attempts=settings.max_attempts,
         max_retry_seconds=settings.max_retry_seconds,
+        max_clock_skew_seconds=settings.max_clock_skew_seconds or None,
+        max_response_bytes=settings.max_response_bytes,
     )
 
 

@@ -16,7 +16,7 @@ def sim_settings(server, data_dir, *, auth: str = "aksk", **overrides) -> Settin
     """Settings pointing at a running simulator, as a user would configure them."""
     config = server.state.config
     values = dict(endpoint=server.url, project_ids=tuple(config.projects), data_dir=data_dir,
-                  safety_lag_seconds=0, max_attempts=4, max_retry_seconds=20, timeout=5.0)
+                  safety_lag_seconds=0, max_clock_skew_seconds=0, max_attempts=4, max_retry_seconds=20, timeout=5.0)
     if auth == "aksk":
         ak, sk = next(iter(config.credentials.items()))
         values.update(ak=ak, sk=sk)

@@ -40,7 +40,7 @@ def env_for(server, data_dir, **changes) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
     env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
                HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(data_dir),
-               VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_ATTEMPTS="3", VOICEJOBS_TIMEOUT_SECONDS="5")
+               VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", VOICEJOBS_MAX_ATTEMPTS="3", VOICEJOBS_TIMEOUT_SECONDS="5")
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)

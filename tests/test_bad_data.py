@@ -119,7 +119,7 @@ def test_the_cli_summary_reports_quarantine_and_mismatches(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
         env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
                    HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(tmp_path),
-                   VOICEJOBS_SAFETY_LAG_SECONDS="0")
+                   VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0")
         result = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=120,

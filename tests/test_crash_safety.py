@@ -101,7 +101,7 @@ def _env(server, data_dir: Path, **extra: str) -> dict[str, str]:
         HUAWEICLOUD_SDK_PROJECT_ID=",".join(config.projects),
         VOICEJOBS_DATA_DIR=str(data_dir),
         VOICEJOBS_FIRST_DAY=FIRST_DAY.isoformat(),
-        VOICEJOBS_SAFETY_LAG_SECONDS="0",
+        VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0",
         VOICEJOBS_MAX_ATTEMPTS="3",
         VOICEJOBS_TIMEOUT_SECONDS="10",
     )

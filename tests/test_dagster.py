@@ -23,7 +23,7 @@ def resources_for(server, data_dir) -> dict:
     ak, sk = next(iter(config.credentials.items()))
     return {
         "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk,
-                                         project_ids=",".join(config.projects), safety_lag_seconds=0,
+                                         project_ids=",".join(config.projects), safety_lag_seconds=0, max_clock_skew_seconds=0,
                                          first_day=(SIM_NOW - timedelta(days=61)).date().isoformat()),
         "warehouse": WarehouseResource(data_dir=str(data_dir)),
     }

@@ -103,7 +103,7 @@ def _cli_env(monkeypatch, server, data_dir) -> None:
             monkeypatch.delenv(name)
     for name, value in dict(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
                             HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(data_dir),
-                            VOICEJOBS_SAFETY_LAG_SECONDS="0").items():
+                            VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0").items():
         monkeypatch.setenv(name, value)
 
 

@@ -105,7 +105,7 @@ def _cli_env(server, data_dir, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
     env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
                HUAWEICLOUD_SDK_PROJECT_ID=",".join(config.projects), VOICEJOBS_DATA_DIR=str(data_dir),
-               VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_TIMEOUT_SECONDS=str(TIMEOUT),
+               VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", VOICEJOBS_TIMEOUT_SECONDS=str(TIMEOUT),
                VOICEJOBS_MAX_ATTEMPTS=str(MAX_ATTEMPTS), VOICEJOBS_MAX_RETRY_SECONDS="30")
     env.update(extra)
     return env
@@ -140,7 +140,7 @@ def test_dagster_metadata_reports_retries_by_cause(tmp_path):
         ak, sk = next(iter(config.credentials.items()))
         resources = {
             "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk, project_ids=",".join(config.projects),
-                                             safety_lag_seconds=0, first_day=SINCE.isoformat()),
+                                             safety_lag_seconds=0, max_clock_skew_seconds=0, first_day=SINCE.isoformat()),
             "warehouse": WarehouseResource(data_dir=str(tmp_path)),
         }
         result = dg.materialize(

@@ -68,7 +68,7 @@ def assert_files_clean(root: Path) -> int:
 def cli(server, data_dir, **credentials) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
     env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS),
-               VOICEJOBS_DATA_DIR=str(data_dir), VOICEJOBS_SAFETY_LAG_SECONDS="0", **credentials)
+               VOICEJOBS_DATA_DIR=str(data_dir), VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", **credentials)
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "-v", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -114,12 +114,12 @@ def test_dagster_event_log_and_storage_leak_no_credential(server, tmp_path, capl
     home.mkdir()
     resources = {
         "metastudio": MetaStudioResource(endpoint=server.url, ak=TEMP_AK, sk=TEMP_SK, security_token=SECURITY_TOKEN,
-                                         project_ids=",".join(PROJECTS), safety_lag_seconds=0,
+                                         project_ids=",".join(PROJECTS), safety_lag_seconds=0, max_clock_skew_seconds=0,
                                          first_day=SINCE.isoformat()),
         "warehouse": WarehouseResource(data_dir=str(data_dir)),
     }
     bad = dict(resources, metastudio=MetaStudioResource(endpoint=server.url, ak=AK, sk=WRONG_SK,
-                                                        project_ids=",".join(PROJECTS), safety_lag_seconds=0,
+                                                        project_ids=",".join(PROJECTS), safety_lag_seconds=0, max_clock_skew_seconds=0,
                                                         first_day=SINCE.isoformat()))
     caplog.set_level("DEBUG")
     with dg.DagsterInstance.local_temp(str(home)) as instance:

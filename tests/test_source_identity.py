@@ -46,7 +46,7 @@ def env_for(server, data_dir, projects=PROJECTS) -> dict[str, str]:
     ak, sk = next(iter(server.state.config.credentials.items()))
     return clean_env(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
                      HUAWEICLOUD_SDK_PROJECT_ID=",".join(projects), VOICEJOBS_DATA_DIR=str(data_dir),
-                     VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_ATTEMPTS="2", VOICEJOBS_TIMEOUT_SECONDS="5")
+                     VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", VOICEJOBS_MAX_ATTEMPTS="2", VOICEJOBS_TIMEOUT_SECONDS="5")
 
 
 def voicejobs(env, *args, cwd=REPO) -> subprocess.CompletedProcess:

@@ -29,6 +29,10 @@ Modes (combinable; each request reads them when it arrives, a drip also on every
     ``voice_name``) of this many bytes: valid JSON, a legal but huge field.
 ``out_of_window_job: dict | None``
     This job appended to every 200 page, ``count`` raised by one to match.
+``page_hook: Callable[[str, dict], dict] | None``
+    Called with the request's path and query and every decoded 200 page; its return value is
+    sent instead (after the modes above). For misbehaviour no fixed mode describes, such as a
+    listing that comes back empty once.
 
 ``requests`` lists the path and query of every request seen, in order; ``active_streams``
 counts drips and endless bodies still being written (0 once clients have hung up).
@@ -61,6 +65,7 @@ _MODES: dict[str, object] = {
     "giant_field_bytes": None,
     "giant_field_name": "voice_name",
     "out_of_window_job": None,
+    "page_hook": None,
 }
 _LAST_DATE = "Fri, 31 Dec 9999 23:59:59 GMT"
 _FIRST_DATE = "Mon, 01 Jan 0001 00:00:00 GMT"
@@ -89,6 +94,7 @@ class HostileProxy:
     giant_field_bytes = _mode("giant_field_bytes")
     giant_field_name = _mode("giant_field_name")
     out_of_window_job = _mode("out_of_window_job")
+    page_hook = _mode("page_hook")
 
     def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0, **modes) -> None:
         parts = urlsplit(upstream)
@@ -183,7 +189,7 @@ class HostileProxy:
             message = f"<html><body>hostile proxy: upstream failed: {type(exc).__name__}</body></html>".encode()
             status, reason, headers, body = 502, "Bad Gateway", [("Content-Type", "text/html")], message
         if status == 200:
-            body = _rewrite_page(body, modes)
+            body = _rewrite_page(body, modes, handler.path)
         handler.send_response_only(status, reason)
         for name, value in _rewrite_date(headers, modes):
             handler.send_header(name, value)
@@ -291,9 +297,10 @@ def _rewrite_date(headers: list[tuple[str, str]], modes: dict) -> list[tuple[str
     return [*kept, ("Date", value)]
 
 
-def _rewrite_page(body: bytes, modes: dict) -> bytes:
+def _rewrite_page(body: bytes, modes: dict, target: str = "") -> bytes:
     count, extra, giant = modes["count_override"], modes["out_of_window_job"], modes["giant_field_bytes"]
-    if count is None and extra is None and not giant:
+    hook = modes["page_hook"]
+    if count is None and extra is None and not giant and hook is None:
         return body
     try:
         page = orjson.loads(body)
@@ -310,6 +317,8 @@ def _rewrite_page(body: bytes, modes: dict) -> bytes:
     page["jobs"] = jobs
     if count is not None:
         page["count"] = count
+    if hook is not None:
+        page = hook(target, page)
     return orjson.dumps(page)
 
 
