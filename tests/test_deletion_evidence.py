@@ -23,6 +23,7 @@ from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse, WarehouseError
 from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.support.hostile import HostileProxy
 
 DAYS = 6
 SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
@@ -45,24 +46,31 @@ def truth(server) -> set[tuple[str, str]]:
 
 
 def test_windows_after_the_source_clock_delete_nothing(server, tmp_path):
+    """The source's Date (believed: the clock check is off) says it is two days earlier: the last
+    days' windows lie after its clock, are never paged, and prove nothing about their jobs."""
     warehouse = Warehouse(tmp_path)
-    settings = sim_settings(server, tmp_path)
-    sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
-    before = live(warehouse)
-    assert before == truth(server)
+    with HostileProxy(server.url) as proxy:
+        settings = sim_settings(server, tmp_path).with_(endpoint=proxy.url)
+        sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+        before = live(warehouse)
+        assert before == truth(server)
+        late = {key for key in before if key in _created_after(warehouse, SIM_NOW - timedelta(days=2))}
+        assert late  # jobs whose days the wrong clock cannot see
 
-    # The same days again, but the source's clock (less the lag) now ends a day early: the
-    # last day's window is never listed, which is no evidence that its jobs are gone.
-    lagged = settings.with_(safety_lag_seconds=86400)
-    report = sync(lagged, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
+        proxy.date_shift = -timedelta(days=2)
+        report = sync(settings, mode="days", since=SINCE, until=UNTIL, warehouse=warehouse)
     assert report.deleted == 0
     assert live(warehouse) == before
     with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
         unlisted = con.execute(
             "SELECT count(*) FROM sync_windows WHERE run_id = ? AND since > ?",
-            [report.run_id, SIM_NOW - timedelta(days=1)]
-        ).fetchone()[0]
+            [report.run_id, SIM_NOW - timedelta(days=2)]).fetchone()[0]
     assert unlisted == 0  # a window that was never paged is not recorded as listed
+
+
+def _created_after(warehouse: Warehouse, when) -> set[tuple[str, str]]:
+    table = warehouse.jobs_table()
+    return {(r["project_id"], r["job_id"]) for r in table.to_pylist() if r["create_time"] >= when}
 
 
 def test_a_window_losing_most_of_its_jobs_is_listed_twice_then_believed(server, tmp_path):
@@ -108,17 +116,18 @@ def _cli_env(monkeypatch, server, data_dir) -> None:
 
 
 def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
-    import pipelines.models as models
+    import pipelines.sync as sync_module
 
     _cli_env(monkeypatch, server, tmp_path)
-    real = models.refresh_models
+    real = sync_module.refresh_and_publish
     probes: list[str] = []
 
     def probed(*args, **kwargs):
         probes.append(_lock_probe(tmp_path / "warehouse.duckdb"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "refresh_models", probed)
+    # The moment the sync's own work is done and the models are about to be built.
+    monkeypatch.setattr(sync_module, "refresh_and_publish", probed)
     assert cli.main(["sync", "--since", str(SINCE), "--until", str(UNTIL)]) == 0
     assert probes == ["locked"]
 
