@@ -84,6 +84,10 @@ HISTORY_TABLE = "voice_training_job_history"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
 LAKE_FILE = "data.parquet"
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
+#: Tables of the sync's own bookkeeping, left out of the serving snapshot. It keeps the jobs,
+#: their history and transitions, the analytics schema, sync_runs (freshness) and
+#: warehouse_meta (which source the data came from).
+SYNC_ONLY_TABLES = ("quarantine", "lake_dirty", "sync_state", "sync_windows", "schema_migrations")
 # The oldest DuckDB release that can read serving.duckdb (the warehouse file itself is newer).
 SERVING_STORAGE_VERSION = "v1.2.0"
 
@@ -1107,6 +1111,10 @@ class Warehouse:
                     source = con.execute("SELECT current_database()").fetchone()[0]
                     con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
                     crashpoint("serving_copying")  # a snapshot copy left half-done
+                    # Readers get what analysts read, not the sync's own bookkeeping (raw records
+                    # of the quarantine, cursors, export marks).
+                    for table in SYNC_ONLY_TABLES:
+                        con.execute(f"DROP TABLE IF EXISTS {alias}.main.{table}")
                 finally:
                     con.execute(f"DETACH {alias}")
                 with open(tmp, "rb+") as fh:

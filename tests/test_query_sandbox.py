@@ -305,3 +305,17 @@ def test_no_warehouse_says_so_and_creates_nothing(capsys, tmp_path):
         and len(err.splitlines()) == 1
     )
     assert list(empty.iterdir()) == []
+
+
+def test_the_snapshot_holds_no_sync_bookkeeping(built):
+    """Quarantined raw records, cursors and export marks stay in the warehouse: analysts' SQL
+    reads the analyst-facing relations only."""
+    from pipelines.warehouse import SYNC_ONLY_TABLES
+
+    snapshot = built / "serving.duckdb"
+    names = run_query(snapshot, "select table_name from duckdb_tables() where schema_name = 'main'", fmt="csv")
+    kept = set(names.split()[1:])
+    assert not kept & set(SYNC_ONLY_TABLES)
+    assert {"voice_training_jobs", "voice_training_job_history", "sync_runs"} <= kept
+    with pytest.raises(duckdb.CatalogException):
+        run_query(snapshot, "select raw_record from quarantine")
