@@ -45,6 +45,8 @@ HEADLINES: dict[str, str] = {
         f"failure_rate_by_{g}": f"""
             SELECT analytics.failure_rate(sum(failed), sum(succeeded)) AS overall_failure_rate,
                    sum(total_jobs) AS total_jobs, sum(in_progress) AS jobs_in_flight,
+                   sum(waiting_on_user) AS jobs_waiting_on_user,
+                   sum(in_progress_by_service) AS jobs_in_progress_by_service,
                    count(*) AS groups
             FROM analytics.failure_rate_by_{g}"""
         for g in ("tag", "language", "job_type")
@@ -67,11 +69,15 @@ HEADLINES: dict[str, str] = {
         FROM analytics.top_failure_codes""",
     "in_flight_backlog": """
         SELECT sum(jobs) AS jobs_in_flight,
+               sum(waiting_on_user) AS jobs_waiting_on_user,
+               sum(in_progress_by_service) AS jobs_in_progress_by_service,
                coalesce(sum(jobs) FILTER (WHERE age_bucket IN ('7-30d', '>30d')), 0) AS jobs_in_flight_over_7d
         FROM analytics.in_flight_backlog""",
     "job_outcomes": """
         SELECT count(*) AS total_jobs,
                count(*) FILTER (WHERE outcome = 'in_progress') AS jobs_in_flight,
+               count(*) FILTER (WHERE waiting_on_user) AS jobs_waiting_on_user,
+               count(*) FILTER (WHERE in_progress_by_service) AS jobs_in_progress_by_service,
                analytics.failure_rate(
                    count(*) FILTER (WHERE outcome = 'failed'), count(*) FILTER (WHERE outcome = 'succeeded')
                ) AS overall_failure_rate

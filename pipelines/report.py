@@ -34,6 +34,11 @@ REQUIRED_TABLES = (
 REQUIRED_MACROS = ("failure_rate",)
 BUCKET_ORDER = ("<1h", "1h-1d", "1-7d", "7-30d", ">30d")
 NONE_LABEL = "(not set)"
+# in_flight_backlog.waits_on: who must act on a job still in flight (analytics.waits_on).
+SIDES = {
+    "service": "In progress: the service is working on them",
+    "user": "Waiting on the user: rejected, failed a check or under the user's review",
+}
 
 COLOR_LINE = "#2563eb"
 COLOR_BAR = "#dc2626"
@@ -240,18 +245,31 @@ def _rate_over_time(
 def _group_bars(con: duckdb.DuckDBPyConnection, column: str) -> list[Bar]:
     rows = _fetch(
         con,
-        f"""SELECT {column}, failure_rate, succeeded + failed, in_progress
+        f"""SELECT {column}, failure_rate, succeeded + failed, in_progress_by_service, waiting_on_user
             FROM analytics.failure_rate_by_{column}
             ORDER BY failure_rate DESC NULLS LAST, total_jobs DESC, {column} NULLS LAST""",
     )
     bars = []
-    for group, rate, finished, in_progress in rows:
+    for group, rate, finished, by_service, on_user in rows:
         label = NONE_LABEL if group is None else str(group)
         if rate is None:
-            bars.append(Bar(label, None, f"no finished jobs yet ({count(in_progress)} in progress)"))
+            bars.append(Bar(
+                label, None,
+                f"no finished jobs yet ({count(by_service)} in progress, {count(on_user)} waiting on the user)",
+            ))  # fmt: skip
         else:
             bars.append(Bar(label, rate, f"of {count(finished)} finished"))
     return bars
+
+
+def _backlog_table(rows: Sequence[tuple], buckets: Sequence[str | None]) -> str:
+    """(state, age_bucket, jobs) rows as a table: a row per state, a column per age bucket."""
+    states = sorted({s for s, _, _ in rows}, key=lambda s: (s is None, s or ""))
+    cells = {(s, b): n for s, b, n in rows}
+    return html_table(
+        ["State", *[b or "unknown" for b in buckets]],
+        [(NONE_LABEL if s is None else s, *[count(cells.get((s, b), 0)) for b in buckets]) for s in states],
+    )
 
 
 def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -260,6 +278,8 @@ def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                   count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
                   count(*) FILTER (WHERE outcome = 'failed') AS failed,
                   count(*) FILTER (WHERE outcome = 'in_progress') AS in_flight,
+                  count(*) FILTER (WHERE in_progress_by_service) AS in_progress_by_service,
+                  count(*) FILTER (WHERE waiting_on_user) AS waiting_on_user,
                   analytics.failure_rate(failed, succeeded) AS failure_rate,
                   quantile_cont(finish_seconds, 0.5) AS p50,
                   max(lastupdate_time) AS as_of
@@ -316,7 +336,9 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
         ("Succeeded", count(h["succeeded"]), "state SUCCEED"),
         ("Failed", count(h["failed"]), "state FAILED"),
         ("Failure rate", pct(h["failure_rate"]), "failed out of finished jobs"),
-        ("In flight", count(h["in_flight"]), "not finished yet"),
+        # "In flight" in two: jobs the service is moving, and jobs only the customer can move.
+        ("In progress", count(h["in_progress_by_service"]), "not finished, the service is working on them"),
+        ("Waiting on the user", count(h["waiting_on_user"]), "rejected, failed a check or under the user's review"),
         ("Median time to finish", duration(h["p50"]), "creation to success or failure"),
     ]
     card_html = "".join(
@@ -343,13 +365,9 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
            FROM analytics.time_to_finish_by_job_type ORDER BY finished_jobs DESC, job_type NULLS LAST""",
     )
     finish_rows = [(t, count(n), duration(a), duration(b), duration(c)) for t, n, a, b, c in finish]
-    backlog = _fetch(con, "SELECT state, age_bucket, jobs FROM analytics.in_flight_backlog")
-    states = sorted({s for s, _, _ in backlog}, key=lambda s: (s is None, s or ""))
-    cells = {(s, b): n for s, b, n in backlog}
-    buckets = [*BUCKET_ORDER, None] if any(b is None for _, b, _ in backlog) else list(BUCKET_ORDER)
-    backlog_rows = [
-        (NONE_LABEL if s is None else s, *[count(cells.get((s, b), 0)) for b in buckets]) for s in states
-    ]
+    backlog = _fetch(con, "SELECT waits_on, state, age_bucket, jobs FROM analytics.in_flight_backlog")
+    buckets = [*BUCKET_ORDER, None] if any(b is None for *_, b, _ in backlog) else list(BUCKET_ORDER)
+    backlog_tables = {side: _backlog_table([r[1:] for r in backlog if r[0] == side], buckets) for side in SIDES}
     sections = [
         "<h2>Failure rate over time</h2>",
         "<p>Out of the jobs created on each day (or week) that have finished, the share that failed. "
@@ -373,8 +391,10 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
             ["Job type", "Finished jobs", "Median", "90th percentile", "99th percentile"], finish_rows
         ),
         "<h2>Jobs still in flight, by age</h2>",
-        f"<p>Age is measured against the newest update the source reported ({esc(as_of)}).</p>",
-        html_table(["State", *[b or "unknown" for b in buckets]], backlog_rows),
+        f"<p>Age is measured against the newest update the source reported ({esc(as_of)}). "
+        "Jobs the service is working on and jobs waiting on the user are shown apart: only the "
+        "customer can move the second kind.</p>",
+        *[part for side, heading in SIDES.items() for part in (f"<h3>{esc(heading)}</h3>", backlog_tables[side])],
     ]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

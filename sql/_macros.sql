@@ -14,10 +14,20 @@
 --     has finished (jobs still in flight are not counted either way).
 -- analytics.is_terminal(state) -> BOOLEAN
 --     whether a state is final: SUCCEED or FAILED (NULL for a NULL state).
+-- analytics.waits_on(state) -> VARCHAR
+--     which side must act for a job that has not finished: 'user' for the states that wait on
+--     the customer, 'service' for every other non-terminal state; NULL for a terminal state.
+--     Waiting on the user: every *_FAILED state but FAILED itself (AUDIT_FAILED, SPLIT_FAILED,
+--     and any new one: the API says such states wait for the user and can still move on),
+--     USER_REVIEW_REJECT (the user rejected the result and must act) and USER_RESULT_REVIEW
+--     (the user is reviewing the result). In progress by the service: CREATING,
+--     SYSTEM_AUDITING, AUDITING, WAITING_SPLIT, SPLITTING, ANNOTATING, WAITING, PROCESSING,
+--     RESULT_REVIEW, UPLOADING, and a NULL or undocumented state (nothing says the user holds it).
 -- analytics.failure_rate_by(outcomes, group_col) -> TABLE
 --     one row per value of column `group_col` (NULL its own group) of the relation `outcomes`
 --     (shaped like analytics.job_outcomes): group_col, total_jobs, succeeded, failed,
---     in_progress (every non-terminal state), failure_rate.
+--     in_progress (every non-terminal state), failure_rate, waiting_on_user,
+--     in_progress_by_service (in_progress = waiting_on_user + in_progress_by_service).
 -- analytics.job_stats_by(outcomes, period) -> TABLE
 --     one row per creation period ('day', 'week' starting Monday, 'month'; UTC) and project_id
 --     of the relation `outcomes`: period_start, project_id, jobs_created, succeeded, failed,
@@ -29,6 +39,13 @@ CREATE OR REPLACE MACRO analytics.failure_rate(failed, succeeded) AS
 CREATE OR REPLACE MACRO analytics.is_terminal(state) AS
     state IN ('SUCCEED', 'FAILED');
 
+CREATE OR REPLACE MACRO analytics.waits_on(state) AS
+    CASE
+        WHEN analytics.is_terminal(state) THEN NULL
+        WHEN ends_with(state, '_FAILED') OR state IN ('USER_REVIEW_REJECT', 'USER_RESULT_REVIEW') THEN 'user'
+        ELSE 'service'
+    END;
+
 CREATE OR REPLACE MACRO analytics.failure_rate_by(outcomes, group_col) AS TABLE
     SELECT
         group_col,
@@ -36,7 +53,9 @@ CREATE OR REPLACE MACRO analytics.failure_rate_by(outcomes, group_col) AS TABLE
         count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
         count(*) FILTER (WHERE outcome = 'failed') AS failed,
         count(*) FILTER (WHERE outcome = 'in_progress') AS in_progress,
-        analytics.failure_rate(failed, succeeded) AS failure_rate
+        analytics.failure_rate(failed, succeeded) AS failure_rate,
+        count(*) FILTER (WHERE waiting_on_user) AS waiting_on_user,
+        count(*) FILTER (WHERE in_progress_by_service) AS in_progress_by_service
     FROM query_table(outcomes)
     GROUP BY group_col;
 

@@ -12,7 +12,16 @@
 --                                      version in a terminal state (SUCCEED or FAILED); without
 --                                      such a version, lastupdate_time. NULL while in progress,
 --   finish_seconds        DOUBLE       finished_at - create_time in seconds (NULL while in
---                                      progress).
+--                                      progress),
+--   waits_on              VARCHAR      for a job in progress, the side that must act next:
+--                                      'user' or 'service' (analytics.waits_on in
+--                                      sql/_macros.sql says which states are which); NULL once
+--                                      finished,
+--   waiting_on_user       BOOLEAN      in progress and waiting on the user (a *_FAILED state
+--                                      other than FAILED, USER_REVIEW_REJECT, USER_RESULT_REVIEW),
+--   in_progress_by_service BOOLEAN     in progress and waiting on the service (any other
+--                                      non-terminal state, NULL included); with waiting_on_user
+--                                      it splits outcome 'in_progress' in two.
 CREATE OR REPLACE VIEW analytics.job_outcomes AS
 WITH first_terminal AS (
     SELECT project_id, job_id, min(valid_from) AS finished_at
@@ -39,12 +48,16 @@ jobs AS (
         j.lastupdate_time,
         CASE
             WHEN analytics.is_terminal(j.state) THEN coalesce(ft.finished_at, j.lastupdate_time)
-        END AS finished_at
+        END AS finished_at,
+        analytics.waits_on(j.state) AS waits_on
     FROM analytics.voice_training_jobs AS j
     LEFT JOIN first_terminal AS ft
         ON ft.project_id = j.project_id AND ft.job_id = j.job_id
 )
 SELECT
-    *,
-    epoch(finished_at) - epoch(create_time) AS finish_seconds
+    * EXCLUDE (waits_on),
+    epoch(finished_at) - epoch(create_time) AS finish_seconds,
+    waits_on,
+    waits_on IS NOT DISTINCT FROM 'user' AS waiting_on_user,
+    waits_on IS NOT DISTINCT FROM 'service' AS in_progress_by_service
 FROM jobs;

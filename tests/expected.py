@@ -21,6 +21,30 @@ TIMES = ("create_time", "lastupdate_time")
 TOP_KNOWN = set(PLAIN) | set(TIMES) | {"allocated_resource", "assess_result"}
 
 
+# Job states, read from the API page (../shared/API.md), not from the SQL: SUCCEED and FAILED
+# are terminal; the other *_FAILED states and USER_REVIEW_REJECT wait for the user and can
+# still move on, and so does USER_RESULT_REVIEW (the user is reviewing the result). Every other
+# state, and a missing one, is the service's to move.
+TERMINAL_STATES = frozenset({"SUCCEED", "FAILED"})
+WAITING_ON_USER_STATES = frozenset({"AUDIT_FAILED", "SPLIT_FAILED", "USER_REVIEW_REJECT", "USER_RESULT_REVIEW"})
+IN_PROGRESS_BY_SERVICE_STATES = frozenset({
+    "CREATING", "SYSTEM_AUDITING", "AUDITING", "WAITING_SPLIT", "SPLITTING", "ANNOTATING", "WAITING",
+    "PROCESSING", "RESULT_REVIEW", "UPLOADING",
+})
+
+
+def waits_on(state: str | None) -> str | None:
+    """Which side must act on a job in `state`: "user", "service", or None once it finished."""
+    if state in TERMINAL_STATES:
+        return None
+    if state in WAITING_ON_USER_STATES:
+        return "user"
+    # A state the page does not list yet: one named like the other failures still waits on the user.
+    if state is not None and state not in IN_PROGRESS_BY_SERVICE_STATES and state.endswith("_FAILED"):
+        return "user"
+    return "service"
+
+
 def epoch(value) -> datetime | None:
     if value is None:
         return None

@@ -17,7 +17,7 @@ from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
 from tests import test_models as independent
 from tests.conftest import PROJECTS, SIM_NOW, sim_settings
-from tests.expected import epoch
+from tests.expected import epoch, waits_on
 from tests.warehouse_fixture import Dataset
 
 
@@ -116,6 +116,19 @@ def test_backlog_equals_the_truth(synced):
     con, data, _ = synced
     actual = _keyed(con, "in_flight_backlog", lambda r: (r["state"], r["age_bucket"]))
     independent.assert_rows_equal(actual, independent.expected_backlog(data))
+
+
+def test_who_in_flight_jobs_wait_on_equals_the_truth(synced):
+    """Jobs waiting on the user (rejected, failed a check) and jobs the service works on, apart."""
+    con, data, _ = synced
+    sides = [waits_on(j["state"]) for j in data.jobs]
+    assert sides.count("user") and sides.count("service"), "the simulator exercises both sides"
+    actual = _keyed(con, "job_outcomes", lambda r: (r["project_id"], r["job_id"]))
+    independent.assert_rows_equal(actual, independent.expected_job_outcomes(data))
+    totals = con.execute(
+        "SELECT sum(in_progress), sum(waiting_on_user), sum(in_progress_by_service) FROM analytics.failure_rate_by_tag"
+    ).fetchone()
+    assert totals == (len(sides) - sides.count(None), sides.count("user"), sides.count("service"))
 
 
 def test_deleted_jobs_are_left_out(synced):

@@ -23,6 +23,7 @@ from pipelines.models import (
     load_models,
     refresh_models,
 )
+from tests.expected import waits_on
 from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
 
 TERMINAL = ("SUCCEED", "FAILED")
@@ -69,6 +70,9 @@ def expected_failure_rate_by(data: Dataset, column: str) -> dict[Any, dict[str, 
         c[
             "succeeded" if j["state"] == "SUCCEED" else "failed" if j["state"] == "FAILED" else "in_progress"
         ] += 1
+        side = waits_on(j["state"])
+        c["waiting_on_user"] += side == "user"
+        c["in_progress_by_service"] += side == "service"
     return {
         g: {
             "total_jobs": c["total_jobs"],
@@ -76,9 +80,25 @@ def expected_failure_rate_by(data: Dataset, column: str) -> dict[Any, dict[str, 
             "failed": c["failed"],
             "in_progress": c["in_progress"],
             "failure_rate": rate(c["failed"], c["succeeded"]),
+            "waiting_on_user": c["waiting_on_user"],
+            "in_progress_by_service": c["in_progress_by_service"],
         }
         for g, c in groups.items()
     }
+
+
+def expected_job_outcomes(data: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per live job: its outcome and which side an unfinished job waits on."""
+    out = {}
+    for j in data.live_jobs():
+        side = waits_on(j["state"])
+        out[(j["project_id"], j["job_id"])] = {
+            "outcome": {"SUCCEED": "succeeded", "FAILED": "failed"}.get(j["state"], "in_progress"),
+            "waits_on": side,
+            "waiting_on_user": side == "user",
+            "in_progress_by_service": side == "service",
+        }
+    return out
 
 
 def period_start(ts: datetime, period: str) -> date:
@@ -164,7 +184,15 @@ def expected_backlog(data: Dataset) -> dict[tuple[Any, str], dict[str, int]]:
     live = data.live_jobs()
     now = max(j["lastupdate_time"] for j in live)
     counts = Counter((j["state"], bucket(now - j["create_time"])) for j in live if j["state"] not in TERMINAL)
-    return {k: {"jobs": n} for k, n in counts.items()}
+    return {
+        (state, age): {
+            "jobs": n,
+            "waits_on": waits_on(state),
+            "waiting_on_user": n if waits_on(state) == "user" else 0,
+            "in_progress_by_service": n if waits_on(state) == "service" else 0,
+        }
+        for (state, age), n in counts.items()
+    }
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -211,7 +239,47 @@ def assert_rows_equal(actual: dict[Any, dict[str, Any]], expected: dict[Any, dic
 def test_failure_rate_by_group(con, data, column):
     rows = table(con, f"failure_rate_by_{column}")
     assert [r for r in rows if r["total_jobs"] != r["succeeded"] + r["failed"] + r["in_progress"]] == []
+    assert [r for r in rows if r["in_progress"] != r["waiting_on_user"] + r["in_progress_by_service"]] == []
     assert_rows_equal({r[column]: r for r in rows}, expected_failure_rate_by(data, column))
+    assert sum(r["waiting_on_user"] for r in rows) and sum(r["in_progress_by_service"] for r in rows)
+    # Columns dashboards read keep their names and places; the split comes after them.
+    assert list(rows[0])[:6] == [column, "total_jobs", "succeeded", "failed", "in_progress", "failure_rate"]
+
+
+def test_job_outcomes_say_who_an_unfinished_job_waits_on(con, data):
+    rows = table(con, "job_outcomes")
+    assert_rows_equal({(r["project_id"], r["job_id"]): r for r in rows}, expected_job_outcomes(data))
+
+
+@pytest.mark.parametrize(("state", "side"), [
+    ("CREATING", "service"), ("SYSTEM_AUDITING", "service"), ("AUDITING", "service"),
+    ("WAITING_SPLIT", "service"), ("SPLITTING", "service"), ("ANNOTATING", "service"),
+    ("WAITING", "service"), ("PROCESSING", "service"), ("RESULT_REVIEW", "service"),
+    ("UPLOADING", "service"), (None, "service"), ("SOMETHING_NEW", "service"),
+    ("SPLIT_FAILED", "user"), ("AUDIT_FAILED", "user"), ("USER_REVIEW_REJECT", "user"),
+    ("USER_RESULT_REVIEW", "user"), ("UPLOAD_FAILED", "user"),
+    ("SUCCEED", None), ("FAILED", None),
+])  # fmt: skip
+def test_every_state_waits_on_one_side(state, side):
+    assert waits_on(state) == side, "the oracle reads the API page the same way"
+    con = small_warehouse(state=state)
+    refresh_models(con)
+    got = con.execute(
+        "SELECT outcome, waits_on, waiting_on_user, in_progress_by_service FROM analytics.job_outcomes "
+        "WHERE job_id = '1'"
+    ).fetchone()
+    assert got == (
+        {"SUCCEED": "succeeded", "FAILED": "failed"}.get(state, "in_progress"), side, side == "user", side == "service"
+    )
+    backlog = con.execute(
+        "SELECT waits_on, sum(waiting_on_user), sum(in_progress_by_service) FROM analytics.in_flight_backlog "
+        "GROUP BY ALL"
+    ).fetchall()
+    assert backlog == ([] if side is None else [(side, int(side == "user"), int(side == "service"))])
+    by_tag = con.execute(
+        "SELECT in_progress, waiting_on_user, in_progress_by_service FROM analytics.failure_rate_by_tag"
+    ).fetchone()
+    assert by_tag == (int(side is not None), int(side == "user"), int(side == "service"))
 
 
 def test_failure_rate_edges_are_exercised(con):
@@ -308,6 +376,8 @@ def test_top_failure_codes(con, data):
 def test_in_flight_backlog(con, data):
     rows = table(con, "in_flight_backlog")
     assert_rows_equal({(r["state"], r["age_bucket"]): r for r in rows}, expected_backlog(data))
+    assert {r["waits_on"] for r in rows} == {"user", "service"}
+    assert list(rows[0])[:3] == ["state", "age_bucket", "jobs"]
     assert {r["age_bucket"] for r in rows} == {"<1h", "1h-1d", "1-7d", "7-30d", ">30d"}
 
 
@@ -534,7 +604,7 @@ def test_refresh_is_idempotent_and_atomic(tmp_path):
     assert (
         con.execute("SELECT * FROM analytics.failure_rate_by_tag").fetchall()
         == before
-        == [("NEWS", 2, 1, 1, 0, 0.5)]
+        == [("NEWS", 2, 1, 1, 0, 0.5, 0, 0)]
     )
     # A failing model rolls back the models built before it in the same refresh.
     write_model(
@@ -612,6 +682,11 @@ def test_materialize_model_assets_twice(tmp_path, data):
     assert meta[dg.AssetKey("in_flight_backlog")]["jobs_in_flight"] == sum(
         j["state"] not in TERMINAL for j in live
     )
+    for key in ("in_flight_backlog", "failure_rate_by_tag", ["analytics", "job_outcomes"]):
+        assert meta[dg.AssetKey(key)]["jobs_waiting_on_user"] == sum(waits_on(j["state"]) == "user" for j in live)
+        assert meta[dg.AssetKey(key)]["jobs_in_progress_by_service"] == sum(
+            waits_on(j["state"]) == "service" for j in live
+        )
     assert meta[dg.AssetKey(["analytics", "live_voice_training_jobs"])]["dagster/row_count"] == len(live)
     preview = result.get_asset_materialization_events()[0].materialization.metadata["preview"].value
     assert preview.startswith("| ")

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from xml.etree import ElementTree
@@ -16,6 +17,7 @@ import pytest
 from pipelines.models import refresh_models
 from pipelines.query import format_rows, run_query
 from pipelines.report import Bar, ReportError, bar_chart, duration, line_chart, write_report
+from tests.expected import waits_on
 from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
 
 
@@ -66,6 +68,35 @@ def test_report_is_a_self_contained_page_with_charts(built, tmp_path):
     for svg in re.findall(r"<svg.*?</svg>", page, re.S):
         root = ElementTree.fromstring(svg)
         assert root.tag == "svg" and len(root) > 2
+
+
+def cards_of(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<div class="card"><div class="muted">([^<]+)</div><div class="n">([^<]+)</div>', page))
+
+
+def test_report_shows_who_in_flight_jobs_wait_on(built, tmp_path):
+    db, data = built
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    live = data.live_jobs()
+    sides = Counter(waits_on(j["state"]) for j in live)
+    assert sides["user"] and sides["service"]
+    cards = cards_of(page)
+    assert cards["In progress"] == f"{sides['service']:,}"
+    assert cards["Waiting on the user"] == f"{sides['user']:,}"
+    # The backlog by age: one table per side, each state under the side it waits on.
+    section = page.split("<h2>Jobs still in flight, by age</h2>")[1]
+    service, user = section.split("<h3>")[1:3]
+    assert service.startswith("In progress") and user.startswith("Waiting on the user")
+
+    def states(part: str) -> set[str]:
+        return set(re.findall(r"<tr><td>([^<]+)</td>", part))
+
+    assert states(service) == {j["state"] for j in live if waits_on(j["state"]) == "service"}
+    assert states(user) == {j["state"] for j in live if waits_on(j["state"]) == "user"}
+    # A group with nothing finished says how many jobs wait on whom.
+    live_tag = Counter(waits_on(j["state"]) for j in live if j.get("tag") == "LIVE")
+    assert (f"no finished jobs yet ({live_tag['service']:,} in progress, "
+            f"{live_tag['user']:,} waiting on the user)") in page
 
 
 def test_report_refuses_a_database_without_models(tmp_path):
