@@ -313,7 +313,7 @@ class _Run:
         [stored] = count_in_ranges(times, [(task.owner_since, task.owner_until - US)])
         return stored, max(0, stored - len(result.jobs))
 
-    def absorb(self, task: _Task, result: WindowResult, synced_at: datetime) -> None:
+    def absorb(self, task: _Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
         """Normalize one finished window into the buffer; find its deletions."""
         personal_data = self.settings.personal_data
         normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=personal_data)
@@ -348,7 +348,7 @@ class _Run:
         for leaf in result.leaves:
             self.windows.append(
                 WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
-                             leaf.api_count, leaf.fetched, leaf.pages)
+                             leaf.api_count, leaf.fetched, leaf.pages, listed_at)
             )
         if not listed_completely(result):
             self.report.mismatched_windows += bool(result.leaves)
@@ -497,7 +497,7 @@ async def _run_tasks(client: MetaStudioClient, run: _Run, tasks: Sequence[_Task]
             task, result, absorbed = await finished.get()
             if absorbed is None:
                 raise result
-            run.absorb(task, result, datetime.now(UTC))
+            run.absorb(task, result, datetime.now(UTC), client.server_now())
             del result
             absorbed.set()
             if run.buffer_full:
@@ -608,6 +608,59 @@ def _day_tasks(project_ids: Sequence[str], days: Sequence[date], reconcile: bool
     return tasks
 
 
+def _gap_days(run: _Run, project_id: str, not_after: datetime) -> tuple[list[date], datetime | None]:
+    """Creation days change capture must backfill, and when the days already listed were listed.
+
+    Change capture reads every change since ``reference - lookback``: the watermark, or
+    before the first one, the oldest time a listed day was listed. Jobs created since then
+    are in that update window; the days before it that no run listed whole are gaps."""
+    settings = run.settings
+    listed = run.warehouse.listed_days(project_id, settings.first_day, not_after.date())
+    reference = run.warehouse.watermark(project_id) or (min(listed.values()) if listed else None)
+    if reference is None:
+        return days_between(settings.first_day, not_after.date()), None
+    last = (reference - timedelta(seconds=settings.lookback_seconds)).date() - timedelta(days=1)
+    gaps = [day for day in days_between(settings.first_day, last) if day not in listed] \
+        if last >= settings.first_day else []
+    return gaps, reference
+
+
+def _describe_days(days: Sequence[date]) -> str:
+    return f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
+
+
+async def _capture_project(client: MetaStudioClient, run: _Run, project_id: str,
+                           not_after: datetime) -> datetime | None:
+    """Change capture of one project: never-listed days first, then changes since the reference."""
+    settings = run.settings
+    gaps, reference = _gap_days(run, project_id, not_after)
+    if gaps:
+        log.warning("Creation days %s of %s were never synced: backfilling %d day%s.",
+                    _describe_days(gaps), project_id, len(gaps), "s" if len(gaps) != 1 else "")
+        tasks = _day_tasks([project_id], gaps, reconcile=True)
+        run.load_live(project_id, [t.window for t in tasks])
+        await _run_tasks(client, run, tasks, not_after)
+    newest = run.newest_update.get(project_id)
+    if reference is None:
+        # Nothing was listed before: the backfill is the whole listing. Changes made while it
+        # ran carry lastupdate_time >= its start, so the watermark is capped at the start.
+        return min(newest, not_after) if newest else not_after
+    since_t = reference - timedelta(seconds=settings.lookback_seconds)
+    if since_t < not_after:
+        await _run_tasks(client, run, [_Task(project_id, Window(since_t, not_after), "update")], not_after)
+    newest = run.newest_update.get(project_id)
+    # Deletions never show in an update window: find the days whose counts disagree.
+    run.flush(deleted_at=client.server_now())
+    found = await find_disagreeing_windows(client, run.warehouse, project_id, settings.first_day, not_after)
+    run.report.count_checks += found.requests
+    if found.windows:
+        log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",
+                 len(found.windows), project_id)
+        run.load_live(project_id, found.windows)
+        await _run_tasks(client, run, _range_tasks(project_id, found.windows), not_after)
+    return newest if newest and newest > reference else reference
+
+
 def _release_freed_memory() -> None:
     """Arrow allocates from the C library's malloc rather than its bundled mimalloc.
 
@@ -698,37 +751,11 @@ async def _sync(client: MetaStudioClient, run: _Run, mode: str, since: date | No
             await _run_tasks(client, run, tasks, not_after)
             run.flush(deleted_at=client.server_now())
             return
-        # incremental: change capture per project from its watermark, backfill where there is none
+        # incremental: per project, backfill the creation days never listed, then change capture
         watermarks: dict[str, datetime] = {}
         for project_id in projects:
-            stored = run.warehouse.watermark(project_id)
-            if stored is None:
-                first = settings.first_day
-                log.info("No watermark for %s yet: backfilling creation days from %s.", project_id, first)
-                tasks = _day_tasks([project_id], days_between(first, not_after.date()), reconcile=True)
-                run.load_live(project_id, [t.window for t in tasks])
-                await _run_tasks(client, run, tasks, not_after)
-                # Changes made while the backfill ran carry lastupdate_time >= its start, so the
-                # watermark is capped at the start; the next change capture re-reads from there.
-                newest = run.newest_update.get(project_id)
-                watermarks[project_id] = min(newest, not_after) if newest else not_after
-            else:
-                since_t = stored - timedelta(seconds=settings.lookback_seconds)
-                if since_t < not_after:
-                    window = Window(since_t, not_after)
-                    await _run_tasks(client, run, [_Task(project_id, window, "update")], not_after)
-                newest = run.newest_update.get(project_id)
-                if newest and newest > stored:
-                    watermarks[project_id] = newest
-                # Deletions never show in an update window: find the days whose counts disagree.
-                run.flush(deleted_at=client.server_now())
-                found = await find_disagreeing_windows(client, run.warehouse, project_id, settings.first_day,
-                                                       not_after)
-                run.report.count_checks += found.requests
-                if found.windows:
-                    log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",
-                             len(found.windows), project_id)
-                    run.load_live(project_id, found.windows)
-                    await _run_tasks(client, run, _range_tasks(project_id, found.windows), not_after)
+            mark = await _capture_project(client, run, project_id, not_after)
+            if mark is not None:
+                watermarks[project_id] = mark
         run.report.watermarks = {k: v.isoformat() for k, v in watermarks.items()}
         run.flush(deleted_at=client.server_now(), watermarks=watermarks or None)

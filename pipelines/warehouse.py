@@ -167,6 +167,7 @@ class WindowRecord:
     api_count: int
     fetched: int
     pages: int
+    listed_at: datetime | None = None  # the source's clock when the window was listed
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,11 @@ WHERE from_state IS DISTINCT FROM state""",
     [
         # Facts about the file itself (for now: which algorithm produced history.row_hash).
         "CREATE TABLE IF NOT EXISTS warehouse_meta (key VARCHAR, value VARCHAR, updated_at TIMESTAMPTZ)",
+    ],
+    [
+        # When the window was listed, by the source's clock: a creation day listed completely at
+        # T holds every change before T, so change capture can start there (listed_days()).
+        "ALTER TABLE sync_windows ADD COLUMN IF NOT EXISTS listed_at TIMESTAMPTZ",
     ],
 ]
 #: The warehouse file's schema version (schema_migrations); JOBS_SCHEMA has its own SCHEMA_VERSION.
@@ -748,10 +754,11 @@ class Warehouse:
         con: duckdb.DuckDBPyConnection, run_id: str, windows: Sequence[WindowRecord], now: datetime
     ) -> None:
         con.executemany(
-            "INSERT INTO sync_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sync_windows (run_id, project_id, kind, since, until, api_count, fetched, pages,"
+            " synced_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 [run_id, w.project_id, w.kind, _aware(w.since, "since"), _aware(w.until, "until"),
-                 w.api_count, w.fetched, w.pages, now]
+                 w.api_count, w.fetched, w.pages, now, w.listed_at]
                 for w in windows
             ],
         )  # fmt: skip
@@ -1144,6 +1151,29 @@ class Warehouse:
                 "SELECT max(watermark) FROM sync_state WHERE project_id = ?", [project_id]
             ).fetchone()
         return row[0].astimezone(UTC) if row and row[0] is not None else None
+
+    def listed_days(self, project_id: str, first: date, last: date) -> dict[date, datetime]:
+        """Creation days in [first, last] that one run listed whole, each with the newest time
+        (the source's clock; the local one for windows recorded before it was kept) it was.
+
+        A day counts when one run's creation windows inside it cover all of its 86,400
+        seconds, whether or not their counts agreed: listing it again would not change a
+        count the source gets wrong."""
+        with self._cursor() as con:
+            rows = con.execute(
+                """SELECT day, max(listed) FROM (
+                    SELECT run_id, CAST(since AS DATE) AS day,
+                           sum(epoch(until) - epoch(since)) AS covered,
+                           max(coalesce(listed_at, synced_at)) AS listed
+                    FROM sync_windows
+                    WHERE project_id = ? AND kind = 'create' AND since >= ? AND since < ?
+                      AND until <= CAST(CAST(since AS DATE) AS TIMESTAMPTZ) + INTERVAL 1 DAY
+                    GROUP BY run_id, day
+                ) WHERE covered >= 86400 GROUP BY day""",
+                [project_id, datetime(first.year, first.month, first.day, tzinfo=UTC),
+                 datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)],
+            ).fetchall()
+        return {day: listed.astimezone(UTC) for day, listed in rows}
 
     def live_job_ids(self, project_id: str, since: datetime, until: datetime) -> set[str]:
         """job_ids of not-deleted jobs created in [since, until)."""
