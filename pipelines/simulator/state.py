@@ -840,6 +840,20 @@ class SimulatorState:
                     if index is not None:
                         index._cum = None
 
+    def move_created(self, job_id: str, create_ms: int) -> None:
+        """Give one job another creation time (and an update time not before it), e.g. exactly
+        on a midnight, where two creation-day windows meet."""
+        with self._lock:
+            rows = np.array([r for r in np.flatnonzero(~self._col("deleted")).tolist()
+                             if self._job_id(r) == job_id], dtype=np.int64)
+            if not len(rows):
+                raise KeyError(job_id)
+            self._cols["create_ms"][rows] = create_ms
+            self._cols["update_ms"][rows] = np.maximum(self._cols["update_ms"][rows], create_ms)
+            self._touch(rows, updated=True)
+            for code in np.unique(self._cols["project"][rows]).tolist():
+                self._indexes.pop((code, "create"), None)
+
     def delete(self, job_ids: set[str]) -> int:
         """Delete the listed jobs among ``job_ids`` now (as a user would); returns how many."""
         with self._lock:

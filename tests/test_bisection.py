@@ -1,0 +1,201 @@
+"""Count bisection and the owner ranges, on hand-built creation times.
+
+Change capture finds deletions by comparing, range by range, the source's ``count`` with
+the warehouse's live jobs, and splits only the ranges that disagree. These tests build both
+sides by hand (sorted millisecond creation times), so every boundary is exact: a deletion on
+a whole second, on a midnight, and inside one second holding 300 jobs. They assert the
+ranges found and the count requests made, so an off-by-one at a closed boundary (which
+would silently cost requests or hide a deletion) fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.metastudio.paging import Window
+from pipelines.screen import split_owned
+from pipelines.sync import LEAF_JOBS, _halves, find_disagreeing_windows
+from pipelines.warehouse import count_in_ranges
+
+FIRST = date(2025, 3, 1)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+NOT_AFTER = T0 + timedelta(days=4)
+
+
+def ms(dt: datetime) -> int:
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // MS
+
+
+class Source:
+    """The listing's count over closed creation-time ranges at whole seconds, as the API answers."""
+
+    def __init__(self, times_ms: list[int]) -> None:
+        self.times = np.sort(np.asarray(times_ms, dtype=np.int64))
+        self.asked: list[tuple[datetime, datetime]] = []
+
+    async def list_jobs(self, project_id: str, params: dict) -> SimpleNamespace:
+        since, until = params["create_since"], params["create_until"]
+        assert since.microsecond == 0 and until.microsecond == 0  # the wire has whole seconds
+        self.asked.append((since, until))
+        lo = np.searchsorted(self.times, ms(since), "left")
+        hi = np.searchsorted(self.times, ms(until), "right")
+        return SimpleNamespace(count=int(hi - lo), jobs=[])
+
+
+class Stored:
+    """The warehouse's live creation times (microseconds), as live_creation_times returns them."""
+
+    def __init__(self, times_ms: list[int]) -> None:
+        self.times_us = np.sort(np.asarray(times_ms, dtype=np.int64) * 1000)
+
+    def live_creation_times(self, project_id: str, since: datetime, until: datetime) -> np.ndarray:
+        lo, hi = ms(since) * 1000, ms(until) * 1000
+        return self.times_us[(self.times_us >= lo) & (self.times_us <= hi)]
+
+
+def spread(n: int, seed: int = 1) -> list[int]:
+    """n creation times over the four days, none on a whole second or a midnight."""
+    rng = np.random.default_rng(seed)
+    return [t for t in (ms(T0) + rng.integers(1, 4 * 86_400_000, n)).tolist() if t % 1000]
+
+
+def bisect(source_ms: list[int], stored_ms: list[int]):
+    source = Source(source_ms)
+    found = asyncio.run(find_disagreeing_windows(source, Stored(stored_ms), "p", FIRST, NOT_AFTER))
+    return found, source
+
+
+def contains(window: Window, t_ms: int) -> bool:
+    return ms(window.since) <= t_ms <= ms(window.until)
+
+
+def test_nothing_changed_costs_one_request():
+    times = spread(2_000)
+    found, source = bisect(times, times)
+    assert found.windows == [] and found.requests == 1 == len(source.asked)
+    assert source.asked == [(T0, NOT_AFTER)]
+
+
+@pytest.mark.parametrize("where", ["second", "midnight"])
+def test_a_deletion_on_a_boundary_is_found_in_one_leaf(where):
+    at = T0 + timedelta(days=2) if where == "midnight" else T0 + timedelta(days=1, hours=7, seconds=13)
+    times = spread(2_000)
+    stored = sorted([*times, ms(at)])  # the warehouse still holds the job the source deleted
+    found, source = bisect(times, stored)
+    assert len(found.windows) >= 1 and all(contains(w, ms(at)) for w in found.windows)
+    # Every leaf holds the instant: halves share their middle instant, so a job on it is in
+    # both halves on both sides. A leaf is a range of at most LEAF_JOBS jobs at the source.
+    for window in found.windows:
+        assert Source(times).times[(Source(times).times >= ms(window.since))
+                                   & (Source(times).times <= ms(window.until))].size <= LEAF_JOBS
+    # Cost: one count per range asked, each level splitting only the disagreeing ranges in two.
+    assert found.requests == len(source.asked)
+    levels = 1 + sum(1 for a, b in zip(source.asked, source.asked[1:], strict=False) if b[0] < a[0])
+    assert found.requests <= 1 + 2 * (levels + 2) * len(found.windows)
+
+
+def test_the_costs_of_a_second_boundary_are_exact():
+    """Pinned numbers: a boundary made half-open on either side, or moved by a millisecond,
+    changes which ranges disagree and so what is asked."""
+    at = T0 + timedelta(days=1, hours=7, seconds=13)
+    times = spread(2_000)
+    found, source = bisect(times, sorted([*times, ms(at)]))
+    day = timedelta(days=1)
+    assert source.asked == [
+        (T0, T0 + 4 * day),                                  # 1,996 jobs at the source: disagrees
+        (T0, T0 + 2 * day), (T0 + 2 * day, T0 + 4 * day),    # halves on a midnight
+        (T0, T0 + day), (T0 + day, T0 + 2 * day),            # then days
+        (T0 + day, T0 + day + timedelta(hours=12)), (T0 + day + timedelta(hours=12), T0 + 2 * day),
+        (T0 + day, T0 + day + timedelta(hours=6)), (T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=12)),
+    ]
+    # 131 jobs at the source in the last range: at most LEAF_JOBS, so it is paged, not split
+    assert found.windows == [Window(T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=12))]
+    assert found.requests == 9
+
+
+def test_a_deletion_inside_a_second_of_300_jobs_stops_at_that_second():
+    second = T0 + timedelta(days=3, hours=11, minutes=5, seconds=30)
+    crowd = [ms(second) + 1 + i * 3 for i in range(300)]  # 300 jobs inside one second
+    times = sorted(spread(1_000) + crowd)
+    stored = times
+    source = [t for t in times if t != crowd[150]]  # the source deleted one of them
+    found, asked = bisect(source, stored)
+    assert found.windows == [Window(second, second + timedelta(seconds=1))]  # cannot split below a second
+    assert found.requests == len(asked.asked)
+    assert all(w[1] - w[0] >= timedelta(seconds=1) for w in asked.asked)
+
+
+def test_halves_share_their_middle_instant_on_whole_seconds_and_midnights():
+    days = Window(T0 + timedelta(hours=5), T0 + timedelta(days=3, hours=2))
+    low, high = _halves(days)
+    assert low.until == high.since == T0 + timedelta(days=2)  # a midnight while spanning days
+    seconds = Window(T0, T0 + timedelta(seconds=7))
+    low, high = _halves(seconds)
+    assert low.until == high.since == T0 + timedelta(seconds=3) and low.since == T0 and high.until == seconds.until
+    assert _halves(Window(T0, T0 + timedelta(seconds=1))) is None
+
+
+def test_count_in_ranges_counts_closed_ranges_to_the_microsecond():
+    times = np.array([ms(T0) * 1000, ms(T0 + timedelta(seconds=1)) * 1000 - 1, ms(T0 + timedelta(seconds=1)) * 1000])
+    assert count_in_ranges(times, [(T0, T0 + timedelta(seconds=1))]) == [3]
+    assert count_in_ranges(times, [(T0 + timedelta(microseconds=1), T0 + timedelta(seconds=1))]) == [2]
+    assert count_in_ranges(times, [(T0, T0 + timedelta(seconds=1) - timedelta(microseconds=1))]) == [2]
+    assert count_in_ranges(times, [(T0 - timedelta(days=1), T0 - timedelta(seconds=1))]) == [0]
+
+
+# ------------------------------------------------------------------------ owner ranges
+
+
+def _jobs(*created: datetime) -> pa.Table:
+    return pa.table({
+        "job_id": [f"j{i}" for i in range(len(created))],
+        "create_time": pa.array(created, pa.timestamp("ms", tz="UTC")),
+    })
+
+
+def test_a_window_owns_its_midnight_and_leaves_the_next_one_to_its_neighbour():
+    day = T0
+    listed = (day, day + timedelta(days=1))  # closed: both midnights are listed
+    jobs = _jobs(day, day + timedelta(hours=5), day + timedelta(days=1), day + timedelta(days=1) - MS,
+                 datetime(9999, 12, 31, tzinfo=UTC), day - MS)
+    owned, outside = split_owned(jobs, listed, (day, day + timedelta(days=1)))
+    assert owned["job_id"].to_pylist() == ["j0", "j1", "j3"]
+    assert outside["job_id"].to_pylist() == ["j4", "j5"]  # listed though the filter excludes them
+    # j2 (the next midnight) is neither: the next day's window owns and lists it
+
+
+def test_a_job_on_a_midnight_is_written_once_by_the_day_that_owns_it(tmp_path):
+    """Two day windows list a job created exactly at 00:00:00.000; only the later day keeps it.
+    Without the owner ranges both would write it (the upsert would hide the copy, the row
+    count does not) and the earlier day's reconciliation would look at it too."""
+    from pipelines.simulator import SimulatorConfig, SimulatorServer
+    from pipelines.sync import sync
+    from pipelines.warehouse import Warehouse
+    from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+
+    config = SimulatorConfig(jobs=400, seed=31, days=6, projects=PROJECTS, now=SIM_NOW)
+    with SimulatorServer(config) as server:
+        midnight = datetime.combine(SIM_NOW.date() - timedelta(days=3), datetime.min.time(), UTC)
+        job_id = server.state.truth(PROJECTS[0])[5]["job_id"]
+        server.state.move_created(job_id, ms(midnight))
+        since, until = midnight.date() - timedelta(days=2), midnight.date() + timedelta(days=1)
+        report = sync(sim_settings(server, tmp_path), mode="days", since=since, until=until,
+                      warehouse=Warehouse(tmp_path))
+        in_days = [j for pid in PROJECTS for j in server.state.truth(pid)
+                   if since <= _created_day(j["create_time"]) <= until]
+    assert report.quarantined == 0
+    assert report.rows_written == len(in_days)  # each job written once, the midnight one too
+    stored = Warehouse(tmp_path).jobs_table().to_pylist()
+    assert [r["create_time"] for r in stored if r["job_id"] == job_id] == [midnight]
+
+
+def _created_day(value: int) -> date:
+    """A truth record's create_time (epoch seconds or milliseconds, as the API sends) as a UTC day."""
+    return datetime.fromtimestamp(value / 1000 if value >= 100_000_000_000 else value, UTC).date()
