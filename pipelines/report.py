@@ -8,6 +8,7 @@ snapshot, read-only.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +44,22 @@ SIDES = {
 COLOR_LINE = "#2563eb"
 COLOR_BAR = "#dc2626"
 COLOR_MUTED = "#9ca3af"
+COLOR_VOLUME = "#cbd5e1"
 COLOR_GRID = "#e5e7eb"
 COLOR_TEXT = "#374151"
+# Failure reasons and voice names come in Chinese too: after the platform's UI font, fonts that
+# hold CJK glyphs on Linux, macOS and Windows, so a browser falls back glyph by glyph instead of
+# drawing boxes.
+FONT_STACK = (
+    'system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans CJK SC", "Source Han Sans SC", '
+    '"PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "WenQuanYi Micro Hei", sans-serif'
+)
+# Axis steps: 1, 2, 2.5 or 5 times a power of ten.
+NICE_STEPS = (1.0, 2.0, 2.5, 5.0, 10.0)
+# Duration units, smallest first: (seconds in one, name, decimals shown). A duration reads in
+# the largest unit it holds one and a half of: 90 s is 1.5 min, 36 h is 1.5 days.
+DURATION_UNITS = ((1, "s", 0), (60, "min", 0), (3600, "h", 1), (86400, "days", 1))
+SIMULATOR_ORIGIN = "embedded-simulator"  # warehouse_meta 'source' of a warehouse the simulator filled
 
 
 class ReportError(RuntimeError):
@@ -69,17 +84,33 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value * 100:.{digits}f}%"
 
 
-def duration(seconds: float | None) -> str:
-    """Seconds as a short human duration: 45 s, 12 min, 3.5 h, 2.1 days."""
+def duration_unit(seconds: float) -> tuple[int, str, int]:
+    """The unit `seconds` reads best in: s under 90 s, min under 90 min, h under 36 h, else days."""
+    for unit, (next_size, _, _) in zip(DURATION_UNITS, DURATION_UNITS[1:], strict=False):
+        if seconds < 1.5 * next_size:
+            return unit
+    return DURATION_UNITS[-1]
+
+
+def duration(seconds: float | None, unit: tuple[int, str, int] | None = None) -> str:
+    """Seconds as a short human duration (45 s, 12 min, 3.5 h, 2.1 days), in `unit` if given.
+
+    A positive duration too small to show in the unit reads "<1 min", "<0.1 days".
+    """
     if seconds is None:
         return "n/a"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    size, name, digits = unit or duration_unit(seconds)
+    text = f"{seconds / size:.{digits}f}"
+    if seconds > 0 and float(text) == 0:
+        return f"<{10**-digits:g} {name}"
+    return f"{text} {name}"
+
+
+def durations(values: Sequence[float | None]) -> list[str]:
+    """A column of durations in one unit, the one its largest value reads best in."""
+    known = [v for v in values if v is not None]
+    unit = duration_unit(max(known)) if known else None
+    return [duration(v, unit) for v in values]
 
 
 def count(n: int | None) -> str:
@@ -89,38 +120,59 @@ def count(n: int | None) -> str:
 # ---------------------------------------------------------------- charts
 
 
-def _nice_ceiling(value: float) -> float:
-    """A round axis maximum at or above `value` (1, 2, 2.5, 5 times a power of ten)."""
-    if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * power + 1e-12:
-            return step * power
-    return 10 * power
+def nice_ticks(high: float, intervals: int = 5) -> list[float]:
+    """Axis ticks from 0 to at least `high`: a round step (1, 2, 2.5 or 5 times a power of ten),
+    the smallest that needs no more than `intervals` steps. Nothing above 0: ticks up to 1."""
+    if not high > 0:
+        high = 1.0
+    raw = high / intervals
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in NICE_STEPS if m * power >= raw * (1 - 1e-9))
+    n = max(1, math.ceil(high / step * (1 - 1e-9)))
+    return [round(k * step, 12) for k in range(n + 1)]
 
 
-def line_chart(points: Sequence[tuple[date, float | None]], title: str, *, percent: bool = True) -> str:
+def _tick_label(value: float, step: float, percent: bool) -> str:
+    """`value` with as many decimals as the axis step needs (2.5% steps show 2.5%, 10% steps 10%)."""
+    scale = 100 if percent else 1
+    digits = next(d for d in range(7) if math.isclose(round(step * scale, d), step * scale, abs_tol=1e-9))
+    return f"{value * scale:.{digits}f}" + ("%" if percent else "")
+
+
+def _svg_open(width: int, height: int, title: str) -> str:
+    # The font stack on the element itself as well, so a chart copied out of the page keeps it.
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}" '
+        f'font-family="{esc(FONT_STACK)}">'
+    )
+
+
+def line_chart(
+    points: Sequence[tuple[date, float | None]],
+    title: str,
+    *,
+    percent: bool = True,
+    volumes: Sequence[int] | None = None,
+    volume_label: str = "finished jobs",
+) -> str:
     """An SVG line chart of `points` (day, value) placed on a time axis; None leaves a gap.
 
-    Values are fractions when `percent`.
+    Values are fractions when `percent`. `volumes` (one per point) draws a bar per point in a
+    band under the line: how many jobs the point's value rests on.
     """
-    width, height = 720, 240
-    left, right, top, bottom = 56, 16, 28, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
+    width, left, right, top, bottom = 720, 56, 16, 28, 40
+    plot_h = 172
+    band_gap, band_h = (14, 56) if volumes is not None else (0, 0)
+    height = top + plot_h + band_gap + band_h + bottom
+    plot_w = width - left - right
     values = [v for _, v in points if v is not None]
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
-        f'<text x="{left}" y="18" class="chart-title">{esc(title)}</text>',
-    ]
+    parts = [_svg_open(width, height, title), f'<text x="{left}" y="18" class="chart-title">{esc(title)}</text>']
     if not values:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">'
                      "No finished jobs yet</text></svg>")  # fmt: skip
         return "".join(parts)
-    # Rates never exceed 100%, so a percent axis stops there.
-    y_max = _nice_ceiling(max(values))
-    if percent:
-        y_max = min(y_max, 1.0)
+    ticks = nice_ticks(max(values))
+    y_max, step = ticks[-1], ticks[1] - ticks[0]
 
     first, last = points[0][0].toordinal(), points[-1][0].toordinal()
     span = last - first
@@ -132,16 +184,18 @@ def line_chart(points: Sequence[tuple[date, float | None]], title: str, *, perce
     def y_at(v: float) -> float:
         return top + plot_h - plot_h * (v / y_max)
 
-    for k in range(5):
-        v = y_max * k / 4
+    for v in ticks:
         y = y_at(v)
-        label = pct(v, 0) if percent else f"{v:g}"
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{COLOR_GRID}"/>'
         )
         parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{esc(label)}</text>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
+            f"{esc(_tick_label(v, step, percent))}</text>"
         )
+    if volumes is not None:
+        parts.append(_volume_band(points, volumes, x_at, left, width - right, top + plot_h + band_gap, band_h,
+                                  volume_label))  # fmt: skip
     tick_days = sorted({first, first + span // 2, last}) if span else [first]
     for day in tick_days:
         x = left + (plot_w * (day - first) / span if span else plot_w / 2)
@@ -170,11 +224,37 @@ def line_chart(points: Sequence[tuple[date, float | None]], title: str, *, perce
     for i, (label, v) in enumerate(points):
         if v is not None:
             shown = pct(v) if percent else f"{v:g}"
+            of = f" of {count(volumes[i])} {volume_label}" if volumes is not None else ""
             parts.append(
                 f'<circle cx="{x_at(i):.1f}" cy="{y_at(v):.1f}" r="3" fill="{COLOR_LINE}">'
-                f"<title>{esc(label.isoformat())}: {esc(shown)}</title></circle>"
+                f"<title>{esc(label.isoformat())}: {esc(shown)}{esc(of)}</title></circle>"
             )
     parts.append("</svg>")
+    return "".join(parts)
+
+
+def _volume_band(points, volumes, x_at, x0: float, x1: float, y0: float, h: float, label: str) -> str:
+    """Bars of `volumes` in the band from y0 to y0 + h, each under its point, on a round scale."""
+    top = nice_ticks(max(volumes, default=0), intervals=2)[-1]
+    ordinals = [d.toordinal() for d, _ in points]
+    gaps = [b - a for a, b in zip(ordinals, ordinals[1:], strict=False) if b > a]
+    span = ordinals[-1] - ordinals[0]
+    slots = span / min(gaps) + 1 if gaps else 1
+    bar_w = max(1.0, min(24.0, (x1 - x0) / slots * 0.8))
+    parts = [
+        f'<line x1="{x0}" x2="{x1}" y1="{y0 + h:.1f}" y2="{y0 + h:.1f}" stroke="{COLOR_GRID}"/>',
+        f'<text x="{x0 - 6}" y="{y0 + 8:.1f}" text-anchor="end" class="axis volume-axis">{esc(count(int(top)))}</text>',
+        f'<text x="{x0 + 4}" y="{y0 + 8:.1f}" class="axis volume-axis">{esc(label)} (bars)</text>',
+    ]
+    for i, ((day, _), n) in enumerate(zip(points, volumes, strict=True)):
+        if not n:
+            continue
+        bar_h = h * n / top
+        x = min(max(x_at(i) - bar_w / 2, x0), x1 - bar_w)
+        parts.append(
+            f'<rect class="volume" x="{x:.1f}" y="{y0 + h - bar_h:.1f}" width="{bar_w:.1f}" height="{bar_h:.1f}" '
+            f'fill="{COLOR_VOLUME}"><title>{esc(day.isoformat())}: {esc(count(n))} {esc(label)}</title></rect>'
+        )
     return "".join(parts)
 
 
@@ -183,17 +263,14 @@ def bar_chart(bars: Sequence[Bar], title: str, *, percent: bool = True) -> str:
     row_h, label_w, width, top = 26, 170, 720, 30
     height = top + row_h * max(len(bars), 1) + 10
     value_w = width - label_w - 170
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
-        f'<text x="0" y="18" class="chart-title">{esc(title)}</text>',
-    ]
+    parts = [_svg_open(width, height, title), f'<text x="0" y="18" class="chart-title">{esc(title)}</text>']
     if not bars:
         parts.append(
             f'<text x="{width / 2}" y="{top + 16}" text-anchor="middle" class="empty">No jobs yet</text></svg>'
         )
         return "".join(parts)
     known = [b.value for b in bars if b.value is not None]
-    scale = (min(_nice_ceiling(max(known)), 1.0) if percent else _nice_ceiling(max(known))) if known else 1.0
+    scale = (min(nice_ticks(max(known))[-1], 1.0) if percent else nice_ticks(max(known))[-1]) if known else 1.0
     for i, bar in enumerate(bars):
         y = top + i * row_h
         parts.append(
@@ -233,13 +310,31 @@ def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
 
 def _rate_over_time(
     con: duckdb.DuckDBPyConnection, table: str, column: str
-) -> list[tuple[date, float | None]]:
+) -> tuple[list[tuple[date, float | None]], list[int]]:
+    """(period, failure rate) over all projects, and how many of the period's jobs have finished."""
     rows = _fetch(
         con,
-        f"""SELECT {column}, analytics.failure_rate(sum(failed), sum(succeeded))
+        f"""SELECT {column}, analytics.failure_rate(sum(failed), sum(succeeded)), sum(succeeded + failed)
             FROM analytics.{table} WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY {column}""",
     )
-    return [(d, r) for d, r in rows]
+    return [(d, r) for d, r, _ in rows], [int(n) for _, _, n in rows]
+
+
+def _source(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """What warehouse_meta says the data came from ({} when it does not say, or says it unreadably)."""
+    try:
+        row = con.execute(
+            """SELECT value FROM main.warehouse_meta WHERE key = 'source' LIMIT 1"""
+        ).fetchone()
+        found = json.loads(row[0]) if row and row[0] else {}
+    except (duckdb.Error, ValueError, TypeError):
+        # A warehouse written before sources were recorded has no such table or key.
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _is_simulated(source: dict[str, Any]) -> bool:
+    return source.get("simulated") is True or source.get("origin") == SIMULATOR_ORIGIN
 
 
 def _group_bars(con: duckdb.DuckDBPyConnection, column: str) -> list[Bar]:
@@ -292,7 +387,7 @@ def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 # ---------------------------------------------------------------- page
 
 CSS = f"""
-body {{ font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; color: {COLOR_TEXT};
+body {{ font-family: {FONT_STACK}; color: {COLOR_TEXT};
        max-width: 960px; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }}
 h1 {{ margin-bottom: .2rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px solid {COLOR_GRID}; }}
 .sub, .muted {{ color: #6b7280; fill: #6b7280; }}
@@ -300,12 +395,26 @@ h1 {{ margin-bottom: .2rem; }} h2 {{ margin-top: 2.2rem; border-bottom: 1px soli
 .card {{ border: 1px solid {COLOR_GRID}; border-radius: 8px; padding: .7rem .9rem; }}
 .card .n {{ font-size: 1.6rem; font-weight: 600; }}
 .chart {{ width: 100%; height: auto; margin: .6rem 0; }}
-.chart text {{ font-size: 12px; fill: {COLOR_TEXT}; }}
+.chart text {{ font-family: {FONT_STACK}; font-size: 12px; fill: {COLOR_TEXT}; }}
+.chart .volume-axis {{ fill: #6b7280; font-size: 11px; }}
+figure {{ margin: .6rem 0 1.2rem; }} figcaption {{ color: #6b7280; font-size: .9rem; }}
+.banner {{ background: #fef3c7; border: 2px solid #d97706; color: #78350f; border-radius: 8px;
+          padding: .7rem 1rem; margin: .8rem 0; font-size: 1.05rem; }}
 .chart .chart-title {{ font-size: 14px; font-weight: 600; }}
 .chart .empty {{ fill: #6b7280; font-size: 14px; }}
 table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
 th, td {{ border-bottom: 1px solid {COLOR_GRID}; padding: .3rem .5rem; text-align: left; }}
 """
+
+
+def _rate_figure(series: tuple[list[tuple[date, float | None]], list[int]], title: str, period: str) -> str:
+    points, finished = series
+    return (
+        f"<figure>{line_chart(points, title, volumes=finished)}<figcaption>The line is the failure rate of "
+        f"the jobs created that {period} that have finished; the grey bars under it count those finished "
+        "jobs, the number each point rests on. A point over a handful of jobs can swing far either way: "
+        "read it with its bar.</figcaption></figure>"
+    )
 
 
 def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None) -> str:
@@ -364,7 +473,11 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
                   p99_finish_seconds
            FROM analytics.time_to_finish_by_job_type ORDER BY finished_jobs DESC, job_type NULLS LAST""",
     )
-    finish_rows = [(t, count(n), duration(a), duration(b), duration(c)) for t, n, a, b, c in finish]
+    # One unit per column (the one its largest value reads best in), so rows compare at a glance.
+    finish_columns = [durations([row[k] for row in finish]) for k in (2, 3, 4)]
+    finish_rows = [
+        (t, count(n), *[column[i] for column in finish_columns]) for i, (t, n, *_) in enumerate(finish)
+    ]
     backlog = _fetch(con, "SELECT waits_on, state, age_bucket, jobs FROM analytics.in_flight_backlog")
     buckets = [*BUCKET_ORDER, None] if any(b is None for *_, b, _ in backlog) else list(BUCKET_ORDER)
     backlog_tables = {side: _backlog_table([r[1:] for r in backlog if r[0] == side], buckets) for side in SIDES}
@@ -372,8 +485,8 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
         "<h2>Failure rate over time</h2>",
         "<p>Out of the jobs created on each day (or week) that have finished, the share that failed. "
         "Jobs still in progress are not counted until they finish, so recent points can move.</p>",
-        line_chart(daily, "Failure rate by creation day (UTC)"),
-        line_chart(weekly, "Failure rate by creation week (weeks start on Monday)"),
+        _rate_figure(daily, "Failure rate by creation day (UTC)", "day"),
+        _rate_figure(weekly, "Failure rate by creation week (weeks start on Monday)", "week"),
         "<h2>Failure rate by tag and language</h2>",
         "<p>Each bar is the share of finished jobs that failed. Jobs without a tag or language are "
         f"grouped as {esc(NONE_LABEL)}.</p>",
@@ -396,11 +509,20 @@ def render(con: duckdb.DuckDBPyConnection, generated_at: datetime | None = None)
         "customer can move the second kind.</p>",
         *[part for side, heading in SIDES.items() for part in (f"<h3>{esc(heading)}</h3>", backlog_tables[side])],
     ]
+    simulated = _is_simulated(_source(con))
+    suffix = " (simulated data)" if simulated else ""
+    banner = (
+        '<div class="banner" role="note"><strong>Simulated data.</strong> This warehouse was filled '
+        "from the embedded MetaStudio simulator, not from a MetaStudio account: no number on this "
+        "page describes real jobs.</div>"
+        if simulated
+        else ""
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Voice-training jobs report</title><style>{CSS}</style></head><body>"
-        "<h1>Voice-training jobs</h1>"
+        f"<title>Voice-training jobs report{suffix}</title><style>{CSS}</style></head><body>"
+        f"<h1>Voice-training jobs{suffix}</h1>{banner}"
         f'<p class="sub">Data as of {esc(as_of)} &middot; generated {esc(generated_at.strftime("%Y-%m-%d %H:%M UTC"))}</p>'
         f'<div class="cards">{card_html}</div>' + "".join(sections) + "</body></html>\n"
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import math
 import re
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -16,7 +18,7 @@ import pytest
 
 from pipelines.models import refresh_models
 from pipelines.query import format_rows, run_query
-from pipelines.report import Bar, ReportError, bar_chart, duration, line_chart, write_report
+from pipelines.report import Bar, ReportError, bar_chart, duration, durations, line_chart, write_report
 from tests.expected import waits_on
 from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
 
@@ -154,6 +156,108 @@ def test_chart_helpers():
     bars = bar_chart([Bar("A", 0.5, "of 2 finished"), Bar("B", None, "no finished jobs yet")], "b")
     assert bars.count("<rect") == 1 and "50.0%" in bars and "no finished jobs yet" in bars
     assert [duration(s) for s in (30, 600, 7200, 3 * 86400)] == ["30 s", "10 min", "2.0 h", "3.0 days"]
+
+
+# ---------------------------------------------------------------- report: axes, volume, units, fonts, source
+
+NICE_MANTISSAS = (1.0, 2.0, 2.5, 5.0)
+
+
+def y_ticks(svg: str) -> list[float]:
+    """The percent labels of a chart's value axis, as numbers."""
+    return [float(v) for v in re.findall(r'text-anchor="end" class="axis[^"]*">(-?[\d.]+)%</text>', svg)]
+
+
+def assert_nice(ticks: list[float], top: float) -> None:
+    assert len(ticks) >= 3 and ticks[0] == 0 and ticks[-1] >= top * 100 - 1e-9, ticks
+    step = ticks[1] - ticks[0]
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m, rel_tol=1e-9) for m in NICE_MANTISSAS), (step, ticks)
+    assert all(math.isclose(t, k * step, abs_tol=1e-9) for k, t in enumerate(ticks)), ticks
+
+
+@pytest.mark.parametrize("top", [0.5, 0.31, 0.07, 0.0123, 0.96, 1.0])
+def test_axis_ticks_are_round_numbers(top):
+    points = [(date(2025, 3, 1), 0.0), (date(2025, 3, 5), top / 3), (date(2025, 3, 9), top)]
+    assert_nice(y_ticks(line_chart(points, "t")), top)
+
+
+def test_daily_chart_shows_how_many_jobs_each_point_rests_on(built, tmp_path):
+    db, data = built
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    day_chart = page.split('aria-label="Failure rate by creation day (UTC)"')[1].split("</svg>")[0]
+    finished = Counter(j["create_time"].astimezone(UTC).date() for j in data.live_jobs()
+                       if j["state"] in ("SUCCEED", "FAILED"))
+    bars = re.findall(r'<rect class="volume"[^>]*><title>(\d{4}-\d\d-\d\d): ([\d,]+) finished', day_chart)
+    assert {date.fromisoformat(d): int(n.replace(",", "")) for d, n in bars} == finished
+    caption = page.split('aria-label="Failure rate by creation day (UTC)"')[1].split("</figure>")[0]
+    assert "<figcaption>" in caption and "bars" in caption and "finished" in caption
+    assert_nice(y_ticks(day_chart), 0)
+
+
+def test_durations_share_one_unit_per_column(tmp_path):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    t = datetime(2025, 3, 3, tzinfo=UTC)
+    took = {"BASIC": [600, 900], "MIDDLE": [5 * 3600, 20 * 3600], "ADVANCE": [3 * 86400, 9 * 86400]}
+    insert_rows(con, "main.voice_training_jobs", [
+        {"project_id": "p", "job_id": f"{kind}-{i}", "job_type": kind, "state": "SUCCEED",
+         "create_time": t, "lastupdate_time": t + timedelta(seconds=seconds)}
+        for kind, times in took.items() for i, seconds in enumerate(times)
+    ])  # fmt: skip
+    refresh_models(con)
+    con.close()
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    section = page.split("<h2>How long jobs take</h2>")[1].split("<h2>")[0]
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", section)[1:]]
+    assert len(rows) == 3
+    for column in (2, 3, 4):  # median, 90th and 99th percentile
+        units = {row[column].split()[-1] for row in rows}
+        assert units == {"days"}, [row[column] for row in rows]
+    assert {row[0]: row[2] for row in rows}["MIDDLE"] == "0.5 days"
+
+
+def test_durations_helper_picks_the_unit_of_the_largest_value():
+    assert durations([30, 600, None, 3 * 86400]) == ["<0.1 days", "<0.1 days", "n/a", "3.0 days"]
+    assert durations([30, 1800]) == ["<1 min", "30 min"]
+    assert durations([None]) == ["n/a"]
+
+
+def test_report_names_fonts_that_hold_chinese(built, tmp_path):
+    db, _ = built
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    css = page.split("<style>")[1].split("</style>")[0]
+    stacks = re.findall(r"font-family:\s*([^;}]+)", css)
+    body = next(s for s in stacks if "system-ui" in s)
+    assert re.search(r"Noto Sans CJK|Source Han Sans|PingFang|Microsoft YaHei", body), body
+    assert body.strip().endswith("sans-serif")
+    # Chart text too, also when an SVG is copied out of the page on its own.
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        assert "Noto Sans CJK SC" in html.unescape(ElementTree.fromstring(svg).get("font-family", ""))
+
+
+@pytest.mark.parametrize(("source", "banner"), [
+    (None, False),
+    ({"origin": "embedded-simulator", "simulated": True}, True),
+    ({"origin": "https://metastudio.cn-north-4.myhuaweicloud.com", "simulated": False}, False),
+    ("not json", False),
+])  # fmt: skip
+def test_simulated_data_is_said_in_the_header(tmp_path, source, banner):
+    db = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(db))
+    create_warehouse(con)
+    if source is not None:
+        con.execute("CREATE TABLE warehouse_meta (key VARCHAR, value VARCHAR, updated_at TIMESTAMPTZ)")
+        value = source if isinstance(source, str) else json.dumps(source)
+        con.execute("INSERT INTO warehouse_meta VALUES ('source', ?, now())", [value])
+    refresh_models(con)
+    con.close()
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    header = page.split("<h2>")[0]
+    assert ("simulated data" in header.lower()) is banner
+    assert ('class="banner"' in header) is banner
+    assert "myhuaweicloud" not in page
 
 
 # ---------------------------------------------------------------- query
