@@ -29,8 +29,9 @@ def _clock(seconds: float) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _progress_printer(stream=sys.stderr, clock=time.monotonic):
+def _progress_printer(stream=None, clock=time.monotonic):
     """A progress callback drawing one line on a terminal; silent when not a terminal."""
+    stream = stream or sys.stderr
     if not stream.isatty():
         return None
     last = [-1.0, ""]
@@ -38,6 +39,12 @@ def _progress_printer(stream=sys.stderr, clock=time.monotonic):
     def show(progress) -> None:
         now = clock()
         fetching = progress.phase == "fetching windows"
+        if progress.retrying:
+            # One line that updates while retrying; the verdict follows if the retries run out.
+            stream.write(f"\r\033[K  {progress.retrying}")
+            stream.flush()
+            last[0] = now
+            return
         if fetching and now - last[0] < 0.2 and progress.windows_done < progress.windows_total:
             return
         if not fetching:
@@ -50,7 +57,7 @@ def _progress_printer(stream=sys.stderr, clock=time.monotonic):
         last[0], last[1] = now, progress.phase
         eta = progress.eta_seconds
         stream.write(
-            f"\r  windows {progress.windows_done}/{progress.windows_total} ({progress.fraction:.0%})  "
+            f"\r\033[K  windows {progress.windows_done}/{progress.windows_total} ({progress.fraction:.0%})  "
             f"jobs {progress.jobs:,}  {progress.rate:,.0f} jobs/s  elapsed {_clock(progress.elapsed)}"
             + (f"  eta {_clock(eta)}" if eta is not None else "") + "   "
         )
@@ -289,19 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UsageError as exc:
-        print(f"voicejobs {args.command}: {redact(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _verdict(args, redact(exc), EXIT_USAGE)
     except (MetaStudioError, WarehouseError) as exc:
-        print(f"voicejobs {args.command}: {redact(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+        return _verdict(args, redact(exc), EXIT_FAILED)
     except OSError as exc:
         # A full disk or an unwritable path surfacing outside the warehouse's own checks.
-        print(f"voicejobs {args.command}: {redact(exc)}; check free space and permissions of the data directory "
-              f"({os.environ.get('VOICEJOBS_DATA_DIR', './data')}).", file=sys.stderr)
-        return EXIT_FAILED
+        return _verdict(args, f"{redact(exc)}; check free space and permissions of the data directory "
+                              f"({os.environ.get('VOICEJOBS_DATA_DIR', './data')}).", EXIT_FAILED)
     except KeyboardInterrupt:
-        print(f"voicejobs {args.command}: interrupted; the warehouse keeps its last committed state.", file=sys.stderr)
-        return 130
+        return _verdict(args, "interrupted; the warehouse keeps its last committed state.", 130)
+
+
+def _verdict(args, message: str, code: int) -> int:
+    """The one line a failed command ends with, on a line of its own after any progress line."""
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+    print(f"{clear}voicejobs {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class SyncProgress:
     windows_done: int = 0
     jobs: int = 0
     phase: str = "fetching windows"
+    retrying: str | None = None  # the latest retry, until the next window is done
     clock: Callable[[], float] = time.monotonic
     started: float | None = None
 
@@ -367,6 +368,13 @@ class _Run:
         crashpoint("fetched")
         self.progress.windows_done += 1
         self.progress.jobs += len(result.jobs)
+        self.progress.retrying = None
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    def retrying(self, note: str) -> None:
+        """Show the latest retry on the progress line (the summary counts them all)."""
+        self.progress.retrying = note
         if self.progress_cb:
             self.progress_cb(self.progress)
 
@@ -711,6 +719,7 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     run = _Run(settings, warehouse, run_id, report, progress)
     started = time.monotonic()
     client = make_client(settings)
+    client.on_retry = run.retrying
     try:
         asyncio.run(_sync(client, run, report.mode, since, until))
         report.phase_seconds["fetch and write"] = time.monotonic() - started

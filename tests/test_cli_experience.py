@@ -106,3 +106,28 @@ def test_the_summary_gives_the_total_and_each_phase():
     assert text.splitlines()[0].startswith("backfill of creation days of p")
     assert "took 10.0s in all (10 jobs/s): fetch and write 7.0s, models 2.0s, snapshot 1.0s" in text
     assert "request time summed over concurrent requests 30.0s" in text
+
+
+def test_retries_update_one_line_then_the_verdict(monkeypatch, tmp_path, caplog):
+    """An unreachable endpoint: no stack of WARNING lines, one line that updates, one verdict."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in dict(METASTUDIO_ENDPOINT=f"http://127.0.0.1:{port}", HUAWEICLOUD_SDK_AK="ak",
+                            HUAWEICLOUD_SDK_SK="sk", HUAWEICLOUD_SDK_PROJECT_ID="p1", VOICEJOBS_MAX_ATTEMPTS="3",
+                            VOICEJOBS_MAX_RETRY_SECONDS="30", VOICEJOBS_DATA_DIR=str(tmp_path)).items():
+        monkeypatch.setenv(name, value)
+    terminal = _Terminal()
+    monkeypatch.setattr(cli.sys, "stderr", terminal)
+    caplog.set_level("WARNING")
+    assert cli.main(["sync", "--since", "2026-03-01", "--until", "2026-03-01"]) == 1
+    lines = terminal.text.split("\n")
+    assert lines[-1] == ""  # ends with the verdict's newline
+    body = lines[:-1]
+    assert len(body) == 1  # everything on one terminal line, redrawn with \r
+    redraws = body[0].split("\r\033[K")
+    assert [r for r in redraws if r.startswith("  MetaStudio request failed")] and len(redraws) >= 3
+    assert redraws[-1].startswith("voicejobs sync: Cannot reach the MetaStudio endpoint")
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]  # no WARNING per retry

@@ -247,6 +247,8 @@ class MetaStudioClient:
         #: The largest skew (server Date minus local clock) of a Date not believed; None when none.
         self.clock_skew: timedelta | None = None
         self.stats = ClientStats()
+        #: Told about each retry as it is scheduled (one line of text), instead of a WARNING.
+        self.on_retry: Callable[[str], None] | None = None
         self._http = httpx.AsyncClient(
             auth=auth,
             timeout=httpx.Timeout(timeout),
@@ -368,14 +370,14 @@ class MetaStudioClient:
                 out_of_time = elapsed + delay > self._max_retry_seconds
                 if failure.final or attempt >= self._max_attempts or out_of_time:
                     raise self._exhausted(failure, attempt, elapsed) from None
-                log.warning(
-                    "MetaStudio request failed (%s: %s); attempt %d of %d, retrying in %.2f s",
-                    failure.cause,
-                    failure.detail,
-                    attempt,
-                    self._max_attempts,
-                    delay,
-                )
+                note = (f"MetaStudio request failed ({failure.cause}: {failure.detail}); "
+                        f"attempt {attempt} of {self._max_attempts}, retrying in {delay:.2f} s")
+                if self.on_retry is not None:
+                    # A display shows it on one line that updates; the log keeps it below the default level.
+                    self.on_retry(note)
+                    log.info("%s", note)
+                else:
+                    log.warning("%s", note)
                 if failure.retry_after is not None:
                     self._blocked_until = max(self._blocked_until, self._monotonic() + failure.retry_after)
                 await self._sleep(delay)
