@@ -60,7 +60,7 @@ def demo_dir(tmp_path_factory):
 
 def test_readme_has_examples_for_every_client():
     assert len(SHELL_LINES) >= 5 and len(PYTHON_BLOCKS) >= 3
-    assert any(line.startswith("duckdb ") for line in SHELL_LINES)
+    assert any(line.startswith(".venv/bin/duckdb ") for line in SHELL_LINES)
     assert any("create_engine" in block for block in PYTHON_BLOCKS)
     assert any("read_parquet" in block for block in PYTHON_BLOCKS)
 
