@@ -16,7 +16,7 @@ WAREHOUSE_POOL = "voicejobs_warehouse"
 creation_days = dg.DailyPartitionsDefinition(start_date=first_partition_day().isoformat(), timezone="UTC")
 
 
-def _metadata(report: SyncReport) -> dict:
+def metadata_of(report: SyncReport) -> dict:
     data = report.as_dict()
     return {
         "run_id": data["run_id"],
@@ -58,7 +58,7 @@ def voice_training_jobs(
     since, until = date.fromisoformat(keys.start), date.fromisoformat(keys.end)
     context.log.info(f"Syncing creation days {since} .. {until}")
     report = _run(metastudio, warehouse, mode="days", since=since, until=until)
-    return dg.MaterializeResult(metadata=_metadata(report))
+    return dg.MaterializeResult(metadata=metadata_of(report))
 
 
 @dg.asset(pool=WAREHOUSE_POOL, group_name="warehouse", kinds={"duckdb", "parquet"})
@@ -67,7 +67,7 @@ def voice_training_job_changes(
 ) -> dg.MaterializeResult:
     """Change capture: jobs updated since the stored watermark, upserted with their history."""
     report = _run(metastudio, warehouse, mode="incremental")
-    metadata = _metadata(report)
+    metadata = metadata_of(report)
     metadata["watermarks"] = dg.MetadataValue.json(report.watermarks)
     return dg.MaterializeResult(metadata=metadata)
 
@@ -85,4 +85,4 @@ def voice_training_job_deletions(
         until = (datetime.now(UTC) + timedelta(days=1)).date()
         context.log.info(f"Reconciling creation days {since} .. {until}")
         report = sync(settings, warehouse=wh, mode="reconcile", since=since, until=until)
-    return dg.MaterializeResult(metadata=_metadata(report))
+    return dg.MaterializeResult(metadata=metadata_of(report))

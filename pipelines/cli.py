@@ -104,7 +104,23 @@ def _cmd_sync(args) -> int:
                       progress=_progress_printer(), refresh=True)
     print(report.summary())
     print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
+    _tell_dagster(report, warehouse)
     return EXIT_OK
+
+
+def _tell_dagster(report, warehouse) -> None:
+    """With DAGSTER_HOME set, record the run as materializations of the assets it built."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    from assets.cli_runs import report_cli_run
+
+    try:
+        count = report_cli_run(report, serving_path=str(warehouse.serving_path))
+    except Exception as exc:  # the warehouse is complete; only the instance's record is missing
+        print(f"voicejobs: the run is done, but recording it in the Dagster instance at "
+              f"{os.environ['DAGSTER_HOME']} failed ({redact(exc)})", file=sys.stderr)
+        return
+    print(f"recorded as {count} asset materializations in the Dagster instance at {os.environ['DAGSTER_HOME']}")
 
 
 #: Where `voicejobs demo` writes unless --data-dir says otherwise: never the real syncs' ./data.
@@ -142,6 +158,7 @@ def _cmd_demo(args) -> int:
         report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
                       warehouse=warehouse, progress=_progress_printer(), refresh=True)
     print(report.summary())
+    _tell_dagster(report, warehouse)
     me = _self_command()
     where = "" if data_dir == Path(os.environ.get("VOICEJOBS_DATA_DIR", "").strip() or "data") else (
         f" --data-dir {shlex.quote(str(data_dir))}")

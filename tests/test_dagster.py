@@ -140,3 +140,32 @@ def test_dagster_yaml_is_a_valid_instance_config(tmp_path):
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     finally:
         instance.dispose()
+
+
+def test_a_cli_sync_shows_in_dagster_as_materializations_of_the_same_assets(small_simulator, tmp_path, monkeypatch):
+    """With DAGSTER_HOME set, `voicejobs sync` is not invisible to the UI."""
+    from assets.cli_runs import TAGS
+    from assets.models import MODEL_ASSET_KEYS
+    from pipelines import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    ak, sk = next(iter(small_simulator.state.config.credentials.items()))
+    for name in [n for n in os.environ if n.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))]:
+        monkeypatch.delenv(name)
+    for name, value in dict(DAGSTER_HOME=str(home), METASTUDIO_ENDPOINT=small_simulator.url, HUAWEICLOUD_SDK_AK=ak,
+                            HUAWEICLOUD_SDK_SK=sk, HUAWEICLOUD_SDK_PROJECT_ID=",".join(small_simulator.state.config.projects),
+                            VOICEJOBS_DATA_DIR=str(tmp_path / "data"), VOICEJOBS_SAFETY_LAG_SECONDS="0",
+                            VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0").items():
+        monkeypatch.setenv(name, value)
+    days = [(SIM_NOW - timedelta(days=n)).date().isoformat() for n in (2, 1)]
+    assert cli.main(["sync", "--since", days[0], "--until", days[1]]) == 0
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        jobs = dg.AssetKey("voice_training_jobs")
+        materialized = instance.get_materialized_partitions(jobs)
+        assert set(days) <= materialized
+        latest = instance.get_latest_materialization_event(jobs).asset_materialization
+        assert latest.tags["voicejobs/started-by"] == TAGS["voicejobs/started-by"]
+        assert latest.metadata["rows"].value > 0
+        for key in [*MODEL_ASSET_KEYS, dg.AssetKey("serving_snapshot")]:
+            assert instance.get_latest_materialization_event(key) is not None, key
