@@ -1,13 +1,22 @@
-"""A small warehouse built with plain DDL from the shared table contract, and rows with known answers.
+"""A small warehouse with the product's own schema, and rows with known answers.
 
 The analytics tests build the `main` tables here rather than through the sync, so each SQL
 model is tested on rows chosen to exercise it: NULL groups, groups with no finished job,
-deleted jobs, jobs with and without history.
+deleted jobs, jobs with and without history. The tables and views are not written out by
+hand: :func:`create_warehouse` replays the DDL that ``pipelines.warehouse.Warehouse`` leaves
+after running its migrations, so a new column or a changed view reaches these tests as it
+reaches a real data directory.
+
+One product table is left out: ``warehouse_meta`` (facts about one file: which source filled
+it, which DuckDB release hashed its history). A sync writes it when it claims a data directory;
+tests that need it create and fill it themselves, as tests/test_report.py does.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,53 +25,22 @@ from typing import Any
 
 import duckdb
 
+from pipelines.schema import JOBS_SCHEMA
+from pipelines.warehouse import Warehouse
+
 ASSESS_PARAMS = ("speed", "sound", "snr", "reverb", "dnsmos_ovrl", "dnsmos_bak")
 
+_ARROW_TO_DUCKDB = {"string": "VARCHAR", "int32": "INTEGER", "bool": "BOOLEAN", "timestamp[ms, tz=UTC]": "TIMESTAMPTZ"}
+
+#: The job columns of the product's contract (JOBS_SCHEMA), with the DuckDB type the warehouse
+#: gives each; the keys are marked NOT NULL as the contract declares them.
 JOB_COLUMNS: list[tuple[str, str]] = [
-    ("project_id", "VARCHAR NOT NULL"),
-    ("job_id", "VARCHAR NOT NULL"),
-    ("job_type", "VARCHAR"),
-    ("app_user_id", "VARCHAR"),
-    ("voice_name", "VARCHAR"),
-    ("sex", "VARCHAR"),
-    ("language", "VARCHAR"),
-    ("state", "VARCHAR"),
-    ("reject_times", "INTEGER"),
-    ("asset_id", "VARCHAR"),
-    ("job_failed_code", "VARCHAR"),
-    ("job_failed_reason", "VARCHAR"),
-    ("create_time", "TIMESTAMPTZ"),
-    ("lastupdate_time", "TIMESTAMPTZ"),
-    ("voice_authorization_url", "VARCHAR"),
-    ("training_input_source_url", "VARCHAR"),
-    ("create_type", "VARCHAR"),
-    ("tag", "VARCHAR"),
-    ("phone", "VARCHAR"),
-    ("dhtms_job_id", "VARCHAR"),
-    ("batch_name", "VARCHAR"),
-    ("allocated_resource_resource_id", "VARCHAR"),
-    ("allocated_resource_charge_mode", "VARCHAR"),
-    ("allocated_resource_expire_time", "TIMESTAMPTZ"),
-    ("output_language", "VARCHAR"),
-    ("is_remake", "BOOLEAN"),
-    *[
-        (f"assess_result_{p}_{suffix}", kind)
-        for p in ASSESS_PARAMS
-        for suffix, kind in (
-            ("expected", "VARCHAR"),
-            ("actual", "VARCHAR"),
-            ("suggestion", "VARCHAR"),
-            ("suggestion_en", "VARCHAR"),
-            ("status", "INTEGER"),
-        )
-    ],
-    ("assess_result_suggestion", "VARCHAR"),
-    ("is_ondemand_resource", "BOOLEAN"),
-    ("extra", "VARCHAR"),
-    ("synced_at", "TIMESTAMPTZ"),
+    (f.name, _ARROW_TO_DUCKDB[str(f.type)] + ("" if f.nullable else " NOT NULL")) for f in JOBS_SCHEMA
 ]
 JOB_COLUMN_NAMES = [name for name, _ in JOB_COLUMNS]
 HISTORY_EXTRA = ["valid_from", "valid_to", "observed_at", "deleted_at"]
+#: Product tables create_warehouse() does not create (see the module docstring).
+LEFT_OUT_TABLES = ("warehouse_meta",)
 
 
 def _not_null_free(kind: str) -> str:
@@ -71,40 +49,59 @@ def _not_null_free(kind: str) -> str:
     return kind.replace(" NOT NULL", "")
 
 
-def create_warehouse(con: duckdb.DuckDBPyConnection, *, enforce_keys: bool = False) -> None:
-    """Create the `main` tables and view of the warehouse layout, empty.
+@functools.cache
+def product_schema() -> tuple[tuple[tuple[str, str], ...], tuple[tuple[Any, ...], ...]]:
+    """((schema, DDL statement), ...) and the schema_migrations rows of a fresh product warehouse.
 
-    enforce_keys: declare project_id/job_id NOT NULL on the jobs table. Off by default so
-    tests can plant the bad rows the asset checks exist to catch.
+    Made once per process: a Warehouse is opened in a scratch directory (which runs every
+    migration), and the catalog is read back: schemas, then tables (but LEFT_OUT_TABLES), then views.
     """
-    cols = ",\n".join(f"{n} {k if enforce_keys else _not_null_free(k)}" for n, k in JOB_COLUMNS)
-    hist_cols = ",\n".join(f"{n} {_not_null_free(k)}" for n, k in JOB_COLUMNS)
-    con.execute(f"CREATE TABLE main.voice_training_jobs ({cols},\n deleted_at TIMESTAMPTZ)")
-    con.execute(
-        f"CREATE TABLE main.voice_training_job_history ({hist_cols},\n valid_from TIMESTAMPTZ,"
-        " valid_to TIMESTAMPTZ, observed_at TIMESTAMPTZ, deleted_at TIMESTAMPTZ)"
-    )
-    con.execute(
-        """
-        CREATE VIEW main.voice_training_job_transitions AS
-        SELECT project_id, job_id, from_state, state AS to_state, valid_from AS changed_at
-        FROM (
-            SELECT project_id, job_id, state, valid_from,
-                   lag(state) OVER (PARTITION BY project_id, job_id ORDER BY valid_from) AS from_state
-            FROM main.voice_training_job_history
+    with tempfile.TemporaryDirectory(prefix="warehouse-schema-") as scratch:
+        with Warehouse(scratch).connect() as con:
+            db = con.execute("SELECT current_database()").fetchone()[0]
+            schemas = con.execute(
+                "SELECT schema_name FROM duckdb_schemas() WHERE database_name = ? AND NOT internal"
+                " ORDER BY schema_name", [db],
+            ).fetchall()
+            tables = con.execute(
+                "SELECT schema_name, sql FROM duckdb_tables() WHERE database_name = ? AND NOT list_contains(?, table_name)"
+                " ORDER BY schema_name, table_name", [db, list(LEFT_OUT_TABLES)],
+            ).fetchall()
+            views = con.execute(
+                "SELECT schema_name, sql FROM duckdb_views() WHERE database_name = ? AND NOT internal"
+                " ORDER BY schema_name, view_name", [db],
+            ).fetchall()
+            migrations = con.execute("SELECT * FROM schema_migrations ORDER BY version").fetchall()
+    statements = [("main", f"CREATE SCHEMA IF NOT EXISTS {name}") for (name,) in schemas if name != "main"]
+    statements += [(schema, sql) for schema, sql in (*tables, *views)]
+    return tuple(statements), tuple(migrations)
+
+
+def create_warehouse(con: duckdb.DuckDBPyConnection, *, enforce_keys: bool = False) -> None:
+    """Create the tables, views and schemas of a fresh product warehouse, empty.
+
+    The schema is the one ``pipelines.warehouse`` migrates a data directory to (see
+    :func:`product_schema`; LEFT_OUT_TABLES aside); schema_migrations holds its versions, so the product opening this
+    database finds it current. enforce_keys: declare project_id/job_id NOT NULL on the jobs
+    table. Off by default (the product does not declare them either) so tests can plant the bad
+    rows the asset checks exist to catch.
+    """
+    statements, migrations = product_schema()
+    try:
+        for schema, sql in statements:
+            con.execute(f"SET schema = '{schema}'")
+            con.execute(sql)
+    finally:
+        con.execute("SET schema = 'main'")
+    if migrations:
+        con.executemany(
+            f"INSERT INTO main.schema_migrations VALUES ({', '.join('?' for _ in migrations[0])})",
+            [list(row) for row in migrations],
         )
-        WHERE from_state IS DISTINCT FROM state
-        """
-    )
-    con.execute(
-        "CREATE TABLE main.sync_windows (run_id VARCHAR, project_id VARCHAR, kind VARCHAR,"
-        " since TIMESTAMPTZ, until TIMESTAMPTZ, api_count BIGINT, fetched BIGINT, pages INTEGER,"
-        " synced_at TIMESTAMPTZ)"
-    )
-    con.execute(
-        "CREATE TABLE main.sync_runs (run_id VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,"
-        " status VARCHAR, mode VARCHAR, rows BIGINT, requests BIGINT, retries BIGINT, details VARCHAR)"
-    )
+    if enforce_keys:
+        for name, kind in JOB_COLUMNS:
+            if kind.endswith(" NOT NULL"):
+                con.execute(f"ALTER TABLE main.voice_training_jobs ALTER COLUMN {name} SET NOT NULL")
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
