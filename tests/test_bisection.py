@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines.metastudio.bisection import LEAF_JOBS, find_disagreeing_windows, halves
 from pipelines.metastudio.paging import Window
 from pipelines.screen import split_owned
-from pipelines.sync import LEAF_JOBS, _halves, find_disagreeing_windows
 from pipelines.warehouse import count_in_ranges
 
 FIRST = date(2025, 3, 1)
@@ -49,15 +49,11 @@ class Source:
         return SimpleNamespace(count=int(hi - lo), jobs=[])
 
 
-class Stored:
-    """The warehouse's live creation times (microseconds), as live_creation_times returns them."""
-
-    def __init__(self, times_ms: list[int]) -> None:
-        self.times_us = np.sort(np.asarray(times_ms, dtype=np.int64) * 1000)
-
-    def live_creation_times(self, project_id: str, since: datetime, until: datetime) -> np.ndarray:
-        lo, hi = ms(since) * 1000, ms(until) * 1000
-        return self.times_us[(self.times_us >= lo) & (self.times_us <= hi)]
+def stored_counts(times_ms: list[int]):
+    """The warehouse's side: its live creation times (microseconds, as live_creation_times
+    returns them) counted per closed range by count_in_ranges, as the sync does."""
+    times_us = np.sort(np.asarray(times_ms, dtype=np.int64) * 1000)
+    return lambda ranges: count_in_ranges(times_us, [(w.since, w.until) for w in ranges])
 
 
 def spread(n: int, seed: int = 1) -> list[int]:
@@ -68,7 +64,7 @@ def spread(n: int, seed: int = 1) -> list[int]:
 
 def bisect(source_ms: list[int], stored_ms: list[int]):
     source = Source(source_ms)
-    found = asyncio.run(find_disagreeing_windows(source, Stored(stored_ms), "p", FIRST, NOT_AFTER))
+    found = asyncio.run(find_disagreeing_windows(source, "p", T0, NOT_AFTER, stored_counts(stored_ms)))
     return found, source
 
 
@@ -134,12 +130,12 @@ def test_a_deletion_inside_a_second_of_300_jobs_stops_at_that_second():
 
 def test_halves_share_their_middle_instant_on_whole_seconds_and_midnights():
     days = Window(T0 + timedelta(hours=5), T0 + timedelta(days=3, hours=2))
-    low, high = _halves(days)
+    low, high = halves(days)
     assert low.until == high.since == T0 + timedelta(days=2)  # a midnight while spanning days
     seconds = Window(T0, T0 + timedelta(seconds=7))
-    low, high = _halves(seconds)
+    low, high = halves(seconds)
     assert low.until == high.since == T0 + timedelta(seconds=3) and low.since == T0 and high.until == seconds.until
-    assert _halves(Window(T0, T0 + timedelta(seconds=1))) is None
+    assert halves(Window(T0, T0 + timedelta(seconds=1))) is None
 
 
 def test_count_in_ranges_counts_closed_ranges_to_the_microsecond():

@@ -116,7 +116,7 @@ def _cli_env(monkeypatch, server, data_dir) -> None:
 
 
 def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
-    import pipelines.sync as sync_module
+    import pipelines.sync.run as sync_module
 
     _cli_env(monkeypatch, server, tmp_path)
     real = sync_module.refresh_and_publish

@@ -1,0 +1,313 @@
+"""The async pipeline of a sync: windows fetched concurrently, absorbed, applied in batches.
+
+Bounded stages, so memory does not grow with the history: a window holds its slot from its
+first request until it is absorbed, and one batch at a time is applied to the warehouse in a
+worker thread while the next is fetched. Deletions need evidence (:func:`listed_completely`,
+:func:`check_deletions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import screen
+from pipelines.crashpoints import crashpoint
+from pipelines.metastudio.client import MetaStudioClient
+from pipelines.metastudio.errors import MetaStudioError
+from pipelines.metastudio.paging import SplitBudget, Window, WindowResult, fetch_window
+from pipelines.schema import JOBS_SCHEMA, normalize
+from pipelines.settings import Settings
+from pipelines.sync.plan import Task
+from pipelines.sync.report import WRITING, SyncProgress, SyncReport
+from pipelines.warehouse import ReconciledRange, Warehouse, WindowRecord, count_in_ranges
+
+log = logging.getLogger("voicejobs.sync")
+
+US = timedelta(microseconds=1)
+FLUSH_ROWS = 20_000  # rows per warehouse transaction: bounds memory, amortises commits
+FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
+#: A reconciling window that would mark more than this share of its range's live jobs
+#: deleted (and at least MASS_DELETION_MIN jobs) is listed again before it is believed.
+MASS_DELETION_SHARE = 0.5
+MASS_DELETION_MIN = 10
+
+
+class SourceDisagreementError(MetaStudioError):
+    """Two listings of the same range disagree where a sync would mark many jobs deleted."""
+
+
+@dataclass
+class _Batch:
+    """What one warehouse transaction writes."""
+
+    tables: list[pa.Table]
+    windows: list[WindowRecord]
+    quarantine: list
+    deleted: list[tuple[str, str]]
+    reconciled: list[ReconciledRange] = field(default_factory=list)
+
+
+def listed_completely(result: WindowResult) -> bool:
+    """Positive evidence that the source listed a window: it was paged (a window after the
+    source's clock never is) and every part's distinct jobs agree with its count."""
+    return bool(result.leaves) and all(leaf.fetched == leaf.api_count for leaf in result.leaves)
+
+
+class Run:
+    """The state of one sync run: buffers, counters and the warehouse it writes."""
+
+    def __init__(self, settings: Settings, warehouse: Warehouse, run_id: str, report: SyncReport,
+                 progress: Callable[[SyncProgress], None] | None) -> None:
+        self.settings = settings
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.report = report
+        self.progress_cb = progress
+        self.progress = SyncProgress()
+        self.tables: list[pa.Table] = []
+        self.buffered = 0
+        self.windows: list[WindowRecord] = []
+        self.quarantine: list = []
+        self.deleted: list[tuple[str, str]] = []
+        self.reconciled: list[ReconciledRange] = []
+        self.newest_update: dict[str, datetime] = {}
+        self.buffered_bytes = 0
+        self.split_budget = SplitBudget()
+        # Creation times (epoch us, sorted) of each project's live jobs before this run wrote
+        # any: what a reconciling window's listing is held against (see check_deletions).
+        self.live_before: dict[str, np.ndarray] = {}
+
+    def load_live(self, project_id: str, windows: Sequence[Window]) -> None:
+        """Read the live creation times ``windows`` span, before the run writes any there."""
+        if windows and project_id not in self.live_before:
+            since, until = min(w.since for w in windows), max(w.until for w in windows)
+            self.live_before[project_id] = self.warehouse.live_creation_times(project_id, since, until)
+
+    def would_delete(self, task: Task, result: WindowResult) -> tuple[int, int]:
+        """(live jobs stored in the task's owner range, how many of them the listing lacks at least)."""
+        times = self.live_before.get(task.project_id)
+        if times is None or task.owner_since is None:
+            return 0, 0
+        # The owner range is half-open; count_in_ranges counts closed ranges.
+        [stored] = count_in_ranges(times, [(task.owner_since, task.owner_until - US)])
+        return stored, max(0, stored - len(result.jobs))
+
+    def absorb(self, task: Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
+        """Normalize one finished window into the buffer; find its deletions."""
+        personal_data = self.settings.personal_data
+        normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=personal_data)
+        table = normalized.table
+        quarantine = list(normalized.quarantine)
+        raw: dict | None = None
+        if task.owner_since is not None and table.num_rows:
+            listed = (result.window.since, result.window.until)
+            table, outside = screen.split_owned(table, listed, (task.owner_since, task.owner_until))
+            if outside.num_rows:
+                raw = screen.raw_index(result.jobs)
+                quarantine += screen.quarantine_rows(
+                    outside, raw, task.project_id,
+                    f"create_time: outside the creation window {result.window} it was listed in", personal_data)
+                self.report.out_of_window += outside.num_rows
+        too_big = screen.oversized(table)
+        if too_big is not None:
+            raw = raw if raw is not None else screen.raw_index(result.jobs)
+            quarantine += screen.quarantine_rows(
+                table.filter(too_big), raw, task.project_id,
+                f"record: more than {screen.MAX_RECORD_BYTES:,} bytes of text", personal_data)
+            table = table.filter(pc.invert(too_big))
+        if table.num_rows:
+            newest = pc.max(table["lastupdate_time"]).as_py()
+            if newest is not None:
+                prev = self.newest_update.get(task.project_id)
+                self.newest_update[task.project_id] = max(prev, newest) if prev else newest
+        self.tables.append(table)
+        self.buffered += table.num_rows
+        self.buffered_bytes += table.nbytes
+        self.quarantine.extend(quarantine)
+        for leaf in result.leaves:
+            self.windows.append(
+                WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
+                             leaf.api_count, leaf.fetched, leaf.pages, listed_at)
+            )
+        if not listed_completely(result):
+            self.report.mismatched_windows += bool(result.leaves)
+        if task.reconcile and task.owner_since is not None:
+            if listed_completely(result):
+                owner_until = min(task.owner_until, result.window.until)
+                # The stored jobs it did not list are marked deleted inside the batch's transaction.
+                seen = [job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)]
+                self.reconciled.append(ReconciledRange(task.project_id, task.owner_since, owner_until, seen))
+            elif result.leaves:
+                log.warning("Window %s..%s of %s did not reconcile with its count; deletions not marked there.",
+                            task.window.since, task.window.until, task.project_id)
+        self.report.windows += 1
+        self.report.jobs_fetched += len(result.jobs)
+        self.report.quarantined += len(quarantine)
+        crashpoint("fetched")
+        self.progress.windows_done += 1
+        self.progress.jobs += len(result.jobs)
+        self.progress.retrying = None
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    def retrying(self, note: str) -> None:
+        """Show the latest retry on the progress line (the summary counts them all)."""
+        self.progress.retrying = note
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    def announce(self, phase: str) -> None:
+        """Tell the progress display that a new phase starts (once)."""
+        if self.progress.phase == phase:
+            return
+        self.progress.phase = phase
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    @property
+    def buffer_full(self) -> bool:
+        return self.buffered >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
+
+    def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
+        """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
+        batch = self.take()
+        if batch is not None:
+            self.announce(WRITING)
+        if batch is not None or watermarks:
+            self.apply(batch or _Batch([], [], [], []), deleted_at=deleted_at, watermarks=watermarks)
+
+    def take(self) -> _Batch | None:
+        """Hand over the buffer (None when empty) and start a new one, so absorbing can go on."""
+        if not (self.tables or self.windows or self.quarantine or self.deleted or self.reconciled):
+            return None
+        batch = _Batch(self.tables, self.windows, self.quarantine, self.deleted, self.reconciled)
+        self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+        self.reconciled, self.buffered_bytes = [], 0
+        return batch
+
+    def apply(self, batch: _Batch, *, deleted_at: datetime | None,
+              watermarks: dict[str, datetime] | None = None) -> None:
+        """One warehouse transaction for ``batch``; safe to run in a worker thread beside absorb()."""
+        jobs = pa.concat_tables(batch.tables) if batch.tables else JOBS_SCHEMA.empty_table()
+        batch.tables = []  # the concatenated table is the only copy from here on
+        crashpoint("before_flush")
+        stats = self.warehouse.apply(
+            self.run_id,
+            jobs=jobs,
+            windows=batch.windows,
+            quarantine=batch.quarantine,
+            deleted=batch.deleted,
+            deleted_at=deleted_at,
+            watermarks=watermarks,
+            reconciled=batch.reconciled,
+        )
+        self.report.rows_written += jobs.num_rows
+        self.report.deleted += stats.deleted
+        if watermarks:
+            crashpoint("watermark_committed")
+
+
+async def check_deletions(client: MetaStudioClient, run: Run, task: Task, result: WindowResult,
+                          not_after: datetime) -> None:
+    """Re-list a reconciling window whose listing would delete an unusual share of its live jobs.
+
+    One listing can be wrong in ways its own count does not show (a server answering from an
+    empty replica, a proxy serving a stale page). Before believing that more than
+    MASS_DELETION_SHARE of a range's live jobs are gone, the range is listed again; the run
+    stops unless both listings hold the same jobs."""
+    if not listed_completely(result):
+        return
+    stored, missing = run.would_delete(task, result)
+    if missing < MASS_DELETION_MIN or missing <= MASS_DELETION_SHARE * stored:
+        return
+    log.warning("The listing of %s %s lacks %d of its %d live jobs: listing it again before marking them deleted.",
+                task.project_id, result.window, missing, stored)
+    again = await fetch_window(client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                               split_threshold=run.settings.split_threshold, split_budget=run.split_budget)
+    run.report.relisted_ranges += 1
+    first_ids = _ids(result)
+    if not listed_completely(again) or _ids(again) != first_ids:
+        raise SourceDisagreementError(
+            f"two listings of {task.project_id} creation times {result.window} disagree ({len(first_ids)} then "
+            f"{len(_ids(again))} jobs) where the warehouse holds {stored} live jobs; nothing there was marked "
+            "deleted. The source may be unstable: run the sync again later"
+        )
+
+
+def _ids(result: WindowResult) -> set[str]:
+    return {job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)}
+
+
+async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], not_after: datetime) -> None:
+    """Fetch every task's window concurrently; absorb windows as they finish, apply batches behind.
+
+    A pipeline with bounded stages, so memory does not grow with the history:
+    a window holds its slot from its first request until it is absorbed (fetched windows
+    never pile up when normalizing is the slower stage), and one batch at a time is applied
+    in a worker thread while the next is fetched and normalized (DuckDB and Parquet writing
+    release the GIL). A batch is applied only after the previous one committed, so
+    transactions keep their order.
+    """
+    settings = run.settings
+    # Keyset paging reads a window one page after another, so max_in_flight windows keep every
+    # request slot busy; two more keep the pipe full while one is normalized. Each slot holds a
+    # whole window of decoded JSON (several MB), so more slots cost memory and no speed.
+    window_slots = asyncio.Semaphore(settings.max_in_flight + 2)
+    run.progress.windows_total += len(tasks)
+
+    # Finished windows travel through a queue, not as task results: a finished asyncio task
+    # keeps its result for as long as the task is referenced, which would hold every page.
+    finished: asyncio.Queue[tuple[Task, WindowResult | Exception, asyncio.Event | None]] = asyncio.Queue()
+
+    async def fetch(task: Task) -> None:
+        async with window_slots:
+            try:
+                result = await fetch_window(
+                    client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                    split_threshold=settings.split_threshold, split_budget=run.split_budget,
+                )
+                if task.reconcile:
+                    await check_deletions(client, run, task, result, not_after)
+            except Exception as exc:  # handed to the consumer, which raises it
+                finished.put_nowait((task, exc, None))
+                return
+            absorbed = asyncio.Event()
+            finished.put_nowait((task, result, absorbed))
+            del result
+            await absorbed.wait()  # the slot is held until the window is absorbed
+
+    applying: asyncio.Future | None = None
+    pending = [asyncio.ensure_future(fetch(task)) for task in tasks]
+    try:
+        for _ in range(len(tasks)):
+            task, result, absorbed = await finished.get()
+            if absorbed is None:
+                raise result
+            run.absorb(task, result, datetime.now(UTC), client.server_now())
+            del result
+            absorbed.set()
+            if run.buffer_full:
+                if applying is not None:
+                    await applying
+                batch = run.take()
+                if batch is not None:
+                    applying = asyncio.ensure_future(
+                        asyncio.to_thread(run.apply, batch, deleted_at=client.server_now()))
+        if applying is not None:
+            run.announce(WRITING)
+            await applying
+            applying = None
+    finally:
+        for fut in pending:
+            fut.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if applying is not None:  # a failure elsewhere: let the transaction in flight end first
+            await asyncio.gather(applying, return_exceptions=True)

@@ -1,0 +1,89 @@
+"""Planning a sync: its mode, and the windows (tasks) each mode reads.
+
+Intervals, stated once: a listing window is closed, ``[since, until]``, as the API's
+``create_since``/``create_until`` filters are; the rows a window keeps (its owner range) are
+half-open, ``[owner_since, owner_until)``, so adjacent creation days, which share their
+midnight, each own it once (see :mod:`pipelines.screen`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from pipelines.metastudio.paging import Window, day_window
+
+if TYPE_CHECKING:
+    from pipelines.sync.pipeline import Run
+
+log = logging.getLogger("voicejobs.sync")
+
+MS = timedelta(milliseconds=1)
+
+
+class Mode(enum.StrEnum):
+    """What a sync reads. ``reconcile`` reads like ``days``; it is named apart because it is
+    run for its deletions (``voicejobs reconcile``, the weekly Dagster job)."""
+
+    DAYS = "days"
+    INCREMENTAL = "incremental"
+    RECONCILE = "reconcile"
+
+    @property
+    def by_creation_day(self) -> bool:
+        return self is not Mode.INCREMENTAL
+
+
+def days_between(first: date, last: date) -> list[date]:
+    if last < first:
+        raise ValueError(f"--until {last} is before --since {first}")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class Task:
+    project_id: str
+    window: Window
+    kind: str  # "create" or "update"
+    owner_since: datetime | None = None  # rows kept: create_time in [owner_since, owner_until)
+    owner_until: datetime | None = None
+    reconcile: bool = False  # mark stored jobs missing from a complete window as deleted
+
+
+def range_tasks(project_id: str, windows: Sequence[Window]) -> list[Task]:
+    """Reconciling tasks owning each closed range (to the millisecond) completely."""
+    return [Task(project_id, w, "create", w.since, w.until + MS, True) for w in windows]
+
+
+def day_tasks(project_ids: Sequence[str], days: Sequence[date], reconcile: bool) -> list[Task]:
+    tasks = []
+    for project_id in project_ids:
+        for day in days:
+            window = day_window(day)
+            tasks.append(Task(project_id, window, "create", window.since, window.until, reconcile))
+    return tasks
+
+
+def gap_days(run: Run, project_id: str, not_after: datetime) -> tuple[list[date], datetime | None]:
+    """Creation days change capture must backfill, and when the days already listed were listed.
+
+    Change capture reads every change since ``reference - lookback``: the watermark, or
+    before the first one, the oldest time a listed day was listed. Jobs created since then
+    are in that update window; the days before it that no run listed whole are gaps."""
+    settings = run.settings
+    listed = run.warehouse.listed_days(project_id, settings.first_day, not_after.date())
+    reference = run.warehouse.watermark(project_id) or (min(listed.values()) if listed else None)
+    if reference is None:
+        return days_between(settings.first_day, not_after.date()), None
+    last = (reference - timedelta(seconds=settings.lookback_seconds)).date() - timedelta(days=1)
+    gaps = [day for day in days_between(settings.first_day, last) if day not in listed] \
+        if last >= settings.first_day else []
+    return gaps, reference
+
+
+def describe_days(days: Sequence[date]) -> str:
+    return f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
