@@ -221,10 +221,23 @@ class Simulator:
             self.proc.kill()
             raise RuntimeError(f"simulator did not start: {line!r} {self.proc.stderr.read()!r}")
         self.url = line.rsplit(" ", 1)[1].strip()
+        # Admin calls that change state need the per-process token the banner prints.
+        self.admin_token = ""
+        while not self.admin_token:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.kill()
+                raise RuntimeError(f"simulator printed no admin token: {self.proc.stderr.read()!r}")
+            if line.startswith("  admin token: "):
+                self.admin_token = line.split(":", 1)[1].strip()
 
     def admin(self, path: str, body: dict | None = None) -> dict:
-        data = json.dumps(body).encode() if body is not None else b""
-        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        """POST an admin call (JSON body, the admin token in X-Sim-Admin-Token)."""
+        data = json.dumps(body if body is not None else {}).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method="POST",
+            headers={"Content-Type": "application/json", "X-Sim-Admin-Token": self.admin_token},
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import http.client
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
@@ -475,7 +477,7 @@ def test_advance_moves_states_creates_and_deletes():
     with SimulatorServer(config(jobs=2000)) as server, httpx.Client(base_url=server.url) as client:
         before = {j["job_id"]: j for j in server.state.truth(PROJECT)}
         old_now = server.state.now_ms
-        response = client.post("/_sim/advance?seconds=172800")
+        response = client.post("/_sim/advance?seconds=172800", headers=server.admin_headers)
         assert response.status_code == 200
         summary = response.json()
         assert summary["created"] > 0 and summary["transitioned"] > 0 and summary["deleted"] > 0
@@ -574,18 +576,141 @@ def test_rate_limit_refuses_the_excess_with_retry_after():
         assert server.stats["faults"]["rate_limit"] == statuses.count(429)
         time.sleep(1.0)
         assert list_jobs(client).status_code == 200
-        client.post("/_sim/config", json={"rate_limit": None})
+        client.post("/_sim/config", json={"rate_limit": None}, headers=server.admin_headers)
         assert all(list_jobs(client).status_code == 200 for _ in range(10))
 
 
 def test_runtime_config_through_the_admin_endpoint():
     with SimulatorServer(config(jobs=200)) as server, httpx.Client(base_url=server.url) as client:
-        response = client.post("/_sim/config", json={"fault_rate": 1.0, "faults": ["503"], "latency_ms": 5})
+        admin = server.admin_headers
+        response = client.post(
+            "/_sim/config", json={"fault_rate": 1.0, "faults": ["503"], "latency_ms": 5}, headers=admin
+        )
         assert response.status_code == 200 and response.json()["fault_rate"] == 1.0
         assert list_jobs(client).status_code == 503
-        assert client.post("/_sim/config", json={"jobs": 5}).status_code == 400
-        assert client.post("/_sim/config", json={"fault_rate": 0}).json()["fault_rate"] == 0
+        assert client.post("/_sim/config", json={"jobs": 5}, headers=admin).status_code == 400
+        assert client.post("/_sim/config", json={"fault_rate": 0}, headers=admin).json()["fault_rate"] == 0
         assert list_jobs(client).status_code == 200
+
+
+# ------------------------------------------------------------------------ admin security
+ADMIN_POSTS = [
+    ("/_sim/config", b'{"fault_rate": 1.0, "faults": ["503"], "latency_ms": 50}'),
+    ("/_sim/advance?seconds=86400", b""),
+    ("/_sim/advance?seconds=86400", b"{}"),
+    ("/_sim/advance", b'{"seconds": 86400}'),
+]
+
+
+def _unchanged(server: SimulatorServer, client: httpx.Client, before: tuple) -> None:
+    """Config and clock as before, and the read-only admin calls still answer without a token."""
+    assert (server.runtime_config(), server.state.now_ms) == before
+    stats = client.get("/_sim/stats")
+    assert stats.status_code == 200 and stats.json()["faults"] == {}
+    truth = client.get(f"/_sim/truth?project_id={PROJECT}")
+    assert truth.status_code == 200 and len(truth.json()) == len(server.state.truth(PROJECT))
+    assert list_jobs(client).status_code == 200
+
+
+@pytest.mark.parametrize(("path", "body"), ADMIN_POSTS)
+def test_admin_posts_a_web_page_could_send_change_nothing(path, body):
+    """A page in a browser can POST text/plain (or form data) to loopback without a preflight."""
+    with SimulatorServer(config(jobs=200)) as server, httpx.Client(base_url=server.url) as client:
+        before = (server.runtime_config(), server.state.now_ms)
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code in (403, 415), response.text
+            assert response.json()["error_code"].startswith("SIM.")
+            # not even with the token: the JSON content type is required as well
+            response = client.post(
+                path, content=body, headers=headers | {"X-Sim-Admin-Token": server.admin_token}
+            )
+            assert response.status_code == 415, response.text
+        _unchanged(server, client, before)
+
+
+@pytest.mark.parametrize(("path", "body"), ADMIN_POSTS)
+def test_admin_posts_without_the_admin_token_are_refused(path, body):
+    with SimulatorServer(config(jobs=200)) as server, httpx.Client(base_url=server.url) as client:
+        before = (server.runtime_config(), server.state.now_ms)
+        json_type = {"Content-Type": "application/json"}
+        for token in (None, "", "wrong", server.admin_token + "x", server.admin_token[:-1], "é".encode()):
+            headers = json_type if token is None else json_type | {"X-Sim-Admin-Token": token}
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 403, response.text
+            assert response.json()["error_code"] == "SIM.403"
+            assert server.admin_token not in response.text
+        _unchanged(server, client, before)
+
+
+def test_admin_posts_with_the_admin_token_work():
+    with SimulatorServer(config(jobs=200)) as server, httpx.Client(base_url=server.url) as client:
+        assert len(server.admin_token) >= 32
+        assert SimulatorServer(config(jobs=0)).admin_token != server.admin_token
+        assert SimulatorServer(config(jobs=0), admin_token="fixed").admin_token == "fixed"
+        headers = {"Content-Type": "application/json; charset=utf-8", "X-Sim-Admin-Token": server.admin_token}
+        response = client.post("/_sim/config", content=b'{"latency_ms": 5}', headers=headers)
+        assert response.status_code == 200 and server.config.latency_ms == 5
+        # the query parameter still works, with an empty JSON body or none at all
+        for body in (b"", b"{}"):
+            before = server.state.now_ms
+            response = client.post("/_sim/advance?seconds=3600", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+            assert server.state.now_ms == before + 3_600_000
+        before = server.state.now_ms
+        assert (
+            client.post("/_sim/advance", json={"seconds": 7200}, headers=server.admin_headers).status_code
+            == 200
+        )
+        assert server.state.now_ms == before + 7_200_000
+        # the in-process helper
+        before = server.state.now_ms
+        assert datetime.fromisoformat(server.admin("/_sim/advance?seconds=60")["now"]) == NOW + timedelta(
+            hours=4, minutes=1
+        )
+        assert server.state.now_ms == before + 60_000
+        assert server.admin("/_sim/config", {"fault_rate": 0.5})["fault_rate"] == 0.5
+        assert server.admin("/_sim/stats", method="GET")["requests"] == 0
+        with pytest.raises(httpx.HTTPStatusError):
+            server.admin("/_sim/config", {"jobs": 5})
+
+
+def test_the_simulator_warns_when_it_listens_beyond_loopback():
+    from pipelines.simulator.cli import exposure_warning, is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host) and exposure_warning(host) is None, host
+    for host in ("0.0.0.0", "::", "192.168.1.20", "simhost.example"):
+        warning = exposure_warning(host)
+        assert warning and host in warning and "credentials" in warning and "anyone" in warning, host
+
+
+def test_help_names_the_command_explains_every_flag_and_lists_the_credentials():
+    from pipelines.simulator.cli import build_parser
+
+    parser = build_parser()
+    assert parser.prog == "voicejobs simulator"
+    for action in parser._actions:
+        assert action.help and action.help.strip(), action.option_strings
+    text = parser.format_help()
+    assert text.startswith("usage: voicejobs simulator")
+    defaults = SimulatorConfig()
+    for value in (
+        *defaults.tokens,
+        *defaults.credentials.keys(),
+        *defaults.credentials.values(),
+        *defaults.temporary_credentials.keys(),
+        *(part for pair in defaults.temporary_credentials.values() for part in pair),
+        *defaults.projects,
+        "/_sim/advance",
+        "/_sim/config",
+        "/_sim/truth",
+        "/_sim/stats",
+        "X-Sim-Admin-Token",
+        "application/json",
+    ):
+        assert value in text, value
 
 
 # ------------------------------------------------------------------------------ hostile
@@ -654,45 +779,71 @@ def test_stop_closes_keep_alive_connections():
     client.close()
 
 
-def test_command_line_serves_until_terminated():
+def _start_cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.simulator",
-            "--port",
-            "0",
-            "--jobs",
-            "300",
-            "--seed",
-            "3",
-            "--projects",
-            "p1,p2",
-            "--now",
-            "2026-01-01T00:00:00Z",
-            "--days",
-            "30",
-        ],
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.simulator", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=REPO,
     )
+
+
+def _banner(process: subprocess.Popen, timeout: float = 60) -> list[str]:
+    """Banner lines up to and including the admin token line (fails, not hangs, without one)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    banner: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not banner or not banner[-1].startswith("  admin token: "):
+        try:
+            banner.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        except queue.Empty:
+            process.kill()
+            pytest.fail("no admin token line in the banner:\n" + "".join(banner) + process.stderr.read())
+    return banner
+
+
+def test_command_line_serves_until_terminated():
+    process = _start_cli(
+        "--jobs", "300", "--seed", "3", "--projects", "p1,p2", "--now", "2026-01-01T00:00:00Z", "--days", "30"
+    )
     try:
-        first = process.stdout.readline()
-        match = re.fullmatch(r"MetaStudio simulator listening on (http://127\.0\.0\.1:\d+)\n", first)
-        assert match, first + process.stderr.read()
+        banner = _banner(process)
+        match = re.fullmatch(r"MetaStudio simulator listening on (http://127\.0\.0\.1:\d+)\n", banner[0])
+        assert match, banner[0] + process.stderr.read()
+        token = re.fullmatch(r"  admin token: (\S+)\n", banner[-1]).group(1)
         with httpx.Client(base_url=match.group(1)) as client:
             response = client.get("/v1/p2/voice-training-manage/user/jobs", auth=TokenAuth("sim-token"))
             assert response.status_code == 200 and response.json()["count"] > 0
             assert parsedate_to_datetime(response.headers["date"]) == datetime(2026, 1, 1, tzinfo=UTC)
+            assert client.post("/_sim/advance?seconds=3600", json={}).status_code == 403
+            advanced = client.post(
+                "/_sim/advance?seconds=3600", json={}, headers={"X-Sim-Admin-Token": token}
+            )
+            assert advanced.status_code == 200, advanced.text
+            assert datetime.fromisoformat(advanced.json()["now"]) == datetime(2026, 1, 1, 1, tzinfo=UTC)
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
-    rest = process.stdout.read()
-    assert "SIMULATORAK" in rest and "sim-token" in rest
+    text = "".join(banner)
+    assert "SIMULATORAK" in text and "sim-token" in text
+    assert "WARNING" not in process.stderr.read()
+
+
+def test_command_line_warns_on_stderr_when_bound_to_every_interface():
+    process = _start_cli("--host", "0.0.0.0", "--jobs", "10", "--days", "2")
+    try:
+        banner = _banner(process)
+        assert banner[0].startswith("MetaStudio simulator listening on http://0.0.0.0:")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    warning = process.stderr.read()
+    assert "WARNING" in warning and "0.0.0.0" in warning and "credentials" in warning, warning
+    assert "WARNING" not in "".join(banner)
 
 
 def test_fast_serializer_equals_the_reference_record():

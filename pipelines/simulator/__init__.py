@@ -8,6 +8,8 @@ Used by the demo, the integration and fault tests and the benchmarks::
         sim.url          # http://127.0.0.1:<port>
         sim.state.truth("sim-project")   # what the API lists right now
         sim.state.advance(3600)          # one simulated hour later
+        sim.admin("/_sim/config", {"latency_ms": 20})   # admin calls over HTTP carry
+                                                        # sim.admin_token (X-Sim-Admin-Token)
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ class SimulatorConfig:
     ``temporary_credentials`` as ``AK -> (SK, security_token)``.
 
     Behaviour (changeable at run time through ``SimulatorServer.configure`` or
-    ``POST /_sim/config``): ``latency_ms`` added to every API request; with probability
-    ``fault_rate`` a list request gets one fault drawn uniformly from ``faults``
-    (kinds in :data:`FAULT_KINDS`; a ``stall`` sleeps ``stall_seconds`` before
-    answering); ``rate_limit`` requests/s admitted by a token bucket, the excess
-    answered 429 with ``Retry-After``; ``hostile_paging`` deletes and back-dates one
-    job inside the requested window before every page after the first or windowed;
-    ``quirks`` corrupt served records deterministically (see :mod:`.quirks`).
+    ``POST /_sim/config`` with the server's admin token): ``latency_ms`` added to every
+    API request; with probability ``fault_rate`` a list request gets one fault drawn
+    uniformly from ``faults`` (kinds in :data:`FAULT_KINDS`; a ``stall`` sleeps
+    ``stall_seconds`` before answering); ``rate_limit`` requests/s admitted by a token
+    bucket, the excess answered 429 with ``Retry-After``; ``hostile_paging`` deletes and
+    back-dates one job inside the requested window before every page after the first or
+    windowed; ``quirks`` corrupt served records deterministically (see :mod:`.quirks`).
     """
 
     jobs: int = 20_000

@@ -3,11 +3,20 @@
 API (what a client sees):
     GET /v1/{project_id}/voice-training-manage/user/jobs   token or AK/SK auth, all query
                                                             parameters of the real service
-Admin (loopback only, no auth, not counted in ``stats``):
+Admin (loopback clients only, not counted in ``stats``):
     POST /_sim/advance?seconds=N[&seed_step=K]   -> {"created", "transitioned", "deleted", "now", ...}
+                                                    (or the same fields in the JSON body)
     GET  /_sim/truth[?project_id=P]              -> the jobs the API currently lists
     POST /_sim/config  {"latency_ms": .., "fault_rate": .., "rate_limit": .., "hostile_paging": ..}
     GET  /_sim/stats                             -> requests by status, faults by kind
+
+Admin calls that change state (every method but GET) need ``Content-Type: application/json``
+(else 415) and the per-process admin token in the ``X-Sim-Admin-Token`` header (else 403):
+a web page open in a browser on the same machine can send a loopback POST, but only a "simple"
+one (text/plain, no custom header) unless the server allows it by CORS, which this one never
+does; and it cannot learn the token. ``SimulatorServer.admin_token`` holds the token,
+``SimulatorServer.admin()`` makes such a call, and ``voicejobs simulator`` prints it in its
+start banner (``admin token: ...``). The read-only calls need neither.
 
 The ``Date`` header always carries the simulated clock, which clients use as the
 source's notion of now.
@@ -20,6 +29,7 @@ import hmac
 import math
 import random
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -40,6 +50,9 @@ from .quirks import corrupt_page
 from .state import SimulatorState
 
 JSON_TYPE = "application/json;charset=UTF-8"
+#: Header that carries :attr:`SimulatorServer.admin_token` on admin calls that change state.
+ADMIN_TOKEN_HEADER = "X-Sim-Admin-Token"
+_READ_ONLY_METHODS = ("GET", "HEAD")
 _JOBS_PATH = re.compile(r"^/v1/([^/]+)/voice-training-manage/user/jobs/?$")
 _MAX_SKEW_SECONDS = 15 * 60
 _RUNTIME_FIELDS = ("latency_ms", "fault_rate", "faults", "rate_limit", "stall_seconds", "hostile_paging", "quirks")
@@ -347,10 +360,36 @@ class _Handler(BaseHTTPRequestHandler):
                 403, _error_body("SIM.403", "Admin endpoints answer loopback clients only."), count=False
             )
             return
-        args = dict(parse_qsl(query, keep_blank_values=True))
+        args: dict = dict(parse_qsl(query, keep_blank_values=True))
+        if self.command not in _READ_ONLY_METHODS:
+            # Checked before anything is parsed or routed: a refused call changes nothing.
+            if self.headers.get_content_type() != "application/json":
+                self._send(
+                    415,
+                    _error_body(
+                        "SIM.415", "Admin calls that change state take Content-Type: application/json."
+                    ),
+                    count=False,
+                )
+                return
+            sent = (self.headers.get(ADMIN_TOKEN_HEADER) or "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(sent, simulator.admin_token.encode()):
+                self._send(
+                    403,
+                    _error_body(
+                        "SIM.403",
+                        f"Admin calls that change state need the simulator's admin token in {ADMIN_TOKEN_HEADER}.",
+                    ),
+                    count=False,
+                )
+                return
         try:
             if path == "/_sim/advance" and self.command == "POST":
-                seed_step = int(args["seed_step"]) if "seed_step" in args else None
+                fields = orjson.loads(body or b"{}")
+                if not isinstance(fields, dict):
+                    raise ValueError("advance body must be a JSON object")
+                args.update(fields)
+                seed_step = int(args["seed_step"]) if args.get("seed_step") is not None else None
                 result = simulator.state.advance(float(args.get("seconds", "0")), seed_step=seed_step)
             elif path == "/_sim/truth" and self.command == "GET":
                 project_id = args.get("project_id") or None
@@ -377,10 +416,21 @@ class SimulatorServer:
 
     ``start()`` serves from a background (daemon) thread and returns self;
     ``stop()`` shuts the listener and every open connection.
+
+    ``admin_token`` (random per instance unless given) authorizes the admin calls that change
+    state (``X-Sim-Admin-Token`` header, JSON content type); :meth:`admin` makes one.
     """
 
-    def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        admin_token: str | None = None,
+    ) -> None:
         self.config = config or SimulatorConfig()
+        self.admin_token: str = admin_token or secrets.token_urlsafe(32)
         self.state = SimulatorState(self.config)
         self._host, self._port = host, port
         self._httpd: _HTTPServer | None = None
@@ -432,6 +482,25 @@ class SimulatorServer:
         """Base URL, e.g. ``http://127.0.0.1:8765`` (what a client's endpoint setting takes)."""
         host = self._host if ":" not in self._host else f"[{self._host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """Headers an admin call that changes state needs (content type and admin token)."""
+        return {"Content-Type": "application/json", ADMIN_TOKEN_HEADER: self.admin_token}
+
+    def admin(
+        self, path: str, body: dict | None = None, *, method: str = "POST", timeout: float = 120
+    ) -> object:
+        """Make an admin call over HTTP and return its decoded JSON answer; raises on an error status.
+
+        ``sim.admin("/_sim/advance?seconds=3600")``, ``sim.admin("/_sim/config", {"latency_ms": 5})``,
+        ``sim.admin("/_sim/stats", method="GET")``.
+        """
+        content = orjson.dumps(body if body is not None else {}) if method not in _READ_ONLY_METHODS else None
+        headers = self.admin_headers if content is not None else {}
+        response = httpx.request(method, self.url + path, content=content, headers=headers, timeout=timeout)
+        response.raise_for_status()
+        return response.json()
 
     # ------------------------------------------------------------ behaviour
     def configure(self, **changes) -> None:
