@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import duckdb
 import pytest
 
+from pipelines.metastudio.errors import AuthenticationError
 from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
 from tests.conftest import PROJECTS, SIM_NOW, sim_settings
-from tests.expected import assert_rows_equal
+from tests.expected import assert_rows_equal, epoch
+from tests.support.hostile import HostileProxy
 
 FIRST_DAY = (SIM_NOW - timedelta(days=31)).date()
 
@@ -105,6 +108,11 @@ def test_warehouse_stays_true_through_a_dozen_clock_steps(moving_simulator, tmp_
     assert watermarks == len(PROJECTS)
 
 
+def _history_rows(warehouse: Warehouse) -> list[tuple]:
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        return con.execute("select * exclude (row_hash) from voice_training_job_history order by all").fetchall()
+
+
 def test_watermark_is_the_source_clock_and_never_moves_back(moving_simulator, tmp_path):
     server = moving_simulator
     settings = sim_settings(server, tmp_path, first_day=FIRST_DAY)
@@ -114,32 +122,86 @@ def test_watermark_is_the_source_clock_and_never_moves_back(moving_simulator, tm
     for pid in PROJECTS:
         # from the source's clock (lastupdate_time), not the local one, which is years ahead here
         assert before[pid] <= server.state.now
+    rows_before = warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist()
+    history_before = _history_rows(warehouse)
+
     report = sync(settings, mode="incremental", warehouse=warehouse)  # nothing changed
-    assert report.rows_written == 0 or report.jobs_fetched < 200
+
+    # It re-read exactly the jobs updated in the lookback before each watermark, and nothing else.
+    lookback = timedelta(seconds=settings.lookback_seconds)
+    reread = sum(1 for pid in PROJECTS for job in server.state.truth(pid)
+                 if epoch(job["lastupdate_time"]) >= before[pid] - lookback)
+    assert report.jobs_fetched == report.rows_written == reread > 0
+    assert report.deleted == 0 and report.quarantined == 0
+    # Re-writing them changed nothing: the same rows, no new history version, the same watermarks.
+    assert warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist() == rows_before
+    assert _history_rows(warehouse) == history_before
     assert {pid: warehouse.watermark(pid) for pid in PROJECTS} == before
 
 
-def test_a_failed_change_capture_leaves_the_warehouse_as_it_was(moving_simulator, tmp_path):
+WAREHOUSE_TABLES = ("voice_training_jobs", "voice_training_job_history", "sync_state", "sync_windows",
+                    "quarantine", "lake_dirty")
+
+
+def _state(warehouse: Warehouse) -> dict:
+    """Every table the sync writes (its run log aside) and every byte of the lake."""
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        state = {t: con.execute(f"select * from {t} order by all").fetchall() for t in WAREHOUSE_TABLES}
+    state["lake"] = {str(p.relative_to(warehouse.lake_dir)): p.read_bytes()
+                     for p in sorted(warehouse.lake_dir.rglob("*")) if p.is_file()}
+    return state
+
+
+def test_a_change_capture_failing_midway_leaves_the_warehouse_as_it_was(moving_simulator, tmp_path):
+    """The source rotates the secret key while the sync is paging changes it has not written yet."""
     server = moving_simulator
-    settings = sim_settings(server, tmp_path, personal_data="raw", first_day=FIRST_DAY)
-    warehouse = Warehouse(tmp_path)
-    sync(settings, mode="incremental", warehouse=warehouse)
-    before_rows = warehouse.jobs_table().to_pylist()
-    before_marks = {pid: warehouse.watermark(pid) for pid in PROJECTS}
+    with HostileProxy(server.url) as proxy:
+        settings = sim_settings(server, tmp_path, personal_data="raw", first_day=FIRST_DAY, endpoint=proxy.url)
+        warehouse = Warehouse(tmp_path)
+        sync(settings, mode="incremental", warehouse=warehouse)
+        before = _state(warehouse)
+        stored = {(r["project_id"], r["job_id"]): r["lastupdate_time"] for r in warehouse.jobs_table().to_pylist()}
 
-    server.state.advance(6 * 3600)
-    broken = settings.with_(sk="not-the-secret")
-    from pipelines.metastudio.errors import AuthenticationError
+        server.state.advance(6 * 3600)
+        honest = server.config
+        received: list[dict] = []
 
-    with pytest.raises(AuthenticationError):
-        sync(broken, mode="incremental", warehouse=warehouse)
-    assert warehouse.jobs_table().to_pylist() == before_rows
-    assert {pid: warehouse.watermark(pid) for pid in PROJECTS} == before_marks
+        def rotate_the_key_after_the_first_page_of_changes(target: str, page: dict) -> dict:
+            if "update_since" in target and not received:
+                received.extend(page["jobs"])
+                # From the next request on, the sync's SK no longer signs for its AK.
+                server.config = dataclasses.replace(honest, credentials={settings.ak: "rotated-secret"})
+            return page
 
-    # the next good run catches up with no manual step
-    sync(settings, mode="incremental", warehouse=warehouse)
-    observed: dict = {}
-    _observe(server, observed)
+        proxy.page_hook = rotate_the_key_after_the_first_page_of_changes
+        seen_before = len(proxy.requests)
+        try:
+            with pytest.raises(AuthenticationError, match="rejected the request signature"):
+                sync(settings, mode="incremental", warehouse=warehouse)
+        finally:
+            server.config = honest
+            proxy.page_hook = None
+        requests = proxy.requests[seen_before:]
+
+        # The failure came mid-run: a full page of changes had arrived, more were to come (the
+        # listing counts more than a page), and jobs on it are newer than the stored ones...
+        assert len(received) == 100
+        first_page = next(i for i, target in enumerate(requests) if "update_since" in target)
+        pid = next(p for p in PROJECTS if f"/v1/{p}/" in requests[first_page])
+        newer = [j for j in received if (pid, j["job_id"]) in stored
+                 and epoch(j["lastupdate_time"]) > stored[(pid, j["job_id"])]]
+        assert newer
+        # ... and the one request after it, refused and not retried, was the listing's next page.
+        assert len(requests) == first_page + 2
+        assert f"/v1/{pid}/" in requests[-1] and "update_since" in requests[-1]
+        # Nothing of what it had received was written: every table and the lake are as before.
+        assert _state(warehouse) == before
+        with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+            assert con.execute("select status from sync_runs order by started_at").fetchall() == [
+                ("succeeded",), ("failed",)]
+
+        # the next good run catches up with no manual step
+        sync(settings, mode="incremental", warehouse=warehouse)
     truth = {pid: server.state.truth(pid) for pid in PROJECTS}
     live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist() if r.pop("deleted_at") is None]
     assert_rows_equal(live, truth, personal_data="raw")
