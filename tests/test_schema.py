@@ -169,6 +169,85 @@ def test_unknown_keys_go_to_extra_nested_under_their_path():
     assert row["assess_result_speed_status"] == 0  # the known keys beside it still land
 
 
+PRESIGNED = "https://bucket.obs.cn-north-4.myhuaweicloud.com/a/b.wav?AccessKeyId=AK&Expires=1&Signature=S"
+PRESIGNED_STRIPPED = "https://bucket.obs.cn-north-4.myhuaweicloud.com/a/b.wav"
+
+
+def test_unknown_top_level_presigned_url_is_stripped_in_extra():
+    rec = full_record() | {"sample_audio_url": PRESIGNED, "note": f"see {PRESIGNED} for the take"}
+    masked = json.loads(one([rec])["extra"])
+    assert masked == {
+        "sample_audio_url": PRESIGNED_STRIPPED,
+        "note": f"see {PRESIGNED_STRIPPED} for the take",
+    }
+    assert json.loads(one([rec], personal_data="raw")["extra"]) == {
+        "sample_audio_url": PRESIGNED,
+        "note": f"see {PRESIGNED} for the take",
+    }
+
+
+# Digit strings that are not phones: ids, epoch times, dates, numbers; no phone key, no phone shape.
+NOT_PHONES = {
+    "parent_job_id": "1736498597123",
+    "created_epoch": "1736498597",
+    "seq": 8613812345678,
+    "day": "2025-01-10",
+    "when": "2025-01-10T08:43:17Z",
+    "version": "1.2.3",
+    "ratio": "0.5",
+    "hotel_id": "12345678",
+    "telemetry": {"count": "12345678"},
+    "short": "+86 12",
+}
+
+
+def test_nested_unknown_phone_is_masked_in_extra():
+    rec = full_record() | NOT_PHONES
+    rec["contact"] = {"name": "Li", "mobileNo": "13812345678", "backup": {"number": "+86 138 1234 5678"}}
+    rec["assess_result"]["speed"]["reviewer_tel"] = "010-8765-4321"
+    rec["allocated_resource"]["owner"] = {"phone_numbers": ["+8613812345678", 8613812345679]}
+    masked = json.loads(one([rec])["extra"])
+    assert masked == NOT_PHONES | {
+        "allocated_resource": {"owner": {"phone_numbers": ["**********5678", "*********5679"]}},
+        "assess_result": {"speed": {"reviewer_tel": "*********4321"}},
+        "contact": {"name": "Li", "mobileNo": "*******5678", "backup": {"number": "*************5678"}},
+    }
+    raw = json.loads(one([rec], personal_data="raw")["extra"])
+    assert raw["contact"]["mobileNo"] == "13812345678"
+    assert raw["contact"]["backup"]["number"] == "+86 138 1234 5678"
+    assert raw["assess_result"]["speed"]["reviewer_tel"] == "010-8765-4321"
+    assert raw["allocated_resource"]["owner"]["phone_numbers"] == ["+8613812345678", 8613812345679]
+
+
+def test_list_of_unknown_urls_is_stripped_in_extra():
+    rec = full_record() | {
+        "samples": [PRESIGNED, {"url": "http://h/x.wav?token=T#f", "take": 2}, "https://h/plain.wav", 3]
+    }
+    extra = json.loads(one([rec])["extra"])
+    assert extra == {
+        "samples": [PRESIGNED_STRIPPED, {"url": "http://h/x.wav", "take": 2}, "https://h/plain.wav", 3]
+    }
+    assert json.loads(one([rec], personal_data="raw")["extra"]) == {"samples": rec["samples"]}
+
+
+def test_quarantine_raw_record_masks_unknown_fields_too():
+    rec = full_record() | {
+        "reject_times": "many",
+        "sample_audio_url": PRESIGNED,
+        "contact": {"phone": "+86 138 1234 5678", "links": [PRESIGNED]},
+        "parent_job_id": "1736498597123",
+    }
+    rec["assess_result"]["speed"]["reviewer_tel"] = "010-8765-4321"
+    masked = normalize([rec], "proj", SYNCED).quarantine[0].raw_record
+    assert "Signature" not in masked and "1234 5678" not in masked and "8765-4321" not in masked
+    data = json.loads(masked)
+    assert data["sample_audio_url"] == PRESIGNED_STRIPPED
+    assert data["contact"] == {"phone": "*************5678", "links": [PRESIGNED_STRIPPED]}
+    assert data["assess_result"]["speed"]["reviewer_tel"] == "*********4321"
+    assert data["parent_job_id"] == "1736498597123" and data["reject_times"] == "many"
+    assert json.loads(normalize([rec], "proj", SYNCED, personal_data="raw").quarantine[0].raw_record) == rec
+
+
 def test_epoch_seconds_and_milliseconds_per_value():
     ms = CREATED_S * 1000
     recs = [
