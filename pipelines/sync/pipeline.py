@@ -51,7 +51,6 @@ class _Batch:
     tables: list[pa.Table]
     windows: list[WindowRecord]
     quarantine: list
-    deleted: list[tuple[str, str]]
     reconciled: list[ReconciledRange] = field(default_factory=list)
 
 
@@ -76,7 +75,6 @@ class Run:
         self.buffered = 0
         self.windows: list[WindowRecord] = []
         self.quarantine: list = []
-        self.deleted: list[tuple[str, str]] = []
         self.reconciled: list[ReconciledRange] = []
         self.newest_update: dict[str, datetime] = {}
         self.buffered_bytes = 0
@@ -182,14 +180,14 @@ class Run:
         if batch is not None:
             self.announce(WRITING)
         if batch is not None or watermarks:
-            self.apply(batch or _Batch([], [], [], []), deleted_at=deleted_at, watermarks=watermarks)
+            self.apply(batch or _Batch([], [], []), deleted_at=deleted_at, watermarks=watermarks)
 
     def take(self) -> _Batch | None:
         """Hand over the buffer (None when empty) and start a new one, so absorbing can go on."""
-        if not (self.tables or self.windows or self.quarantine or self.deleted or self.reconciled):
+        if not (self.tables or self.windows or self.quarantine or self.reconciled):
             return None
-        batch = _Batch(self.tables, self.windows, self.quarantine, self.deleted, self.reconciled)
-        self.tables, self.buffered, self.windows, self.quarantine, self.deleted = [], 0, [], [], []
+        batch = _Batch(self.tables, self.windows, self.quarantine, self.reconciled)
+        self.tables, self.buffered, self.windows, self.quarantine = [], 0, [], []
         self.reconciled, self.buffered_bytes = [], 0
         return batch
 
@@ -204,7 +202,6 @@ class Run:
             jobs=jobs,
             windows=batch.windows,
             quarantine=batch.quarantine,
-            deleted=batch.deleted,
             deleted_at=deleted_at,
             watermarks=watermarks,
             reconciled=batch.reconciled,
