@@ -89,7 +89,7 @@ def _settings(args: dict):
 
     return Settings(
         endpoint=args["url"], ak=AK, sk=SK, project_ids=(PROJECT,), data_dir=Path(args["data_dir"]),
-        first_day=_first_day(args["days"]), safety_lag_seconds=0, max_rps=args.get("max_rps"),
+        first_day=_first_day(args["days"]), safety_lag_seconds=0, max_clock_skew_seconds=0, max_rps=args.get("max_rps"),
     )
 
 
