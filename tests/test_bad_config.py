@@ -13,14 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
+from pipelines.settings import Settings
 from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.warehouse import Warehouse
 from tests.conftest import PROJECTS, SIM_NOW
+from tests.expected import assert_rows_equal, epoch
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE = (SIM_NOW - timedelta(days=10)).date().isoformat()
@@ -73,6 +75,20 @@ def requests_during(server, fn):
     return result, server.stats["requests"] - before
 
 
+def assert_synced(server, data_dir, result, since: str = SINCE, until: str = UNTIL) -> None:
+    """The run succeeded, said so, and the warehouse holds exactly the source's jobs of those days."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    first, last = (date.fromisoformat(d) for d in (since, until))
+    truth = {pid: [j for j in server.state.truth(pid) if first <= epoch(j["create_time"]).date() <= last]
+             for pid in PROJECTS}
+    listed = sum(map(len, truth.values()))
+    assert listed > 0
+    assert f"jobs fetched {listed:,}, rows written {listed:,}, quarantined 0" in result.stdout, result.stdout
+    live = Warehouse(data_dir).jobs_table(include_deleted=False).drop_columns(["synced_at", "deleted_at"])
+    assert_rows_equal(live.to_pylist(), truth, personal_data="mask")
+
+
 def test_no_credentials(server, tmp_path):
     env = env_for(server, tmp_path, HUAWEICLOUD_SDK_AK=None, HUAWEICLOUD_SDK_SK=None)
     result, requests = requests_during(server, lambda: voicejobs(env, "sync", *DATES))
@@ -118,7 +134,12 @@ def test_unreachable_endpoint(server, tmp_path):
     result = voicejobs(env, "sync", *DATES)
     line = assert_one_clear_line(result, "Cannot reach", "127.0.0.1", "after 3 attempts", "METASTUDIO_ENDPOINT")
     assert "refused" in line
-    assert result.stderr.count("retrying in") == 2  # the attempt budget, no storm
+    assert result.stderr.strip() == line  # retries stay below the default level: one line in all
+    # Verbose, each retry shows: the attempt budget (3), no storm.
+    verbose = voicejobs(env, "-v", "sync", *DATES)
+    assert assert_one_clear_line(verbose) == line
+    retries = [ln for ln in verbose.stderr.splitlines() if "retrying in" in ln]
+    assert [ln.split("); ")[1].split(",")[0] for ln in retries] == ["attempt 1 of 3", "attempt 2 of 3"]
 
 
 def test_endpoint_that_is_not_a_url(server, tmp_path):
@@ -137,10 +158,10 @@ def test_endpoint_that_is_not_a_url(server, tmp_path):
     ],
 )
 def test_bad_or_reversed_dates(server, tmp_path, args, phrases):
-    result, requests = requests_during(server, lambda: voicejobs(env_for(server, tmp_path), "sync", *args))
-    assert result.returncode != 0
-    assert_one_clear_line(result, *phrases, code=result.returncode)
+    result, requests = requests_during(server, lambda: voicejobs(env_for(server, tmp_path / "data"), "sync", *args))
+    assert_one_clear_line(result, *phrases, code=2)  # a usage error
     assert requests == 0
+    assert not (tmp_path / "data").exists()  # nothing opened, nothing written
 
 
 def test_data_directory_that_cannot_be_written(server, tmp_path):
@@ -163,9 +184,8 @@ def _file_size_limit(limit: int):
 
 def test_full_disk_keeps_the_previous_warehouse(server, tmp_path):
     env = env_for(server, tmp_path)
-    assert voicejobs(env, "sync", *DATES).returncode == 0
+    assert_synced(server, tmp_path, voicejobs(env, "sync", *DATES))
     before = Warehouse(tmp_path).jobs_table().to_pylist()
-    assert before
 
     # A disk with (almost) no space left: no file may grow past 64 KiB.
     result = voicejobs(env, "sync", "--since", (SIM_NOW - timedelta(days=12)).date().isoformat(),
@@ -174,8 +194,9 @@ def test_full_disk_keeps_the_previous_warehouse(server, tmp_path):
 
     after = Warehouse(tmp_path).jobs_table().to_pylist()
     assert after == before
-    # and once space is back, the sync goes through
-    assert voicejobs(env, "sync", *DATES).returncode == 0
+    # and once space is back, the sync goes through: twelve days now, as the failed run asked
+    wider = (SIM_NOW - timedelta(days=12)).date().isoformat()
+    assert_synced(server, tmp_path, voicejobs(env, "sync", "--since", wider, "--until", UNTIL), since=wider)
 
 
 # The CLI, with the disk filling up the moment the SQL models start to refresh: from then on
@@ -198,7 +219,7 @@ def test_full_disk_during_the_model_refresh(server, tmp_path):
     import duckdb
 
     env = env_for(server, tmp_path)
-    assert voicejobs(env, "sync", *DATES).returncode == 0
+    assert_synced(server, tmp_path, voicejobs(env, "sync", *DATES))
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         daily_before = con.execute("select * from analytics.daily_job_stats order by all").fetchall()
     before = Warehouse(tmp_path).jobs_table().num_rows
@@ -213,4 +234,49 @@ def test_full_disk_during_the_model_refresh(server, tmp_path):
     assert Warehouse(tmp_path).jobs_table().num_rows == before
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("select * from analytics.daily_job_stats order by all").fetchall() == daily_before
-    assert voicejobs(env, "sync", *DATES).returncode == 0
+        [(status,)] = con.execute("select status from sync_runs order by started_at desc limit 1").fetchall()
+    # Never recorded as succeeded; 'running' when the full disk refused even the record of the failure.
+    assert status in ("failed", "running")
+    assert_synced(server, tmp_path, voicejobs(env, "sync", *DATES))
+    # the models are rebuilt and published: the snapshot readers open holds them, and no run is
+    # left open (a failure the disk could not record is closed as abandoned by the next run)
+    with duckdb.connect(str(tmp_path / "serving.duckdb"), read_only=True) as con:
+        assert con.execute("select * from analytics.daily_job_stats order by all").fetchall() == daily_before
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        statuses = [s for (s,) in con.execute("select status from sync_runs order by started_at").fetchall()]
+    assert statuses[0] == statuses[2] == "succeeded" and statuses[1] in ("failed", "abandoned"), statuses
+    assert len(statuses) == 3
+
+
+# ---------------------------------------------------------------- settings refused before anything runs
+
+_PROJECT_RULE = ("is not valid; a project id is 1 to 64 ASCII letters, digits, '-' or '_' "
+                 "(the 32-character id from the console's 'My Credentials' page).")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("VOICEJOBS_PERSONAL_DATA", "plain", "VOICEJOBS_PERSONAL_DATA='plain' is not known; use 'mask' (default) or 'raw'."),
+    ("VOICEJOBS_PERSONAL_DATA", "Masked", "VOICEJOBS_PERSONAL_DATA='masked' is not known; use 'mask' (default) or 'raw'."),
+    ("METASTUDIO_APP_USER_ID", "用户42", "METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule)."),
+    ("METASTUDIO_APP_USER_ID", "user-中", "METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule)."),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "proj.1", f"Project id 'proj.1' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "p 1", f"Project id 'p 1' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", f"{PROJECTS[0]},../lake", f"Project id '../lake' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "项目", f"Project id '项目' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "ｐｒｏｊ", f"Project id 'ｐｒｏｊ' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "a" * 65, f"Project id {'a' * 32!r}... (65 characters) in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
+], ids=["personal-data-plain", "personal-data-masked", "app-user-id-chinese", "app-user-id-mixed",
+        "project-dot", "project-space", "project-path", "project-chinese", "project-fullwidth", "project-65-chars"])
+def test_a_bad_setting_ends_the_run_with_one_line_before_any_request(server, tmp_path, name, value, message):
+    data_dir = tmp_path / "data"
+    result, requests = requests_during(server, lambda: voicejobs(env_for(server, data_dir, **{name: value}),
+                                                                 "sync", *DATES))
+    line = assert_one_clear_line(result, code=1)
+    assert line == f"voicejobs sync: {message}"
+    assert requests == 0
+    assert not data_dir.exists()  # refused before the warehouse was opened
+
+
+def test_the_app_user_id_rule_is_about_chinese_characters_only():
+    assert Settings(app_user_id="user-é-42").app_user_id == "user-é-42"
+    assert Settings.from_env({"METASTUDIO_APP_USER_ID": " app-user-0353 "}).app_user_id == "app-user-0353"
