@@ -1,0 +1,109 @@
+"""Storage: the DuckDB warehouse, its SCD2 history, the Parquet lake and the serving snapshot.
+
+Layout under `data_dir` (see the shared contract):
+
+- `warehouse.duckdb`: read-write, written only by the sync. Tables `voice_training_jobs`
+  (JOBS_SCHEMA + deleted_at), `voice_training_job_history` (SCD2), the view
+  `voice_training_job_transitions`, `sync_windows`, `sync_runs`, `sync_state`,
+  `quarantine`, `lake_dirty`, `schema_migrations`; schema `analytics` for the SQL models.
+- `lake/voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet`: one file
+  per creation day (UTC) and project, holding JOBS_SCHEMA + deleted_at, rewritten whole.
+- `serving.duckdb`: a byte copy of the warehouse taken after a CHECKPOINT, swapped in with
+  os.replace; BI tools open it read-only.
+
+One module per concern, each a room of the one :class:`Warehouse`:
+
+- ``tables``: table names, the stored jobs schema, the version hash, WarehouseError.
+- ``db``: connections, DuckDB settings, migrations (the SQL files in ``migrations/``).
+- ``apply``: the apply transaction (upsert, SCD2 history, deletions, reconciled ranges,
+  watermarks) and what it hands the lake.
+- ``lake``: partition paths, the export after a batch, the export of dirty partitions, rebuild.
+- ``serving``: the serving snapshot.
+- ``runlog``: the run log and the readers the sync plans with (watermarks, listed days,
+  live jobs, jobs_table).
+
+Warehouse is composed from one mixin per room rather than a facade over room objects: the
+rooms share one connection, lock and per-run state, call each other (an apply exports the lake,
+closing a run retries the lake), and callers and tests address its methods on the class.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from pipelines.warehouse.apply import Apply, ApplyStats, ReconciledRange, WindowRecord
+from pipelines.warehouse.db import (
+    DUCKDB_CHECKPOINT_THRESHOLD,
+    DUCKDB_MEMORY_LIMIT,
+    DUCKDB_THREADS,
+    WAREHOUSE_VERSION,
+)
+from pipelines.warehouse.lake import EXPORT_PARTITIONS, LAKE_FILE, LAKE_WRITERS, LakeExportError
+from pipelines.warehouse.runlog import RunLog, count_in_ranges
+from pipelines.warehouse.serving import SERVING_FILE, SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Serving
+from pipelines.warehouse.tables import (
+    HISTORY_TABLE,
+    JOB_COLUMNS,
+    JOBS_TABLE,
+    ROW_HASH_ALGORITHM,
+    STORED_JOBS_SCHEMA,
+    TRANSITIONS_VIEW,
+    WarehouseError,
+    _is_disk_error,
+)
+
+__all__ = [
+    "DUCKDB_CHECKPOINT_THRESHOLD",
+    "DUCKDB_MEMORY_LIMIT",
+    "DUCKDB_THREADS",
+    "EXPORT_PARTITIONS",
+    "HISTORY_TABLE",
+    "JOB_COLUMNS",
+    "JOBS_TABLE",
+    "LAKE_FILE",
+    "LAKE_WRITERS",
+    "ROW_HASH_ALGORITHM",
+    "SERVING_FILE",
+    "SERVING_STORAGE_VERSION",
+    "STORED_JOBS_SCHEMA",
+    "SYNC_ONLY_TABLES",
+    "TRANSITIONS_VIEW",
+    "WAREHOUSE_VERSION",
+    "ApplyStats",
+    "LakeExportError",
+    "ReconciledRange",
+    "Warehouse",
+    "WarehouseError",
+    "WindowRecord",
+    "_is_disk_error",
+    "count_in_ranges",
+]
+
+
+class Warehouse(RunLog, Apply, Serving):
+    """The storage of one data directory. See db.py for the connection model."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / "warehouse.duckdb"
+        self.lake_dir = self.data_dir / "lake" / JOBS_TABLE
+        self.serving_path = self.data_dir / SERVING_FILE
+        self._con = None
+        self._lock = threading.RLock()
+        self._schema_ready = False
+        # run_id -> lake partitions that failed to export during that run: later batches of
+        # the run skip them, finish_run() tries them once more (see Apply.apply()).
+        self._stuck = {}
+        try:
+            self.lake_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.data_dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise WarehouseError(
+                f"cannot create or write the data directory {self.data_dir} ({exc.strerror or exc}); "
+                "choose a writable directory (VOICEJOBS_DATA_DIR or --data-dir) or fix its permissions"
+            ) from None

@@ -1,0 +1,388 @@
+"""The apply transaction: one batch of jobs, windows, quarantined records and deletions, atomically.
+
+``apply()`` is one DuckDB transaction; on any error it rolls back and nothing of the batch
+remains. Inside it: the upsert (per key the newest lastupdate_time wins), the SCD2 history,
+deletion marks (explicit, and for ranges the source listed completely), the window log, the
+quarantine, the watermarks, and the lake partitions the batch touched, marked dirty. After the
+commit the lake export writes those partitions (see lake.py).
+
+Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
+DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key
+inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from pipelines.crashpoints import crashpoint
+from pipelines.schema import JOBS_SCHEMA, Quarantined
+from pipelines.warehouse.lake import Lake, _LakePlan
+from pipelines.warehouse.tables import (
+    _COLS,
+    _TS,
+    HISTORY_TABLE,
+    JOBS_TABLE,
+    WarehouseError,
+    _aware,
+    _hash_expr,
+    _is_disk_error,
+)
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One fetched listing window: what the API counted and what the sync got."""
+
+    project_id: str
+    kind: str
+    since: datetime
+    until: datetime
+    api_count: int
+    fetched: int
+    pages: int
+    listed_at: datetime | None = None  # the source's clock when the window was listed
+
+
+@dataclass(frozen=True)
+class ReconciledRange:
+    """Creation times [since, until) of one project that the source listed completely, and
+    every job_id that listing held (quarantined records too: they are not deleted)."""
+
+    project_id: str
+    since: datetime
+    until: datetime
+    seen: Sequence[str]
+
+
+@dataclass
+class ApplyStats:
+    """What one apply() changed. `updated` counts replaced rows (also identical re-syncs);
+    `stale` counts incoming rows older than the stored ones (ignored)."""
+
+    incoming: int = 0
+    inserted: int = 0
+    updated: int = 0
+    stale: int = 0
+    undeleted: int = 0
+    history_versions: int = 0
+    deleted: int = 0
+    windows: int = 0
+    quarantined: int = 0
+    partitions_written: int = 0
+    partitions_failed: int = 0  # lake partitions left marked: they could not be written
+
+
+class Apply(Lake):
+    """Writing one batch: the transaction, then the export of the partitions it touched."""
+
+    def apply(
+        self,
+        run_id: str,
+        *,
+        jobs: pa.Table,
+        windows: Sequence[WindowRecord] = (),
+        quarantine: Sequence[Quarantined] = (),
+        deleted: Sequence[tuple[str, str]] = (),
+        deleted_at: datetime | None = None,
+        watermarks: Mapping[str, datetime] | None = None,
+        reconciled: Sequence[ReconciledRange] = (),
+    ) -> ApplyStats:
+        """Write one batch atomically, then export the lake partitions it touched.
+
+        - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins
+          (NULL is oldest; an equal time replaces); a listed job is never deleted.
+        - history: a version is added when a row's content (all columns but synced_at)
+          differs from the job's current version and is not older than it.
+        - deleted: keys no longer listed get deleted_at (if not set yet), in the table and on
+          the current history version.
+        - reconciled: creation-time ranges the source listed completely; stored live jobs in
+          them that the listing did not hold are marked deleted like ``deleted``.
+        - watermarks: sync_state.watermark only moves forward.
+
+        The lake partitions the batch touched are written after COMMIT: from the old file and
+        the batch's winning rows where that is exact, else by export_dirty_partitions().
+        A partition that cannot be written stops neither the others nor the run: it keeps its
+        dirty mark (``stats.partitions_failed`` counts it), later batches of the run skip it,
+        and finish_run() tries it once more and fails the run if it still cannot be written.
+        """
+        now = datetime.now(UTC)
+        deleted_at = _aware(deleted_at, "deleted_at") if deleted_at is not None else now
+        # The lake and jobs_table() carry millisecond timestamps like JOBS_SCHEMA.
+        deleted_at = deleted_at.replace(microsecond=deleted_at.microsecond // 1000 * 1000)
+        jobs = self._conform(jobs)
+        stats = ApplyStats(incoming=jobs.num_rows, windows=len(windows), quarantined=len(quarantine))
+        plan = _LakePlan()
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                plan.slow = {tuple(r) for r in con.execute("SELECT project_id, create_day FROM lake_dirty").fetchall()}
+                if jobs.num_rows:
+                    self._upsert(con, jobs, stats, plan)
+                if windows:
+                    self._insert_windows(con, run_id, windows, now)
+                if quarantine:
+                    self._insert_quarantine(con, run_id, quarantine, now)
+                if reconciled:
+                    deleted = [*deleted, *self._unlisted(con, reconciled)]
+                if deleted:
+                    for project_id, day, job_id in self._mark_deleted(con, deleted, deleted_at, stats):
+                        plan.mark(project_id, day, job_id, deleted_at)
+                if watermarks:
+                    self._advance_watermarks(con, watermarks, now)
+                crashpoint("apply_before_commit")
+                con.execute("COMMIT")
+            except BaseException as exc:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                if _is_disk_error(exc) and not isinstance(exc, WarehouseError):
+                    raise WarehouseError(
+                        f"writing {self.db_path} failed ({exc}); nothing of this batch was kept. "
+                        f"Free space on the disk holding {self.data_dir} and run the sync again"
+                    ) from exc
+                raise
+            finally:
+                self._drop_scratch(con)
+        crashpoint("apply_after_commit")
+        self._export_after_commit(run_id, jobs, plan, stats)
+        crashpoint("lake_exported")
+        return stats
+
+    @staticmethod
+    def _drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
+        """Forget the registered Arrow tables and temp tables of one transaction."""
+        for name in ("_incoming", "_deleted", "_recon", "_seen"):
+            with suppress(duckdb.Error):
+                con.unregister(name)
+        for name in ("_stage", "_win", "_hist_new", "_del"):
+            with suppress(duckdb.Error):
+                con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+
+    def _export_after_commit(self, run_id: str, jobs: pa.Table, plan: _LakePlan, stats: ApplyStats) -> None:
+        """Write the lake partitions of a committed batch; remember the ones that failed for the run."""
+        with self._lock:
+            stuck = frozenset(self._stuck.get(run_id, ()))
+        if len(plan.ords) or plan.marks:
+            stats.partitions_written = self._export_from_batch(jobs.take(plan.ords), plan, skip=stuck)
+        written, failures = self._export_dirty(skip=stuck)
+        stats.partitions_written += written
+        stats.partitions_failed = len(failures)
+        if failures:
+            with self._lock:
+                self._stuck.setdefault(run_id, set()).update(key for key, _, _ in failures)
+
+    @staticmethod
+    def _conform(jobs: pa.Table) -> pa.Table:
+        if jobs.schema.names != JOBS_SCHEMA.names:
+            raise ValueError(f"jobs must have the columns of JOBS_SCHEMA in order, got {jobs.schema.names}")
+        if not jobs.schema.equals(JOBS_SCHEMA):
+            jobs = jobs.cast(JOBS_SCHEMA)
+        if jobs.num_rows and (jobs["project_id"].null_count or jobs["job_id"].null_count):
+            raise ValueError("jobs has NULL project_id or job_id")
+        return jobs
+
+    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats, plan: _LakePlan) -> None:
+        incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
+        con.register("_incoming", incoming)
+        # One row per key (newest lastupdate_time, then the later row), with its content hash.
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _stage AS
+            SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming
+            QUALIFY row_number() OVER (
+                PARTITION BY project_id, job_id
+                ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1"""
+        )
+        oldest = "'-infinity'::TIMESTAMPTZ"
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _win AS
+            SELECT s.*, j.job_id IS NOT NULL AS existed,
+                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day,
+                   j.deleted_at IS NOT NULL AS was_deleted
+            FROM _stage s LEFT JOIN {JOBS_TABLE} j ON j.project_id = s.project_id AND j.job_id = s.job_id
+            WHERE j.job_id IS NULL
+               OR coalesce(s.lastupdate_time, {oldest}) >= coalesce(j.lastupdate_time, {oldest})"""
+        )
+        win_count, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _win").fetchone()
+        stats.inserted, stats.updated = win_count - existed, existed
+        stats.stale = con.execute("SELECT count(*) FROM _stage").fetchone()[0] - win_count
+        plan.ords = con.execute("SELECT _ord FROM _win ORDER BY _ord").fetchnumpy()["_ord"]
+        # A winner that lived in another day's partition leaves it: that one is re-read from the table.
+        plan.slow |= {tuple(r) for r in con.execute(
+            "SELECT DISTINCT project_id, old_day FROM _win"
+            " WHERE old_day IS DISTINCT FROM CAST(timezone('UTC', create_time) AS DATE) AND old_day IS NOT NULL"
+        ).fetchall()}
+
+        # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
+        con.execute(
+            """INSERT INTO lake_dirty
+            SELECT DISTINCT project_id, day FROM (
+                SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) AS day FROM _win
+                UNION ALL SELECT project_id, old_day FROM _win WHERE old_day IS NOT NULL
+            ) d WHERE NOT EXISTS (
+                SELECT 1 FROM lake_dirty x WHERE x.project_id = d.project_id AND x.create_day = d.day)"""
+        )
+        # A stale row still proves the job is listed: clear its deletion mark.
+        undeleted = con.execute(
+            f"""UPDATE {JOBS_TABLE} j SET deleted_at = NULL FROM _stage s
+            WHERE j.project_id = s.project_id AND j.job_id = s.job_id AND j.deleted_at IS NOT NULL
+            RETURNING CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.project_id, j.job_id"""
+        ).fetchall()
+        stats.undeleted = len(undeleted)
+        for day, project_id, job_id in undeleted:
+            plan.mark(project_id, day, job_id, None)
+        if undeleted:
+            con.executemany(
+                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
+                [[p, d, p, d] for d, p in {(d, p) for d, p, _ in undeleted}],
+            )
+        con.execute(
+            f"""DELETE FROM {JOBS_TABLE} j USING _win w
+            WHERE j.project_id = w.project_id AND j.job_id = w.job_id"""
+        )
+        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _win")
+        self._history(con, stats)
+
+    def _history(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
+        oldest = "'-infinity'::TIMESTAMPTZ"
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = NULL FROM _stage s
+            WHERE h.project_id = s.project_id AND h.job_id = s.job_id
+              AND h.valid_to IS NULL AND h.deleted_at IS NOT NULL"""
+        )
+        # valid_from: the row's lastupdate_time; without one, create_time for a first version
+        # and the observation time for a later one (so versions do not overlap).
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _hist_new AS
+            SELECT s.*, h.job_id IS NOT NULL AS has_current,
+                   coalesce(s.lastupdate_time,
+                            CASE WHEN h.job_id IS NULL THEN s.create_time ELSE s.synced_at END) AS new_valid_from
+            FROM _stage s LEFT JOIN (
+                SELECT project_id, job_id, row_hash, lastupdate_time FROM {HISTORY_TABLE} WHERE valid_to IS NULL
+            ) h ON h.project_id = s.project_id AND h.job_id = s.job_id
+            WHERE h.job_id IS NULL
+               OR (s.row_hash <> h.row_hash
+                   AND coalesce(s.lastupdate_time, {oldest}) >= coalesce(h.lastupdate_time, {oldest}))"""
+        )
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET valid_to = n.new_valid_from FROM _hist_new n
+            WHERE h.project_id = n.project_id AND h.job_id = n.job_id AND h.valid_to IS NULL AND n.has_current"""
+        )
+        stats.history_versions = con.execute(
+            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+            SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
+        ).fetchone()[0]
+
+    @staticmethod
+    def _insert_windows(
+        con: duckdb.DuckDBPyConnection, run_id: str, windows: Sequence[WindowRecord], now: datetime
+    ) -> None:
+        con.executemany(
+            "INSERT INTO sync_windows (run_id, project_id, kind, since, until, api_count, fetched, pages,"
+            " synced_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [run_id, w.project_id, w.kind, _aware(w.since, "since"), _aware(w.until, "until"),
+                 w.api_count, w.fetched, w.pages, now, w.listed_at]
+                for w in windows
+            ],
+        )  # fmt: skip
+
+    @staticmethod
+    def _insert_quarantine(
+        con: duckdb.DuckDBPyConnection, run_id: str, quarantine: Sequence[Quarantined], now: datetime
+    ) -> None:
+        table = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(quarantine), pa.string()),
+                "project_id": pa.array([q.project_id for q in quarantine], pa.string()),
+                "job_id": pa.array([q.job_id for q in quarantine], pa.string()),
+                "reason": pa.array([q.reason for q in quarantine], pa.string()),
+                "raw_record": pa.array([q.raw_record for q in quarantine], pa.string()),
+            }
+        )
+        con.register("_quarantine_in", table)
+        try:
+            con.execute("INSERT INTO quarantine SELECT *, ? FROM _quarantine_in", [now])
+        finally:
+            con.unregister("_quarantine_in")
+
+    @staticmethod
+    def _mark_deleted(
+        con: duckdb.DuckDBPyConnection,
+        deleted: Sequence[tuple[str, str]],
+        deleted_at: datetime,
+        stats: ApplyStats,
+    ) -> list[tuple[str, date, str]]:
+        """Mark ``deleted`` keys; returns (project_id, create day, job_id) of the rows marked."""
+        keys = pa.table(
+            {
+                "project_id": pa.array([k[0] for k in deleted], pa.string()),
+                "job_id": pa.array([k[1] for k in deleted], pa.string()),
+            }
+        )
+        con.register("_deleted", keys)
+        marked = con.execute(
+            f"""UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE j.project_id = d.project_id AND j.job_id = d.job_id AND j.deleted_at IS NULL
+            RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.job_id""",
+            [deleted_at],
+        ).fetchall()
+        stats.deleted = len(marked)
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE h.project_id = d.project_id AND h.job_id = d.job_id
+              AND h.valid_to IS NULL AND h.deleted_at IS NULL""",
+            [deleted_at],
+        )
+        if marked:
+            con.executemany(
+                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
+                [[p, d, p, d] for p, d in {(p, d) for p, d, _ in marked}],
+            )
+        return marked
+
+    @staticmethod
+    def _unlisted(con: duckdb.DuckDBPyConnection, reconciled: Sequence[ReconciledRange]) -> list[tuple[str, str]]:
+        """Live stored jobs inside ranges listed completely that the listing did not hold.
+
+        Runs after the upsert of the same transaction, so it sees every earlier batch."""
+        con.register("_recon", pa.table({
+            "idx": pa.array(range(len(reconciled)), pa.int32()),
+            "project_id": pa.array([r.project_id for r in reconciled], pa.string()),
+            "since": pa.array([_aware(r.since, "since") for r in reconciled], _TS),
+            "until": pa.array([_aware(r.until, "until") for r in reconciled], _TS),
+        }))
+        lengths = [len(r.seen) for r in reconciled]
+        con.register("_seen", pa.table({
+            "idx": pa.array(np.repeat(np.arange(len(reconciled), dtype=np.int32), lengths)),
+            "job_id": pa.array([job_id for r in reconciled for job_id in r.seen], pa.string()),
+        }))
+        return [tuple(r) for r in con.execute(
+            f"""SELECT j.project_id, j.job_id FROM {JOBS_TABLE} j JOIN _recon r
+                ON j.project_id = r.project_id AND j.create_time >= r.since AND j.create_time < r.until
+            WHERE j.deleted_at IS NULL
+              AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.idx = r.idx AND s.job_id = j.job_id)
+            ORDER BY 1, 2"""
+        ).fetchall()]
+
+    @staticmethod
+    def _advance_watermarks(
+        con: duckdb.DuckDBPyConnection, watermarks: Mapping[str, datetime], now: datetime
+    ) -> None:
+        for project_id, mark in watermarks.items():
+            mark = _aware(mark, "watermark")
+            updated = con.execute(
+                "UPDATE sync_state SET watermark = greatest(watermark, ?), updated_at = ?"
+                " WHERE project_id = ? RETURNING project_id",
+                [mark, now, project_id],
+            ).fetchall()
+            if not updated:
+                con.execute("INSERT INTO sync_state VALUES (?, ?, ?)", [project_id, mark, now])

@@ -1,0 +1,174 @@
+"""Connections to warehouse.duckdb, its DuckDB settings, and the schema migrations.
+
+warehouse.duckdb is open only while it is used. Outside a `with warehouse.connect():` block
+every public method opens the file, does its work and closes it, so other processes (or a
+read-only connection in this one) can open the file between calls. Inside the block one
+connection is kept and yielded (for running SQL models on it); each method then works on its
+own cursor of it, so methods may be called from worker threads. A Warehouse is meant for one
+writing process at a time: DuckDB allows a single read-write process per file.
+
+Migrations are the files ``migrations/NNN_<what>.sql``: the file numbered i brings the schema
+from version i-1 to i, in one transaction that also adds its schema_migrations row. Their
+statements are idempotent. ``{job_columns}`` in a file stands for the job columns of
+JOBS_SCHEMA, so the Arrow schema stays the one definition of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+
+from pipelines.warehouse.tables import (
+    HISTORY_TABLE,
+    ROW_HASH_ALGORITHM,
+    WarehouseError,
+    _column_ddl,
+    _hash_expr,
+)
+
+DUCKDB_MEMORY_LIMIT = "160MB"
+DUCKDB_THREADS = 2
+# DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
+# backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
+# 17 s 200k-job backfill). 256 MB checkpoints every several batches; 1 GB was no faster at
+# 1M jobs and would let more un-checkpointed data pile up against the memory limit.
+DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+JOB_COLUMNS_PLACEHOLDER = "{job_columns}"
+
+
+def _load_migrations(directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """The migration scripts in version order, ``{job_columns}`` filled in from JOBS_SCHEMA."""
+    files = sorted(directory.glob("[0-9][0-9][0-9]_*.sql"))
+    versions = [int(f.name[:3]) for f in files]
+    if versions != list(range(1, len(files) + 1)):
+        raise RuntimeError(f"migrations in {directory} are not numbered 1..n without gaps: {versions}")
+    return [f.read_text(encoding="utf-8").replace(JOB_COLUMNS_PLACEHOLDER, _column_ddl()) for f in files]
+
+
+# Each migration brings the schema from version i to i+1; statements are idempotent.
+_MIGRATIONS: list[str] = _load_migrations()
+#: The warehouse file's schema version (schema_migrations); JOBS_SCHEMA has its own SCHEMA_VERSION.
+WAREHOUSE_VERSION = len(_MIGRATIONS)
+
+
+class Connections:
+    """Opening warehouse.duckdb, the shared connection of a ``connect()`` block, and migrations."""
+
+    data_dir: Path
+    db_path: Path
+    serving_path: Path
+    _con: duckdb.DuckDBPyConnection | None
+    _lock: threading.RLock
+    _schema_ready: bool
+    # run_id -> lake partitions that failed to export during that run (see Apply.apply()).
+    _stuck: dict[str, set[tuple[str, date]]]
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(str(self.db_path))
+        except duckdb.Error as exc:
+            raise WarehouseError(
+                f"cannot open {self.db_path}: {exc}. If another process holds it (a running sync or a "
+                f"tool with it open), wait for it or close it; readers should open {self.serving_path}"
+            ) from None
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            # DuckDB's default buffer pool is 80% of RAM and it keeps what it read: a sync would
+            # grow with the history. A fixed cap keeps the sync's memory flat (larger work spills
+            # to disk); two threads match the machines this runs on and leave the event loop a core.
+            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            con.execute(f"SET threads = {DUCKDB_THREADS}")
+            con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+            if not self._schema_ready:
+                self._migrate(con)
+                self._schema_ready = True
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Keep warehouse.duckdb open for the block and yield the connection.
+
+        Nested blocks yield the same connection. The yielded connection is for the thread
+        that opened the block; methods called from other threads meanwhile use cursors of it.
+        """
+        with self._lock:
+            outer = self._con
+            if outer is None:
+                self._con = self._open()
+            con = self._con
+        if outer is not None:
+            yield con
+            return
+        try:
+            yield con
+        finally:
+            with self._lock:
+                self._con = None
+            con.close()
+
+    session = connect
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            shared = self._con
+            cur = shared.cursor() if shared is not None else None
+        if cur is None:
+            cur = self._open()
+        try:
+            cur.execute("SET TimeZone = 'UTC'")
+            yield cur
+        finally:
+            cur.close()
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_at TIMESTAMPTZ, description VARCHAR)"
+        )
+        current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        if current > WAREHOUSE_VERSION:
+            raise WarehouseError(
+                f"{self.db_path} has schema version {current}, newer than this program's {WAREHOUSE_VERSION}; "
+                "upgrade voicejobs or point it at another data directory"
+            )
+        for version in range(current + 1, WAREHOUSE_VERSION + 1):
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(_MIGRATIONS[version - 1])
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    [version, datetime.now(UTC), f"voice_training_jobs schema {version}"],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        self._ensure_row_hashes(con)
+
+    def _ensure_row_hashes(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Re-hash the current history versions when they were hashed by another algorithm.
+
+        Only current versions are ever compared, so only they are re-hashed; one transaction,
+        once per DuckDB release (or once after the upgrade from md5 hashes)."""
+        row = con.execute("SELECT value FROM warehouse_meta WHERE key = 'row_hash'").fetchone()
+        if row is not None and row[0] == ROW_HASH_ALGORITHM:
+            return
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(f"UPDATE {HISTORY_TABLE} SET row_hash = {_hash_expr()} WHERE valid_to IS NULL")
+            con.execute("DELETE FROM warehouse_meta WHERE key = 'row_hash'")
+            con.execute("INSERT INTO warehouse_meta VALUES ('row_hash', ?, ?)", [ROW_HASH_ALGORITHM, datetime.now(UTC)])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise

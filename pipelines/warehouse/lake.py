@@ -1,0 +1,364 @@
+"""The Parquet lake: one file per creation day (UTC) and project, derived from the jobs table.
+
+Layout under the lake root: ``voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet``,
+holding STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), rewritten whole.
+
+The lake is derived data: partitions touched by a committed batch are marked in ``lake_dirty``
+inside that transaction. After the commit each is rewritten through a temporary file, fsync and
+os.replace: from its old file plus the batch's rows and deletion marks where that is exact
+(``_export_from_batch``), else from the table (``export_dirty_partitions()``, safe to re-run);
+only then is its mark cleared. A crash between the commit and the export leaves the marks, and
+the next export writes those partitions from the table. A partition without a mark therefore
+always equals its file. A partition that cannot be written (a full disk, a path in the way, a
+name too long) keeps its mark and its old file without holding up the others; the run that
+left it so fails at its end with a LakeExportError naming it (see RunLog.finish_run).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from itertools import groupby
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.crashpoints import crashpoint
+from pipelines.warehouse.db import Connections
+from pipelines.warehouse.tables import _COLS, _TS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
+
+EXPORT_PARTITIONS = 8  # lake partitions read per query
+LAKE_WRITERS = 2  # threads writing lake partitions of one batch
+LAKE_FILE = "data.parquet"
+
+
+def _partition_slices(table: pa.Table) -> dict[tuple[str, date], tuple[int, int]]:
+    """(project_id, day) -> (offset, length) of its run in a table sorted by project_id, _day."""
+    slices: dict[tuple[str, date], tuple[int, int]] = {}
+    if table.num_rows == 0:
+        return slices
+    keys = pa.table({"p": table["project_id"], "d": table["_day"]})
+    start = 0
+    projects = keys["p"].to_pylist()
+    days = keys["d"].to_pylist()
+    for i in range(1, len(projects) + 1):
+        if i == len(projects) or projects[i] != projects[start] or days[i] != days[start]:
+            slices[(projects[start], days[start])] = (start, i - start)
+            start = i
+    return slices
+
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _lake_fix(exc: OSError, path: Path, data_dir: Path) -> str:
+    """What to do about ``exc`` raised while writing the lake file ``path``, by its errno."""
+    if exc.errno in _DISK_FULL_ERRNOS:
+        return f"free space on the disk holding {data_dir}"
+    if exc.errno in _PERMISSION_ERRNOS:
+        return f"fix the permissions of {path.parent} (and of the directories above it in {data_dir})"
+    if exc.errno == errno.ENAMETOOLONG:
+        return ("the name is too long for the file system; use a data directory with a shorter path "
+                "(VOICEJOBS_DATA_DIR) or a shorter project id")
+    return "fix that path"
+
+
+class LakeExportError(WarehouseError):
+    """Lake partitions that could not be written, every other one having been written.
+
+    The warehouse keeps their rows and their dirty marks, so the next export writes them.
+    ``failures`` holds (partition file, OSError) pairs; the message names the first one, its
+    cause and the fix."""
+
+    def __init__(self, failures: Sequence[tuple[Path, OSError]], data_dir: Path) -> None:
+        self.failures = list(failures)
+        path, exc = self.failures[0]
+        more = len(self.failures) - 1
+        others = f", as are {more} more partition{'s' if more != 1 else ''} that failed" if more else ""
+        super().__init__(
+            f"writing the lake file {path} failed ({exc.strerror or exc}); {_lake_fix(exc, path, data_dir)}, "
+            f"then run the sync again (the warehouse keeps its data; the partition stays marked for export{others})"
+        )
+
+
+@dataclass
+class _LakePlan:
+    """What a transaction tells the lake export after it: the incoming rows that won
+    (``ords``, row numbers of the batch), the deletion marks it set or cleared (``marks``,
+    per partition: job_id -> deleted_at, in the order they were made), and the partitions
+    whose files can NOT be derived from the old file plus those (a row left them, or they
+    were already waiting for an export)."""
+
+    ords: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    marks: dict[tuple[str, date], dict[str, datetime | None]] = field(default_factory=dict)
+    slow: set[tuple[str, date]] = field(default_factory=set)
+
+    def mark(self, project_id: str, day: date, job_id: str, deleted_at: datetime | None) -> None:
+        self.marks.setdefault((project_id, day), {})[job_id] = deleted_at
+
+
+def _with_deletion_marks(part: pa.Table, marks: Mapping[str, datetime | None]) -> pa.Table:
+    """``part`` with deleted_at of the marked job_ids set (None clears it)."""
+    deleted_at = part["deleted_at"].to_pylist()
+    for i, job_id in enumerate(part["job_id"].to_pylist()):
+        if job_id in marks:
+            deleted_at[i] = marks[job_id]
+    index = part.schema.get_field_index("deleted_at")
+    return part.set_column(index, "deleted_at", pa.array(deleted_at, _TS))
+
+
+def _fsync_dir(path: Path) -> None:
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Lake(Connections):
+    """Writing the lake: partition paths, the export after a batch, the export of dirty partitions."""
+
+    lake_dir: Path
+
+    def partition_path(self, project_id: str, day: date) -> Path:
+        """Where the lake keeps one creation day of one project (ids are percent-encoded)."""
+        return (
+            self.lake_dir
+            / f"create_day={day.isoformat()}"
+            / f"project_id={quote(project_id, safe='')}"
+            / LAKE_FILE
+        )
+
+    def rebuild_lake(self) -> int:
+        """Mark every partition (of the table, and of files already in the lake) dirty and export.
+
+        For recovery after the lake was damaged or deleted; returns what export_dirty_partitions does."""
+        on_disk = []
+        for f in self.lake_dir.glob(f"create_day=*/project_id=*/{LAKE_FILE}"):
+            with suppress(ValueError):
+                day = date.fromisoformat(f.parent.parent.name.partition("=")[2])
+                on_disk.append((unquote(f.parent.name.partition("=")[2]), day))
+        with self._cursor() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM lake_dirty")
+                con.execute(
+                    f"INSERT INTO lake_dirty SELECT DISTINCT project_id, CAST(timezone('UTC', create_time) AS DATE)"
+                    f" FROM {JOBS_TABLE}"
+                )
+                if on_disk:
+                    con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in on_disk])
+                con.execute("COMMIT")
+            except BaseException:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+        return self.export_dirty_partitions()
+
+    def export_dirty_partitions(self) -> int:
+        """Rewrite every lake partition marked dirty; returns how many files were written or removed.
+
+        One query reads the rows of up to ``EXPORT_PARTITIONS`` dirty partitions (a scan per
+        partition costs far more than the files themselves); the result is sliced per partition
+        in Arrow. A partition that cannot be written keeps its mark and does not stop the
+        others: once every other one is written, LakeExportError names it and its cause.
+        """
+        done, failures = self._export_dirty()
+        if failures:
+            raise LakeExportError([(path, exc) for _, path, exc in failures], self.data_dir)
+        return done
+
+    def _export_dirty(
+        self, skip: Collection[tuple[str, date]] = ()
+    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
+        """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
+        done = 0
+        failures: list[tuple[tuple[str, date], Path, OSError]] = []
+        with self._cursor() as con:
+            dirty = [
+                tuple(key) for key in con.execute(
+                    "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 1, 2"
+                ).fetchall()
+                if tuple(key) not in skip
+            ]  # fmt: skip
+            # A change capture can dirty every day of the history: partitions are read a few
+            # at a time so the rows held (and sorted inside DuckDB's memory limit) stay bounded.
+            for project_id, group in groupby(dirty, key=lambda key: key[0]):
+                days = [day for _, day in group]
+                for i in range(0, len(days), EXPORT_PARTITIONS):
+                    written, failed = self._export_partitions(con, project_id, days[i:i + EXPORT_PARTITIONS])
+                    done += written
+                    failures += failed
+        return done, failures
+
+    def _export_from_batch(self, winners: pa.Table, plan: _LakePlan, skip: Collection[tuple[str, date]] = ()) -> int:
+        """Write the partitions a committed batch changed without reading the table.
+
+        A partition not marked dirty before the batch equals its file (the invariant of the
+        dirty marks), so after the batch it is the old file's rows whose keys did not win,
+        plus the winners (deleted_at NULL: a listed job is not deleted), with the batch's
+        deletion marks applied, ordered by job_id as an export from the table would be.
+        Partitions in ``plan.slow`` or ``skip``, any whose old file is needed but cannot be
+        read, and any that cannot be written keep their dirty marks for
+        export_dirty_partitions(), which reports what still fails. Most of the lake is written
+        here: reading rows back from DuckDB cost more than writing them.
+        """
+        day = pc.cast(pc.divide(pc.cast(winners["create_time"], pa.int64()), 86_400_000), pa.int32())
+        table = (
+            winners.append_column("deleted_at", pa.nulls(winners.num_rows, _TS))
+            .append_column("_day", pc.cast(day, pa.date32()))
+            .filter(pc.is_valid(winners["create_time"]))
+            .sort_by([("project_id", "ascending"), ("_day", "ascending"), ("job_id", "ascending")])
+        )
+        slices = _partition_slices(table)
+        table = table.drop_columns(["_day"])
+
+        def write(key: tuple[str, date]) -> bool:
+            path = self.partition_path(*key)
+            offset, length = slices.get(key, (0, 0))
+            part = table.slice(offset, length)
+            try:
+                if path.exists():
+                    try:
+                        old = pq.read_table(path, schema=STORED_JOBS_SCHEMA)
+                    except (OSError, pa.ArrowException):
+                        return False  # unreadable: exported from the table afterwards
+                    keep = old.filter(pc.invert(pc.is_in(old["job_id"], value_set=part["job_id"])))
+                    part = pa.concat_tables([keep, part]).sort_by("job_id")
+                elif key in plan.marks and not length:
+                    return False  # marks on rows the lake does not hold yet: exported from the table
+                if key in plan.marks:
+                    part = _with_deletion_marks(part, plan.marks[key])
+                self._write_partition(path, part)
+            except OSError:
+                return False  # tried again from the table afterwards, which reports what still fails
+            crashpoint("lake_replaced")
+            return True
+
+        # Parquet reading, encoding and compression release the GIL: partitions are written
+        # side by side (a change capture touches a few hundred of them).
+        keys = [
+            key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow and key not in skip
+        ]
+        if len(keys) > 1:
+            with ThreadPoolExecutor(LAKE_WRITERS, thread_name_prefix="lake") as pool:
+                done = list(pool.map(write, keys))
+        else:
+            done = [write(key) for key in keys]
+        written = [key for key, ok in zip(keys, done, strict=True) if ok]
+        with self._cursor() as con:
+            self._clear_dirty(con, written)
+        return len(written)
+
+    @staticmethod
+    def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:
+        """Drop the export marks of partitions just written, in one statement."""
+        if not partitions:
+            return
+        done = pa.table({
+            "project_id": pa.array([p for p, _ in partitions], pa.string()),
+            "create_day": pa.array([d for _, d in partitions], pa.date32()),
+        })
+        con.register("_exported", done)
+        try:
+            con.execute(
+                "DELETE FROM lake_dirty d USING _exported e"
+                " WHERE d.project_id = e.project_id AND d.create_day = e.create_day"
+            )
+        finally:
+            con.unregister("_exported")
+
+    def _export_partitions(
+        self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]
+    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
+        """Rewrite the lake files of ``days`` of one project from one query; clear the dirty
+        marks of those written. Returns (files written, (key, path, error) of those that failed)."""
+        known = [day for day in days if day is not None]
+        if known:
+            # The create_time range lets DuckDB skip row groups by their min/max (a backfill
+            # inserts roughly in creation order), so an export reads the days it rewrites, not
+            # the whole history; NULL days are never exported, so the range loses nothing.
+            lo = datetime(min(known).year, min(known).month, min(known).day, tzinfo=UTC)
+            hi = datetime(max(known).year, max(known).month, max(known).day, tzinfo=UTC) + timedelta(days=1)
+            table = con.sql(
+                f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
+                f" FROM {JOBS_TABLE} j"
+                " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
+                "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
+                "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
+                " ORDER BY project_id, _day, job_id",
+                params=[project_id, lo, hi],
+            ).to_arrow_table()
+        else:
+            table = con.sql(
+                f"SELECT {_COLS}, deleted_at, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
+            ).to_arrow_table()
+        slices = _partition_slices(table)
+        table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
+        empty = table.slice(0, 0)
+        written: list[tuple[str, date]] = []
+        failed: list[tuple[tuple[str, date], Path, OSError]] = []
+        for day in days:
+            offset, length = slices.get((project_id, day), (0, 0))
+            part = table.slice(offset, length) if length else empty
+            path = self.partition_path(project_id, day)
+            try:
+                self._write_partition(path, part)
+            except OSError as exc:
+                failed.append(((project_id, day), path, exc))  # keeps its mark; the others go on
+                continue
+            written.append((project_id, day))
+            crashpoint("lake_replaced")
+        self._clear_dirty(con, written)
+        return len(written), failed
+
+    def _write_partition(self, path: Path, table: pa.Table) -> None:
+        """Replace one lake file through a temporary file, or remove it when ``table`` is empty.
+
+        Raises the OSError of a failed write; the old file is then left as it was."""
+        tmp: Path | None = None
+        try:
+            # Temporary files left by a crashed export; this process is the only writer.
+            for stale in path.parent.glob(".data-*.parquet.tmp"):
+                with suppress(OSError):
+                    stale.unlink()
+            if table.num_rows == 0:
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                    _fsync_dir(path.parent)
+                for empty in (path.parent, path.parent.parent):
+                    with suppress(OSError):
+                        empty.rmdir()  # only succeeds when nothing else is left
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".data-", suffix=".parquet.tmp", dir=path.parent)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as fh:
+                # Dictionary pages cost a quarter of the time of a small file and saved nothing
+                # after zstd on these columns.
+                pq.write_table(table, fh, compression="zstd", use_dictionary=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            crashpoint("lake_tmp_written")
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(path.parent)
+        finally:
+            if tmp is not None:
+                with suppress(OSError):
+                    tmp.unlink()
+

@@ -1,0 +1,86 @@
+"""The serving snapshot: serving.duckdb, a copy of the warehouse that BI tools open read-only.
+
+It is taken after a CHECKPOINT, written in an older storage format, stripped of the sync's
+own bookkeeping, fsynced and swapped in with os.replace.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+import duckdb
+
+from pipelines.crashpoints import crashpoint
+from pipelines.redact import redact
+from pipelines.warehouse.db import Connections
+from pipelines.warehouse.lake import _fsync_dir
+from pipelines.warehouse.tables import WarehouseError
+
+SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
+#: Tables of the sync's own bookkeeping, left out of the serving snapshot. It keeps the jobs,
+#: their history and transitions, the analytics schema, sync_runs (freshness) and
+#: warehouse_meta (which source the data came from).
+SYNC_ONLY_TABLES = ("quarantine", "lake_dirty", "sync_state", "sync_windows", "schema_migrations")
+# The oldest DuckDB release that can read serving.duckdb (the warehouse file itself is newer).
+SERVING_STORAGE_VERSION = "v1.2.0"
+
+
+class Serving(Connections):
+    """Publishing serving.duckdb."""
+
+    def publish_serving(self) -> Path:
+        """Replace serving.duckdb with a consistent copy of the warehouse.
+
+        A reader holding the old serving.duckdb open keeps its old snapshot (the replaced file
+        lives on until closed); connections opened afterwards see the new one. No other
+        process may write warehouse.duckdb meanwhile (DuckDB's file lock ensures it).
+        """
+        with self._cursor() as con:
+            con.execute("CHECKPOINT")
+            wal = Path(str(self.db_path) + ".wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise WarehouseError(
+                    f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
+                    "publish the serving snapshot when no sync is writing"
+                )
+            for stale in self.data_dir.glob(".serving-*.duckdb.tmp*"):
+                with suppress(OSError):
+                    stale.unlink()
+            token = uuid.uuid4().hex
+            tmp: Path | None = self.data_dir / f".serving-{token}.duckdb.tmp"
+            alias = f"serving_{token[:12]}"
+            quoted = str(tmp).replace("'", "''")
+            try:
+                # A copy in an older storage format rather than the file itself: BI drivers and
+                # CLIs lag DuckDB releases, and a file written by the newest one locks them out.
+                con.execute(f"ATTACH '{quoted}' AS {alias} (STORAGE_VERSION '{SERVING_STORAGE_VERSION}')")
+                try:
+                    source = con.execute("SELECT current_database()").fetchone()[0]
+                    con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
+                    crashpoint("serving_copying")  # a snapshot copy left half-done
+                    # Readers get what analysts read, not the sync's own bookkeeping (raw records
+                    # of the quarantine, cursors, export marks).
+                    for table in SYNC_ONLY_TABLES:
+                        con.execute(f"DROP TABLE IF EXISTS {alias}.main.{table}")
+                finally:
+                    con.execute(f"DETACH {alias}")
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.serving_path)
+                tmp = None
+                _fsync_dir(self.data_dir)
+                crashpoint("serving_replaced")
+            except (OSError, duckdb.Error) as exc:
+                raise WarehouseError(
+                    f"writing the serving snapshot {self.serving_path} failed ({redact(exc)}); "
+                    f"free space on the disk holding {self.data_dir} and publish again"
+                ) from None
+            finally:
+                if tmp is not None:
+                    for leftover in (tmp, Path(f"{tmp}.wal")):
+                        with suppress(OSError):
+                            leftover.unlink()
+        return self.serving_path

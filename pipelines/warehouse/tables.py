@@ -1,0 +1,75 @@
+"""What the warehouse stores: table names, the stored jobs schema, the version hash, time helpers.
+
+Every room of the package speaks these names; none of them opens a connection.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.schema import JOBS_SCHEMA
+
+JOBS_TABLE = "voice_training_jobs"
+HISTORY_TABLE = "voice_training_job_history"
+TRANSITIONS_VIEW = "voice_training_job_transitions"
+
+_TS = pa.timestamp("ms", tz="UTC")
+#: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
+STORED_JOBS_SCHEMA: pa.Schema = JOBS_SCHEMA.append(pa.field("deleted_at", _TS))
+
+JOB_COLUMNS: tuple[str, ...] = tuple(JOBS_SCHEMA.names)
+# The content of a version: every column except when it was synced.
+_CONTENT_COLUMNS: tuple[str, ...] = tuple(c for c in JOB_COLUMNS if c != "synced_at")
+_COLS = ", ".join(JOB_COLUMNS)
+
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", _TS: "TIMESTAMPTZ"}
+
+
+def _column_ddl() -> str:
+    """The job columns of JOBS_SCHEMA as DuckDB column definitions, one per line."""
+    return ",\n    ".join(f"{f.name} {_DUCKDB_TYPES[f.type]}" for f in JOBS_SCHEMA)
+
+
+def _hash_expr(alias: str = "") -> str:
+    """A version's content hash: DuckDB's 64-bit hash() over every content column.
+
+    About ten times cheaper than md5 over a JSON rendering of the row, which was the largest
+    single cost of a backfill's transaction. hash() is deterministic but not promised to stay
+    the same across DuckDB releases, so warehouse_meta records which release hashed the
+    current versions, and _ensure_row_hashes() re-hashes them when that changes."""
+    p = f"{alias}." if alias else ""
+    return f"CAST(hash({', '.join(p + c for c in _CONTENT_COLUMNS)}) AS VARCHAR)"
+
+
+#: What produced the stored row hashes; a change re-hashes the current history versions.
+ROW_HASH_ALGORITHM = f"duckdb-hash/{duckdb.__version__}"
+
+
+def _epoch_us(dt: datetime) -> int:
+    """Whole microseconds since the epoch, exactly (no float rounding)."""
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _aware(dt: datetime, what: str) -> datetime:
+    if dt.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware")
+    return dt.astimezone(UTC)
+
+
+class WarehouseError(Exception):
+    """Storage cannot be used or written; the message names the path and what to do."""
+
+
+_DISK_FULL_TEXTS = ("no space left", "file too large", "disk quota", "could not write file")
+
+
+def _is_disk_error(exc: BaseException) -> bool:
+    # DuckDB reports a full disk or a failing device as IOException, but a write that fails
+    # while committing surfaces as a TransactionException carrying the OS error's text;
+    # an OSError reaching here comes from the file system as well.
+    if isinstance(exc, OSError | duckdb.IOException):
+        return True
+    return isinstance(exc, duckdb.Error) and any(t in str(exc).lower() for t in _DISK_FULL_TEXTS)
