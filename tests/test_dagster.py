@@ -1,38 +1,77 @@
-"""Dagster: the definitions load and validate, and real assets materialize against the simulator."""
+"""Dagster: the definitions load and validate, and real assets materialize against the simulator.
+
+Nothing here depends on today's date or on the developer's environment: the creation-day
+partitions of the simulator's fixed clock are loaded as of the day after it (Dagster's
+``partition_loading_context``), and the definitions are loaded with every variable of the
+project unset.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
-from assets.jobs import voice_training_job_changes, voice_training_jobs
+from assets.jobs import voice_training_job_changes, voice_training_job_deletions, voice_training_jobs
+from assets.models import SOURCE_ASSET_KEYS, analytics_models, model_asset_key
+from assets.serving import serving_snapshot
+from pipelines.models import load_models
 from pipelines.resources import MetaStudioResource, WarehouseResource
-from tests.conftest import SIM_NOW, truth_by_project
+from pipelines.simulator import SimulatorConfig, SimulatorServer
+from pipelines.sync import sync
+from pipelines.warehouse import SYNC_ONLY_TABLES, Warehouse
+from tests.conftest import PROJECTS, SIM_NOW, sim_settings, truth_by_project
+from tests.expected import assert_rows_equal
+from tests.warehouse_fixture import create_warehouse, insert_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Dagster's "now" for partitions of the simulator's days: the day after SIM_NOW, so the
+#: partition of SIM_NOW's own day is the newest and exists whatever the real date is.
+PARTITIONS_AS_OF = SIM_NOW + timedelta(days=1)
+PROJECT_ENV_PREFIXES = ("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_")
 
 
-def resources_for(server, data_dir) -> dict:
+@pytest.fixture
+def sim_partitions():
+    with dg.partition_loading_context(effective_dt=PARTITIONS_AS_OF):
+        yield
+
+
+@pytest.fixture
+def clean_definitions(monkeypatch):
+    """pipelines.definitions loaded with no variable of the project set (the developer's own
+    VOICEJOBS_NIGHTLY_CRON, say, must not decide the test); loaded again as it was afterwards."""
+    import pipelines.definitions
+
+    for key in list(os.environ):
+        if key.startswith(PROJECT_ENV_PREFIXES):
+            monkeypatch.delenv(key)
+    yield lambda: importlib.reload(pipelines.definitions)
+    monkeypatch.undo()
+    importlib.reload(pipelines.definitions)
+
+
+def resources_for(server, data_dir, first_day=None) -> dict:
     config = server.state.config
     ak, sk = next(iter(config.credentials.items()))
+    first_day = first_day or (SIM_NOW - timedelta(days=61)).date()
     return {
         "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk,
                                          project_ids=",".join(config.projects), safety_lag_seconds=0, max_clock_skew_seconds=0,
-                                         first_day=(SIM_NOW - timedelta(days=61)).date().isoformat()),
+                                         first_day=first_day.isoformat()),
         "warehouse": WarehouseResource(data_dir=str(data_dir)),
     }
 
 
-def test_definitions_load_with_schedules_and_checks():
-    from pipelines.definitions import defs
-
-    repo = defs.get_repository_def()
+def test_definitions_load_with_schedules_and_checks(clean_definitions):
+    repo = clean_definitions().defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"voice_training_jobs", "voice_training_job_changes", "voice_training_job_deletions",
             "failure_rate_by_tag", "serving_snapshot"} <= keys
@@ -44,17 +83,29 @@ def test_definitions_load_with_schedules_and_checks():
                       "unique_job_keys", "update_not_before_create", "windows_reconcile"}
 
 
+def test_the_schedules_read_their_cron_from_the_environment(clean_definitions, monkeypatch):
+    """Why the other tests load the definitions with a clean environment: the crons come from it."""
+    monkeypatch.setenv("VOICEJOBS_NIGHTLY_CRON", "30 1 * * *")
+    monkeypatch.setenv("VOICEJOBS_RECONCILE_CRON", "0 4 * * 6")
+    repo = clean_definitions().defs.get_repository_def()
+    assert repo.get_schedule_def("nightly_sync_schedule").cron_schedule == "30 1 * * *"
+    assert repo.get_schedule_def("weekly_reconcile_schedule").cron_schedule == "0 4 * * 6"
+
+
 def test_dagster_definitions_validate_cli_passes(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUAWEICLOUD_", "METASTUDIO_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PROJECT_ENV_PREFIXES)}
     env["DAGSTER_HOME"] = str(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Validation successful for code location pipelines.definitions" in output, output
+    assert "All code locations passed validation" in output, output
 
 
-def test_materialize_a_partition_and_backfill_a_range_in_one_run(small_simulator, tmp_path):
+def test_materialize_a_partition_and_backfill_a_range_in_one_run(small_simulator, tmp_path, sim_partitions):
     resources = resources_for(small_simulator, tmp_path)
     day = (SIM_NOW - timedelta(days=5)).date()
     instance = dg.DagsterInstance.ephemeral()
@@ -101,28 +152,23 @@ def _day(value):
     return epoch(value).date()
 
 
-def test_nightly_schedule_runs_yesterdays_creation_day_with_change_capture():
-    from datetime import UTC, datetime
-
-    from pipelines.definitions import defs
-
-    repo = defs.get_repository_def()
+def test_nightly_schedule_runs_yesterdays_creation_day_with_change_capture(clean_definitions):
+    repo = clean_definitions().defs.get_repository_def()
     schedule = repo.get_schedule_def("nightly_sync_schedule")
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 2, 2, 0, tzinfo=UTC),
-                                        repository_def=repo)
-    [request] = schedule.evaluate_tick(context).run_requests
+    tick = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
+    context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo)
+    with dg.partition_loading_context(effective_dt=tick):  # the tick's own "now", not today's
+        [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-03-01"
     job = repo.get_job("nightly_sync")
     selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert {"voice_training_jobs", "voice_training_job_changes", "failure_rate_by_tag", "serving_snapshot"} <= selected
 
 
-def test_every_writer_shares_one_pool_of_one_slot():
+def test_every_writer_shares_one_pool_of_one_slot(clean_definitions):
     import yaml
 
-    from pipelines.definitions import defs
-
-    repo = defs.get_repository_def()
+    repo = clean_definitions().defs.get_repository_def()
     writers = ["voice_training_jobs", "voice_training_job_changes", "voice_training_job_deletions", "serving_snapshot"]
     for name in writers:
         node = repo.asset_graph.get(dg.AssetKey(name)).assets_def.node_def
@@ -169,3 +215,82 @@ def test_a_cli_sync_shows_in_dagster_as_materializations_of_the_same_assets(smal
         assert latest.metadata["rows"].value > 0
         for key in [*MODEL_ASSET_KEYS, dg.AssetKey("serving_snapshot")]:
             assert instance.get_latest_materialization_event(key) is not None, key
+
+
+def test_materialize_the_deletions_asset_marks_what_the_source_deleted(tmp_path):
+    """voice_training_job_deletions pages every creation day up to tomorrow by the real clock: the
+    simulator's clock ends at the real one (it starts two days back and advances two days), so
+    the days reconciled cover the days the source holds whatever the date is."""
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    config = SimulatorConfig(jobs=1500, seed=41, days=20, projects=PROJECTS, now=now)
+    first_day = (now - timedelta(days=21)).date()
+    with SimulatorServer(config) as server:
+        settings = sim_settings(server, tmp_path, first_day=first_day)
+        sync(settings, mode="days", since=first_day, until=now.date())
+        stored = {(r["project_id"], r["job_id"]) for r in Warehouse(tmp_path).jobs_table(include_deleted=False).to_pylist()}
+        already = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)}
+        changes = server.state.advance(2 * 86400)
+        deleted_since = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)} - already
+        assert changes["deleted"] == len(deleted_since) > 0 and deleted_since <= stored
+
+        resources = resources_for(server, tmp_path, first_day=first_day)
+        result = dg.materialize([voice_training_job_deletions], resources=resources,
+                                instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        [mat] = result.asset_materializations_for_node("voice_training_job_deletions")
+        truth = truth_by_project(server)
+
+    table = Warehouse(tmp_path).jobs_table().to_pylist()
+    marked = {(r["project_id"], r["job_id"]) for r in table if r["deleted_at"] is not None}
+    assert marked == deleted_since  # exactly the jobs the source deleted, each once
+    assert mat.metadata["marked_deleted"].value == len(deleted_since)
+    # and the reconciliation also brought in what was created meanwhile: live rows equal the source
+    live = [r for r in table if r.pop("deleted_at") is None]
+    for row in live:
+        row.pop("synced_at")
+    assert_rows_equal(live, truth, personal_data="mask")
+
+
+def test_materialize_the_models_and_the_serving_snapshot(small_simulator, tmp_path):
+    """serving_snapshot publishes a serving.duckdb that opens read-only and holds every model."""
+    settings = sim_settings(small_simulator, tmp_path)
+    sync(settings, mode="days", since=(SIM_NOW - timedelta(days=61)).date(), until=SIM_NOW.date())
+    sources = [dg.AssetSpec(key) for key in SOURCE_ASSET_KEYS]
+    result = dg.materialize([*sources, analytics_models, serving_snapshot], resources=resources_for(small_simulator, tmp_path),
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    [mat] = result.asset_materializations_for_node("serving_snapshot")
+    path = tmp_path / "serving.duckdb"
+    assert mat.metadata["path"].value == str(path)
+    assert mat.metadata["bytes"].value == path.stat().st_size
+
+    models = load_models()
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        expected = {m.name: con.execute(f"select * from analytics.{m.name} order by all").fetchall() for m in models}
+    with duckdb.connect(str(path), read_only=True) as con:
+        published = {m.name: con.execute(f"select * from analytics.{m.name} order by all").fetchall() for m in models}
+        tables = {t for (t,) in con.execute("select table_name from duckdb_tables() where schema_name = 'main'").fetchall()}
+        live = con.execute("select count(*) from analytics.voice_training_jobs").fetchone()[0]
+    assert published == expected  # every model, as the warehouse computed it
+    assert live == sum(len(jobs) for jobs in truth_by_project(small_simulator).values()) > 0
+    assert not tables & set(SYNC_ONLY_TABLES)  # the sync's bookkeeping stays out of the snapshot
+    materialized = {e.materialization.asset_key for e in result.get_asset_materialization_events()}
+    assert materialized == {model_asset_key(m) for m in models} | {dg.AssetKey("serving_snapshot")}
+
+
+def test_models_refuse_unmasked_personal_data_and_say_why(tmp_path):
+    """The refusal is for the reason named: a phone number stored in clear, not any other failure."""
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        create_warehouse(con)
+        insert_rows(con, "main.voice_training_jobs", [{"project_id": "p", "job_id": "1", "phone": "13800135678"}])
+    sources = [dg.AssetSpec(key) for key in SOURCE_ASSET_KEYS]
+    refused = dg.materialize([*sources, analytics_models], resources={"warehouse": WarehouseResource(data_dir=str(tmp_path))},
+                             raise_on_error=False)
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    error = failure.step_failure_data.error
+    while error.cause is not None and error.cls_name != "UnmaskedPersonalDataError":
+        error = error.cause
+    assert error.cls_name == "UnmaskedPersonalDataError", failure.step_failure_data.error.to_string()
+    assert "unmasked personal data (phone: 1 rows)" in error.message
+    assert refused.get_asset_materialization_events() == []  # nothing was built
