@@ -6,6 +6,7 @@ import pytest
 
 from pipelines.settings import Settings
 from pipelines.simulator import SimulatorConfig, SimulatorServer
+from tests.support.postgres import postgres_server  # noqa: F401  (a session fixture: one server per test run)
 
 # A fixed source clock keeps every test's data identical from run to run.
 SIM_NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
