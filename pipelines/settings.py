@@ -49,6 +49,12 @@ ENV_VARS = {
     "it is ignored (default 300; 0 believes every Date)",
     "VOICEJOBS_MAX_RESPONSE_BYTES": "a response larger than this is refused as malformed (default 67108864, 64 MiB)",
     "VOICEJOBS_PERSONAL_DATA": "mask (default): phones keep last 4 digits, URLs lose query strings; raw: keep",
+    "VOICEJOBS_POSTGRES_URL": "PostgreSQL database to publish the analytics tables to, a libpq URL such as "
+    "postgresql://voicejobs@db:5432/analytics (password in the URL, PGPASSWORD or ~/.pgpass); unset: no publish",
+    "VOICEJOBS_POSTGRES_SCHEMA": "schema the published tables go to (default analytics)",
+    "VOICEJOBS_POSTGRES_READERS": "roles granted read access to the published tables, comma-separated (e.g. bi_reader)",
+    "VOICEJOBS_POSTGRES_LOCK_TIMEOUT_SECONDS": "a publish waits this long for a table a BI session holds before "
+    "giving up (default 30)",
 }
 
 
@@ -77,6 +83,7 @@ NUMBER_BOUNDS: dict[str, Bound] = {
     "split_threshold": Bound("VOICEJOBS_SPLIT_THRESHOLD", 100, 1_000_000, whole=True),
     "max_clock_skew_seconds": Bound("VOICEJOBS_MAX_CLOCK_SKEW_SECONDS", 0, 10 * 365 * 86_400),
     "max_response_bytes": Bound("VOICEJOBS_MAX_RESPONSE_BYTES", 1 << 20, 1 << 32, whole=True),
+    "postgres_lock_timeout_seconds": Bound("VOICEJOBS_POSTGRES_LOCK_TIMEOUT_SECONDS", 0.1, 3600),
 }
 
 #: The earliest creation day a sync accepts: MetaStudio did not exist before. Days before
@@ -174,6 +181,11 @@ class Settings:
     max_response_bytes: int = 64 << 20
     # Set only by the code that starts the embedded simulator: the run reads simulated jobs.
     embedded_simulator: bool = False
+    # PostgreSQL serving (pipelines/publish): the URL may hold a password, so it is a secret.
+    postgres_url: str | None = field(default=None, repr=False)
+    postgres_schema: str = "analytics"
+    postgres_readers: tuple[str, ...] = ()
+    postgres_lock_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for secret in (self.ak, self.sk, self.security_token, self.auth_token):
@@ -188,9 +200,29 @@ class Settings:
             value = getattr(self, name)
             if not (name == "max_rps" and value is None):
                 _check_number(name, value)
+        self._check_postgres()
         if not isinstance(self.first_day, date):
             raise ConfigurationError(f"VOICEJOBS_FIRST_DAY {self.first_day!r} is not a date.")
         _check_day(self.first_day, "VOICEJOBS_FIRST_DAY")
+
+    def _check_postgres(self) -> None:
+        """Register the PostgreSQL URL's password as a secret; check the names it will create and grant to."""
+        if self.postgres_url:
+            from pipelines.publish.target import PublishError, parse_postgres_url
+
+            try:
+                parse_postgres_url(self.postgres_url)
+            except PublishError as exc:
+                raise ConfigurationError(str(exc)) from None
+        if not POSTGRES_NAME.fullmatch(self.postgres_schema or "") or len(self.postgres_schema) > 50:
+            raise ConfigurationError(
+                f"VOICEJOBS_POSTGRES_SCHEMA={self.postgres_schema!r} is not a plain schema name; use 1 to 50 "
+                "lowercase letters, digits or '_', starting with a letter or '_' (default analytics).")
+        for role in self.postgres_readers:
+            if not POSTGRES_NAME.fullmatch(role):
+                raise ConfigurationError(
+                    f"VOICEJOBS_POSTGRES_READERS names {role!r}, which is not a plain role name; use lowercase "
+                    "letters, digits or '_', starting with a letter or '_' (as PostgreSQL folds CREATE ROLE names).")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -224,6 +256,10 @@ class Settings:
             max_clock_skew_seconds=_env_number(env, "max_clock_skew_seconds", 300.0),
             max_response_bytes=_env_number(env, "max_response_bytes", 64 << 20),
             personal_data=(text("VOICEJOBS_PERSONAL_DATA") or "mask").lower(),
+            postgres_url=text("VOICEJOBS_POSTGRES_URL"),
+            postgres_schema=text("VOICEJOBS_POSTGRES_SCHEMA") or "analytics",
+            postgres_readers=split_names(text("VOICEJOBS_POSTGRES_READERS")),
+            postgres_lock_timeout_seconds=_env_number(env, "postgres_lock_timeout_seconds", 30.0),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -282,6 +318,18 @@ class Settings:
 #: '-' and '_' up to 64 pass too. Each id becomes a URL path segment and a lake directory
 #: name, so non-ASCII ids (UnicodeEncodeError) and long ones (ENAMETOOLONG) are refused here.
 PROJECT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+#: A schema or role name the publisher creates or grants to: what PostgreSQL keeps as written
+#: without quotes, so the names in SQL and in BI tools need no quoting either.
+POSTGRES_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def split_names(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list, trimmed, empty parts and repeats left out."""
+    if not value:
+        return ()
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
 
 
 def split_project_ids(value: str | None) -> tuple[str, ...]:
