@@ -1,4 +1,4 @@
-"""``voicejobs``: demo, sync, reconcile, simulator, query, report.
+"""``voicejobs``: demo, sync, reconcile, simulator, query, report, publish.
 
 Runs the same code as the Dagster assets (:mod:`pipelines.sync`). Expected
 failures (configuration, credentials, unreachable endpoint, a data directory
@@ -211,6 +211,23 @@ def _cmd_report(args) -> int:
     return EXIT_OK
 
 
+def _cmd_publish(args) -> int:
+    from pipelines.publish import PublishError, publish
+
+    settings = _settings(args)
+    if not settings.postgres_url:
+        print("voicejobs publish: VOICEJOBS_POSTGRES_URL is not set; set it to the PostgreSQL database BI tools "
+              "read, e.g. postgresql://voicejobs@db:5432/analytics (see `voicejobs publish --help`).", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        report = publish(_serving_path(args), settings)
+    except PublishError as exc:
+        print(f"voicejobs publish: {redact(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.summary())
+    return EXIT_OK
+
+
 def _cmd_simulator(args, rest: list[str]) -> int:
     from pipelines.simulator.cli import main as simulator_main
 
@@ -278,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tables", action="store_true", help="list the relations analysts can query, and what a row is")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
+    pub = sub.add_parser(
+        "publish", help="copy the serving snapshot's analytics tables to PostgreSQL for BI tools ($VOICEJOBS_POSTGRES_URL)",
+        epilog="Reads serving.duckdb (never the warehouse) and changes the PostgreSQL schema in one transaction: readers "
+        "see the old tables or the new, never a mix, and are never blocked; only what changed is sent.\n"
+        "Environment: VOICEJOBS_POSTGRES_URL (libpq URL; password in it, PGPASSWORD or ~/.pgpass), "
+        "VOICEJOBS_POSTGRES_SCHEMA (default analytics), VOICEJOBS_POSTGRES_READERS (roles granted SELECT), "
+        "VOICEJOBS_POSTGRES_LOCK_TIMEOUT_SECONDS (default 30).\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_dir(pub)
+
     rep = sub.add_parser("report", help="write a self-contained HTML report with charts")
     data_dir(rep)
     rep.add_argument("--out", default="voicejobs-report.html", help="output file (default voicejobs-report.html)")
@@ -309,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "reconcile": _cmd_sync,
         "query": _cmd_query,
         "report": _cmd_report,
+        "publish": _cmd_publish,
     }
     try:
         return handlers[args.command](args)
