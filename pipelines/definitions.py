@@ -7,7 +7,7 @@ import dagster as dg
 from assets import checks as check_module
 from assets import jobs as job_assets
 from assets import models as model_module
-from assets.serving import serving_snapshot
+from assets.serving import postgres_serving, serving_snapshot
 from pipelines.resources import metastudio_from_env, schedule_settings, warehouse_from_env
 
 _schedule = schedule_settings()
@@ -17,7 +17,7 @@ sync_assets = [
     job_assets.voice_training_job_changes,
     job_assets.voice_training_job_deletions,
 ]
-downstream = dg.AssetSelection.assets(*model_assets, serving_snapshot)
+downstream = dg.AssetSelection.assets(*model_assets, serving_snapshot, postgres_serving)
 
 # Nightly: change capture for every project, the newest creation-day partition, then
 # everything downstream; all in one run so the models see one consistent warehouse.
@@ -61,7 +61,7 @@ weekly_reconcile_schedule = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    assets=[*sync_assets, *model_assets, serving_snapshot],
+    assets=[*sync_assets, *model_assets, serving_snapshot, postgres_serving],
     asset_checks=dg.load_asset_checks_from_modules([check_module]),
     jobs=[nightly_sync, weekly_reconcile],
     schedules=[nightly_schedule, weekly_reconcile_schedule],
