@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth, parse_authorization
-from pipelines.metastudio.client import MetaStudioClient, Page
+from pipelines.metastudio.client import PACING_MARGIN, MetaStudioClient, Page
 from pipelines.metastudio.errors import (
     AuthenticationError,
     BadRequestError,
@@ -130,9 +130,9 @@ def test_page_has_server_time_and_server_now_follows_date_header():
     server_date = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
     handler = scripted(json_response(200, OK_BODY, Date=format_datetime(server_date, usegmt=True)))
     clock = FakeClock()
-    client = make_client(handler, clock)
-    before = client.server_now()
-    assert abs((before - datetime.now(UTC)).total_seconds()) < 5  # local clock until a Date is seen
+    local = datetime(2025, 3, 1, 11, 58, 1, tzinfo=UTC)
+    client = make_client(handler, clock, wall_clock=lambda: local)
+    assert client.server_now() == local  # the local clock until a Date is seen
     page = run(list_once(client))
     assert page.server_time == server_date
     assert client.server_now() == server_date
@@ -424,39 +424,108 @@ def test_client_repr_and_logs_hide_credentials(caplog):
 # ---------------------------------------------------------------- concurrency and pacing
 
 
-def test_rate_pacing_spaces_request_starts():
-    """Real time, small numbers: 12 concurrent requests at 40/s keep to 40/s on average, and no two
-    start closer than half an interval (a late wake-up is made up, never by a burst)."""
+class OversleepingClock(FakeClock):
+    """A fake clock whose sleeps end late, as on a busy event loop: ``late()`` seconds after due."""
+
+    def __init__(self, late) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds + self.late()
+
+
+def _paced_starts(clock: FakeClock, rate: float, n: int) -> tuple[list[float], object]:
+    """Start times (by ``clock``) of ``n`` concurrent requests of a client capped at ``rate``/s."""
     starts: list[float] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        starts.append(time.monotonic())
+        starts.append(clock.now)
         return json_response(200, OK_BODY)
 
     async def main():
-        async with MetaStudioClient(
-            BASE, TokenAuth(TOKEN), transport=httpx.MockTransport(handler), max_requests_per_second=40.0
-        ) as client:
-            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(12)))
+        async with make_client(handler, clock, max_requests_per_second=rate) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(n)))
             return client.stats
 
     stats = run(main())
+    assert len(starts) == n
+    return starts, stats
+
+
+def test_rate_pacing_spaces_request_starts():
+    """12 concurrent requests at 40/s, on an injected clock: the second starts half an interval
+    after the first (the schedule restarts from now, no burst), then one every interval."""
+    interval = PACING_MARGIN / 40
+    clock = FakeClock()
+    starts, stats = _paced_starts(clock, 40.0, 12)
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert len(starts) == 12
-    assert min(gaps) >= 0.0125 * 0.95
-    assert starts[-1] - starts[0] >= 11 * 0.025 * 0.95  # never faster than the cap overall
-    assert stats.wait_seconds > 0.2  # pacing time is accounted
+    assert gaps == pytest.approx([interval / 2] + [interval] * 10)
+    assert stats.wait_seconds == pytest.approx(sum(clock.sleeps)) == pytest.approx(10.5 * interval)
 
 
-def test_pacing_never_trips_a_server_cap_equal_to_the_rate():
-    """A token-bucket server (refill = cap, a burst of 2) never answers 429 to a client paced at the cap."""
+@pytest.mark.parametrize("seed", range(3))
+def test_late_wake_ups_are_made_up_by_the_next_slot(seed):
+    """Sleeps ending up to just under half an interval late (a busy event loop) do not add up
+    over 200 requests: each is made up by the next slot, the ideal schedule is kept."""
+    interval, n = PACING_MARGIN / 40, 200
+    rng = random.Random(seed)
+    clock = OversleepingClock(lambda: rng.uniform(0, 0.49 * interval))
+    starts, stats = _paced_starts(clock, 40.0, n)
+    span = starts[-1] - starts[0]
+    # The ideal schedule: half an interval, then n - 2 intervals, plus the last one's lateness.
+    assert (n - 1.5) * interval - 1e-9 <= span < (n - 1) * interval  # 200 x 0.25 intervals did not add up
+    assert stats.wait_seconds == pytest.approx(sum(clock.sleeps))
+
+
+@pytest.mark.parametrize("worst", [0.9, 3.0])
+def test_a_late_wake_up_never_brings_two_starts_closer_than_half_an_interval(worst):
+    interval, n = PACING_MARGIN / 40, 200
+    rng = random.Random(7)
+    clock = OversleepingClock(lambda: rng.uniform(0, worst * interval))
+    starts, _ = _paced_starts(clock, 40.0, n)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= interval / 2 - 1e-9  # made up, but never by a burst
+    assert starts[-1] - starts[0] >= (n - 1.5) * interval - 1e-9  # never faster than the cap overall
+
+
+@pytest.mark.parametrize("late", [0.0, 0.5, 0.9], ids=["on-time", "half-late", "nearly-an-interval-late"])
+def test_pacing_never_trips_a_server_cap_equal_to_the_rate(late):
+    """A token-bucket server (refill = cap, a burst of 2) on the same clock never answers 429 to
+    a client paced at the cap, also when the client's sleeps end late."""
     cap = 50.0
-    state = {"tokens": 2.0, "at": time.monotonic(), "throttled": 0}
+    clock = OversleepingClock(lambda: late / cap)
+    state = {"tokens": 2.0, "at": clock.now, "throttled": 0, "admitted": 0}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        now = time.monotonic()
+        now = clock.now
         state["tokens"] = min(2.0, state["tokens"] + (now - state["at"]) * cap)
         state["at"] = now
+        if state["tokens"] < 1.0:
+            state["throttled"] += 1
+            return json_response(429, {}, **{"Retry-After": "1"})
+        state["tokens"] -= 1.0
+        state["admitted"] += 1
+        return json_response(200, OK_BODY)
+
+    async def main():
+        async with make_client(handler, clock, max_requests_per_second=cap) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(25)))
+            return client.stats
+
+    stats = run(main())
+    assert state["throttled"] == 0 and stats.retries["429"] == 0
+    assert stats.pages == state["admitted"] == 25
+
+
+def test_an_unpaced_client_does_trip_that_server_cap():
+    """The cap above is not toothless: the same 25 requests without pacing are throttled."""
+    cap = 50.0
+    clock = FakeClock()
+    state = {"tokens": 2.0, "throttled": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
         if state["tokens"] < 1.0:
             state["throttled"] += 1
             return json_response(429, {}, **{"Retry-After": "1"})
@@ -464,14 +533,11 @@ def test_pacing_never_trips_a_server_cap_equal_to_the_rate():
         return json_response(200, OK_BODY)
 
     async def main():
-        async with MetaStudioClient(
-            BASE, TokenAuth(TOKEN), transport=httpx.MockTransport(handler), max_requests_per_second=cap
-        ) as client:
-            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(25)))
-            return client.stats
+        async with make_client(handler, clock, max_in_flight=25) as client:
+            await asyncio.gather(*(client.list_jobs("p", {}) for _ in range(25)), return_exceptions=True)
 
-    stats = run(main())
-    assert state["throttled"] == 0 and stats.retries["429"] == 0 and stats.pages == 25
+    run(main())
+    assert state["throttled"] >= 23
 
 
 def test_in_flight_requests_are_bounded():
