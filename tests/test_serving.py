@@ -1,4 +1,9 @@
-"""BI tools hold serving.duckdb open while syncs run: never blocked, never a half-applied state."""
+"""BI tools hold serving.duckdb open while syncs run: never blocked, never a half-applied state.
+
+The test and the reader process meet on the reader's output, never on a sleep: the test waits
+for the looks it needs (one before the sync, one after it but before publishing, the new
+snapshot after publishing, and a look of the held connection after that).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from datetime import timedelta
 
 import duckdb
@@ -34,9 +39,48 @@ READER = textwrap.dedent("""
         fresh.execute("USE s")
         print(json.dumps({"conn": "fresh", "row": list(fresh.execute(QUERY).fetchone())}), flush=True)
         fresh.close()
-        time.sleep(0.02)
+        time.sleep(0.02)  # pacing, not synchronisation: the test waits for the looks it needs
     held.close()
 """)
+
+
+class Looks:
+    """The reader's looks as they arrive (a thread reads its stdout); tests wait for the looks they need."""
+
+    HANG_GUARD = 300  # seconds: only a hung reader or sync ever gets near this
+
+    def __init__(self, stream) -> None:
+        self.looks: list[dict] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._changed:
+                self.looks.append(json.loads(line))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, what: str, predicate) -> int:
+        """Block until ``predicate(looks)`` holds; returns how many looks there were then."""
+        with self._changed:
+            ok = self._changed.wait_for(lambda: predicate(self.looks) or self._ended, timeout=self.HANG_GUARD)
+            assert ok and predicate(self.looks), f"the reader never showed {what}: {self.looks[-3:]}"
+            return len(self.looks)
+
+    def join(self) -> list[dict]:
+        self._thread.join(timeout=self.HANG_GUARD)
+        return self.looks
+
+
+def _after(start: int, conn: str, value: int | None = None):
+    """A predicate: a look by ``conn`` (with count ``value``) among the looks from index ``start`` on."""
+    return lambda looks: any(look["conn"] == conn and (value is None or look["row"][0] == value)
+                             for look in looks[start:])
 
 
 def test_a_reader_holding_the_database_open_sees_old_or_new_never_a_mix(small_simulator, tmp_path):
@@ -52,32 +96,44 @@ def test_a_reader_holding_the_database_open_sees_old_or_new_never_a_mix(small_si
 
     stop_file = tmp_path / "stop"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(warehouse.serving_path), str(stop_file), "120"],
+        [sys.executable, "-c", READER, str(warehouse.serving_path), str(stop_file), str(Looks.HANG_GUARD)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    looks = Looks(reader.stdout)
     try:
-        time.sleep(0.5)  # the reader is connected and querying before the sync starts
-        # a full sync and the models, while the reader holds the old snapshot open
+        # the reader is connected and has looked both ways before the sync starts
+        looks.wait_for("a first look", lambda seen: _after(0, "held")(seen) and _after(0, "fresh")(seen))
+        # a full sync, while the reader holds the old snapshot open; not yet published
         report = sync(settings, mode="days", since=(SIM_NOW - timedelta(days=61)).date(), until=SIM_NOW.date(),
                       warehouse=warehouse)
+        synced = looks.wait_for("a look after the sync", lambda seen: True)
+        unpublished = looks.wait_for("a fresh look before publishing", _after(synced, "fresh"))
         refresh_and_publish(warehouse, settings)
-        time.sleep(0.5)  # let the reader look at the new snapshot too
+        published = looks.wait_for("a look after publishing", lambda seen: True)
+        with duckdb.connect(str(warehouse.serving_path), read_only=True) as con:
+            new_total = con.execute("select count(*) from analytics.voice_training_jobs").fetchone()[0]
+        # the new snapshot reaches a reconnecting reader, and the held connection looks again after it
+        looks.wait_for("the new snapshot", _after(published, "fresh", new_total))
+        looks.wait_for("a held look after publishing", _after(published, "held"))
     finally:
         stop_file.touch()
-        out, err = reader.communicate(timeout=60)
+        seen = looks.join()
+        err = reader.stderr.read()
+        reader.wait(timeout=60)
     assert reader.returncode == 0, err
 
-    with duckdb.connect(str(warehouse.serving_path), read_only=True) as con:
-        new_total = con.execute("select count(*) from analytics.voice_training_jobs").fetchone()[0]
     assert new_total > old_total and report.rows_written > 0
 
-    looks = [json.loads(line) for line in out.splitlines()]
-    assert len(looks) > 10
-    for look in looks:
+    for look in seen:
         a, b, c = look["row"]
         assert a == b == c, look  # every look is one consistent snapshot
         assert a in (old_total, new_total), look
-    held = {look["row"][0] for look in looks if look["conn"] == "held"}
-    fresh = [look["row"][0] for look in looks if look["conn"] == "fresh"]
-    assert held == {old_total}  # the held connection keeps its snapshot
-    assert fresh[0] == old_total and fresh[-1] == new_total  # reconnecting picks up the new one
+    held = [look["row"][0] for look in seen if look["conn"] == "held"]
+    fresh = [look["row"][0] for look in seen if look["conn"] == "fresh"]
+    assert set(held) == {old_total}  # the held connection keeps its snapshot, after publishing too
+    # Synced but not published, a reconnecting reader still saw the old snapshot...
+    assert [look["row"][0] for look in seen[synced:unpublished] if look["conn"] == "fresh"][-1] == old_total
+    # ... and once published the new one, never going back.
+    assert fresh[0] == old_total and fresh[-1] == new_total
+    first_new = fresh.index(new_total)
+    assert set(fresh[first_new:]) == {new_total}
