@@ -1,0 +1,26 @@
+"""CI runs the README's test command, and that command installs what the tests need first."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("Run the whole test suite")
+    command = re.search(r"```bash\n(.*?)\n```", readme[start:], flags=re.S).group(1).strip()
+    assert command.startswith("bash scripts/install-postgres.sh && ")
+    assert command.endswith(".venv/bin/python -m pytest -q")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci
+
+
+def test_the_postgres_install_script_does_nothing_when_the_server_is_there():
+    """The server is installed here (the tests need it), so the script must exit at once, quietly."""
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "install-postgres.sh")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
