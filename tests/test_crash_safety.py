@@ -12,9 +12,15 @@ the simulator's clock on (new jobs, state changes, deletions), and runs ``voicej
   opens;
 - the next sync finishes, and the warehouse equals the source and the lake equals the table.
 
-"While DuckDB is committing" is covered twice: a crash point right before COMMIT (the
-transaction is open with all its writes done) and SIGKILLs from outside at random moments
-of a larger run, which land inside DuckDB's own write and commit paths.
+"While DuckDB is committing" is covered by a crash point right before COMMIT (the
+transaction is open with all its writes done) and one right after it. The lake's second
+write path, the export from the table that recovers partitions a killed run left marked, is
+killed on its own (``lake_replaced`` hit inside that export, which is the first thing a run
+after an ``apply_after_commit`` kill writes). A larger run is then killed four times in a
+row, each run leaving its state to the next, at moments drawn from a seeded RNG: twice from
+outside while pages arrive (the proxy in front of the simulator SIGKILLs the process as it
+answers the K-th page, so the kill cannot miss however fast or slow the machine is), and at
+the N-th temporary file and the N-th rename of the lake writes. No kill is timed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,6 +46,7 @@ from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
 from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import assert_rows_equal, comparable, expected_row
+from tests.support.hostile import HostileProxy
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 20
@@ -216,33 +223,121 @@ def test_the_next_run_marks_a_killed_run_abandoned(world, tmp_path):
     assert [s for s, *_ in runs.values()].count("running") == 0
 
 
-def test_sigkill_from_outside_at_random_moments(tmp_path):
-    """Kills at arbitrary instants (inside DuckDB writes and commits, Parquet writes, HTTP reads)."""
+def _lake_files(warehouse: Warehouse) -> dict[str, bytes]:
+    return {str(p.relative_to(warehouse.lake_dir)): p.read_bytes() for p in sorted(warehouse.lake_dir.rglob("*.parquet"))}
+
+
+def _dirty(data_dir: Path) -> set[tuple[str, str]]:
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        return {(p, d.isoformat()) for p, d in con.execute("select project_id, create_day from lake_dirty").fetchall()}
+
+
+def _partition_of(relative: str) -> tuple[str, str]:
+    day, project = Path(relative).parts[-3:-1]
+    return project.partition("=")[2], day.partition("=")[2]
+
+
+def test_sigkill_in_the_recovery_export_from_the_table(world, tmp_path):
+    """A run killed after its commit leaves partitions marked; the next run exports those from the
+    table (the second lake write path) and is killed right after the first file lands there."""
+    server, baseline, before = world
+    data_dir = tmp_path / "data"
+    shutil.copytree(baseline, data_dir)
+    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT="apply_after_commit"), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"rc={proc.returncode}\n{out}\n{err}"
+    marked = _dirty(data_dir)
+    assert marked  # committed, not exported: the recovery export has work to do
+    files_before = _lake_files(Warehouse(data_dir))
+
+    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT="lake_replaced:1"), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"lake_replaced was not reached: rc={proc.returncode}\n{out}\n{err}"
+
+    warehouse = Warehouse(data_dir)
+    files_after = _lake_files(warehouse)
+    replaced = {name for name in files_after.keys() | files_before.keys()
+                if files_after.get(name) != files_before.get(name)}
+    # The kill landed in the recovery export: only partitions the killed run left marked were
+    # rewritten (two writers side by side may both have finished), their marks are still set ...
+    assert replaced and {_partition_of(name) for name in replaced} <= marked
+    assert _dirty(data_dir) == marked
+    # ... and each file it put in place is that partition exported from the table.
+    table = warehouse.jobs_table()
+    for name in replaced:
+        project, day = _partition_of(name)
+        rows = [r for r in table.to_pylist()
+                if r["project_id"] == project and r["create_time"].date().isoformat() == day]
+        lake = pq.read_table(warehouse.lake_dir / name).select(table.column_names).cast(table.schema)
+        assert lake.to_pylist() == sorted(rows, key=lambda r: r["job_id"]), name
+    _assert_consistent(data_dir, before, _truth_rows(server))
+
+    proc = _cli(_env(server, data_dir), "sync")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    _assert_repaired(server, data_dir)
+
+
+def test_successive_runs_sigkilled_at_seeded_moments(tmp_path):
+    """Kills at moments the sync does not choose, drawn from a seeded RNG and never timed."""
     config = SimulatorConfig(jobs=4000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)
     rng = random.Random(5)
     data_dir = tmp_path / "data"
-    with SimulatorServer(config) as server:
+    days = ("--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
+    with SimulatorServer(config) as server, HostileProxy(server.url) as proxy:
         truth = _truth_rows(server)
-        env = _env(server, data_dir)
-        # How long a whole run takes here, to spread the kills over it.
-        started = time.monotonic()
-        probe = _cli(_env(server, tmp_path / "probe"), "sync", "--since", FIRST_DAY.isoformat(),
-                     "--until", SIM_NOW.date().isoformat())
-        probe.communicate(timeout=120)
-        assert probe.returncode == 0
-        duration = time.monotonic() - started
-        kills = 0
-        for _ in range(3):
-            proc = _cli(env, "sync", "--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
-            time.sleep(rng.uniform(0.3, 1.0) * duration)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.communicate(timeout=120)
+
+        def env(directory: Path, **extra: str) -> dict[str, str]:
+            return _env(server, directory, METASTUDIO_ENDPOINT=proxy.url, **extra)
+
+        # What one whole run does here, counted rather than timed: its pages and its lake files.
+        pages = {"seen": 0}
+
+        def count(target: str, page: dict) -> dict:
+            pages["seen"] += 1
+            return page
+
+        proxy.page_hook = count
+        probe = _cli(env(tmp_path / "probe"), "sync", *days)
+        _, err = probe.communicate(timeout=120)
+        assert probe.returncode == 0, err
+        whole_run_pages = pages["seen"]
+        lake_files = len(list(Warehouse(tmp_path / "probe").lake_dir.rglob("*.parquet")))
+        assert whole_run_pages > 20 and lake_files > 20
+
+        plans = [
+            ("page", rng.randint(whole_run_pages // 4, whole_run_pages - 1)),  # nothing committed yet
+            ("lake_tmp_written", rng.randint(1, lake_files)),  # committed, lake half written
+            ("page", rng.randint(whole_run_pages // 4, whole_run_pages - 1)),  # the half-written lake waits
+            ("lake_replaced", rng.randint(1, lake_files)),  # the batch and the recovery export, mid-way
+        ]
+        for how, nth in plans:
+            if how == "page":
+                started = threading.Event()
+                running: dict[str, subprocess.Popen] = {}
+                pages["seen"] = 0
+
+                def kill_at_the_nth_page(target: str, page: dict, nth: int = nth, started: threading.Event = started,
+                                         running: dict = running) -> dict:
+                    pages["seen"] += 1
+                    if pages["seen"] == nth:
+                        started.wait()
+                        running["proc"].send_signal(signal.SIGKILL)  # while this page is still unanswered
+                    return page
+
+                proxy.page_hook = kill_at_the_nth_page
+                running["proc"] = proc = _cli(env(data_dir), "sync", *days)
+                started.set()
+            else:
+                proxy.page_hook = None
+                proc = _cli(env(data_dir, VOICEJOBS_CRASHPOINT=f"{how}:{nth}"), "sync", *days)
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == -signal.SIGKILL, f"{how} {nth} did not kill: rc={proc.returncode}\n{out}\n{err}"
             if (data_dir / "warehouse.duckdb").exists():
                 _assert_consistent(data_dir, {}, truth)
-        assert kills >= 2, "the runs finished before they could be killed"
-        proc = _cli(env, "sync", "--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
+
+        proxy.page_hook = None
+        proc = _cli(env(data_dir), "sync", *days)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         _assert_repaired(server, data_dir)
