@@ -521,7 +521,6 @@ def test_pacing_never_trips_a_server_cap_equal_to_the_rate(late):
 
 def test_an_unpaced_client_does_trip_that_server_cap():
     """The cap above is not toothless: the same 25 requests without pacing are throttled."""
-    cap = 50.0
     clock = FakeClock()
     state = {"tokens": 2.0, "throttled": 0}
 

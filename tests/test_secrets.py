@@ -267,7 +267,6 @@ def test_dagster_event_log_and_storage_leak_no_credential(server, tmp_path, capl
             cause = cause.cause
         assert cause.cls_name == "AuthenticationError", failure.step_failure_data.error.to_string()
         assert "rejected the request signature" in cause.message
-        failure_texts = [serialize_value(e) for e in failed.all_events if e.is_failure]
         for entry in records:
             assert_clean(serialize_value(entry), f"event log record {entry.dagster_event_type}")
             assert_clean(entry.user_message or "", "event log message")
