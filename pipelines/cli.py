@@ -98,7 +98,7 @@ def _cmd_sync(args) -> int:
         raise UsageError(f"--until {until} is before --since {since}; swap them")
     mode = args.mode if since else "incremental"
     settings = _settings(args)
-    warehouse = Warehouse(settings.data_dir)
+    warehouse = Warehouse.for_settings(settings)
     with open_source(settings, simulator=args.simulator) as source:
         report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
                       progress=_progress_printer(), refresh=True)

@@ -15,8 +15,9 @@ set it for a subprocess only. Points in use (see tests/test_crash_safety.py):
 ``before_flush``               a buffer is about to be applied (also between flushes)
 ``apply_before_commit``        inside the warehouse transaction, before COMMIT
 ``apply_after_commit``         COMMIT done, lake export not started
-``lake_tmp_written``           a temporary parquet file written and fsynced, not renamed
-``lake_replaced``              the parquet file renamed into place, dirty mark not cleared
+``lake_tmp_written``           a new parquet file complete (a temporary file fsynced, or an
+                               object's bytes before its upload), not in place yet
+``lake_replaced``              the parquet file in place (renamed, or uploaded), dirty mark not cleared
 ``lake_exported``              every dirty partition exported
 ``watermark_committed``        the transaction moving the watermark has committed
 ``run_finished``               sync_runs marked succeeded, models not yet refreshed

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.settings import DEFAULT_FIRST_DAY, Settings, parse_day, split_project_ids
+from pipelines.settings import DEFAULT_FIRST_DAY, ObjectStoreAccess, Settings, parse_day, split_project_ids
 from pipelines.warehouse import Warehouse
 
 SECRET_VARS = {
@@ -74,13 +74,42 @@ class MetaStudioResource(dg.ConfigurableResource):
         )
 
 
+#: The lake's variables, for WarehouseResource: where the lake goes and the object store's access.
+LAKE_ENV_OF_FIELD = {
+    "lake_uri": "VOICEJOBS_LAKE_URI",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "aws_session_token": "AWS_SESSION_TOKEN",
+    "aws_region": "AWS_REGION",
+    "aws_endpoint_url": "AWS_ENDPOINT_URL",
+    "lake_url_style": "VOICEJOBS_LAKE_URL_STYLE",
+}
+LAKE_SECRET_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
 class WarehouseResource(dg.ConfigurableResource):
-    """The data directory holding the lake, warehouse.duckdb and serving.duckdb."""
+    """The data directory holding warehouse.duckdb and serving.duckdb, and where the lake goes.
+
+    The lake's fields stand for their variables as MetaStudioResource's do (unset: the
+    environment's value), and are read by the CLI's parsers, so both put the lake in one place."""
 
     data_dir: str = "data"
+    lake_uri: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    lake_url_style: str | None = None
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(Path(self.data_dir))
+        env = dict(os.environ)
+        for name, var in LAKE_ENV_OF_FIELD.items():
+            value = getattr(self, name)
+            if value is not None:
+                env[var] = str(value)
+        return Warehouse(Path(self.data_dir), lake_uri=env.get("VOICEJOBS_LAKE_URI", "").strip() or None,
+                         object_store=ObjectStoreAccess.from_env(env))
 
 
 def _optional(name: str, cast=str):
@@ -118,7 +147,10 @@ def metastudio_from_env() -> MetaStudioResource:
 
 
 def warehouse_from_env() -> WarehouseResource:
-    return WarehouseResource(data_dir=os.environ.get("VOICEJOBS_DATA_DIR", "").strip() or "data")
+    """The resource of a deployment: the object store's keys as EnvVar; the rest is read at run time."""
+    secrets = {key: dg.EnvVar(LAKE_ENV_OF_FIELD[key]) for key in LAKE_SECRET_FIELDS
+               if os.environ.get(LAKE_ENV_OF_FIELD[key])}
+    return WarehouseResource(data_dir=os.environ.get("VOICEJOBS_DATA_DIR", "").strip() or "data", **secrets)
 
 
 def first_partition_day() -> date:

@@ -36,6 +36,15 @@ ENV_VARS = {
     "HUAWEICLOUD_SDK_PROJECT_ID": "project id; several comma-separated, all synced into one warehouse",
     "METASTUDIO_APP_USER_ID": "optional X-App-UserId: narrow the listing to one end user",
     "VOICEJOBS_DATA_DIR": "data directory holding lake/, warehouse.duckdb and serving.duckdb (default ./data)",
+    "VOICEJOBS_LAKE_URI": "where the Parquet lake goes: a local directory (default <data dir>/lake) or "
+    "s3://bucket/prefix on an S3-compatible store (AWS S3, Huawei OBS, MinIO)",
+    "AWS_ACCESS_KEY_ID": "access key of the object store holding an s3:// lake",
+    "AWS_SECRET_ACCESS_KEY": "secret key of the object store holding an s3:// lake",
+    "AWS_SESSION_TOKEN": "session token of temporary object-store credentials",
+    "AWS_REGION": "region of the object store (e.g. cn-north-4 for OBS, us-east-1)",
+    "AWS_ENDPOINT_URL": "endpoint of a store other than AWS, e.g. https://obs.cn-north-4.myhuaweicloud.com",
+    "VOICEJOBS_LAKE_URL_STYLE": "vhost (bucket in the host name, as OBS requires) or path (bucket in the path, as "
+    "MinIO usually wants); default: path for an IP address or localhost endpoint, vhost otherwise",
     "VOICEJOBS_FIRST_DAY": "first creation day of the Dagster partitions (default 2025-01-01)",
     "VOICEJOBS_MAX_IN_FLIGHT": "requests outstanding at once (default 8)",
     "VOICEJOBS_MAX_RPS": "cap on requests per second (default: none)",
@@ -167,6 +176,8 @@ class Settings:
     project_ids: tuple[str, ...] = ()
     app_user_id: str | None = None
     data_dir: Path = Path("data")
+    lake_uri: str | None = None  # None: <data_dir>/lake
+    object_store: ObjectStoreAccess = field(default_factory=lambda: ObjectStoreAccess(), repr=False)
     first_day: date = DEFAULT_FIRST_DAY
     max_in_flight: int = 8
     max_rps: float | None = None
@@ -190,6 +201,8 @@ class Settings:
     def __post_init__(self) -> None:
         for secret in (self.ak, self.sk, self.security_token, self.auth_token):
             register_secret(secret)
+        if self.lake_uri and parse_lake_uri(self.lake_uri):
+            self.object_store.validate()
         if self.personal_data not in ("mask", "raw"):
             raise ConfigurationError(
                 f"VOICEJOBS_PERSONAL_DATA={self.personal_data!r} is not known; use 'mask' (default) or 'raw'."
@@ -244,6 +257,8 @@ class Settings:
             project_ids=split_project_ids(text("HUAWEICLOUD_SDK_PROJECT_ID")),
             app_user_id=text("METASTUDIO_APP_USER_ID"),
             data_dir=Path(text("VOICEJOBS_DATA_DIR") or "data"),
+            lake_uri=text("VOICEJOBS_LAKE_URI"),
+            object_store=ObjectStoreAccess.from_env(env),
             first_day=parse_day(first_day, "VOICEJOBS_FIRST_DAY") if first_day else DEFAULT_FIRST_DAY,
             max_in_flight=_env_number(env, "max_in_flight", 8),
             max_rps=_env_number(env, "max_rps", None),
@@ -344,3 +359,79 @@ def split_project_ids(value: str | None) -> tuple[str, ...]:
                 "ASCII letters, digits, '-' or '_' (the 32-character id from the console's 'My Credentials' page)."
             )
     return ids
+
+
+#: An S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens.
+S3_BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def parse_lake_uri(uri: str) -> tuple[str, str] | None:
+    """(bucket, prefix) of an ``s3://bucket/prefix`` lake, None for a local directory.
+
+    Any other scheme is refused with a ConfigurationError: OBS and MinIO are reached as
+    s3:// with AWS_ENDPOINT_URL."""
+    scheme, sep, rest = uri.strip().partition("://")
+    if not sep or scheme.lower() == "file":
+        return None
+    if scheme.lower() not in ("s3", "s3a"):
+        raise ConfigurationError(
+            f"VOICEJOBS_LAKE_URI={uri!r} has the scheme {scheme!r}; use a local directory or s3://bucket/prefix "
+            "(Huawei OBS, MinIO and other S3-compatible stores too, with AWS_ENDPOINT_URL)."
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not S3_BUCKET_PATTERN.fullmatch(bucket):
+        raise ConfigurationError(
+            f"VOICEJOBS_LAKE_URI={uri!r} does not name a bucket; write it as s3://bucket/prefix "
+            "(3 to 63 lowercase letters, digits, '.' or '-')."
+        )
+    return bucket, prefix.strip("/")
+
+
+@dataclass(frozen=True)
+class ObjectStoreAccess:
+    """Credentials, region and endpoint of the S3-compatible store of an s3:// lake.
+
+    From the standard AWS_* variables, and VOICEJOBS_LAKE_URL_STYLE. Without keys, the store's client looks in its usual
+    places (~/.aws, an instance role). Secrets are registered for redaction when read."""
+
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None
+    url_style: str | None = None  # "vhost" or "path"; None: path for IP and localhost endpoints
+
+    def __post_init__(self) -> None:
+        for secret in (self.access_key_id, self.secret_access_key, self.session_token):
+            register_secret(secret)
+        if self.url_style not in (None, "vhost", "path"):
+            raise ConfigurationError(
+                f"VOICEJOBS_LAKE_URL_STYLE={self.url_style!r} is not known; use 'vhost' or 'path'."
+            )
+
+    def validate(self) -> None:
+        """Raise a ConfigurationError unless these settings can work (checked when an s3:// lake uses them)."""
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            missing = "AWS_SECRET_ACCESS_KEY" if self.access_key_id else "AWS_ACCESS_KEY_ID"
+            raise ConfigurationError(f"object-store credentials need both keys; {missing} is not set.")
+        if self.endpoint_url:
+            parsed = httpx.URL(self.endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ConfigurationError(
+                    f"AWS_ENDPOINT_URL={self.endpoint_url!r} is not an http(s) URL; set it like "
+                    "https://obs.cn-north-4.myhuaweicloud.com or http://127.0.0.1:9000."
+                )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ObjectStoreAccess:
+        def text(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        return cls(
+            access_key_id=text("AWS_ACCESS_KEY_ID"),
+            secret_access_key=text("AWS_SECRET_ACCESS_KEY"),
+            session_token=text("AWS_SESSION_TOKEN"),
+            region=text("AWS_REGION"),
+            endpoint_url=text("AWS_ENDPOINT_URL"),
+            url_style=(text("VOICEJOBS_LAKE_URL_STYLE") or "").lower() or None,
+        )

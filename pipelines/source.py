@@ -125,7 +125,7 @@ def open_source(settings: Settings, *, simulator: bool = False) -> Iterator[Sour
         settings.require_projects()
         yield Source(settings)
         return
-    if not simulator and not may_fall_back_to_simulator(Warehouse(settings.data_dir)):
+    if not simulator and not may_fall_back_to_simulator(Warehouse.for_settings(settings)):
         raise ConfigurationError(
             "No MetaStudio endpoint, credentials or project id are configured, and "
             f"{settings.data_dir} holds real synced jobs: refusing to fill it from the embedded simulator. "

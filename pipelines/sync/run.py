@@ -140,7 +140,7 @@ def sync(
         if since is None or until is None:
             raise ValueError(f"a {mode} sync needs since and until")
         days_between(since, until)
-    warehouse = warehouse or Warehouse(settings.data_dir)
+    warehouse = warehouse or Warehouse.for_settings(settings)
     projects = settings.require_projects()
     identity = identity_of(settings)
     _release_freed_memory()

@@ -8,6 +8,8 @@ Layout under `data_dir` (see the shared contract):
   `quarantine`, `lake_dirty`, `schema_migrations`; schema `analytics` for the SQL models.
 - `lake/voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet`: one file
   per creation day (UTC) and project, holding JOBS_SCHEMA + deleted_at, rewritten whole.
+  VOICEJOBS_LAKE_URI puts the lake elsewhere: another directory, or s3://bucket/prefix (the
+  same layout under the prefix).
 - `serving.duckdb`: a byte copy of the warehouse taken after a CHECKPOINT, swapped in with
   os.replace; BI tools open it read-only.
 
@@ -17,7 +19,8 @@ One module per concern, each a room of the one :class:`Warehouse`:
 - ``db``: connections, DuckDB settings, migrations (the SQL files in ``migrations/``).
 - ``apply``: the apply transaction (upsert, SCD2 history, deletions, reconciled ranges,
   watermarks) and what it hands the lake.
-- ``lake``: partition paths, the export after a batch, the export of dirty partitions, rebuild.
+- ``lake``: partition keys, the export after a batch, the export of dirty partitions, rebuild.
+- ``lakestore``: where the lake's files live, a local directory or an S3-compatible store.
 - ``serving``: the serving snapshot.
 - ``runlog``: the run log and the readers the sync plans with (watermarks, listed days,
   live jobs, jobs_table).
@@ -34,6 +37,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from pipelines.settings import ObjectStoreAccess, Settings
 from pipelines.warehouse.apply import Apply, ApplyStats, ReconciledRange, WindowRecord
 from pipelines.warehouse.db import (
     DUCKDB_CHECKPOINT_THRESHOLD,
@@ -41,7 +45,8 @@ from pipelines.warehouse.db import (
     DUCKDB_THREADS,
     WAREHOUSE_VERSION,
 )
-from pipelines.warehouse.lake import EXPORT_PARTITIONS, LAKE_FILE, LAKE_WRITERS, LakeExportError
+from pipelines.warehouse.lake import EXPORT_PARTITIONS, LAKE_FILE, LakeExportError
+from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, S3LakeStore, open_lake_store
 from pipelines.warehouse.runlog import RunLog, count_in_ranges
 from pipelines.warehouse.serving import SERVING_FILE, SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Serving
 from pipelines.warehouse.tables import (
@@ -64,7 +69,6 @@ __all__ = [
     "JOB_COLUMNS",
     "JOBS_TABLE",
     "LAKE_FILE",
-    "LAKE_WRITERS",
     "ROW_HASH_ALGORITHM",
     "SERVING_FILE",
     "SERVING_STORAGE_VERSION",
@@ -74,7 +78,10 @@ __all__ = [
     "WAREHOUSE_VERSION",
     "ApplyStats",
     "LakeExportError",
+    "LakeStore",
+    "LocalLakeStore",
     "ReconciledRange",
+    "S3LakeStore",
     "Warehouse",
     "WarehouseError",
     "WindowRecord",
@@ -84,13 +91,23 @@ __all__ = [
 
 
 class Warehouse(RunLog, Apply, Serving):
-    """The storage of one data directory. See db.py for the connection model."""
+    """The storage of one data directory (and of its lake, wherever that is). See db.py for the
+    connection model.
 
-    def __init__(self, data_dir: str | Path) -> None:
+    ``lake_uri`` is where the lake goes: None for ``<data_dir>/lake``, a local directory, or
+    ``s3://bucket/prefix`` reached with ``object_store``. Opening one checks that the data
+    directory and the lake can be written, so a wrong path, endpoint or key is reported before
+    any work is done."""
+
+    def __init__(
+        self, data_dir: str | Path, *, lake_uri: str | None = None, object_store: ObjectStoreAccess | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / "warehouse.duckdb"
-        self.lake_dir = self.data_dir / "lake" / JOBS_TABLE
         self.serving_path = self.data_dir / SERVING_FILE
+        self.lake = open_lake_store(lake_uri, self.data_dir, object_store)
+        #: The lake's local directory; None when the lake is in object storage.
+        self.lake_dir: Path | None = self.lake.root_dir if isinstance(self.lake, LocalLakeStore) else None
         self._con = None
         self._lock = threading.RLock()
         self._schema_ready = False
@@ -98,7 +115,7 @@ class Warehouse(RunLog, Apply, Serving):
         # the run skip them, finish_run() tries them once more (see Apply.apply()).
         self._stuck = {}
         try:
-            self.lake_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.data_dir)
             os.close(fd)
             os.unlink(probe)
@@ -107,3 +124,9 @@ class Warehouse(RunLog, Apply, Serving):
                 f"cannot create or write the data directory {self.data_dir} ({exc.strerror or exc}); "
                 "choose a writable directory (VOICEJOBS_DATA_DIR or --data-dir) or fix its permissions"
             ) from None
+        self.lake.check()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Warehouse:
+        """The warehouse and lake that ``settings`` name."""
+        return cls(settings.data_dir, lake_uri=settings.lake_uri, object_store=settings.object_store)

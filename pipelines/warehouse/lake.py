@@ -1,11 +1,13 @@
 """The Parquet lake: one file per creation day (UTC) and project, derived from the jobs table.
 
-Layout under the lake root: ``voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet``,
-holding STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), rewritten whole.
+Layout under the lake root (``<data-dir>/lake`` or VOICEJOBS_LAKE_URI, a local directory or
+``s3://bucket/prefix``): ``voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet``,
+holding STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), rewritten whole. Where and how files are
+stored is lakestore.py's business; this module decides what each file holds.
 
 The lake is derived data: partitions touched by a committed batch are marked in ``lake_dirty``
-inside that transaction. After the commit each is rewritten through a temporary file, fsync and
-os.replace: from its old file plus the batch's rows and deletion marks where that is exact
+inside that transaction. After the commit each is replaced whole (a temporary file renamed into
+place, or one object upload): from its old file plus the batch's rows and deletion marks where that is exact
 (``_export_from_batch``), else from the table (``export_dirty_partitions()``, safe to re-run);
 only then is its mark cleared. A crash between the commit and the export leaves the marks, and
 the next export writes those partitions from the table. A partition without a mark therefore
@@ -16,10 +18,8 @@ left it so fails at its end with a LakeExportError naming it (see RunLog.finish_
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
-from collections.abc import Collection, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -32,15 +32,17 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
+from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import _COLS, _TS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
 EXPORT_PARTITIONS = 8  # lake partitions read per query
-LAKE_WRITERS = 2  # threads writing lake partitions of one batch
 LAKE_FILE = "data.parquet"
+_PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
+# A partition that could not be written: (project_id, day), where its file is, the error.
+_Failure = tuple[tuple[str, date], Path | str, OSError]
 
 
 def _partition_slices(table: pa.Table) -> dict[tuple[str, date], tuple[int, int]]:
@@ -59,37 +61,21 @@ def _partition_slices(table: pa.Table) -> dict[tuple[str, date], tuple[int, int]
     return slices
 
 
-
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
-def _lake_fix(exc: OSError, path: Path, data_dir: Path) -> str:
-    """What to do about ``exc`` raised while writing the lake file ``path``, by its errno."""
-    if exc.errno in _DISK_FULL_ERRNOS:
-        return f"free space on the disk holding {data_dir}"
-    if exc.errno in _PERMISSION_ERRNOS:
-        return f"fix the permissions of {path.parent} (and of the directories above it in {data_dir})"
-    if exc.errno == errno.ENAMETOOLONG:
-        return ("the name is too long for the file system; use a data directory with a shorter path "
-                "(VOICEJOBS_DATA_DIR) or a shorter project id")
-    return "fix that path"
-
-
 class LakeExportError(WarehouseError):
     """Lake partitions that could not be written, every other one having been written.
 
     The warehouse keeps their rows and their dirty marks, so the next export writes them.
-    ``failures`` holds (partition file, OSError) pairs; the message names the first one, its
+    ``failures`` holds (partition file, OSError) pairs, the file a Path or an s3:// URI; the message names the first one, its
     cause and the fix."""
 
-    def __init__(self, failures: Sequence[tuple[Path, OSError]], data_dir: Path) -> None:
+    def __init__(self, failures: Sequence[tuple[Path | str, OSError]], store: LakeStore) -> None:
         self.failures = list(failures)
         path, exc = self.failures[0]
         more = len(self.failures) - 1
         others = f", as are {more} more partition{'s' if more != 1 else ''} that failed" if more else ""
+        cause = " ".join(str(exc.strerror or exc).split())
         super().__init__(
-            f"writing the lake file {path} failed ({exc.strerror or exc}); {_lake_fix(exc, path, data_dir)}, "
+            f"writing the lake file {path} failed ({cause}); {store.fix(exc, path)}, "
             f"then run the sync again (the warehouse keeps its data; the partition stays marked for export{others})"
         )
 
@@ -120,38 +106,35 @@ def _with_deletion_marks(part: pa.Table, marks: Mapping[str, datetime | None]) -
     return part.set_column(index, "deleted_at", pa.array(deleted_at, _TS))
 
 
-def _fsync_dir(path: Path) -> None:
-    with suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class Lake(Connections):
-    """Writing the lake: partition paths, the export after a batch, the export of dirty partitions."""
+    """Writing the lake: partition keys, the export after a batch, the export of dirty partitions."""
 
-    lake_dir: Path
+    lake: LakeStore
 
-    def partition_path(self, project_id: str, day: date) -> Path:
-        """Where the lake keeps one creation day of one project (ids are percent-encoded)."""
-        return (
-            self.lake_dir
-            / f"create_day={day.isoformat()}"
-            / f"project_id={quote(project_id, safe='')}"
-            / LAKE_FILE
-        )
+    @staticmethod
+    def partition_key(project_id: str, day: date) -> str:
+        """The key of one creation day of one project under the lake's root (ids percent-encoded)."""
+        return f"create_day={day.isoformat()}/project_id={quote(project_id, safe='')}/{LAKE_FILE}"
+
+    def partition_path(self, project_id: str, day: date) -> Path | str:
+        """Where the lake keeps one creation day of one project: a Path, or an s3:// URI."""
+        return self.lake.location(self.partition_key(project_id, day))
 
     def rebuild_lake(self) -> int:
         """Mark every partition (of the table, and of files already in the lake) dirty and export.
 
-        For recovery after the lake was damaged or deleted; returns what export_dirty_partitions does."""
-        on_disk = []
-        for f in self.lake_dir.glob(f"create_day=*/project_id=*/{LAKE_FILE}"):
-            with suppress(ValueError):
-                day = date.fromisoformat(f.parent.parent.name.partition("=")[2])
-                on_disk.append((unquote(f.parent.name.partition("=")[2]), day))
+        For recovery after the lake was damaged or deleted; returns what export_dirty_partitions
+        does. Temporary files that interrupted writes left behind are removed."""
+        present = []
+        for key in self.lake.files():
+            if TEMPORARY.search(key):
+                with suppress(OSError):
+                    self.lake.remove(key)
+                continue
+            match = _PARTITION_KEY.fullmatch(key)
+            if match:
+                with suppress(ValueError):
+                    present.append((unquote(match["project"]), date.fromisoformat(match["day"])))
         with self._cursor() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -160,8 +143,8 @@ class Lake(Connections):
                     f"INSERT INTO lake_dirty SELECT DISTINCT project_id, CAST(timezone('UTC', create_time) AS DATE)"
                     f" FROM {JOBS_TABLE}"
                 )
-                if on_disk:
-                    con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in on_disk])
+                if present:
+                    con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in present])
                 con.execute("COMMIT")
             except BaseException:
                 with suppress(duckdb.Error):
@@ -179,15 +162,13 @@ class Lake(Connections):
         """
         done, failures = self._export_dirty()
         if failures:
-            raise LakeExportError([(path, exc) for _, path, exc in failures], self.data_dir)
+            raise LakeExportError([(path, exc) for _, path, exc in failures], self.lake)
         return done
 
-    def _export_dirty(
-        self, skip: Collection[tuple[str, date]] = ()
-    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
+    def _export_dirty(self, skip: Collection[tuple[str, date]] = ()) -> tuple[int, list[_Failure]]:
         """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
         done = 0
-        failures: list[tuple[tuple[str, date], Path, OSError]] = []
+        failures: list[_Failure] = []
         with self._cursor() as con:
             dirty = [
                 tuple(key) for key in con.execute(
@@ -228,41 +209,43 @@ class Lake(Connections):
         table = table.drop_columns(["_day"])
 
         def write(key: tuple[str, date]) -> bool:
-            path = self.partition_path(*key)
             offset, length = slices.get(key, (0, 0))
             part = table.slice(offset, length)
             try:
-                if path.exists():
-                    try:
-                        old = pq.read_table(path, schema=STORED_JOBS_SCHEMA)
-                    except (OSError, pa.ArrowException):
-                        return False  # unreadable: exported from the table afterwards
+                try:
+                    old = self.lake.read(self.partition_key(*key))
+                except (OSError, pa.ArrowException):
+                    return False  # unreadable: exported from the table afterwards
+                if old is not None:
                     keep = old.filter(pc.invert(pc.is_in(old["job_id"], value_set=part["job_id"])))
                     part = pa.concat_tables([keep, part]).sort_by("job_id")
                 elif key in plan.marks and not length:
                     return False  # marks on rows the lake does not hold yet: exported from the table
                 if key in plan.marks:
                     part = _with_deletion_marks(part, plan.marks[key])
-                self._write_partition(path, part)
+                self._write_partition(key, part)
             except OSError:
                 return False  # tried again from the table afterwards, which reports what still fails
             crashpoint("lake_replaced")
             return True
 
-        # Parquet reading, encoding and compression release the GIL: partitions are written
-        # side by side (a change capture touches a few hundred of them).
         keys = [
             key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow and key not in skip
         ]
-        if len(keys) > 1:
-            with ThreadPoolExecutor(LAKE_WRITERS, thread_name_prefix="lake") as pool:
-                done = list(pool.map(write, keys))
-        else:
-            done = [write(key) for key in keys]
-        written = [key for key, ok in zip(keys, done, strict=True) if ok]
+        written = [key for key, ok in zip(keys, self._side_by_side(write, keys), strict=True) if ok]
         with self._cursor() as con:
             self._clear_dirty(con, written)
         return len(written)
+
+    def _side_by_side(self, write: Callable[[tuple[str, date]], bool], keys: list[tuple[str, date]]) -> list[bool]:
+        """``write`` of every key, ``self.lake.writers`` at a time; the results in the order of ``keys``.
+
+        Parquet reading, encoding and compression release the GIL, and uploads wait on the
+        network: partitions are written side by side (a change capture touches hundreds)."""
+        if len(keys) <= 1:
+            return [write(key) for key in keys]
+        with ThreadPoolExecutor(min(self.lake.writers, len(keys)), thread_name_prefix="lake") as pool:
+            return list(pool.map(write, keys))
 
     @staticmethod
     def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:
@@ -282,83 +265,61 @@ class Lake(Connections):
         finally:
             con.unregister("_exported")
 
-    def _export_partitions(
-        self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]
-    ) -> tuple[int, list[tuple[tuple[str, date], Path, OSError]]]:
-        """Rewrite the lake files of ``days`` of one project from one query; clear the dirty
-        marks of those written. Returns (files written, (key, path, error) of those that failed)."""
+    @staticmethod
+    def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> pa.Table:
+        """The rows of the dirty partitions among ``days`` of one project, ordered by day and job_id,
+        with their creation day as ``_day``."""
         known = [day for day in days if day is not None]
-        if known:
-            # The create_time range lets DuckDB skip row groups by their min/max (a backfill
-            # inserts roughly in creation order), so an export reads the days it rewrites, not
-            # the whole history; NULL days are never exported, so the range loses nothing.
-            lo = datetime(min(known).year, min(known).month, min(known).day, tzinfo=UTC)
-            hi = datetime(max(known).year, max(known).month, max(known).day, tzinfo=UTC) + timedelta(days=1)
-            table = con.sql(
-                f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
-                f" FROM {JOBS_TABLE} j"
-                " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
-                "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
-                "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
-                " ORDER BY project_id, _day, job_id",
-                params=[project_id, lo, hi],
-            ).to_arrow_table()
-        else:
-            table = con.sql(
+        if not known:
+            return con.sql(
                 f"SELECT {_COLS}, deleted_at, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
             ).to_arrow_table()
+        # The create_time range lets DuckDB skip row groups by their min/max (a backfill
+        # inserts roughly in creation order), so an export reads the days it rewrites, not
+        # the whole history; NULL days are never exported, so the range loses nothing.
+        lo = datetime(min(known).year, min(known).month, min(known).day, tzinfo=UTC)
+        hi = datetime(max(known).year, max(known).month, max(known).day, tzinfo=UTC) + timedelta(days=1)
+        return con.sql(
+            f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
+            f" FROM {JOBS_TABLE} j"
+            " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
+            "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
+            "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
+            " ORDER BY project_id, _day, job_id",
+            params=[project_id, lo, hi],
+        ).to_arrow_table()
+
+    def _export_partitions(
+        self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]
+    ) -> tuple[int, list[_Failure]]:
+        """Rewrite the lake files of ``days`` of one project from one query; clear the dirty
+        marks of those written. Returns (files written, (key, path, error) of those that failed)."""
+        table = self._dirty_rows(con, project_id, days)
         slices = _partition_slices(table)
         table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
-        empty = table.slice(0, 0)
-        written: list[tuple[str, date]] = []
-        failed: list[tuple[tuple[str, date], Path, OSError]] = []
-        for day in days:
-            offset, length = slices.get((project_id, day), (0, 0))
-            part = table.slice(offset, length) if length else empty
-            path = self.partition_path(project_id, day)
+        failed: list[_Failure] = []
+
+        def write(key: tuple[str, date]) -> bool:
+            offset, length = slices.get(key, (0, 0))
             try:
-                self._write_partition(path, part)
+                self._write_partition(key, table.slice(offset, length))
             except OSError as exc:
-                failed.append(((project_id, day), path, exc))  # keeps its mark; the others go on
-                continue
-            written.append((project_id, day))
+                failed.append((key, self.partition_path(*key), exc))  # keeps its mark; the others go on
+                return False
             crashpoint("lake_replaced")
+            return True
+
+        keys = [(project_id, day) for day in days]
+        written = [key for key, ok in zip(keys, self._side_by_side(write, keys), strict=True) if ok]
         self._clear_dirty(con, written)
+        failed.sort(key=lambda failure: keys.index(failure[0]))
         return len(written), failed
 
-    def _write_partition(self, path: Path, table: pa.Table) -> None:
-        """Replace one lake file through a temporary file, or remove it when ``table`` is empty.
+    def _write_partition(self, key: tuple[str, date], table: pa.Table) -> None:
+        """Replace one lake file whole, or remove it when ``table`` is empty.
 
         Raises the OSError of a failed write; the old file is then left as it was."""
-        tmp: Path | None = None
-        try:
-            # Temporary files left by a crashed export; this process is the only writer.
-            for stale in path.parent.glob(".data-*.parquet.tmp"):
-                with suppress(OSError):
-                    stale.unlink()
-            if table.num_rows == 0:
-                with suppress(FileNotFoundError):
-                    path.unlink()
-                    _fsync_dir(path.parent)
-                for empty in (path.parent, path.parent.parent):
-                    with suppress(OSError):
-                        empty.rmdir()  # only succeeds when nothing else is left
-                return
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=".data-", suffix=".parquet.tmp", dir=path.parent)
-            tmp = Path(name)
-            with os.fdopen(fd, "wb") as fh:
-                # Dictionary pages cost a quarter of the time of a small file and saved nothing
-                # after zstd on these columns.
-                pq.write_table(table, fh, compression="zstd", use_dictionary=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            crashpoint("lake_tmp_written")
-            os.replace(tmp, path)
-            tmp = None
-            _fsync_dir(path.parent)
-        finally:
-            if tmp is not None:
-                with suppress(OSError):
-                    tmp.unlink()
-
+        if table.num_rows == 0:
+            self.lake.remove(self.partition_key(*key))
+        else:
+            self.lake.write(self.partition_key(*key), table)

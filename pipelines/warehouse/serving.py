@@ -16,7 +16,7 @@ import duckdb
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
 from pipelines.warehouse.db import Connections
-from pipelines.warehouse.lake import _fsync_dir
+from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
