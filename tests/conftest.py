@@ -7,6 +7,7 @@ import pytest
 from pipelines.settings import Settings
 from pipelines.simulator import SimulatorConfig, SimulatorServer
 from tests.support.postgres import postgres_server  # noqa: F401  (a session fixture: one server per test run)
+from tests.support.s3 import s3_lake, s3_server  # noqa: F401  (an S3 server per test run, a lake per test)
 
 # A fixed source clock keeps every test's data identical from run to run.
 SIM_NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
