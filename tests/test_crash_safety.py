@@ -37,7 +37,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -47,6 +46,7 @@ from pipelines.warehouse import Warehouse
 from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import assert_rows_equal, comparable, expected_row
 from tests.support.hostile import HostileProxy
+from tests.support.lake import lake_dataset, lake_file, lake_keys
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 20
@@ -69,6 +69,9 @@ CRASH_POINTS = [
     "serving_copying",  # the serving snapshot copy half written
     "serving_replaced",  # serving.duckdb swapped in, process not yet done
 ]
+# The points where the lake is being written, run again with the lake on an S3 server.
+LAKE_CRASH_POINTS = ["apply_after_commit", "lake_tmp_written", "lake_replaced", "lake_exported"]
+CASES = [(point, "local") for point in CRASH_POINTS] + [(point, "s3") for point in LAKE_CRASH_POINTS]
 
 
 def _key(row: dict) -> tuple[str, str]:
@@ -123,9 +126,11 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.Popen:
     )
 
 
-def _assert_consistent(data_dir: Path, before: dict, truth: dict) -> None:
-    """The warehouse opens; each job once; each row the old or the new version; the lake readable."""
-    warehouse = Warehouse(data_dir)
+def _assert_consistent(data_dir: Path, before: dict, truth: dict, **lake) -> None:
+    """The warehouse opens; each job once; each row the old or the new version; the lake readable.
+
+    ``lake``: where the lake is, as Warehouse takes it (lake_uri, object_store); default local."""
+    warehouse = Warehouse(data_dir, **lake)
     rows = warehouse.jobs_table().to_pylist()
     keys = [_key(r) for r in rows]
     assert len(keys) == len(set(keys)), "a job is stored twice"
@@ -140,24 +145,25 @@ def _assert_consistent(data_dir: Path, before: dict, truth: dict) -> None:
         assert _content(row) in versions, f"{key} is neither its old nor its new version"
     # Every job of the earlier warehouse is still there (a crash never loses committed rows).
     assert before.keys() <= set(keys)
-    for path in warehouse.lake_dir.rglob("*.parquet"):
-        assert pq.read_table(path).num_rows > 0, f"{path} is empty"
+    for key in lake_keys(warehouse):
+        if key.endswith(".parquet"):
+            assert lake_file(warehouse, key).num_rows > 0, f"{key} is empty"
     if warehouse.serving_path.exists():
         with duckdb.connect(str(warehouse.serving_path), read_only=True) as con:
             assert con.execute("select count(*) from voice_training_jobs").fetchone()[0] > 0
 
 
-def _assert_repaired(server, data_dir: Path) -> None:
-    warehouse = Warehouse(data_dir)
+def _assert_repaired(server, data_dir: Path, **lake) -> None:
+    warehouse = Warehouse(data_dir, **lake)
     live = warehouse.jobs_table(include_deleted=False).drop_columns(["synced_at", "deleted_at"]).to_pylist()
     truth = {pid: server.state.truth(pid) for pid in server.state.config.projects}
     assert_rows_equal(live, truth, personal_data="mask")
     table = warehouse.jobs_table().sort_by([("project_id", "ascending"), ("job_id", "ascending")])
-    lake = ds.dataset(warehouse.lake_dir, format="parquet").to_table()
-    lake = lake.select(table.column_names).cast(table.schema)
-    lake = lake.sort_by([("project_id", "ascending"), ("job_id", "ascending")])
-    assert lake.equals(table), "the lake differs from the jobs table"
-    assert not list(warehouse.lake_dir.rglob("*.tmp")), "temporary parquet files were left behind"
+    files = lake_dataset(warehouse).to_table()
+    files = files.select(table.column_names).cast(table.schema)
+    files = files.sort_by([("project_id", "ascending"), ("job_id", "ascending")])
+    assert files.equals(table), "the lake differs from the jobs table"
+    assert not [key for key in lake_keys(warehouse) if key.endswith(".tmp")], "temporary parquet files were left behind"
     with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
         assert con.execute("select count(*) from lake_dirty").fetchone()[0] == 0
         statuses = dict(con.execute("select status, count(*) from sync_runs group by 1").fetchall())
@@ -173,23 +179,33 @@ def _truth_rows(server) -> dict:
     }
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_sigkill_at_a_crash_point_leaves_a_consistent_warehouse(world, tmp_path, point):
+@pytest.mark.parametrize(("point", "lake_at"), CASES, ids=[f"{p}-{at}" for p, at in CASES])
+def test_sigkill_at_a_crash_point_leaves_a_consistent_warehouse(world, tmp_path, request, point, lake_at):
     server, baseline, before = world
     data_dir = tmp_path / "data"
     shutil.copytree(baseline, data_dir)
+    lake, lake_env = {}, {}
+    if lake_at == "s3":
+        # The baseline's lake moves to a fresh prefix on the S3 server; the sync writes there.
+        s3 = request.getfixturevalue("s3_lake")
+        lake = {"lake_uri": s3.uri, "object_store": s3.server.access()}
+        lake_env = s3.server.env(s3.uri)
+        shutil.rmtree(data_dir / "lake")
+        assert Warehouse(data_dir, **lake).rebuild_lake() > 0
+        assert not (data_dir / "lake").exists()
 
-    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT=point), "sync")
+    proc = _cli(_env(server, data_dir, VOICEJOBS_CRASHPOINT=point, **lake_env), "sync")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, f"{point} was not reached: rc={proc.returncode}\n{out}\n{err}"
 
-    _assert_consistent(data_dir, before, _truth_rows(server))
+    _assert_consistent(data_dir, before, _truth_rows(server), **lake)
 
-    proc = _cli(_env(server, data_dir), "sync")
+    proc = _cli(_env(server, data_dir, **lake_env), "sync")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    _assert_repaired(server, data_dir)
+    _assert_repaired(server, data_dir, **lake)
+    assert (data_dir / "lake").exists() == (lake_at == "local")
 
 
 def _runs(data_dir: Path) -> dict[str, tuple]:
