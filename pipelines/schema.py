@@ -71,9 +71,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.contract import EPOCH_MS_THRESHOLD, TERMINAL_STATES, TIMESTAMP
+
 SCHEMA_VERSION = 1
 
-_TS = pa.timestamp("ms", tz="UTC")
+_TS = TIMESTAMP
 
 ASSESS_PROPERTIES: tuple[str, ...] = ("speed", "sound", "snr", "reverb", "dnsmos_ovrl", "dnsmos_bak")
 ASSESS_DETAIL_FIELDS: tuple[str, ...] = ("expected", "actual", "suggestion", "suggestion_en", "status")
@@ -147,7 +149,6 @@ KNOWN_STATES: frozenset[str] = frozenset(
         "USER_RESULT_REVIEW", "USER_REVIEW_REJECT", "UPLOADING", "FAILED", "SUCCEED",
     }
 )  # fmt: skip
-TERMINAL_STATES: frozenset[str] = frozenset({"SUCCEED", "FAILED"})
 KNOWN_JOB_TYPES: frozenset[str] = frozenset(
     {"BASIC", "MIDDLE", "ADVANCE", "THIRD_PARTY", "THIRD_PARTY_LJZN", "FLEXUS"}
 )
@@ -163,7 +164,6 @@ PHONE_FIELD = "phone"
 URL_FIELDS: tuple[str, ...] = ("voice_authorization_url", "training_input_source_url")
 
 # Values at or above this are epoch milliseconds (1e11 seconds is the year 5138).
-EPOCH_MS_THRESHOLD = 100_000_000_000
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -354,7 +354,7 @@ def _strip_url_any(v: Any) -> Any:
     return v
 
 
-def _raw_json(record: Any, personal_data: str) -> str:
+def raw_json(record: Any, personal_data: str) -> str:
     if personal_data == "mask":
         if isinstance(record, dict):
             record = _mask_unknown_fields(record)
@@ -705,7 +705,7 @@ def normalize(
             if type(r) is not dict:
                 quarantine.append(
                     Quarantined(project_id, None, f"record: invalid {_type_name(r)} (expected object)",
-                                _raw_json(r, personal_data))
+                                raw_json(r, personal_data))
                 )  # fmt: skip
     n = len(recs)
     bad: _Bad = {}
@@ -808,7 +808,7 @@ def normalize(
         for i in sorted(bad):
             r = recs[i]
             quarantine.append(
-                Quarantined(project_id, _job_id_of(r), "; ".join(bad[i]), _raw_json(r, personal_data))
+                Quarantined(project_id, _job_id_of(r), "; ".join(bad[i]), raw_json(r, personal_data))
             )
         keep = [True] * n
         for i in bad:

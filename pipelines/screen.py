@@ -23,18 +23,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.schema import Quarantined
-from pipelines.schema import _raw_json as raw_json  # noqa: PLC2701
+from pipelines.contract import TIMESTAMP
+from pipelines.schema import Quarantined, raw_json
 
 #: Bytes of text one record may hold; a real job holds a few kilobytes.
 MAX_RECORD_BYTES = 1 << 20
 #: In a quarantined raw record, text values longer than this are replaced by a note.
 KEPT_VALUE_CHARS = 4096
-_TS = pa.timestamp("ms", tz="UTC")
 
 
 def _ts(value: datetime) -> pa.Scalar:
-    return pa.scalar(value, _TS)
+    return pa.scalar(value, TIMESTAMP)
 
 
 def split_owned(table: pa.Table, listed: tuple[datetime, datetime], owner: tuple[datetime, datetime]

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.metastudio.paging import PAGE_LIMIT
+from pipelines.contract import PAGE_LIMIT
 from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.simulator.quirks import QUIRKS, UNKNOWN_STATE, expected, quirk_of
 from pipelines.sync import sync

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from pipelines.metastudio.paging import PAGE_LIMIT, Window, day_window
+from pipelines.contract import PAGE_LIMIT
+from pipelines.metastudio.paging import Window, day_window
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -33,6 +33,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from pipelines.contract import PAGE_LIMIT
 from pipelines.metastudio.auth import TokenAuth, canonical_query
 from pipelines.metastudio.errors import (
     AuthenticationError,
@@ -55,7 +56,6 @@ log = logging.getLogger("voicejobs.client")
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-DEFAULT_LIMIT = 100
 PACING_MARGIN = 1.02
 RETRY_CAUSES = ("429", "5xx", "timeout", "connection", "malformed")
 #: A real page of 100 jobs is 100-300 KB; a body past this is not a page (an endless or hostile stream).
@@ -341,7 +341,7 @@ class MetaStudioClient:
         if not project_id:
             raise ConfigurationError("No project id was given; set HUAWEICLOUD_SDK_PROJECT_ID.")
         params = dict(params)
-        params.setdefault("limit", DEFAULT_LIMIT)
+        params.setdefault("limit", PAGE_LIMIT)
         url = self.jobs_url(project_id, params)
         headers = {"X-Project-Id": project_id}
         if self._app_user_id:

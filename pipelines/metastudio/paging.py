@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from pipelines.contract import EPOCH_MS_THRESHOLD, PAGE_LIMIT, WIRE_TIME_FORMAT
 from pipelines.metastudio.errors import MetaStudioError
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voicejobs.paging")
 
-WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-PAGE_LIMIT = 100
-# Epoch values at or above this are milliseconds (the year 5138 in seconds).
-MILLISECONDS_FROM = 100_000_000_000
 
 ONE_SECOND = timedelta(seconds=1)
 #: Window splits one sync may make. A legitimate backfill splits a few times per burst day
@@ -109,14 +106,14 @@ def epoch_seconds(value: object) -> int | None:
         value = int(value)
     if not isinstance(value, int) or value < 0:
         return None
-    return value // 1000 if value >= MILLISECONDS_FROM else value
+    return value // 1000 if value >= EPOCH_MS_THRESHOLD else value
 
 
 def _epoch_millis(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = int(value)
-    return value if value >= MILLISECONDS_FROM else value * 1000
+    return value if value >= EPOCH_MS_THRESHOLD else value * 1000
 
 
 @dataclass(frozen=True, order=True)

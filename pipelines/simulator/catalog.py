@@ -6,6 +6,8 @@ order is part of the deterministic output: append, never reorder.
 
 from __future__ import annotations
 
+from pipelines.contract import TERMINAL_STATES
+
 STATES: tuple[str, ...] = (
     "CREATING",
     "SYSTEM_AUDITING",
@@ -25,7 +27,7 @@ STATES: tuple[str, ...] = (
     "USER_REVIEW_REJECT",
 )
 STATE_CODE = {name: code for code, name in enumerate(STATES)}
-TERMINAL = frozenset({"SUCCEED", "FAILED"})
+TERMINAL = TERMINAL_STATES
 # The pipeline a job walks through when nothing goes wrong.
 PIPELINE: tuple[str, ...] = STATES[:12]
 

@@ -1,0 +1,22 @@
+"""The source API's contract, said once (see ../shared/API.md).
+
+Every module that speaks the API's language takes these from here: the page size a sync
+asks for, how an epoch number is read, the wire format of time parameters, the states, and
+the Arrow type every timestamp is stored as.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Jobs per page a sync asks for: the API's largest `limit`.
+PAGE_LIMIT = 100
+#: An epoch number at or above this is milliseconds, a smaller one seconds (the year 5138 in
+#: seconds; the API's documents say seconds, services of this family send milliseconds).
+EPOCH_MS_THRESHOLD = 100_000_000_000
+#: Time parameters on the wire: RFC 3339 in UTC, whole seconds.
+WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: Terminal states: a job in one of them is finished. Every other state can still move on.
+TERMINAL_STATES = frozenset({"SUCCEED", "FAILED"})
+#: How every timestamp is stored (the API's resolution).
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
