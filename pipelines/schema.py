@@ -71,7 +71,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.contract import EPOCH_MS_THRESHOLD, TERMINAL_STATES, TIMESTAMP
+from pipelines.contract import EPOCH_MS_THRESHOLD, TIMESTAMP
 
 SCHEMA_VERSION = 1
 
