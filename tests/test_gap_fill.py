@@ -71,3 +71,14 @@ def test_days_never_synced_are_backfilled_and_named_at_the_default_level(server,
     again = sync(settings, mode="incremental", warehouse=warehouse)
     assert not [r for r in caplog.records if "were never synced" in r.getMessage()]
     assert create_windows(warehouse, again.run_id) == 0
+
+
+def test_gaps_are_named_as_the_runs_of_days_they_are():
+    from datetime import date
+
+    from pipelines.sync.plan import describe_days
+
+    days = [date(2025, 1, 1) + timedelta(days=n) for n in range(331)] + \
+        [date(2026, 11, 2) + timedelta(days=n) for n in range(26)]
+    assert describe_days(days) == "2025-01-01..2025-11-27 and 2026-11-02..2026-11-27"
+    assert describe_days([date(2025, 3, 1)]) == "2025-03-01"

@@ -85,5 +85,15 @@ def gap_days(run: Run, project_id: str, not_after: datetime) -> tuple[list[date]
     return gaps, reference
 
 
-def describe_days(days: Sequence[date]) -> str:
-    return f"{days[0]}..{days[-1]}" if len(days) > 1 else str(days[0])
+def describe_days(days: Sequence[date], most: int = 3) -> str:
+    """Sorted days as runs of consecutive days: "2025-01-01..2025-11-27 and 2026-11-02"."""
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and day == runs[-1][1] + timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    parts = [f"{a}..{b}" if a != b else str(a) for a, b in runs[:most]]
+    if len(runs) > most:
+        parts.append(f"{len(runs) - most} more ranges")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
