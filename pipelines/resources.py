@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.settings import DEFAULT_FIRST_DAY, ObjectStoreAccess, Settings, parse_day, split_project_ids
+from pipelines.settings import DEFAULT_FIRST_DAY, ObjectStoreAccess, Settings, parse_day
 from pipelines.warehouse import Warehouse
 
 SECRET_VARS = {
@@ -22,10 +22,36 @@ SECRET_VARS = {
     "security_token": "HUAWEICLOUD_SDK_SECURITY_TOKEN",
     "auth_token": "METASTUDIO_AUTH_TOKEN",
 }
+#: The variable each resource field stands for. A field left unset leaves the variable as
+#: the environment has it; a field set replaces it. Either way the value is parsed and checked
+#: by Settings.from_env, the parser the CLI uses, so both reach equal settings or one error.
+ENV_OF_FIELD = {
+    **SECRET_VARS,
+    "endpoint": "METASTUDIO_ENDPOINT",
+    "region": "METASTUDIO_REGION",
+    "project_ids": "HUAWEICLOUD_SDK_PROJECT_ID",
+    "app_user_id": "METASTUDIO_APP_USER_ID",
+    "first_day": "VOICEJOBS_FIRST_DAY",
+    "max_in_flight": "VOICEJOBS_MAX_IN_FLIGHT",
+    "max_rps": "VOICEJOBS_MAX_RPS",
+    "timeout_seconds": "VOICEJOBS_TIMEOUT_SECONDS",
+    "max_attempts": "VOICEJOBS_MAX_ATTEMPTS",
+    "max_retry_seconds": "VOICEJOBS_MAX_RETRY_SECONDS",
+    "safety_lag_seconds": "VOICEJOBS_SAFETY_LAG_SECONDS",
+    "lookback_seconds": "VOICEJOBS_LOOKBACK_SECONDS",
+    "split_threshold": "VOICEJOBS_SPLIT_THRESHOLD",
+    "max_clock_skew_seconds": "VOICEJOBS_MAX_CLOCK_SKEW_SECONDS",
+    "max_response_bytes": "VOICEJOBS_MAX_RESPONSE_BYTES",
+    "personal_data": "VOICEJOBS_PERSONAL_DATA",
+}
 
 
 class MetaStudioResource(dg.ConfigurableResource):
-    """Where and how to reach the MetaStudio API; nothing set means the embedded simulator."""
+    """Where and how to reach the MetaStudio API; nothing set means the embedded simulator.
+
+    Deployments set only the secrets here (as ``EnvVar``, so the UI shows names, never
+    values); everything else comes from the same environment variables the CLI reads. A
+    field set explicitly (tests, a code location of its own) stands for its variable."""
 
     endpoint: str | None = None
     region: str | None = None
@@ -35,43 +61,27 @@ class MetaStudioResource(dg.ConfigurableResource):
     auth_token: str | None = None
     project_ids: str | None = None
     app_user_id: str | None = None
-    max_in_flight: int = 8
-    max_rps: float | None = None
-    timeout_seconds: float = 30.0
-    max_attempts: int = 6
-    max_retry_seconds: float = 300.0
-    safety_lag_seconds: float = 120.0
-    lookback_seconds: float = 7200.0
-    split_threshold: int = 10_000
-    max_clock_skew_seconds: float = 300.0
-    max_response_bytes: int = 64 << 20
-    personal_data: str = "mask"
     first_day: str | None = None
+    max_in_flight: int | None = None
+    max_rps: float | None = None
+    timeout_seconds: float | None = None
+    max_attempts: int | None = None
+    max_retry_seconds: float | None = None
+    safety_lag_seconds: float | None = None
+    lookback_seconds: float | None = None
+    split_threshold: int | None = None
+    max_clock_skew_seconds: float | None = None
+    max_response_bytes: int | None = None
+    personal_data: str | None = None
 
     def settings(self, data_dir: Path) -> Settings:
-        return Settings(
-            endpoint=self.endpoint,
-            region=self.region,
-            ak=self.ak,
-            sk=self.sk,
-            security_token=self.security_token,
-            auth_token=self.auth_token,
-            project_ids=split_project_ids(self.project_ids),
-            app_user_id=self.app_user_id,
-            data_dir=data_dir,
-            max_in_flight=self.max_in_flight,
-            max_rps=self.max_rps,
-            timeout=self.timeout_seconds,
-            max_attempts=self.max_attempts,
-            max_retry_seconds=self.max_retry_seconds,
-            safety_lag_seconds=self.safety_lag_seconds,
-            lookback_seconds=self.lookback_seconds,
-            split_threshold=self.split_threshold,
-            max_clock_skew_seconds=self.max_clock_skew_seconds,
-            max_response_bytes=self.max_response_bytes,
-            personal_data=self.personal_data,
-            first_day=parse_day(self.first_day, "first_day") if self.first_day else first_partition_day(),
-        )
+        """The Settings the CLI would build from the same environment (one parser, one validator)."""
+        env = dict(os.environ)
+        for name, var in ENV_OF_FIELD.items():
+            value = getattr(self, name)
+            if value is not None:
+                env[var] = str(value)
+        return Settings.from_env(env, data_dir=data_dir)
 
 
 #: The lake's variables, for WarehouseResource: where the lake goes and the object store's access.
@@ -112,38 +122,9 @@ class WarehouseResource(dg.ConfigurableResource):
                          object_store=ObjectStoreAccess.from_env(env))
 
 
-def _optional(name: str, cast=str):
-    value = os.environ.get(name, "").strip()
-    return cast(value) if value else None
-
-
 def metastudio_from_env() -> MetaStudioResource:
-    """The resource as configured by environment variables (secrets as EnvVar)."""
-    fields: dict = {
-        "endpoint": _optional("METASTUDIO_ENDPOINT"),
-        "region": _optional("METASTUDIO_REGION"),
-        "project_ids": _optional("HUAWEICLOUD_SDK_PROJECT_ID"),
-        "app_user_id": _optional("METASTUDIO_APP_USER_ID"),
-        "max_rps": _optional("VOICEJOBS_MAX_RPS", float),
-        "personal_data": _optional("VOICEJOBS_PERSONAL_DATA") or "mask",
-        "first_day": _optional("VOICEJOBS_FIRST_DAY"),
-    }
-    for key, cast, env in (("max_in_flight", int, "VOICEJOBS_MAX_IN_FLIGHT"),
-                           ("timeout_seconds", float, "VOICEJOBS_TIMEOUT_SECONDS"),
-                           ("max_attempts", int, "VOICEJOBS_MAX_ATTEMPTS"),
-                           ("max_retry_seconds", float, "VOICEJOBS_MAX_RETRY_SECONDS"),
-                           ("split_threshold", int, "VOICEJOBS_SPLIT_THRESHOLD"),
-                           ("max_clock_skew_seconds", float, "VOICEJOBS_MAX_CLOCK_SKEW_SECONDS"),
-                           ("max_response_bytes", int, "VOICEJOBS_MAX_RESPONSE_BYTES"),
-                           ("safety_lag_seconds", float, "VOICEJOBS_SAFETY_LAG_SECONDS"),
-                           ("lookback_seconds", float, "VOICEJOBS_LOOKBACK_SECONDS")):
-        value = _optional(env, cast)
-        if value is not None:
-            fields[key] = value
-    for key, env in SECRET_VARS.items():
-        if os.environ.get(env):
-            fields[key] = dg.EnvVar(env)
-    return MetaStudioResource(**{k: v for k, v in fields.items() if v is not None})
+    """The resource of a deployment: the secrets as EnvVar; the rest is read at run time."""
+    return MetaStudioResource(**{key: dg.EnvVar(env) for key, env in SECRET_VARS.items() if os.environ.get(env)})
 
 
 def warehouse_from_env() -> WarehouseResource:

@@ -207,6 +207,8 @@ class Settings:
             raise ConfigurationError(
                 f"VOICEJOBS_PERSONAL_DATA={self.personal_data!r} is not known; use 'mask' (default) or 'raw'."
             )
+        if self.endpoint:
+            self.base_url()  # an endpoint that is not an http(s) URL is refused where it is read
         if self.app_user_id is not None and any("\u4e00" <= ch <= "\u9fff" for ch in self.app_user_id):
             raise ConfigurationError("METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule).")
         for name in NUMBER_BOUNDS:
