@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     install_log_redaction()
 
     from pipelines.metastudio.errors import MetaStudioError
+    from pipelines.publish.target import PublishError
     from pipelines.warehouse import WarehouseError
 
     handlers = {
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except UsageError as exc:
         return _verdict(args, redact(exc), EXIT_USAGE)
-    except (MetaStudioError, WarehouseError) as exc:
+    except (MetaStudioError, WarehouseError, PublishError) as exc:
         return _verdict(args, redact(exc), EXIT_FAILED)
     except OSError as exc:
         # A full disk or an unwritable path surfacing outside the warehouse's own checks.

@@ -27,7 +27,8 @@ log = logging.getLogger("voicejobs.sync")
 
 def refresh_and_publish(warehouse: Warehouse, settings: Settings,
                         phase: Callable[[str], None] | None = None) -> dict[str, float]:
-    """After a sync: rebuild the SQL models, then publish the snapshot BI tools read.
+    """After a sync: rebuild the SQL models, publish the snapshot BI tools read, and with
+    VOICEJOBS_POSTGRES_URL set, publish that snapshot into PostgreSQL.
 
     Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
     sync, the models and the snapshot hold the file's lock as one unit of work. ``phase``
@@ -47,6 +48,15 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         started = time.monotonic()
         warehouse.publish_serving()
         seconds["snapshot"] = time.monotonic() - started
+    if settings.postgres_url:
+        # BI servers on other hosts read PostgreSQL: it gets what the new snapshot holds.
+        from pipelines.publish import publish
+
+        if phase:
+            phase("publishing to PostgreSQL")
+        started = time.monotonic()
+        publish(warehouse.serving_path, settings)
+        seconds["postgres"] = time.monotonic() - started
     return seconds
 
 
