@@ -263,3 +263,16 @@ def test_the_bucket_goes_in_the_host_name_unless_the_endpoint_cannot_have_one(en
     from pipelines.warehouse.lakestore import _virtual_addressing
 
     assert _virtual_addressing(ObjectStoreAccess(endpoint_url=endpoint, url_style=style)) is virtual
+
+
+def test_the_lake_benchmark_runs_at_its_smallest_size(tmp_path):
+    """benchmarks/lake.py end to end (no timing is asserted): every lake is exported and reported."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lake.py"), "--jobs", "300", "--days", "4",
+                           "--runs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.split("runs (s)\n", 1)[1].splitlines()[:3]
+    rows = {line.split()[0]: line.split() for line in table}
+    assert set(rows) == {"none", "local", "s3"}
+    assert rows["local"][1] == rows["s3"][1] == rows["none"][1] != "0"  # the same files everywhere
+    assert rows["local"][2] == rows["s3"][2] != "0.0"  # and the same bytes
+    assert "s3 / local:" in proc.stdout
