@@ -323,6 +323,30 @@ def test_a_publish_moves_only_what_changed(postgres_server, database, states):
     assert rows == report.rows
 
 
+def test_rows_changed_behind_its_back_or_a_new_hash_are_sent_again_without_blocking_readers(
+        postgres_server, database, states):
+    url = postgres_server.url(dbname=database)
+    publish(states["old"], pg_settings(url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM analytics.voice_training_jobs WHERE job_id IN"
+                     " (SELECT job_id FROM analytics.voice_training_jobs LIMIT 5)")
+        conn.execute("UPDATE analytics_publish.manifest SET hash_algorithm = 'duckdb-hash/0.0'"
+                     " WHERE relation = 'voice_training_job_history'")
+    with psycopg.connect(url) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM analytics.voice_training_job_history").fetchone()
+        report = publish(states["old"], pg_settings(url, postgres_lock_timeout_seconds=2))
+        reader.execute("COMMIT")
+    modes = {t.name: t.mode for t in report.tables}
+    assert modes["voice_training_jobs"] == modes["voice_training_job_history"] == "replaced"
+    assert {m for n, m in modes.items() if n not in ("voice_training_jobs", "voice_training_job_history")} == {
+        "unchanged"}
+    with psycopg.connect(url, options="-c TimeZone=UTC") as conn:
+        assert_published_equals(conn, states["old"])
+    again = publish(states["new"], pg_settings(url))  # and the next publish is incremental again
+    assert {t.name: t.mode for t in again.tables}["voice_training_job_history"] == "incremental"
+
+
 def test_changed_columns_replace_a_table_and_a_dropped_model_goes(postgres_server, database, states, tmp_path):
     url = postgres_server.url(dbname=database)
     publish(states["old"], pg_settings(url))
@@ -372,6 +396,19 @@ def test_a_table_that_must_be_replaced_waits_a_bounded_time_for_its_readers(post
             first.rows["voice_training_jobs"]
     report = publish(changed, pg_settings(url, postgres_lock_timeout_seconds=0.5))  # the reader is gone
     assert {t.name: t.mode for t in report.tables}["daily_job_stats"] == "replaced"
+
+
+def test_publishes_to_one_schema_take_turns(postgres_server, database, states):
+    url = postgres_server.url(dbname=database)
+    with psycopg.connect(url, autocommit=True) as other:  # holds the lock as a running publish would
+        other.execute("SELECT pg_advisory_lock(hashtextextended('voicejobs publish analytics', 0))")
+        with pytest.raises(PublishError) as failed:
+            publish(states["old"], pg_settings(url, postgres_lock_timeout_seconds=0.5))
+        message = str(failed.value)
+        assert "waiting for another publish to schema analytics to finish" in message
+        assert f"the publish lock of schema analytics, held by pid {other.info.backend_pid}" in message
+        other.execute("SELECT pg_advisory_unlock_all()")
+    assert publish(states["old"], pg_settings(url, postgres_lock_timeout_seconds=0.5)).rows_sent > 0
 
 
 def test_reader_roles_can_read_every_published_table_after_every_publish(postgres_server, database, states,

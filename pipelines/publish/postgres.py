@@ -41,16 +41,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipelines.publish.snapshot import HASH_ALGORITHM, Relation, Snapshot, quote
+from pipelines.publish.snapshot import HASH_ALGORITHM, Fingerprinted, Relation, Snapshot, quote
 from pipelines.publish.target import URL_VAR, PostgresTarget, PublishError, parse_postgres_url
 from pipelines.redact import redact
 
@@ -198,8 +200,9 @@ class _Publish:
                 self._prepare(cur)
                 published = self._manifest(cur)
                 existing = self._existing_tables(cur)
-                for relation in relations:
-                    self.report.tables.append(self._relation(cur, relation, published.get(relation.name), existing))
+                for measured in self._measured(relations):
+                    self.report.tables.append(self._relation(cur, measured, published.get(measured.relation.name),
+                                                             existing))
                 names = {r.name for r in relations}
                 for gone in sorted(set(published) - names):
                     self._drop(cur, gone)
@@ -208,6 +211,10 @@ class _Publish:
                 self.step = "committing"
         except psycopg.Error as exc:
             raise self._explain(conn, exc) from None
+        except duckdb.Error as exc:
+            raise PublishError(f"reading the serving snapshot {self.snapshot.path} failed while {self.step} "
+                               f"({_reason(str(exc))}); nothing was changed in PostgreSQL; run `voicejobs sync` "
+                               "to write a new snapshot and publish again.") from None
         finally:
             conn.close()
         return self.report
@@ -228,7 +235,7 @@ class _Publish:
 
         cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout * 1000)}ms")))
         self.step = f"waiting for another publish to schema {self.schema} to finish"
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"voicejobs publish {self.schema}"])
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [self._lock_key])
         self.step = "checking the reader roles"
         if self.readers:
             cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [list(self.readers)])
@@ -272,24 +279,42 @@ class _Publish:
 
     # ------------------------------------------------------------------ one relation
 
-    def _relation(self, cur: psycopg.Cursor, relation: Relation, published: _Published | None,
+    def _measured(self, relations: list[Relation]) -> Iterator[Fingerprinted]:
+        """Each relation measured in DuckDB, the next one in a worker thread while PostgreSQL
+        applies the current one (one ahead: the groups of a big relation take ~100 MB)."""
+        if not relations:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-measure") as pool:
+            ahead = pool.submit(self.snapshot.measure, relations[0])
+            for following in [*relations[1:], None]:
+                current = ahead
+                self.step = "fingerprinting the serving snapshot's relations"
+                measured = current.result()
+                ahead = pool.submit(self.snapshot.measure, following) if following is not None else None
+                try:
+                    yield measured
+                except BaseException:
+                    if ahead is not None:
+                        ahead.cancel()
+                    raise
+
+    def _relation(self, cur: psycopg.Cursor, measured: Fingerprinted, published: _Published | None,
                   existing: dict[str, int]) -> TablePublish:
         started = time.monotonic()
-        self.step = f"fingerprinting {self.schema}.{relation.name}"
-        groups = self.snapshot.groups(relation) if relation.grouped else None
-        self.snapshot.check_keys(relation, groups)
-        rows, fingerprint = self.snapshot.fingerprint(relation, groups)
+        relation, rows, fingerprint, groups = measured.relation, measured.rows, measured.fingerprint, measured.groups
         in_place = relation.name in existing
-        same_shape = (published is not None and in_place and published.signature == relation.signature
-                      and published.hash_algorithm == HASH_ALGORITHM)
-        if same_shape and published.fingerprint == fingerprint and published.rows == rows == existing[relation.name]:
-            result = TablePublish(relation.name, "unchanged", rows)
-        elif same_shape and groups is not None and published.tracked and published.rows == existing[relation.name]:
-            result = self._incremental(cur, relation, rows, groups)
-        elif same_shape:
-            result = self._replace_rows(cur, relation, rows, groups)
-        else:
+        if published is None or not in_place or published.signature != relation.signature:
             result = self._create(cur, relation, rows, groups, replacing=in_place)
+        else:
+            # The stored fingerprints describe the table only if they were made by this hash and
+            # nobody changed its rows since; otherwise every row is sent again (still MVCC-safe).
+            trusted = published.hash_algorithm == HASH_ALGORITHM and published.rows == existing[relation.name]
+            if trusted and published.fingerprint == fingerprint and published.rows == rows:
+                result = TablePublish(relation.name, "unchanged", rows)
+            elif trusted and groups is not None and published.tracked:
+                result = self._incremental(cur, relation, rows, groups)
+            else:
+                result = self._replace_rows(cur, relation, rows, groups)
         result.seconds = time.monotonic() - started
         if result.mode != "unchanged":
             self.fingerprints[relation.name] = (rows, fingerprint)
@@ -477,6 +502,11 @@ class _Publish:
 
     # ------------------------------------------------------------------ names
 
+    @property
+    def _lock_key(self) -> str:
+        """The advisory lock that makes publishes to one schema take turns."""
+        return f"voicejobs publish {self.schema}"
+
     def _table(self, name: str):
         from psycopg import sql
 
@@ -555,27 +585,35 @@ class _Publish:
         return PublishError(f"publishing to PostgreSQL at {where} failed while {self.step} ({detail}); {unchanged}.")
 
     def _lock_holders(self, conn: psycopg.Connection) -> str:
-        """Who holds the table the publish waited for, from a fresh look at pg_locks."""
-        relation = self.lock_relation
-        if relation is None or conn.closed:
-            return "a lock held by another session"
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT a.pid, a.usename, a.application_name, a.state, a.xact_start FROM pg_locks l"
-                    " JOIN pg_stat_activity a ON a.pid = l.pid"
-                    " WHERE l.relation = to_regclass(%s) AND l.granted AND a.pid <> pg_backend_pid() ORDER BY a.pid",
-                    [_qualified_text(relation)])
-                rows = cur.fetchall()
-        except Exception:  # the explanation must not fail on its own
-            rows = []
+        """Who holds what the publish waited for (a table, or another publish's lock), from pg_locks."""
+        if self.lock_relation is not None:
+            what = f"table {self.lock_relation}"
+            where, param = "l.relation = to_regclass(%s)", _qualified_text(self.lock_relation)
+        elif self.step.startswith("waiting for another publish"):
+            what = f"the publish lock of schema {self.schema}"
+            where = ("l.locktype = 'advisory' AND l.objsubid = 1"
+                     " AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended(%s, 0)")
+            param = self._lock_key
+        else:
+            return "a lock another session holds"
+        rows = []
+        if not conn.closed:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, a.xact_start FROM pg_locks l"
+                        f" JOIN pg_stat_activity a ON a.pid = l.pid WHERE {where} AND l.granted"
+                        " AND a.pid <> pg_backend_pid() ORDER BY a.pid", [param])
+                    rows = cur.fetchall()
+            except Exception:  # the explanation must not fail on its own
+                rows = []
         if not rows:
-            return f"table {relation}, held by another session"
+            return f"{what}, held by another session"
         who = "; ".join(
             f"pid {pid} (user {usename}{', ' + app if app else ''}, {state}"
             f"{' since ' + started.astimezone(UTC).strftime('%H:%M:%S UTC') if started else ''})"
             for pid, usename, app, state, started in rows[:3])
-        return f"table {relation}, which another session holds: {who}"
+        return f"{what}, held by {who}"
 
 
 def _qualified_text(relation: str) -> str:

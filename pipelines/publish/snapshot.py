@@ -172,11 +172,22 @@ class Relation:
                 f" FROM {self._qualified()}")
 
 
+@dataclass
+class Fingerprinted:
+    """A relation measured in the snapshot: its rows, fingerprint and (when grouped) groups."""
+
+    relation: Relation
+    rows: int
+    fingerprint: int
+    groups: pa.Table | None
+
+
 class Snapshot:
     """The serving snapshot opened read-only in a private in-memory DuckDB.
 
     Attached rather than opened, so a process that still holds an older serving.duckdb open
-    does not hand back that older instance, and the file is never written."""
+    does not hand back that older instance, and the file is never written. Every query runs
+    on a cursor of its own, so queries may run from several threads at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -185,6 +196,7 @@ class Snapshot:
         try:
             self.con = duckdb.connect()
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET enable_progress_bar = false")  # stdout is the caller's
             escaped = str(self.path).replace("'", "''")
             self.con.execute(f"ATTACH '{escaped}' AS snapshot (READ_ONLY)")
             self.con.execute("USE snapshot")
@@ -245,7 +257,11 @@ class Snapshot:
         query = relation.key_problems_sql()
         if query is None:
             return
-        total, distinct, nulls = self.con.execute(query).fetchall()[0]
+        cur = self._cursor()
+        try:
+            total, distinct, nulls = cur.execute(query).fetchall()[0]
+        finally:
+            cur.close()
         if nulls:
             raise PublishError(f"{where} has {nulls} row(s) with a NULL in its key ({', '.join(layout.primary_key)}); "
                                "fix the model or its entry in pipelines/publish/snapshot.py LAYOUTS.")
@@ -266,6 +282,14 @@ class Snapshot:
         finally:
             cur.close()
         return int(row[0] or 0), int(row[1] or 0)
+
+    def measure(self, relation: Relation) -> Fingerprinted:
+        """Groups (when grouped), key checks and fingerprint of one relation: what a publish
+        compares with the last one. PublishError when its keys would not hold."""
+        groups = self.groups(relation) if relation.grouped else None
+        self.check_keys(relation, groups)
+        rows, fingerprint = self.fingerprint(relation, groups)
+        return Fingerprinted(relation, rows, fingerprint, groups)
 
     def groups(self, relation: Relation) -> pa.Table:
         """Every group of a grouped relation: (kh, h, n, group key columns)."""

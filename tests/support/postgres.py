@@ -60,8 +60,10 @@ def free_port() -> int:
 class TemporaryPostgres:
     """One PostgreSQL server in a temporary directory, stopped and removed by :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         self.bin_dir = server_bin_dir()
+        # Tests trade durability for speed (fsync off); a benchmark keeps PostgreSQL's defaults.
+        self.durable = durable
         self.password = secrets.token_urlsafe(16)
         self.port = 0
         self.root: Path | None = None
@@ -88,8 +90,9 @@ class TemporaryPostgres:
                 "host all all 127.0.0.1/32 scram-sha-256\n"
             )
             self.port = free_port()
-            options = (f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+            options = f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections=50"
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             self._run("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start")
         except BaseException:
             self.stop()
