@@ -24,3 +24,18 @@ def test_the_postgres_install_script_does_nothing_when_the_server_is_there():
     result = subprocess.run(["bash", str(ROOT / "scripts" / "install-postgres.sh")], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_missing_server_binaries_fail_with_the_setup_command(monkeypatch):
+    """Without PostgreSQL the fixture fails (never skips), saying how to install it."""
+    import pytest
+
+    from tests.support import postgres
+
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
+    with pytest.raises(postgres.PostgresUnavailable) as missing:
+        postgres.TemporaryPostgres()
+    assert "bash scripts/install-postgres.sh" in str(missing.value)
+    with pytest.raises(pytest.fail.Exception, match="scripts/install-postgres.sh"):
+        next(postgres.running_server())  # what the session fixture runs

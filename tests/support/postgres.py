@@ -158,15 +158,18 @@ class TemporaryPostgres:
 # ---------------------------------------------------------------------- pytest fixtures
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """One PostgreSQL server for the whole test session, stopped at its end.
-
-    Missing binaries fail the tests that need them (never a skip: a skipped test would hide
-    that PostgreSQL serving went untested)."""
+def running_server():
+    """A started server, stopped when the generator closes. Missing binaries fail the tests
+    that need them (never a skip: a skipped test would hide that PostgreSQL serving went untested)."""
     try:
         server = TemporaryPostgres()
     except PostgresUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the whole test session, stopped at its end."""
+    yield from running_server()
