@@ -33,7 +33,10 @@ One publish is ONE PostgreSQL transaction that changes the served tables in plac
   named ``user@host:port/database``.
 
 Data travels as CSV through ``COPY ... FROM STDIN``: DuckDB renders times as text and Arrow
-writes the CSV in a worker thread while the previous chunk is sent (psycopg 3).
+writes the CSV in a worker thread while the previous chunk is sent (psycopg 3). ADBC's binary
+COPY from Arrow was measured too: no faster for 100,000 job rows (2.26 s against 2.24 s, the
+server parsing rows being the bound), and ``jsonb`` would need a text column and a cast after
+it (0.7 s more); psycopg also gives the SQLSTATE classes the error messages are built on.
 """
 
 from __future__ import annotations
@@ -269,6 +272,7 @@ class _Publish:
         """Tables of the served schema -> their row count (an exact count: cheap next to a copy)."""
         from psycopg import sql
 
+        self.step = f"counting the rows of the tables in schema {self.schema}"
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", [self.schema])
         names = [n for (n,) in cur.fetchall()]
         counts = {}
