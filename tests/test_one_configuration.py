@@ -57,7 +57,6 @@ VALUES: dict[str, tuple[str, str]] = {
     "VOICEJOBS_POSTGRES_SCHEMA": ("bi", "Bad-Schema"),
     "VOICEJOBS_POSTGRES_READERS": ("bi_reader,metabase", "Bad Role"),
     "VOICEJOBS_POSTGRES_LOCK_TIMEOUT_SECONDS": ("5", "0"),
-    "VOICEJOBS_LAKE_URI": ("s3://voicejobs-lake/prod", "ftp://voicejobs-lake/prod"),
 }
 CASES = [(name, kind, values[i]) for name, values in VALUES.items() for i, kind in enumerate(("valid", "invalid"))]
 
