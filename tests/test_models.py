@@ -714,7 +714,13 @@ def test_materialize_subset_and_refusal(tmp_path):
     resources = {"warehouse": StandInWarehouseResource(data_dir=str(tmp_path))}
     assets = [dg.AssetSpec("voice_training_jobs"), build_analytics_assets()]
     refused = dg.materialize(assets, resources=resources, raise_on_error=False)
-    assert not refused.success
+    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
+    error, causes = failure.step_failure_data.error, []
+    while error is not None:  # Dagster wraps what the op raised
+        causes.append(error)
+        error = error.cause
+    assert any(e.cls_name == "UnmaskedPersonalDataError" and "phone: 1 rows" in e.message for e in causes)
+    assert not refused.get_asset_materialization_events()
     allowed = dg.materialize(
         assets,
         resources=resources,

@@ -178,11 +178,11 @@ def test_distributions_look_like_a_growing_weekday_business(sim):
     assert len({job["job_id"] for job in jobs}) == len(jobs)
 
 
-def test_generation_is_columnar_and_quick():
-    started = time.perf_counter()
+def test_generation_of_a_large_history_is_complete():
+    """200,000 jobs generated column-wise (how fast is for benchmarks/run.py to say)."""
     state = SimulatorState(config(jobs=200_000, projects=(PROJECT,)))
     assert len(state) == 200_000
-    assert time.perf_counter() - started < 10
+    assert len(set(state.job_ids(PROJECT))) == 200_000
 
 
 # ----------------------------------------------------------------------------- listing
