@@ -13,8 +13,9 @@ def test_ci_runs_exactly_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     start = readme.index("Run the whole test suite")
     command = re.search(r"```bash\n(.*?)\n```", readme[start:], flags=re.S).group(1).strip()
-    assert command.startswith("bash scripts/install-postgres.sh && ")
-    assert command.endswith(".venv/bin/python -m pytest -q")
+    steps = [step.strip() for step in command.split("&&")]
+    assert "bash scripts/install-postgres.sh" in steps  # the server the tests need, before they run
+    assert steps.index("bash scripts/install-postgres.sh") < steps.index(".venv/bin/python -m pytest -q") == len(steps) - 1
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command in ci
 
