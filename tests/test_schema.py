@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
+from pipelines.contract import TERMINAL_STATES
 from pipelines.schema import (
     JOBS_SCHEMA,
     KNOWN_STATES,
     SCHEMA_VERSION,
-    TERMINAL_STATES,
     mask_phone,
     normalize,
     strip_url_credentials,
