@@ -14,11 +14,11 @@ import pytest
 from pipelines.metastudio.auth import TokenAuth, query_pairs
 from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.paging import (
+    SplitBudget,
+    SplitBudgetExceeded,
     Window,
     day_window,
     day_windows,
-    SplitBudget,
-    SplitBudgetExceeded,
     epoch_seconds,
     fetch_window,
     format_time,
