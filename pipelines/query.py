@@ -14,6 +14,7 @@ import json
 import math
 import unicodedata
 from collections.abc import Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -74,6 +75,8 @@ def open_analyst_connection(db_path: str | Path) -> duckdb.DuckDBPyConnection:
         }
         schemas = [s for s in SEARCH_PATH.split(",") if s in present] or ["main"]
         con.execute(f"SET search_path = '{','.join(schemas)}'")
+        # Times read as UTC, as they are stored and as the README shows them, on any machine.
+        con.execute("SET TimeZone = 'UTC'")
         con.execute("SET lock_configuration = true")
         in_force = dict(
             con.execute(
@@ -128,6 +131,22 @@ def _refuse_non_reads(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise AnalystSQLRefused(f"{REFUSAL} ({text[:80]})")
 
 
+@contextmanager
+def _analyst_cursor(db_path: str | Path, sql: str, params: Sequence[Any] | None):
+    """Run one analyst statement in the sandbox and yield its cursor (closed afterwards)."""
+    con = open_analyst_connection(db_path)
+    try:
+        _refuse_non_reads(con, sql)
+        yield con.execute(sql, list(params) if params is not None else None)
+    except duckdb.Error as exc:
+        if isinstance(exc, AnalystSQLRefused) or not _refused(exc):
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AnalystSQLRefused(f"{REFUSAL} ({detail})") from None
+    finally:
+        con.close()
+
+
 def run_query(db_path: str | Path, sql: str, fmt: str = "table", params: Sequence[Any] | None = None) -> str:
     """Run one query against `db_path` in the analyst sandbox and return its result as text in `fmt`.
 
@@ -139,22 +158,26 @@ def run_query(db_path: str | Path, sql: str, fmt: str = "table", params: Sequenc
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    con = open_analyst_connection(db_path)
-    try:
-        _refuse_non_reads(con, sql)
-        cursor = con.execute(sql, list(params) if params is not None else None)
+    with _analyst_cursor(db_path, sql, params) as cursor:
         if cursor.description is None:
             return ""
         columns = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
-    except duckdb.Error as exc:
-        if isinstance(exc, AnalystSQLRefused) or not _refused(exc):
-            raise
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AnalystSQLRefused(f"{REFUSAL} ({detail})") from None
-    finally:
-        con.close()
     return format_rows(columns, rows, fmt)
+
+
+def read(sql: str, data_dir: str | Path = "data", params: Sequence[Any] | None = None):
+    """One analyst query as a pandas DataFrame, from the serving snapshot of ``data_dir``.
+
+    The Python way to what ``voicejobs query`` prints, in the same sandbox: read-only, no
+    file access, no setting changed. Timestamps come as timezone-aware (UTC) columns.
+    ``from pipelines.query import read; read("select * from failure_rate_by_tag")``.
+    """
+    path = Path(data_dir) / "serving.duckdb"
+    if not path.exists():
+        raise FileNotFoundError(f"no warehouse at {path}; run `voicejobs demo` or `voicejobs sync` first")
+    with _analyst_cursor(path, sql, params) as cursor:
+        return cursor.df()
 
 
 #: The warehouse relations analysts read beside the analytics schema (the rest is the sync's own).

@@ -319,3 +319,22 @@ def test_the_snapshot_holds_no_sync_bookkeeping(built):
     assert {"voice_training_jobs", "voice_training_job_history", "sync_runs"} <= kept
     with pytest.raises(duckdb.CatalogException):
         run_query(snapshot, "select raw_record from quarantine")
+
+
+def test_read_hands_analysts_a_dataframe_in_the_same_sandbox(built, tmp_path):
+    from pipelines.query import AnalystSQLRefused, read
+
+    frame = read("select tag, total_jobs, failure_rate from failure_rate_by_tag order by tag nulls last",
+                 data_dir=built)
+    as_text = run_query(built / "serving.duckdb",
+                        "select tag, total_jobs from failure_rate_by_tag order by tag nulls last", fmt="csv")
+    assert list(frame.columns) == ["tag", "total_jobs", "failure_rate"]
+    assert len(frame) == len(as_text.strip().splitlines()) - 1 > 0
+    assert frame["total_jobs"].sum() == sum(int(line.split(",")[1]) for line in as_text.strip().splitlines()[1:])
+    jobs = read("select create_time from voice_training_jobs limit 5", data_dir=built)
+    assert str(jobs["create_time"].dt.tz) == "UTC"
+    with pytest.raises(AnalystSQLRefused):
+        read(f"COPY (select 1) TO '{tmp_path / 'out.csv'}'", data_dir=built)
+    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(FileNotFoundError, match="no warehouse"):
+        read("select 1", data_dir=tmp_path / "nowhere")
