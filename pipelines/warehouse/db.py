@@ -116,7 +116,6 @@ class Connections:
                 self._con = None
             con.close()
 
-    session = connect
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
