@@ -97,18 +97,21 @@ class _TokenBucket:
             return (1.0 - self.tokens) / self.rate
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server on IPv4 or IPv6 that can close its keep-alive connections on stop,
+    and treats clients hanging up mid-answer as normal (stalls and faults provoke it).
+
+    The simulator serves on it; test servers that stand in front of the simulator do too."""
+
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], simulator: SimulatorServer) -> None:
-        self.simulator = simulator
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def process_request(self, request, client_address):  # type: ignore[override]
         with self._open_lock:
@@ -121,7 +124,6 @@ class _HTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
-        # Clients that time out or hang up mid-answer are part of the game (stalls, faults).
         if isinstance(sys.exc_info()[1], OSError):
             return
         super().handle_error(request, client_address)
@@ -135,6 +137,14 @@ class _HTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class _HTTPServer(LoopbackHTTPServer):
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], simulator: SimulatorServer) -> None:
+        self.simulator = simulator
+        super().__init__(address, _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):

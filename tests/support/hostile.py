@@ -41,16 +41,16 @@ counts drips and endless bodies still being written (0 once clients have hung up
 from __future__ import annotations
 
 import http.client
-import socket
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import orjson
+
+from pipelines.simulator.server import LoopbackHTTPServer
 
 CHUNK_BYTES = 64 * 1024
 _HOP_BY_HOP = frozenset(
@@ -322,41 +322,10 @@ def _rewrite_page(body: bytes, modes: dict, target: str = "") -> bytes:
     return orjson.dumps(page)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], proxy: HostileProxy) -> None:
         self.proxy = proxy
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def process_request(self, request, client_address):  # type: ignore[override]
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):  # type: ignore[override]
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # clients hanging up mid-answer is the point
-            return
-        super().handle_error(request, client_address)
-
-    def close_open_connections(self) -> None:
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
