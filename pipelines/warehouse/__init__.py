@@ -32,8 +32,7 @@ closing a run retries the lake), and callers and tests address its methods on th
 
 from __future__ import annotations
 
-import os
-import tempfile
+import os  # noqa: F401  (tests patch pipelines.warehouse.os.fsync and .replace)
 import threading
 from pathlib import Path
 
@@ -58,6 +57,7 @@ from pipelines.warehouse.tables import (
     TRANSITIONS_VIEW,
     WarehouseError,
     _is_disk_error,
+    probe_writable,
 )
 
 __all__ = [
@@ -115,10 +115,7 @@ class Warehouse(RunLog, Apply, Serving):
         # the run skip them, finish_run() tries them once more (see Apply.apply()).
         self._stuck = {}
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.data_dir)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(self.data_dir)
         except OSError as exc:
             raise WarehouseError(
                 f"cannot create or write the data directory {self.data_dir} ({exc.strerror or exc}); "

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
 from pipelines.settings import ObjectStoreAccess, parse_lake_uri
-from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
+from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError, probe_writable
 
 #: Files of this size or more are uploaded to a temporary key and copied into place (see above).
 SINGLE_PUT_BYTES = 8 << 20
@@ -163,10 +163,7 @@ class LocalLakeStore(LakeStore):
 
     def check(self) -> None:
         try:
-            self.root_dir.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=self.root_dir)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(self.root_dir)
         except OSError as exc:
             raise WarehouseError(
                 f"cannot create or write the lake directory {self.root_dir} ({exc.strerror or exc}); "

@@ -5,7 +5,10 @@ Every room of the package speaks these names; none of them opens a connection.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -73,3 +76,11 @@ def _is_disk_error(exc: BaseException) -> bool:
     if isinstance(exc, OSError | duckdb.IOException):
         return True
     return isinstance(exc, duckdb.Error) and any(t in str(exc).lower() for t in _DISK_FULL_TEXTS)
+
+
+def probe_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written in it (OSError if not)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
