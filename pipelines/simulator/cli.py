@@ -16,7 +16,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 
-from .config import FAULT_KINDS, SimulatorConfig
+from .config import FAULT_KINDS, TRAFFIC_KINDS, SimulatorConfig
 from .server import ADMIN_TOKEN_HEADER, SimulatorServer
 
 ADMIN_TOKEN_PREFIX = "  admin token: "
@@ -106,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="days of history the jobs are spread over, ending now (default 365)",
     )
     parser.add_argument(
+        "--traffic",
+        choices=TRAFFIC_KINDS,
+        default="steady",
+        help="shape of the generated history: steady (weekly rhythm, growth, daytime peak) or lumpy "
+        "(about 4 burst days a year at ~20x a usual day, ~2%% empty days, most jobs created "
+        "09:00-18:00 Beijing time on weekdays); same --jobs either way (default steady)",
+    )
+    parser.add_argument(
         "--now",
         type=_parse_now,
         default=None,
@@ -153,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             projects=tuple(p.strip() for p in args.projects.split(",") if p.strip()),
             days=args.days,
+            traffic=args.traffic,
             now=args.now,
             latency_ms=args.latency_ms,
             fault_rate=args.fault_rate,

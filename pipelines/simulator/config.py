@@ -9,6 +9,10 @@ from datetime import datetime
 #: Every fault kind the simulator can serve, in the order the default mix uses.
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "truncated", "stall")
 
+#: Shapes of the generated history: ``steady`` (weekly rhythm, growth, daytime peak) or
+#: ``lumpy`` (burst days, empty days, sharp business-hour peaks).
+TRAFFIC_KINDS: tuple[str, ...] = ("steady", "lumpy")
+
 
 @dataclass(frozen=True)
 class SimulatorConfig:
@@ -16,7 +20,11 @@ class SimulatorConfig:
 
     ``jobs`` jobs are generated deterministically from ``seed``, spread over ``days``
     days ending at ``now`` (default: the real time truncated to the second) across
-    ``projects``. Credentials: IAM ``tokens`` (``expired_tokens`` answer 401
+    ``projects``, shaped by ``traffic`` (one of :data:`TRAFFIC_KINDS`): ``steady`` follows
+    a weekly rhythm, a growth trend and a daytime peak; ``lumpy`` adds about 4 burst days
+    per 365 (each about 20x a usual day), about 2% empty days (outages, holidays) and
+    sharper peaks (most jobs created 09:00-18:00 Beijing time on weekdays); either way
+    exactly ``jobs`` jobs. Credentials: IAM ``tokens`` (``expired_tokens`` answer 401
     APIGW.0307), permanent AK/SK pairs in ``credentials`` and temporary ones in
     ``temporary_credentials`` as ``AK -> (SK, security_token)``.
 
@@ -35,6 +43,7 @@ class SimulatorConfig:
     projects: tuple[str, ...] = ("sim-project",)
     now: datetime | None = None
     days: int = 365
+    traffic: str = "steady"
     tokens: frozenset[str] = frozenset({"sim-token"})
     credentials: Mapping[str, str] = field(default_factory=lambda: {"SIMULATORAK": "simulator-secret"})
     temporary_credentials: Mapping[str, tuple[str, str]] = field(
@@ -54,6 +63,8 @@ class SimulatorConfig:
             raise ValueError("jobs must be >= 0")
         if self.days < 1:
             raise ValueError("days must be >= 1")
+        if self.traffic not in TRAFFIC_KINDS:
+            raise ValueError(f"traffic must be one of {TRAFFIC_KINDS}, got {self.traffic!r}")
         if not self.projects:
             raise ValueError("at least one project is required")
         if len(set(self.projects)) != len(self.projects):
@@ -77,6 +88,6 @@ class SimulatorConfig:
     def __repr__(self) -> str:  # secrets stay out of reprs and logs
         return (
             f"SimulatorConfig(jobs={self.jobs}, seed={self.seed}, projects={self.projects!r}, "
-            f"days={self.days}, latency_ms={self.latency_ms}, fault_rate={self.fault_rate}, "
-            f"rate_limit={self.rate_limit}, hostile_paging={self.hostile_paging})"
+            f"days={self.days}, traffic={self.traffic!r}, latency_ms={self.latency_ms}, "
+            f"fault_rate={self.fault_rate}, rate_limit={self.rate_limit}, hostile_paging={self.hostile_paging})"
         )

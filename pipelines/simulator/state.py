@@ -85,6 +85,40 @@ _DIURNAL = np.array(
 )
 
 
+# Lumpy traffic: office hours in UTC+8 carry most of the load, weekends little of it.
+_DIURNAL_BUSINESS = np.array(
+    [0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.3, 1, 6, 9, 9, 5, 7, 9, 9, 8, 6, 1.5, 0.8, 0.6, 0.5, 0.3, 0.2]
+)
+_BURST_DAYS_PER_YEAR = 4
+_BURST_FACTOR = 20.0  # a burst day carries about this many usual days' jobs
+_EMPTY_DAY_SHARE = 0.02  # outages and holidays: nothing is created
+
+
+def _lumpy_day_weights(rng: np.random.Generator, weekday: np.ndarray) -> np.ndarray:
+    """Relative job volume per day for ``lumpy`` traffic, placed deterministically by ``rng``.
+
+    Growth and noise as in steady traffic but quieter weekends; then burst days (weekdays when
+    there are any) at ``_BURST_FACTOR`` times the median day, and empty days of weight 0. The
+    first two days hold no burst or gap: jobs drawn before the window's start fold into day 1.
+    """
+    days = len(weekday)
+    weights = np.where(weekday >= 5, 0.25, 1.0) * np.exp(np.linspace(0.0, np.log(3.0), days))
+    weights *= rng.lognormal(0.0, 0.3, days)
+    candidates = np.arange(2, days)
+    if not len(candidates):
+        return weights
+    usual = float(np.median(weights))
+    bursts = min(len(candidates), max(1, round(days * _BURST_DAYS_PER_YEAR / 365)))
+    workdays = candidates[weekday[candidates] < 5]
+    pool = workdays if len(workdays) >= bursts else candidates
+    burst = rng.choice(pool, size=bursts, replace=False)
+    weights[burst] = _BURST_FACTOR * usual
+    rest = np.setdiff1d(candidates, burst)
+    empty = min(len(rest), int(days * _EMPTY_DAY_SHARE + 0.5))
+    weights[rng.choice(rest, size=empty, replace=False)] = 0.0
+    return weights
+
+
 def ms_to_datetime(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=int(ms))
 
@@ -255,6 +289,7 @@ class SimulatorState:
         self.config = config  # as generated; run-time behaviour lives on the server
         self._seed = config.seed % 2**63  # numpy seed sequences take non-negative entropy
         self._days = config.days
+        self._traffic = config.traffic
         self._base_jobs = config.jobs
         self.projects: tuple[str, ...] = tuple(config.projects)
         self._hosts = [
@@ -380,17 +415,23 @@ class SimulatorState:
         return cols
 
     def _draw_create_times(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """Sorted creation times over ``days`` days ending now: weekly rhythm, growth, daytime peak."""
+        """Sorted creation times over ``days`` days ending now: weekly rhythm, growth, daytime peak
+        (``lumpy`` traffic: burst days, empty days and business-hour peaks on top)."""
         days = self._days
         start_ms = self._now_ms - days * DAY_MS
         day_start = start_ms + np.arange(days, dtype=np.int64) * DAY_MS
         local_midnight = (day_start + _BEIJING_MS) // DAY_MS * DAY_MS - _BEIJING_MS
         weekday = ((day_start + _BEIJING_MS) // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday
-        weights = np.where(weekday >= 5, 0.45, 1.0) * np.exp(np.linspace(0.0, np.log(3.0), days))
-        weights *= rng.lognormal(0.0, 0.15, days)
+        if self._traffic == "lumpy":
+            weights = _lumpy_day_weights(rng, weekday)
+            diurnal = _DIURNAL_BUSINESS
+        else:
+            weights = np.where(weekday >= 5, 0.45, 1.0) * np.exp(np.linspace(0.0, np.log(3.0), days))
+            weights *= rng.lognormal(0.0, 0.15, days)
+            diurnal = _DIURNAL
         counts = rng.multinomial(n, weights / weights.sum())
         day = np.repeat(np.arange(days), counts)
-        hour = rng.choice(24, size=n, p=_DIURNAL / _DIURNAL.sum())
+        hour = rng.choice(24, size=n, p=diurnal / diurnal.sum())
         times = local_midnight[day] + hour * 3_600_000 + rng.integers(0, 3_600_000, size=n)
         times = np.where(times > self._now_ms, times - DAY_MS, times)
         times = np.where(times < start_ms, times + DAY_MS, times)
