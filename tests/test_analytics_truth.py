@@ -12,12 +12,11 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
 from tests import test_models as independent
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import epoch, waits_on
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 from tests.warehouse_fixture import Dataset
 
 
@@ -45,9 +44,9 @@ def truth_dataset(server) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def synced():
-    config = SimulatorConfig(jobs=2500, seed=41, days=40, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server, _tmpdir() as tmp:
+def synced(make_module_simulator):
+    server = make_module_simulator(jobs=2500, seed=41, days=40, projects=PROJECTS, now=SIM_NOW)
+    with _tmpdir() as tmp:
         settings = sim_settings(server, tmp, first_day=(SIM_NOW - timedelta(days=41)).date())
         warehouse = Warehouse(tmp)
         sync(settings, mode="incremental", warehouse=warehouse)

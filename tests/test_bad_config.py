@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.settings import Settings
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW
 from tests.expected import assert_rows_equal, epoch
+from tests.support.simulators import PROJECTS, SIM_NOW
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE = (SIM_NOW - timedelta(days=10)).date().isoformat()
@@ -31,10 +30,8 @@ DATES = ("--since", SINCE, "--until", UNTIL)
 
 
 @pytest.fixture(scope="module")
-def server():
-    config = SimulatorConfig(jobs=300, seed=3, days=10, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as sim:
-        yield sim
+def server(make_module_simulator):
+    return make_module_simulator(jobs=300, seed=3, days=10, projects=PROJECTS, now=SIM_NOW)
 
 
 def env_for(server, data_dir, **changes) -> dict[str, str]:

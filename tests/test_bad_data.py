@@ -23,12 +23,11 @@ import duckdb
 import pytest
 
 from pipelines.contract import PAGE_LIMIT
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.simulator.quirks import QUIRKS, UNKNOWN_STATE, expected, quirk_of
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import assert_rows_equal, epoch
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 15
@@ -37,12 +36,12 @@ UNTIL = SIM_NOW.date()
 
 
 @pytest.fixture(scope="module")
-def synced(tmp_path_factory):
+def synced(tmp_path_factory, make_module_simulator):
     data_dir = tmp_path_factory.mktemp("bad-data")
-    config = SimulatorConfig(jobs=1200, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW, quirks=QUIRKS)
-    with SimulatorServer(config) as server:
-        report = sync(sim_settings(server, data_dir), mode="days", since=SINCE, until=UNTIL)
-        truth = {pid: server.state.truth(pid) for pid in PROJECTS}
+    server = make_module_simulator(jobs=1200, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW, quirks=QUIRKS)
+    report = sync(sim_settings(server, data_dir), mode="days", since=SINCE, until=UNTIL)
+    truth = {pid: server.state.truth(pid) for pid in PROJECTS}
+    server.stop()
     yield data_dir, report, truth
 
 
@@ -143,19 +142,18 @@ def _windows_with_quirk(truth) -> set[tuple[str, date]]:
     return {(pid, epoch(j["create_time"]).date()) for pid, j in _quirked(truth, "count_mismatch")}
 
 
-def test_the_cli_summary_reports_quarantine_and_mismatches(tmp_path):
-    config = SimulatorConfig(jobs=1200, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW, quirks=QUIRKS)
-    with SimulatorServer(config) as server:
-        ak, sk = next(iter(config.credentials.items()))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
-        env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
-                   HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(tmp_path),
-                   VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0")
-        result = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
-        )
-        truth = {pid: server.state.truth(pid) for pid in PROJECTS}
+def test_the_cli_summary_reports_quarantine_and_mismatches(tmp_path, make_simulator):
+    server = make_simulator(jobs=1200, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW, quirks=QUIRKS)
+    ak, sk = next(iter(server.config.credentials.items()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_"))}
+    env.update(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
+               HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(tmp_path),
+               VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    truth = {pid: server.state.truth(pid) for pid in PROJECTS}
     assert result.returncode == 0, result.stderr
     quarantined = sum(len(expected(jobs, QUIRKS)[1]) for jobs in truth.values())
     assert f"quarantined {quarantined}," in result.stdout

@@ -15,10 +15,9 @@ from datetime import timedelta
 import psycopg
 
 from pipelines.settings import ObjectStoreAccess
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 from tests.test_postgres_publish import assert_published_equals
 
 DAYS = 12
@@ -33,22 +32,21 @@ def lake_equals_table(lake, warehouse: Warehouse) -> None:
 
 
 def test_a_sync_three_steps_and_a_reconcile_keep_postgres_and_the_s3_lake_equal(
-        postgres_server, s3_lake, tmp_path):
+        postgres_server, s3_lake, tmp_path, make_simulator):
     database = postgres_server.create_database(f"e2e_{uuid.uuid4().hex[:10]}")
-    config = SimulatorConfig(jobs=1500, seed=41, days=DAYS, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        settings = sim_settings(server, tmp_path, first_day=FIRST).with_(
-            postgres_url=postgres_server.url(dbname=database), lake_uri=s3_lake.uri,
-            object_store=ObjectStoreAccess.from_env(os.environ))  # the s3_lake fixture's AWS_* variables
-        warehouse = Warehouse.for_settings(settings)
-        steps = [dict(mode="days", since=FIRST, until=SIM_NOW.date())]
-        steps += [dict(mode="incremental")] * 3 + [dict(mode="reconcile", since=FIRST, until=SIM_NOW.date())]
-        for n, step in enumerate(steps):
-            if n:
-                server.state.advance(8 * 3600)
-            report = sync(settings, warehouse=warehouse, refresh=True, **step)
-            assert "postgres" in report.phase_seconds  # published in the same unit of work
-            with psycopg.connect(postgres_server.url(dbname=database)) as pg:
-                assert_published_equals(pg, warehouse.serving_path)
-            lake_equals_table(s3_lake, warehouse)
+    server = make_simulator(jobs=1500, seed=41, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    settings = sim_settings(server, tmp_path, first_day=FIRST).with_(
+        postgres_url=postgres_server.url(dbname=database), lake_uri=s3_lake.uri,
+        object_store=ObjectStoreAccess.from_env(os.environ))  # the s3_lake fixture's AWS_* variables
+    warehouse = Warehouse.for_settings(settings)
+    steps = [dict(mode="days", since=FIRST, until=SIM_NOW.date())]
+    steps += [dict(mode="incremental")] * 3 + [dict(mode="reconcile", since=FIRST, until=SIM_NOW.date())]
+    for n, step in enumerate(steps):
+        if n:
+            server.state.advance(8 * 3600)
+        report = sync(settings, warehouse=warehouse, refresh=True, **step)
+        assert "postgres" in report.phase_seconds  # published in the same unit of work
+        with psycopg.connect(postgres_server.url(dbname=database)) as pg:
+            assert_published_equals(pg, warehouse.serving_path)
+        lake_equals_table(s3_lake, warehouse)
     assert not (tmp_path / "lake").exists()  # the lake went to S3 only

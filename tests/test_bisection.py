@@ -167,25 +167,23 @@ def test_a_window_owns_its_midnight_and_leaves_the_next_one_to_its_neighbour():
     # j2 (the next midnight) is neither: the next day's window owns and lists it
 
 
-def test_a_job_on_a_midnight_is_written_once_by_the_day_that_owns_it(tmp_path):
+def test_a_job_on_a_midnight_is_written_once_by_the_day_that_owns_it(tmp_path, make_simulator):
     """Two day windows list a job created exactly at 00:00:00.000; only the later day keeps it.
     Without the owner ranges both would write it (the upsert would hide the copy, the row
     count does not) and the earlier day's reconciliation would look at it too."""
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
     from pipelines.sync import sync
     from pipelines.warehouse import Warehouse
-    from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+    from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
-    config = SimulatorConfig(jobs=400, seed=31, days=6, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        midnight = datetime.combine(SIM_NOW.date() - timedelta(days=3), datetime.min.time(), UTC)
-        job_id = server.state.truth(PROJECTS[0])[5]["job_id"]
-        server.state.move_created(job_id, ms(midnight))
-        since, until = midnight.date() - timedelta(days=2), midnight.date() + timedelta(days=1)
-        report = sync(sim_settings(server, tmp_path), mode="days", since=since, until=until,
-                      warehouse=Warehouse(tmp_path))
-        in_days = [j for pid in PROJECTS for j in server.state.truth(pid)
-                   if since <= _created_day(j["create_time"]) <= until]
+    server = make_simulator(jobs=400, seed=31, days=6, projects=PROJECTS, now=SIM_NOW)
+    midnight = datetime.combine(SIM_NOW.date() - timedelta(days=3), datetime.min.time(), UTC)
+    job_id = server.state.truth(PROJECTS[0])[5]["job_id"]
+    server.state.move_created(job_id, ms(midnight))
+    since, until = midnight.date() - timedelta(days=2), midnight.date() + timedelta(days=1)
+    report = sync(sim_settings(server, tmp_path), mode="days", since=since, until=until,
+                  warehouse=Warehouse(tmp_path))
+    in_days = [j for pid in PROJECTS for j in server.state.truth(pid)
+               if since <= _created_day(j["create_time"]) <= until]
     assert report.quarantined == 0
     assert report.rows_written == len(in_days)  # each job written once, the midnight one too
     stored = Warehouse(tmp_path).jobs_table().to_pylist()

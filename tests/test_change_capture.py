@@ -9,21 +9,18 @@ import duckdb
 import pytest
 
 from pipelines.metastudio.errors import AuthenticationError
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import assert_rows_equal, epoch
 from tests.support.hostile import HostileProxy
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 FIRST_DAY = (SIM_NOW - timedelta(days=31)).date()
 
 
 @pytest.fixture
-def moving_simulator():
-    config = SimulatorConfig(jobs=2500, seed=23, days=30, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        yield server
+def moving_simulator(make_simulator):
+    return make_simulator(jobs=2500, seed=23, days=30, projects=PROJECTS, now=SIM_NOW)
 
 
 def _state_sequences(con, table: str) -> dict[tuple[str, str], list[str]]:
@@ -207,28 +204,27 @@ def test_a_change_capture_failing_midway_leaves_the_warehouse_as_it_was(moving_s
     assert_rows_equal(live, truth, personal_data="raw")
 
 
-def test_hostile_paging_loses_and_duplicates_no_surviving_job(tmp_path):
+def test_hostile_paging_loses_and_duplicates_no_surviving_job(tmp_path, make_simulator):
     """Jobs deleted and (backdated) created inside each window while it is paged."""
-    config = SimulatorConfig(jobs=3000, seed=31, days=20, projects=PROJECTS[:1], now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        settings = sim_settings(server, tmp_path, personal_data="raw")
-        before = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
-        server.configure(hostile_paging=True)
-        since, until = (SIM_NOW - timedelta(days=21)).date(), SIM_NOW.date()
-        sync(settings, mode="days", since=since, until=until)
-        server.configure(hostile_paging=False)
-        after = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
-        assert before - after and after - before  # the switch really deleted and created jobs
+    server = make_simulator(jobs=3000, seed=31, days=20, projects=PROJECTS[:1], now=SIM_NOW)
+    settings = sim_settings(server, tmp_path, personal_data="raw")
+    before = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
+    server.configure(hostile_paging=True)
+    since, until = (SIM_NOW - timedelta(days=21)).date(), SIM_NOW.date()
+    sync(settings, mode="days", since=since, until=until)
+    server.configure(hostile_paging=False)
+    after = {j["job_id"] for j in server.state.truth(PROJECTS[0])}
+    assert before - after and after - before  # the switch really deleted and created jobs
 
-        warehouse = Warehouse(tmp_path)
-        rows = warehouse.jobs_table().to_pylist()
-        keys = [r["job_id"] for r in rows]
-        assert len(keys) == len(set(keys))  # nothing duplicated
-        stored_live = {r["job_id"] for r in rows if r["deleted_at"] is None}
-        # every job that survived the whole run is there (nothing lost)
-        assert (before & after) <= stored_live
-        # a reconciliation pass afterwards makes the warehouse equal to the source exactly
-        sync(settings, mode="reconcile", since=since, until=until)
-        live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist()
-                if r.pop("deleted_at") is None]
-        assert_rows_equal(live, {PROJECTS[0]: server.state.truth(PROJECTS[0])}, personal_data="raw")
+    warehouse = Warehouse(tmp_path)
+    rows = warehouse.jobs_table().to_pylist()
+    keys = [r["job_id"] for r in rows]
+    assert len(keys) == len(set(keys))  # nothing duplicated
+    stored_live = {r["job_id"] for r in rows if r["deleted_at"] is None}
+    # every job that survived the whole run is there (nothing lost)
+    assert (before & after) <= stored_live
+    # a reconciliation pass afterwards makes the warehouse equal to the source exactly
+    sync(settings, mode="reconcile", since=since, until=until)
+    live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist()
+            if r.pop("deleted_at") is None]
+    assert_rows_equal(live, {PROJECTS[0]: server.state.truth(PROJECTS[0])}, personal_data="raw")

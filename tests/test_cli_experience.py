@@ -9,18 +9,18 @@ import pytest
 
 from pipelines import cli
 from pipelines.settings import ENV_VARS
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import SIM_NOW, sim_settings
+from tests.support.simulators import SIM_NOW, sim_settings
 
 
 @pytest.fixture(scope="module")
-def snapshot_dir(tmp_path_factory):
+def snapshot_dir(tmp_path_factory, make_module_simulator):
     root = tmp_path_factory.mktemp("cli")
-    with SimulatorServer(SimulatorConfig(jobs=400, seed=2, days=10, now=SIM_NOW)) as server:
-        sync(sim_settings(server, root), mode="days", since=(SIM_NOW - timedelta(days=10)).date(),
-             until=SIM_NOW.date(), warehouse=Warehouse(root), refresh=True)
+    server = make_module_simulator(jobs=400, seed=2, days=10, now=SIM_NOW)
+    sync(sim_settings(server, root), mode="days", since=(SIM_NOW - timedelta(days=10)).date(),
+         until=SIM_NOW.date(), warehouse=Warehouse(root), refresh=True)
+    server.stop()
     return root
 
 

@@ -593,14 +593,10 @@ SIM_PROJECT = "5b2e9c0d7a6f4e1b8c3d2a1f0e9d8c7b"
 
 
 @pytest.fixture(scope="module")
-def simulator():
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
-
-    config = SimulatorConfig(
+def simulator(make_module_simulator):
+    return make_module_simulator(
         jobs=400, seed=3, days=10, projects=(SIM_PROJECT,), now=datetime(2026, 3, 1, 12, tzinfo=UTC)
     )
-    with SimulatorServer(config) as server:
-        yield server
 
 
 def sim_list(server, auth: httpx.Auth, project: str = SIM_PROJECT, params=None, **kwargs) -> Page:

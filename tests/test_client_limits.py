@@ -36,7 +36,6 @@ from pipelines.metastudio.errors import (
     ResponseTooLargeError,
     RetriesExhaustedError,
 )
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from tests.support.hostile import CHUNK_BYTES, HostileProxy
 
 BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
@@ -503,10 +502,8 @@ SIM_PROJECT = "3c4d5e6f708192a3b4c5d6e7f8091a2b"
 
 
 @pytest.fixture(scope="module")
-def simulator():
-    config = SimulatorConfig(jobs=300, seed=7, days=5, projects=(SIM_PROJECT,), now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        yield server
+def simulator(make_module_simulator):
+    return make_module_simulator(jobs=300, seed=7, days=5, projects=(SIM_PROJECT,), now=SIM_NOW)
 
 
 @pytest.fixture

@@ -40,13 +40,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.expected import assert_rows_equal, comparable, expected_row
 from tests.support.hostile import HostileProxy
 from tests.support.lake import lake_dataset, lake_file, lake_keys
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 20
@@ -62,7 +61,7 @@ CRASH_POINTS = [
     "apply_after_commit",  # committed, lake export not started (partitions stay marked dirty)
     "lake_tmp_written",  # a parquet temp file written, not renamed into place
     "lake_replaced",  # a parquet file in place, its dirty mark not cleared
-    "lake_exported",  # a flush complete, the run not
+    "lake_exported",  # the lake written, the run not recorded as finished
     "watermark_committed",  # the watermark transaction committed
     "run_finished",  # run recorded as succeeded, SQL models not refreshed
     "models_refreshed",  # models rebuilt, serving snapshot not published
@@ -86,18 +85,17 @@ def _content(row: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_module_simulator):
     """A simulator, a committed baseline warehouse, and the simulator moved on afterwards."""
-    config = SimulatorConfig(jobs=500, seed=23, days=DAYS, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        baseline = tmp_path_factory.mktemp("baseline")
-        settings = sim_settings(server, baseline, first_day=FIRST_DAY)
-        sync(settings, mode="incremental", warehouse=Warehouse(baseline))
-        refresh_and_publish(Warehouse(baseline), settings)
-        before = {_key(r): r for r in Warehouse(baseline).jobs_table().to_pylist()}
-        changes = server.state.advance(3 * 86400)
-        assert changes["created"] and changes["transitioned"] and changes["deleted"]
-        yield server, baseline, before
+    server = make_module_simulator(jobs=500, seed=23, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    baseline = tmp_path_factory.mktemp("baseline")
+    settings = sim_settings(server, baseline, first_day=FIRST_DAY)
+    sync(settings, mode="incremental", warehouse=Warehouse(baseline))
+    refresh_and_publish(Warehouse(baseline), settings)
+    before = {_key(r): r for r in Warehouse(baseline).jobs_table().to_pylist()}
+    changes = server.state.advance(3 * 86400)
+    assert changes["created"] and changes["transitioned"] and changes["deleted"]
+    yield server, baseline, before
 
 
 def _env(server, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -294,13 +292,13 @@ def test_sigkill_in_the_recovery_export_from_the_table(world, tmp_path):
     _assert_repaired(server, data_dir)
 
 
-def test_successive_runs_sigkilled_at_seeded_moments(tmp_path):
+def test_successive_runs_sigkilled_at_seeded_moments(tmp_path, make_simulator):
     """Kills at moments the sync does not choose, drawn from a seeded RNG and never timed."""
-    config = SimulatorConfig(jobs=4000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    server = make_simulator(jobs=4000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)
     rng = random.Random(5)
     data_dir = tmp_path / "data"
     days = ("--since", FIRST_DAY.isoformat(), "--until", SIM_NOW.date().isoformat())
-    with SimulatorServer(config) as server, HostileProxy(server.url) as proxy:
+    with HostileProxy(server.url) as proxy:
         truth = _truth_rows(server)
 
         def env(directory: Path, **extra: str) -> dict[str, str]:

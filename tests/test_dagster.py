@@ -24,11 +24,10 @@ from assets.models import SOURCE_ASSET_KEYS, analytics_models, model_asset_key
 from assets.serving import serving_snapshot
 from pipelines.models import load_models
 from pipelines.resources import MetaStudioResource, WarehouseResource
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import SYNC_ONLY_TABLES, Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.expected import assert_rows_equal
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.warehouse_fixture import create_warehouse, insert_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,28 +216,27 @@ def test_a_cli_sync_shows_in_dagster_as_materializations_of_the_same_assets(smal
             assert instance.get_latest_materialization_event(key) is not None, key
 
 
-def test_materialize_the_deletions_asset_marks_what_the_source_deleted(tmp_path):
+def test_materialize_the_deletions_asset_marks_what_the_source_deleted(tmp_path, make_simulator):
     """voice_training_job_deletions pages every creation day up to tomorrow by the real clock: the
     simulator's clock ends at the real one (it starts two days back and advances two days), so
     the days reconciled cover the days the source holds whatever the date is."""
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
-    config = SimulatorConfig(jobs=1500, seed=41, days=20, projects=PROJECTS, now=now)
+    server = make_simulator(jobs=1500, seed=41, days=20, projects=PROJECTS, now=now)
     first_day = (now - timedelta(days=21)).date()
-    with SimulatorServer(config) as server:
-        settings = sim_settings(server, tmp_path, first_day=first_day)
-        sync(settings, mode="days", since=first_day, until=now.date())
-        stored = {(r["project_id"], r["job_id"]) for r in Warehouse(tmp_path).jobs_table(include_deleted=False).to_pylist()}
-        already = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)}
-        changes = server.state.advance(2 * 86400)
-        deleted_since = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)} - already
-        assert changes["deleted"] == len(deleted_since) > 0 and deleted_since <= stored
+    settings = sim_settings(server, tmp_path, first_day=first_day)
+    sync(settings, mode="days", since=first_day, until=now.date())
+    stored = {(r["project_id"], r["job_id"]) for r in Warehouse(tmp_path).jobs_table(include_deleted=False).to_pylist()}
+    already = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)}
+    changes = server.state.advance(2 * 86400)
+    deleted_since = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)} - already
+    assert changes["deleted"] == len(deleted_since) > 0 and deleted_since <= stored
 
-        resources = resources_for(server, tmp_path, first_day=first_day)
-        result = dg.materialize([voice_training_job_deletions], resources=resources,
-                                instance=dg.DagsterInstance.ephemeral())
-        assert result.success
-        [mat] = result.asset_materializations_for_node("voice_training_job_deletions")
-        truth = truth_by_project(server)
+    resources = resources_for(server, tmp_path, first_day=first_day)
+    result = dg.materialize([voice_training_job_deletions], resources=resources,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    [mat] = result.asset_materializations_for_node("voice_training_job_deletions")
+    truth = truth_by_project(server)
 
     table = Warehouse(tmp_path).jobs_table().to_pylist()
     marked = {(r["project_id"], r["job_id"]) for r in table if r["deleted_at"] is not None}

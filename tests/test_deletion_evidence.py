@@ -19,11 +19,10 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines import cli
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse, WarehouseError
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.support.hostile import HostileProxy
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 DAYS = 6
 SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
@@ -31,9 +30,8 @@ UNTIL = SIM_NOW.date()
 
 
 @pytest.fixture
-def server():
-    with SimulatorServer(SimulatorConfig(jobs=600, seed=5, days=DAYS, projects=PROJECTS, now=SIM_NOW)) as sim:
-        yield sim
+def server(make_simulator):
+    return make_simulator(jobs=600, seed=5, days=DAYS, projects=PROJECTS, now=SIM_NOW)
 
 
 def live(warehouse: Warehouse) -> set[tuple[str, str]]:

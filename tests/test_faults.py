@@ -31,13 +31,11 @@ import pytest
 from assets.jobs import voice_training_jobs
 from pipelines.metastudio.errors import RetriesExhaustedError
 from pipelines.resources import MetaStudioResource, WarehouseResource
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.simulator.config import FAULT_KINDS
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.expected import assert_rows_equal, epoch
-from tests.support.simproc import SimulatorProcess
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 45
@@ -59,11 +57,12 @@ CAUSE_OF_FAULT = {
 }
 
 
-def faulty_config(**changes) -> SimulatorConfig:
+def faulty_config(**changes) -> dict:
+    """The faulty source's SimulatorConfig fields, with ``changes``."""
     values = dict(jobs=1200, seed=5, days=DAYS, projects=PROJECTS, now=SIM_NOW,
                   fault_rate=0.1, faults=FAULT_KINDS, latency_ms=5, rate_limit=20, stall_seconds=STALL_SECONDS)
     values.update(changes)
-    return SimulatorConfig(**values)
+    return values
 
 
 def expected_retries(server) -> dict[str, int]:
@@ -79,27 +78,27 @@ def live_rows(data_dir) -> list[dict]:
     return table.drop_columns(["synced_at", "deleted_at"]).to_pylist()
 
 
-def test_a_mix_of_every_fault_is_retried_counted_by_cause_and_loses_nothing(tmp_path):
-    with SimulatorProcess(faulty_config()) as server:
-        settings = sim_settings(server, tmp_path, timeout=TIMEOUT, max_attempts=MAX_ATTEMPTS,
-                                max_retry_seconds=60)
-        report = sync(settings, mode="days", since=SINCE, until=UNTIL)
+def test_a_mix_of_every_fault_is_retried_counted_by_cause_and_loses_nothing(tmp_path, make_simulator):
+    server = make_simulator(own_process=True, **faulty_config())
+    settings = sim_settings(server, tmp_path, timeout=TIMEOUT, max_attempts=MAX_ATTEMPTS,
+                            max_retry_seconds=60)
+    report = sync(settings, mode="days", since=SINCE, until=UNTIL)
 
-        assert_rows_equal(live_rows(tmp_path), truth_by_project(server), personal_data="mask")
-        served = server.stats["faults"]
-        # The mix really was a mix: every kind was served. (The draws follow a seeded sequence, so
-        # which kinds come up does not depend on timing; rate-cap refusals do, and may be none.)
-        assert set(FAULT_KINDS) <= served.keys(), served
-        drawn = report.requests - served.get("rate_limit", 0)  # requests that drew for a fault
-        injected = sum(n for kind, n in served.items() if kind != "rate_limit")
-        assert 0.05 <= injected / drawn <= 0.2
+    assert_rows_equal(live_rows(tmp_path), truth_by_project(server), personal_data="mask")
+    served = server.stats["faults"]
+    # The mix really was a mix: every kind was served. (The draws follow a seeded sequence, so
+    # which kinds come up does not depend on timing; rate-cap refusals do, and may be none.)
+    assert set(FAULT_KINDS) <= served.keys(), served
+    drawn = report.requests - served.get("rate_limit", 0)  # requests that drew for a fault
+    injected = sum(n for kind, n in served.items() if kind != "rate_limit")
+    assert 0.05 <= injected / drawn <= 0.2
 
-        # Each fault cost exactly one retry, under the cause it belongs to; nothing else was retried.
-        assert report.retries == expected_retries(server)
-        assert report.retries_total == report.requests - report.pages
-        # Bounded: never more than the attempt budget per page, far fewer in practice.
-        assert report.retries_total <= (MAX_ATTEMPTS - 1) * report.pages
-        assert report.as_dict()["retries_by_cause"] == report.retries
+    # Each fault cost exactly one retry, under the cause it belongs to; nothing else was retried.
+    assert report.retries == expected_retries(server)
+    assert report.retries_total == report.requests - report.pages
+    # Bounded: never more than the attempt budget per page, far fewer in practice.
+    assert report.retries_total <= (MAX_ATTEMPTS - 1) * report.pages
+    assert report.as_dict()["retries_by_cause"] == report.retries
 
     with duckdb.connect(str(Warehouse(tmp_path).db_path), read_only=True) as con:
         status, retries, requests = con.execute(
@@ -108,17 +107,17 @@ def test_a_mix_of_every_fault_is_retried_counted_by_cause_and_loses_nothing(tmp_
     assert (status, retries, requests) == ("succeeded", report.retries_total, report.requests)
 
 
-def test_the_source_rate_cap_is_waited_out_and_counted(tmp_path):
+def test_the_source_rate_cap_is_waited_out_and_counted(tmp_path, make_simulator):
     """A cap of one request per two seconds, no burst: windows fetched side by side are released
     together after each wait, so all but one are refused every time; each refusal is one retry."""
-    config = faulty_config(jobs=60, days=3, projects=PROJECTS[:1], fault_rate=0.0, latency_ms=0, rate_limit=0.5)
+    server = make_simulator(**faulty_config(jobs=60, days=3, projects=PROJECTS[:1], fault_rate=0.0, latency_ms=0,
+                                           rate_limit=0.5))
     since = UNTIL - timedelta(days=2)
-    with SimulatorServer(config) as server:
-        settings = sim_settings(server, tmp_path, timeout=TIMEOUT, max_attempts=20, max_retry_seconds=120)
-        report = sync(settings, mode="days", since=since, until=UNTIL)
-        served = server.stats["faults"]
-        truth = {pid: [j for j in jobs if since <= epoch(j["create_time"]).date()]
-                 for pid, jobs in truth_by_project(server).items()}
+    settings = sim_settings(server, tmp_path, timeout=TIMEOUT, max_attempts=20, max_retry_seconds=120)
+    report = sync(settings, mode="days", since=since, until=UNTIL)
+    served = server.stats["faults"]
+    truth = {pid: [j for j in jobs if since <= epoch(j["create_time"]).date()]
+             for pid, jobs in truth_by_project(server).items()}
     assert served.keys() == {"rate_limit"} and served["rate_limit"] >= 2, served
     assert report.retries == {"429": served["rate_limit"]}
     assert report.retries_total == report.requests - report.pages
@@ -137,15 +136,15 @@ def _cli_env(server, data_dir, **extra) -> dict[str, str]:
     return env
 
 
-def test_the_cli_summary_reports_retries_by_cause(tmp_path):
-    with SimulatorServer(faulty_config(seed=9)) as server:
-        result = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
-            env=_cli_env(server, tmp_path), cwd=REPO, capture_output=True, text=True, timeout=180,
-        )
-        assert result.returncode == 0, result.stderr
-        expected = expected_retries(server)
-        assert_rows_equal(live_rows(tmp_path), truth_by_project(server), personal_data="mask")
+def test_the_cli_summary_reports_retries_by_cause(tmp_path, make_simulator):
+    server = make_simulator(**faulty_config(seed=9))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "sync", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()],
+        env=_cli_env(server, tmp_path), cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = expected_retries(server)
+    assert_rows_equal(live_rows(tmp_path), truth_by_project(server), personal_data="mask")
 
     line = re.search(r"retries (\d+) \(([^)]*)\)", result.stdout)
     assert line, result.stdout
@@ -159,26 +158,26 @@ def test_the_cli_summary_reports_retries_by_cause(tmp_path):
     assert result.stderr.count("retrying in") == 0
 
 
-def test_dagster_metadata_reports_retries_by_cause(tmp_path):
+def test_dagster_metadata_reports_retries_by_cause(tmp_path, make_simulator):
     # Dagster's resource keeps the default 30 s timeout, so this mix leaves stalls out.
     faults = tuple(k for k in FAULT_KINDS if k != "stall")
-    with SimulatorServer(faulty_config(seed=13, faults=faults, fault_rate=0.15)) as server:
-        config = server.state.config
-        ak, sk = next(iter(config.credentials.items()))
-        resources = {
-            "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk, project_ids=",".join(config.projects),
-                                             safety_lag_seconds=0, max_clock_skew_seconds=0, first_day=SINCE.isoformat()),
-            "warehouse": WarehouseResource(data_dir=str(tmp_path)),
-        }
-        # The partitions of the simulator's days exist as of the day after its clock, whatever today is.
-        with dg.partition_loading_context(effective_dt=SIM_NOW + timedelta(days=1)):
-            result = dg.materialize(
-                [voice_training_jobs], resources=resources, instance=dg.DagsterInstance.ephemeral(),
-                tags={"dagster/asset_partition_range_start": SINCE.isoformat(),
-                      "dagster/asset_partition_range_end": (UNTIL - timedelta(days=1)).isoformat()},
-            )
-        assert result.success
-        expected = expected_retries(server)
+    server = make_simulator(**faulty_config(seed=13, faults=faults, fault_rate=0.15))
+    config = server.state.config
+    ak, sk = next(iter(config.credentials.items()))
+    resources = {
+        "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk, project_ids=",".join(config.projects),
+                                         safety_lag_seconds=0, max_clock_skew_seconds=0, first_day=SINCE.isoformat()),
+        "warehouse": WarehouseResource(data_dir=str(tmp_path)),
+    }
+    # The partitions of the simulator's days exist as of the day after its clock, whatever today is.
+    with dg.partition_loading_context(effective_dt=SIM_NOW + timedelta(days=1)):
+        result = dg.materialize(
+            [voice_training_jobs], resources=resources, instance=dg.DagsterInstance.ephemeral(),
+            tags={"dagster/asset_partition_range_start": SINCE.isoformat(),
+                  "dagster/asset_partition_range_end": (UNTIL - timedelta(days=1)).isoformat()},
+        )
+    assert result.success
+    expected = expected_retries(server)
     # A single-run backfill reports the one sync on every partition it materialized.
     mats = result.asset_materializations_for_node("voice_training_jobs")
     assert len(mats) == DAYS + 1
@@ -188,13 +187,12 @@ def test_dagster_metadata_reports_retries_by_cause(tmp_path):
 
 
 @pytest.mark.parametrize("kind, cause", [("503", "5xx"), ("truncated", "malformed"), ("stall", "timeout")])
-def test_a_fault_that_never_ends_stops_after_the_attempt_budget(tmp_path, kind, cause):
-    config = faulty_config(jobs=50, fault_rate=1.0, faults=(kind,), rate_limit=None)
-    with SimulatorServer(config) as server:
-        settings = sim_settings(server, tmp_path, timeout=0.5, max_attempts=3, max_retry_seconds=30)
-        with pytest.raises(RetriesExhaustedError) as info:
-            sync(settings, mode="days", since=UNTIL, until=UNTIL)
-        assert server.stats["faults"] == {kind: 3}  # exactly the budget, then a clean stop
+def test_a_fault_that_never_ends_stops_after_the_attempt_budget(tmp_path, kind, cause, make_simulator):
+    server = make_simulator(**faulty_config(jobs=50, fault_rate=1.0, faults=(kind,), rate_limit=None))
+    settings = sim_settings(server, tmp_path, timeout=0.5, max_attempts=3, max_retry_seconds=30)
+    with pytest.raises(RetriesExhaustedError) as info:
+        sync(settings, mode="days", since=UNTIL, until=UNTIL)
+    assert server.stats["faults"] == {kind: 3}  # exactly the budget, then a clean stop
     message = str(info.value)
     assert "after 3 attempts" in message and "VOICEJOBS_MAX_ATTEMPTS" in message
     with duckdb.connect(str(Warehouse(tmp_path).db_path), read_only=True) as con:

@@ -13,20 +13,18 @@ from datetime import timedelta
 import duckdb
 import pytest
 
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.expected import assert_rows_equal
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 
 DAYS = 40
 FIRST = (SIM_NOW - timedelta(days=DAYS)).date()
 
 
 @pytest.fixture
-def server():
-    with SimulatorServer(SimulatorConfig(jobs=3000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)) as sim:
-        yield sim
+def server(make_simulator):
+    return make_simulator(jobs=3000, seed=29, days=DAYS, projects=PROJECTS, now=SIM_NOW)
 
 
 def create_windows(warehouse: Warehouse, run_id: str) -> int:

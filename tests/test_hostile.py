@@ -19,11 +19,10 @@ import pytest
 
 from pipelines.metastudio.errors import MetaStudioError, ResponseTooLargeError, RetriesExhaustedError
 from pipelines.screen import MAX_RECORD_BYTES
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import SourceDisagreementError, sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.support.hostile import HostileProxy
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 DAYS = 8
 SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
@@ -32,10 +31,10 @@ STRAY_MS = 253402214400000  # 9999-12-31
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, make_module_simulator):
     """The simulator, the proxy before it, and a warehouse synced honestly through the proxy."""
-    config = SimulatorConfig(jobs=800, seed=17, days=DAYS, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server, HostileProxy(server.url) as proxy:
+    server = make_module_simulator(jobs=800, seed=17, days=DAYS, projects=PROJECTS, now=SIM_NOW)
+    with HostileProxy(server.url) as proxy:
         baseline = tmp_path_factory.mktemp("baseline")
         sync(settings_for(server, proxy, baseline), mode="days", since=SINCE, until=UNTIL,
              warehouse=Warehouse(baseline))

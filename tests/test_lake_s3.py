@@ -27,13 +27,12 @@ from pipelines.metastudio.errors import ConfigurationError
 from pipelines.resources import WarehouseResource, warehouse_from_env
 from pipelines.schema import normalize
 from pipelines.settings import Settings
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import LakeExportError, S3LakeStore, Warehouse, WarehouseError
 from pipelines.warehouse import lakestore as lakestore_module
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.support.lake import lake_file, lake_keys
 from tests.support.s3 import S3Lake
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DAYS = 10
@@ -41,10 +40,8 @@ FIRST_DAY = (SIM_NOW - timedelta(days=DAYS + 1)).date()
 
 
 @pytest.fixture(scope="module")
-def simulator():
-    config = SimulatorConfig(jobs=1500, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        yield server
+def simulator(make_module_simulator):
+    return make_module_simulator(jobs=1500, seed=31, days=DAYS, projects=PROJECTS, now=SIM_NOW)
 
 
 def _sorted(table: pa.Table) -> pa.Table:

@@ -472,12 +472,8 @@ SIM_PROJECT = "5b2e9c0d7a6f4e1b8c3d2a1f0e9d8c7b"
 
 
 @pytest.fixture
-def simulator():
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
-
-    config = SimulatorConfig(jobs=3000, seed=21, days=30, projects=(SIM_PROJECT,), now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        yield server
+def simulator(make_simulator):
+    return make_simulator(jobs=3000, seed=21, days=30, projects=(SIM_PROJECT,), now=SIM_NOW)
 
 
 def sim_client(server, **kwargs) -> MetaStudioClient:

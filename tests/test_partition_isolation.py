@@ -23,9 +23,8 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.schema import normalize
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.warehouse import STORED_JOBS_SCHEMA, LakeExportError, Warehouse, WarehouseError
-from tests.conftest import PROJECTS, SIM_NOW
+from tests.support.simulators import PROJECTS, SIM_NOW
 
 DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -235,46 +234,45 @@ def _last_run(data_dir: Path) -> tuple[str, str]:
         return con.execute("SELECT run_id, status FROM sync_runs ORDER BY started_at DESC LIMIT 1").fetchone()
 
 
-def test_cli_names_the_stuck_partition_and_syncs_other_projects(tmp_path, monkeypatch, capsys):
+def test_cli_names_the_stuck_partition_and_syncs_other_projects(tmp_path, monkeypatch, capsys, make_simulator):
     data_dir = tmp_path / "data"
-    config = SimulatorConfig(jobs=200, seed=5, days=6, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        _cli_env(monkeypatch, server, data_dir, PROJECTS)
-        code, lines = _sync(capsys)
-        assert code == 0, lines
-        wh = Warehouse(data_dir)
-        stuck = min(k for k in table_partitions(wh) if k[0] == PROJECTS[0])
-        path = wh.partition_path(*stuck)
-        block_with_a_directory(path)
+    server = make_simulator(jobs=200, seed=5, days=6, projects=PROJECTS, now=SIM_NOW)
+    _cli_env(monkeypatch, server, data_dir, PROJECTS)
+    code, lines = _sync(capsys)
+    assert code == 0, lines
+    wh = Warehouse(data_dir)
+    stuck = min(k for k in table_partitions(wh) if k[0] == PROJECTS[0])
+    path = wh.partition_path(*stuck)
+    block_with_a_directory(path)
 
-        # The project owning the partition: its data commits, the run fails naming the partition.
-        code, lines = _sync(capsys)
-        assert code == 1
-        assert len(lines) == 1 and lines[0].startswith("voicejobs sync: ")
-        assert str(path) in lines[0] and "Is a directory" in lines[0]
-        assert "free space" not in lines[0]
-        assert dirty(wh) == [stuck]
-        assert_exported_except(wh, {stuck})
+    # The project owning the partition: its data commits, the run fails naming the partition.
+    code, lines = _sync(capsys)
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("voicejobs sync: ")
+    assert str(path) in lines[0] and "Is a directory" in lines[0]
+    assert "free space" not in lines[0]
+    assert dirty(wh) == [stuck]
+    assert_exported_except(wh, {stuck})
 
-        # Another project: synced, committed and exported; the run still fails naming the stuck partition.
-        _cli_env(monkeypatch, server, data_dir, PROJECTS[1:])
-        code, lines = _sync(capsys)
-        assert code == 1
-        assert len(lines) == 1 and str(path) in lines[0] and "free space" not in lines[0]
-        run_id, status = _last_run(data_dir)
-        assert status == "failed"
-        with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
-            windows = con.execute("SELECT DISTINCT project_id FROM sync_windows WHERE run_id = ?", [run_id]).fetchall()
-        assert windows == [(PROJECTS[1],)]  # the run's data was committed
-        assert dirty(wh) == [stuck]
-        assert_exported_except(wh, {stuck})
+    # Another project: synced, committed and exported; the run still fails naming the stuck partition.
+    _cli_env(monkeypatch, server, data_dir, PROJECTS[1:])
+    code, lines = _sync(capsys)
+    assert code == 1
+    assert len(lines) == 1 and str(path) in lines[0] and "free space" not in lines[0]
+    run_id, status = _last_run(data_dir)
+    assert status == "failed"
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        windows = con.execute("SELECT DISTINCT project_id FROM sync_windows WHERE run_id = ?", [run_id]).fetchall()
+    assert windows == [(PROJECTS[1],)]  # the run's data was committed
+    assert dirty(wh) == [stuck]
+    assert_exported_except(wh, {stuck})
 
-        # The obstacle gone, the next sync (of either project) catches the lake up.
-        shutil.rmtree(path)
-        code, lines = _sync(capsys)
-        assert code == 0, lines
-        assert dirty(wh) == []
-        assert_exported_except(wh, set())
-        assert _last_run(data_dir)[1] == "succeeded"
-        lake_rows = sum(pq.read_table(p).num_rows for p in wh.lake_dir.rglob("*.parquet"))
-        assert lake_rows == wh.jobs_table().num_rows
+    # The obstacle gone, the next sync (of either project) catches the lake up.
+    shutil.rmtree(path)
+    code, lines = _sync(capsys)
+    assert code == 0, lines
+    assert dirty(wh) == []
+    assert_exported_except(wh, set())
+    assert _last_run(data_dir)[1] == "succeeded"
+    lake_rows = sum(pq.read_table(p).num_rows for p in wh.lake_dir.rglob("*.parquet"))
+    assert lake_rows == wh.jobs_table().num_rows

@@ -17,20 +17,17 @@ from assets.checks import ASSET_CHECKS
 from assets.jobs import voice_training_jobs
 from assets.serving import postgres_serving
 from pipelines.resources import WarehouseResource
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 from tests.test_dagster import resources_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def simulator():
-    config = SimulatorConfig(jobs=2000, seed=5, days=60, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        yield server
+def simulator(make_module_simulator):
+    return make_module_simulator(jobs=2000, seed=5, days=60, projects=PROJECTS, now=SIM_NOW)
 
 
 @pytest.fixture(scope="module")

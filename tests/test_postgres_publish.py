@@ -21,11 +21,10 @@ from pipelines import cli
 from pipelines.publish import PublishError, publish
 from pipelines.publish.snapshot import LAYOUTS, PG_TYPES
 from pipelines.settings import Settings
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
 from pipelines.warehouse import SERVING_FILE, Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
 from tests.support.postgres import free_port
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 FIRST = (SIM_NOW - timedelta(days=61)).date()
 
@@ -34,19 +33,19 @@ FIRST = (SIM_NOW - timedelta(days=61)).date()
 
 
 @pytest.fixture(scope="module")
-def states(tmp_path_factory):
+def states(tmp_path_factory, make_module_simulator):
     """Two serving snapshots of one source: ``old`` after a backfill, ``new`` after the source
     moved on for a day (jobs created, moved through their states and deleted) and a change capture."""
     root = tmp_path_factory.mktemp("states")
-    config = SimulatorConfig(jobs=3000, seed=11, days=60, projects=PROJECTS, now=SIM_NOW)
-    with SimulatorServer(config) as server:
-        old = root / "old"
-        sync(sim_settings(server, old), mode="incremental", warehouse=Warehouse(old), refresh=True)
-        new = root / "new"
-        shutil.copytree(old, new)
-        moved = server.state.advance(24 * 3600)
-        assert moved["created"] and moved["transitioned"] and moved["deleted"]
-        sync(sim_settings(server, new), mode="incremental", warehouse=Warehouse(new), refresh=True)
+    server = make_module_simulator(jobs=3000, seed=11, days=60, projects=PROJECTS, now=SIM_NOW)
+    old = root / "old"
+    sync(sim_settings(server, old), mode="incremental", warehouse=Warehouse(old), refresh=True)
+    new = root / "new"
+    shutil.copytree(old, new)
+    moved = server.state.advance(24 * 3600)
+    assert moved["created"] and moved["transitioned"] and moved["deleted"]
+    sync(sim_settings(server, new), mode="incremental", warehouse=Warehouse(new), refresh=True)
+    server.stop()
     snapshots = {"old": old / SERVING_FILE, "new": new / SERVING_FILE}
     with duckdb.connect() as con:
         con.execute(f"ATTACH '{snapshots['old']}' AS o (READ_ONLY)")

@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import SIM_NOW, sim_settings
+from tests.support.simulators import SIM_NOW, sim_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -44,17 +44,16 @@ def argv(line: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_dir(tmp_path_factory, make_module_simulator):
     """A directory laid out as after `voicejobs demo`: ./demo-data holds the warehouse."""
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
-
     root = tmp_path_factory.mktemp("readme")
-    with SimulatorServer(SimulatorConfig(jobs=1500, seed=3, days=30, now=SIM_NOW)) as server:
-        settings = sim_settings(server, root / "demo-data")
-        warehouse = Warehouse(root / "demo-data")
-        sync(settings, mode="days", since=(SIM_NOW - timedelta(days=31)).date(), until=SIM_NOW.date(),
-             warehouse=warehouse)
-        refresh_and_publish(warehouse, settings)
+    server = make_module_simulator(jobs=1500, seed=3, days=30, now=SIM_NOW)
+    settings = sim_settings(server, root / "demo-data")
+    warehouse = Warehouse(root / "demo-data")
+    sync(settings, mode="days", since=(SIM_NOW - timedelta(days=31)).date(), until=SIM_NOW.date(),
+         warehouse=warehouse)
+    refresh_and_publish(warehouse, settings)
+    server.stop()
     return root
 
 

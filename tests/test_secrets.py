@@ -39,9 +39,8 @@ from dagster._serdes import serialize_value
 from assets.jobs import voice_training_jobs
 from pipelines.metastudio.errors import AuthenticationError
 from pipelines.resources import MetaStudioResource, WarehouseResource
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.sync import sync
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent
 AK = "AKLEAKCANARY7Q2W9E"
@@ -57,16 +56,14 @@ UNTIL = SIM_NOW.date()
 
 
 @pytest.fixture(scope="module")
-def server():
-    config = SimulatorConfig(
+def server(make_module_simulator):
+    return make_module_simulator(
         jobs=400, seed=17, days=8, projects=PROJECTS, now=SIM_NOW,
         credentials={AK: SK}, tokens=frozenset({IAM_TOKEN}),
         temporary_credentials={TEMP_AK: (TEMP_SK, SECURITY_TOKEN)},
         # a few retries, so that retry logging is exercised as well
         fault_rate=0.1, faults=("500", "502", "truncated"),
     )
-    with SimulatorServer(config) as sim:
-        yield sim
 
 
 def _base64_forms(data: bytes) -> set[bytes]:

@@ -18,7 +18,7 @@ import duckdb
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import SIM_NOW, sim_settings
+from tests.support.simulators import SIM_NOW, sim_settings
 
 # One row per look: three numbers that agree only in a consistent snapshot.
 READER = textwrap.dedent("""

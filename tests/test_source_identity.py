@@ -15,10 +15,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.simulator import SimulatorConfig, SimulatorServer
 from pipelines.source import SIMULATOR_ORIGIN, SourceIdentity, identity_of
 from pipelines.warehouse import Warehouse
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE = (SIM_NOW - timedelta(days=5)).date().isoformat()
@@ -26,14 +25,13 @@ UNTIL = SIM_NOW.date().isoformat()
 DATES = ("--since", SINCE, "--until", UNTIL)
 
 
-def _config(seed: int) -> SimulatorConfig:
-    return SimulatorConfig(jobs=200, seed=seed, days=5, projects=PROJECTS, now=SIM_NOW)
+def _config(seed: int) -> dict:
+    return dict(jobs=200, seed=seed, days=5, projects=PROJECTS, now=SIM_NOW)
 
 
 @pytest.fixture(scope="module")
-def servers():
-    with SimulatorServer(_config(3)) as first, SimulatorServer(_config(4)) as second:
-        yield first, second
+def servers(make_module_simulator):
+    return make_module_simulator(**_config(3)), make_module_simulator(**_config(4))
 
 
 def clean_env(**values: str) -> dict[str, str]:

@@ -9,8 +9,8 @@ import pyarrow.dataset as ds
 
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.conftest import SIM_NOW, sim_settings, truth_by_project
 from tests.expected import assert_rows_equal
+from tests.support.simulators import SIM_NOW, sim_settings, truth_by_project
 
 SINCE = (SIM_NOW - timedelta(days=61)).date()
 UNTIL = SIM_NOW.date()

@@ -5,7 +5,8 @@ unchanged: method, path, query and every header, ``Host`` included as the client
 so AK/SK signatures (which cover ``host``) still verify upstream. On the way back it can
 be told to misbehave::
 
-    with SimulatorServer(config) as sim, HostileProxy(sim.url) as proxy:
+    sim = make_simulator(**config)              # tests/support/simulators.py
+    with HostileProxy(sim.url) as proxy:
         proxy.drip_seconds = 0.5          # any mode, any time, from any thread
         client = MetaStudioClient(proxy.url, auth, ...)
         ...

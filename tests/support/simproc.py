@@ -3,13 +3,14 @@
 An in-process ``SimulatorServer`` shares the interpreter lock with the sync it serves: on a
 busy machine an answer can then wait behind the sync's own Python work long enough to look
 like a timeout, a retry the test did not inject. In its own process the simulator answers as
-a real source does, independently of the client::
+a real source does, independently of the client. Tests start one through the simulator
+factory (:mod:`tests.support.simulators`)::
 
-    with SimulatorProcess(config) as sim:
-        settings = sim_settings(sim, data_dir)      # sim.url, sim.state.config as on SimulatorServer
-        ...
-        sim.stats["faults"]                          # read over the admin API
-        sim.state.truth(project_id)
+    sim = make_simulator(own_process=True, **config)
+    settings = sim_settings(sim, data_dir)      # sim.url, sim.state.config as on SimulatorServer
+    ...
+    sim.stats["faults"]                          # read over the admin API
+    sim.state.truth(project_id)
 
 Only what the tests read is offered: ``url``, ``state.config``, ``state.truth()``, ``stats``
 and ``configure()`` (admin calls over HTTP, with the child's admin token).
