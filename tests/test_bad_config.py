@@ -20,7 +20,7 @@ import pytest
 
 from pipelines.settings import Settings
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal, epoch
+from tests.support.expected import assert_rows_equal, epoch
 from tests.support.simulators import PROJECTS, SIM_NOW
 
 REPO = Path(__file__).resolve().parent.parent

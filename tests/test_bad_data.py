@@ -26,7 +26,7 @@ from pipelines.contract import PAGE_LIMIT
 from pipelines.simulator.quirks import QUIRKS, UNKNOWN_STATE, expected, quirk_of
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal, epoch
+from tests.support.expected import assert_rows_equal, epoch
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 REPO = Path(__file__).resolve().parent.parent

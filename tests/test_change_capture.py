@@ -11,7 +11,7 @@ import pytest
 from pipelines.metastudio.errors import AuthenticationError
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal, epoch
+from tests.support.expected import assert_rows_equal, epoch
 from tests.support.hostile import HostileProxy
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 

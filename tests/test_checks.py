@@ -19,8 +19,8 @@ from assets.checks import (
     check_window_reconciliation,
 )
 from assets.models import build_analytics_assets
+from tests.support.warehouse_fixture import create_warehouse, insert_rows, sample_dataset
 from tests.test_models import StandInWarehouseResource
-from tests.warehouse_fixture import create_warehouse, insert_rows, sample_dataset
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 ALL_CHECKS = {**INTEGRITY_CHECKS, **MONITORING_CHECKS}

@@ -42,7 +42,7 @@ import pytest
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal, comparable, expected_row
+from tests.support.expected import assert_rows_equal, comparable, expected_row
 from tests.support.hostile import HostileProxy
 from tests.support.lake import lake_dataset, lake_file, lake_keys
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings

@@ -26,9 +26,9 @@ from pipelines.models import load_models
 from pipelines.resources import MetaStudioResource, WarehouseResource
 from pipelines.sync import sync
 from pipelines.warehouse import SYNC_ONLY_TABLES, Warehouse
-from tests.expected import assert_rows_equal
+from tests.support.expected import assert_rows_equal
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
-from tests.warehouse_fixture import create_warehouse, insert_rows
+from tests.support.warehouse_fixture import create_warehouse, insert_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Dagster's "now" for partitions of the simulator's days: the day after SIM_NOW, so the
@@ -146,7 +146,7 @@ def test_change_capture_asset_records_watermarks(small_simulator, tmp_path):
 
 
 def _day(value):
-    from tests.expected import epoch
+    from tests.support.expected import epoch
 
     return epoch(value).date()
 

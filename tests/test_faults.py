@@ -34,7 +34,7 @@ from pipelines.resources import MetaStudioResource, WarehouseResource
 from pipelines.simulator.config import FAULT_KINDS
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal, epoch
+from tests.support.expected import assert_rows_equal, epoch
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal
+from tests.support.expected import assert_rows_equal
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 
 DAYS = 40

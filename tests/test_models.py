@@ -23,8 +23,8 @@ from pipelines.models import (
     load_models,
     refresh_models,
 )
-from tests.expected import waits_on
-from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
+from tests.support.expected import waits_on
+from tests.support.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
 
 TERMINAL = ("SUCCEED", "FAILED")
 

@@ -22,7 +22,7 @@ from pipelines.cli import main
 from pipelines.models import refresh_models
 from pipelines.query import run_query
 from pipelines.warehouse import Warehouse
-from tests.warehouse_fixture import sample_dataset
+from tests.support.warehouse_fixture import sample_dataset
 
 REFUSED = "analyst SQL may not do"
 SECRET = "TOPSECRET-not-for-analysts"

@@ -19,8 +19,8 @@ import pytest
 from pipelines.models import refresh_models
 from pipelines.query import format_rows, run_query
 from pipelines.report import Bar, ReportError, bar_chart, duration, durations, line_chart, write_report
-from tests.expected import waits_on
-from tests.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
+from tests.support.expected import waits_on
+from tests.support.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.expected import assert_rows_equal
+from tests.support.expected import assert_rows_equal
 from tests.support.simulators import SIM_NOW, sim_settings, truth_by_project
 
 SINCE = (SIM_NOW - timedelta(days=61)).date()
@@ -82,6 +82,6 @@ def test_one_day_sync_writes_exactly_that_day(small_simulator, tmp_path):
 
 
 def _day(epoch_value):
-    from tests.expected import epoch
+    from tests.support.expected import epoch
 
     return epoch(epoch_value).date()

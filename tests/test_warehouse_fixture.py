@@ -1,4 +1,4 @@
-"""The analytics tests' warehouse (tests/warehouse_fixture.py) is the product's schema, not a copy of it.
+"""The analytics tests' warehouse (tests/support/warehouse_fixture.py) is the product's schema, not a copy of it.
 
 A hand-written copy drifted once: its sync_runs lacked columns and its transitions view broke
 ties between versions differently. These tests compare the fixture's catalog with the one
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from pipelines.warehouse import Warehouse
-from tests.warehouse_fixture import LEFT_OUT_TABLES, create_warehouse, insert_rows
+from tests.support.warehouse_fixture import LEFT_OUT_TABLES, create_warehouse, insert_rows
 
 CATALOG = {
     "columns": "SELECT schema_name, table_name, column_index, column_name, data_type, is_nullable"
