@@ -37,7 +37,7 @@ from pipelines.warehouse import Warehouse
 from tests.support.expected import assert_rows_equal, epoch
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAYS = 45
 SINCE = (SIM_NOW - timedelta(days=DAYS + 1)).date()
 UNTIL = SIM_NOW.date()

@@ -16,7 +16,7 @@ from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
 from tests.support.simulators import SIM_NOW, sim_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent
 

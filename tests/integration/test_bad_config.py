@@ -23,7 +23,7 @@ from pipelines.warehouse import Warehouse
 from tests.support.expected import assert_rows_equal, epoch
 from tests.support.simulators import PROJECTS, SIM_NOW
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SINCE = (SIM_NOW - timedelta(days=10)).date().isoformat()
 UNTIL = SIM_NOW.date().isoformat()
 DATES = ("--since", SINCE, "--until", UNTIL)

@@ -14,10 +14,10 @@ import pytest
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
-from tests import test_models as independent
 from tests.support.expected import epoch, waits_on
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 from tests.support.warehouse_fixture import Dataset
+from tests.unit import test_models as independent
 
 
 def truth_dataset(server) -> Dataset:

@@ -17,8 +17,8 @@ import psycopg
 from pipelines.settings import ObjectStoreAccess
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
+from tests.integration.test_postgres_publish import assert_published_equals
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
-from tests.test_postgres_publish import assert_published_equals
 
 DAYS = 12
 FIRST = (SIM_NOW - timedelta(days=DAYS)).date()

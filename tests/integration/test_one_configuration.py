@@ -20,7 +20,7 @@ from pipelines.metastudio.errors import ConfigurationError
 from pipelines.resources import MetaStudioResource, metastudio_from_env
 from pipelines.settings import ENV_VARS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # variable -> (a valid value, an invalid value)
 VALUES: dict[str, tuple[str, str]] = {

@@ -30,7 +30,7 @@ from tests.support.expected import assert_rows_equal
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.support.warehouse_fixture import create_warehouse, insert_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Dagster's "now" for partitions of the simulator's days: the day after SIM_NOW, so the
 #: partition of SIM_NOW's own day is the newest and exists whatever the real date is.
 PARTITIONS_AS_OF = SIM_NOW + timedelta(days=1)

@@ -34,7 +34,7 @@ from tests.support.lake import lake_file, lake_keys
 from tests.support.s3 import S3Lake
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAYS = 10
 FIRST_DAY = (SIM_NOW - timedelta(days=DAYS + 1)).date()
 
@@ -210,7 +210,7 @@ KILLED_UPLOAD = textwrap.dedent("""
 
     from pipelines.settings import Settings
     from pipelines.warehouse import Warehouse, lakestore
-    from tests.test_lake_s3 import _batch
+    from tests.integration.test_lake_s3 import _batch
 
     lakestore.SINGLE_PUT_BYTES = int(sys.argv[2])
     wh = Warehouse.for_settings(Settings.from_env(data_dir=Path(sys.argv[1])))

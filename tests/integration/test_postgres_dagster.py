@@ -19,10 +19,10 @@ from assets.serving import postgres_serving
 from pipelines.resources import WarehouseResource
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
+from tests.integration.test_dagster import resources_for
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
-from tests.test_dagster import resources_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from assets.checks import (
 )
 from assets.models import build_analytics_assets
 from tests.support.warehouse_fixture import create_warehouse, insert_rows, sample_dataset
-from tests.test_models import StandInWarehouseResource
+from tests.unit.test_models import StandInWarehouseResource
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 ALL_CHECKS = {**INTEGRITY_CHECKS, **MONITORING_CHECKS}

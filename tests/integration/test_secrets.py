@@ -42,7 +42,7 @@ from pipelines.resources import MetaStudioResource, WarehouseResource
 from pipelines.sync import sync
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AK = "AKLEAKCANARY7Q2W9E"
 SK = "sk-leak-canary-5f3a9d1e"
 TEMP_AK = "TEMPAKCANARY4R8T6Y"

@@ -19,7 +19,7 @@ from pipelines.source import SIMULATOR_ORIGIN, SourceIdentity, identity_of
 from pipelines.warehouse import Warehouse
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SINCE = (SIM_NOW - timedelta(days=5)).date().isoformat()
 UNTIL = SIM_NOW.date().isoformat()
 DATES = ("--since", SINCE, "--until", UNTIL)
