@@ -1,55 +1,99 @@
-"""The benchmark script end to end at its smallest size: every scenario runs, prints and is saved.
+"""The benchmark script end to end at its smallest size: every scenario runs, prints and is saved,
+and every target is printed next to its measured figure with a target and a met column.
 
-No timing is asserted (the machine is shared); only that the suite works and reports every
-figure, so it cannot rot between the runs that matter.
+No timing is asserted (the machine is shared, and the targets are for 1,000,000 jobs); only that
+the suite works and reports every figure, so it cannot rot between the runs that matter.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("baseline", "full", "rate-cap", "incremental", "models")
+SCENARIOS = ("baseline", "sync", "sync+refresh", "dlt", "rate-cap", "incremental", "models", "one-day-cli",
+             "demo-cli")
 
 
-def test_smallest_benchmark_run_prints_every_column_and_writes_json(tmp_path):
+def _table(lines: list[str], header_start: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the rows (cells split on runs of two or more spaces) of a printed table."""
+    at = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[at + 2:]:
+        if not line.strip():
+            break
+        rows.append(re.split(r"\s{2,}", line.strip()))
+    return re.split(r"\s{2,}", lines[at].strip()), rows
+
+
+def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--sizes", "600", "--days", "6",
-         "--out", str(tmp_path)],
+         "--day-runs", "1", "--demo-runs", "1", "--out", str(tmp_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    from benchmarks.run import COLUMNS
+    from benchmarks.run import COLUMNS, TARGET_COLUMNS, TARGETS
 
     lines = proc.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("scenario "))
-    assert header.split() == list(COLUMNS)
-    table = lines[lines.index(header) + 2:]
+    header, table = _table(lines, "scenario ")
+    assert header == list(COLUMNS)
     for scenario in SCENARIOS:
-        assert any(line.startswith(scenario + " ") for line in table), f"no {scenario} row in:\n{proc.stdout}"
+        assert any(row[0] == scenario for row in table), f"no {scenario} row in:\n{proc.stdout}"
+
+    # Every target, next to what was measured, with its target and whether it was met.
+    header, targets = _table(lines, "figure ")
+    assert header == list(TARGET_COLUMNS)
+    by_figure = {row[0]: row for row in targets}
+    for key, figure in TARGETS.items():
+        assert figure in by_figure, f"no target row {figure!r} in:\n{proc.stdout}"
+        row = by_figure[figure]
+        assert row[3].startswith(("<=", ">=")), row
+        # One history size cannot show whether the peak grows with history; the rest are measured.
+        assert row[4] in (("yes", "no", "n/a") if key == "rss-flat" else ("yes", "no")), row
 
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["columns"] == list(COLUMNS)
+    assert {t["key"] for t in saved["targets"]} == set(TARGETS)
+    for t in saved["targets"]:
+        assert t["target"] and t["met"] in ("yes", "no", "n/a"), t
+    markdown = files[0].with_suffix(".md").read_text()
+    assert "| figure | jobs | measured | target | met | how |" in markdown
+    assert all(figure.replace("|", "\\|") in markdown for figure in TARGETS.values())
+
     results = saved["results"]
     assert [r["scenario"] for r in results] == [
-        "baseline", "full", "baseline", "full", "rate-cap", "incremental", "models"]
+        "baseline", "sync", "sync+refresh", "dlt", "baseline", "sync", "sync+refresh", "rate-cap",
+        "incremental", "models", "one-day-cli", "demo-cli"]
     by_name = {r["scenario"]: r for r in results}
     # The syncs read what the baseline read: the simulator's whole history.
-    assert by_name["full"]["jobs"] == by_name["baseline"]["jobs"] > 0
+    assert by_name["sync+refresh"]["jobs"] == by_name["sync"]["jobs"] == by_name["baseline"]["jobs"] > 0
     assert by_name["rate-cap"]["jobs"] == by_name["baseline"]["jobs"]
     assert by_name["models"]["jobs"] >= 600 * 0.9  # the warehouse the syncs built
     assert by_name["models"]["details"]["models"] > 0
-    for r in results:
-        for key in ("seconds", "jobs_per_s", "requests", "retries", "peak_rss_mb"):
+    dlt = by_name["dlt"]
+    if dlt["jobs"] is None:  # dlt comes with the optional group bench, which CI does not install
+        assert "dlt" in dlt["note"] and "unavailable" in dlt["details"]
+    else:
+        assert dlt["jobs"] == by_name["baseline"]["jobs"] == dlt["details"]["rows"]
+        assert dlt["vs_baseline"] > 0 and dlt["peak_rss_mb"] > 0
+    measured = [r for r in results if r["jobs"] is not None]
+    for r in measured:
+        for key in ("seconds", "jobs_per_s", "peak_rss_mb"):
             assert isinstance(r[key], int | float) and r[key] >= 0, (r["scenario"], key)
         assert r["peak_rss_mb"] > 0
-    full = [r for r in results if r["scenario"] == "full"]
-    assert all(r["vs_baseline"] is not None and r["vs_baseline"] > 0 for r in full)
+    for r in results:
+        if r["scenario"] in ("sync", "sync+refresh"):
+            assert r["vs_baseline"] is not None and r["vs_baseline"] > 0
     assert by_name["rate-cap"]["details"]["floor_seconds"] > 0
-    assert 0 < by_name["incremental"]["details"]["share_of_full"]
+    inc = by_name["incremental"]["details"]
+    assert 0 < inc["share_of_full"] and inc["request_bound"] > inc["creation_days"] > 0
+    day = by_name["one-day-cli"]
+    assert day["details"]["beyond_requests_seconds"] > 0 and day["requests"] > 0
+    assert by_name["demo-cli"]["jobs"] > 0 and by_name["demo-cli"]["seconds"] > 0
