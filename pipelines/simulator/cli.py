@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "read the simulated data with the published credentials below",
     )
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free port)")
+    _add_history_arguments(parser)
+    _add_behaviour_arguments(parser)
+    return parser
+
+
+def _add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is generated at start: how many jobs, from which seed, over which days."""
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs generated at start (default 20000)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated history (default 7)")
     parser.add_argument(
@@ -119,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="simulated now, ISO 8601 with zone, e.g. 2026-01-01T00:00:00Z (default: the real time)",
     )
+
+
+def _add_behaviour_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the API behaves (latency, faults, rate limit, hostile paging: all changeable at run time
+    through /_sim/config) and whether every job is serialized before listening."""
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="delay added to every API request, in ms (default 0)"
     )
@@ -150,7 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warm", action="store_true", help="serialize every job before listening (benchmarks)"
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,54 +25,58 @@ source's notion of now.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import math
 import random
 import re
 import secrets
-import socket
-import sys
 import threading
 import time
-from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl
 
 import httpx
 import orjson
 
-from pipelines.metastudio import auth
-
+from .access import Reject, authenticate, error_body
+from .admin import ADMIN_TOKEN_HEADER, READ_ONLY_METHODS, admin_answer
 from .config import SimulatorConfig
-from .params import ParamError, parse_list_params
+from .loopback import LoopbackHTTPServer
+from .params import ListParams, ParamError, parse_list_params
 from .quirks import corrupt_page
 from .state import SimulatorState
 
+__all__ = ["ADMIN_TOKEN_HEADER", "JSON_TYPE", "LoopbackHTTPServer", "SimulatorServer"]
+
 JSON_TYPE = "application/json;charset=UTF-8"
-#: Header that carries :attr:`SimulatorServer.admin_token` on admin calls that change state.
-ADMIN_TOKEN_HEADER = "X-Sim-Admin-Token"
-_READ_ONLY_METHODS = ("GET", "HEAD")
 _JOBS_PATH = re.compile(r"^/v1/([^/]+)/voice-training-manage/user/jobs/?$")
-_MAX_SKEW_SECONDS = 15 * 60
-_RUNTIME_FIELDS = ("latency_ms", "fault_rate", "faults", "rate_limit", "stall_seconds", "hostile_paging", "quirks")
+_RUNTIME_FIELDS = (
+    "latency_ms",
+    "fault_rate",
+    "faults",
+    "rate_limit",
+    "stall_seconds",
+    "hostile_paging",
+    "quirks",
+)
+_THROTTLED = error_body("APIGW.0308", "The throttling threshold has been reached.")
 _BAD_GATEWAY_HTML = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>API Gateway</center>\r\n"
     b"</body>\r\n</html>\r\n"
 )
-
-
-class _Reject(Exception):
-    """An error answer: status, error_code, error_msg."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error_code": code, "error_msg": message})
+#: The answer each fault kind that replaces the page gets: status, body, content type, headers.
+_FAULT_ANSWERS: dict[str, tuple[int, bytes, str, dict[str, str]]] = {
+    "429": (429, _THROTTLED, JSON_TYPE, {"Retry-After": "1"}),
+    "500": (500, error_body("MSS.00000002", "Internal server error, please try again later."), JSON_TYPE, {}),
+    "502": (502, _BAD_GATEWAY_HTML, "text/html", {}),
+    "503": (
+        503,
+        error_body("APIGW.0203", "Backend service unavailable, please try again later."),
+        JSON_TYPE,
+        {},
+    ),
+}
 
 
 class _TokenBucket:
@@ -95,48 +99,6 @@ class _TokenBucket:
                 self.tokens -= 1.0
                 return 0.0
             return (1.0 - self.tokens) / self.rate
-
-
-class LoopbackHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server on IPv4 or IPv6 that can close its keep-alive connections on stop,
-    and treats clients hanging up mid-answer as normal (stalls and faults provoke it).
-
-    The simulator serves on it; test servers that stand in front of the simulator do too."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request, client_address):  # type: ignore[override]
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):  # type: ignore[override]
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_open_connections(self) -> None:
-        """Keep-alive connections would otherwise outlive the server."""
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _HTTPServer(LoopbackHTTPServer):
@@ -207,218 +169,78 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path, _, query = self.path.partition("?")
         if path.startswith("/_sim/"):
-            self._admin(path, query, body)
+            status, answer = admin_answer(
+                simulator,
+                self.client_address[0],
+                self.command,
+                path,
+                query,
+                self.headers.get_content_type(),
+                self.headers,
+                body,
+            )
+            self._send(status, answer, count=False)
             return
         config = simulator.config
         if config.latency_ms:
             time.sleep(config.latency_ms / 1000)
-        match = _JOBS_PATH.match(path)
         try:
-            if not match:
-                raise _Reject(404, "APIGW.0101", "The API does not exist or has not been published.")
-            if self.command != "GET":
-                raise _Reject(405, "APIGW.0101", f"Method {self.command} is not allowed on this API.")
-            wait = simulator._throttle()
-            if wait:
-                simulator._count_fault("rate_limit")
-                self._send(
-                    429,
-                    _error_body("APIGW.0308", "The throttling threshold has been reached."),
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                )
-                return
-            project_id = match.group(1)
-            self._authenticate(simulator, path, query, body, project_id)
-            if not simulator.state.has_project(project_id):
-                raise _Reject(
-                    403,
-                    "MSS.00000003",
-                    f"Project {project_id} does not exist or you have no permission on it.",
-                )
-            params = parse_list_params(parse_qsl(query, keep_blank_values=True))
-        except _Reject as reject:
-            self._send(reject.status, _error_body(reject.code, reject.message))
+            admitted = self._admit(simulator, path, query, body)
+        except Reject as reject:
+            self._send(reject.status, error_body(reject.code, reject.message))
             return
         except ParamError as exc:
-            self._send(400, _error_body("MSS.00000001", f"Invalid parameter: {exc}"))
+            self._send(400, error_body("MSS.00000001", f"Invalid parameter: {exc}"))
             return
+        if admitted is not None:
+            self._list(simulator, config, *admitted)
+
+    def _admit(
+        self, simulator: SimulatorServer, path: str, query: str, body: bytes
+    ) -> tuple[str, ListParams] | None:
+        """(project id, parameters) of a list request that may be served, or None when the rate
+        limit refused it (answered here); raises Reject or ParamError for the caller to answer."""
+        match = _JOBS_PATH.match(path)
+        if not match:
+            raise Reject(404, "APIGW.0101", "The API does not exist or has not been published.")
+        if self.command != "GET":
+            raise Reject(405, "APIGW.0101", f"Method {self.command} is not allowed on this API.")
+        wait = simulator._throttle()
+        if wait:
+            simulator._count_fault("rate_limit")
+            self._send(429, _THROTTLED, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            return None
+        project_id = match.group(1)
+        authenticate(simulator.config, self.command, path, query, self.headers, body, project_id)
+        if not simulator.state.has_project(project_id):
+            raise Reject(
+                403,
+                "MSS.00000003",
+                f"Project {project_id} does not exist or you have no permission on it.",
+            )
+        return project_id, parse_list_params(parse_qsl(query, keep_blank_values=True))
+
+    def _list(
+        self, simulator: SimulatorServer, config: SimulatorConfig, project_id: str, params: ListParams
+    ) -> None:
+        """Answer an admitted list request: a drawn fault, or the page (hostile, corrupted or cut
+        short as configured)."""
         app_user = self.headers.get("X-App-UserId") or None
         fault = simulator._draw_fault()
-        if fault == "429":
-            self._send(
-                429,
-                _error_body("APIGW.0308", "The throttling threshold has been reached."),
-                headers={"Retry-After": "1"},
-            )
-            return
-        if fault == "500":
-            self._send(500, _error_body("MSS.00000002", "Internal server error, please try again later."))
-            return
-        if fault == "502":
-            self._send(502, _BAD_GATEWAY_HTML, "text/html")
-            return
-        if fault == "503":
-            self._send(503, _error_body("APIGW.0203", "Backend service unavailable, please try again later."))
+        if fault in _FAULT_ANSWERS:
+            status, answer, content_type, headers = _FAULT_ANSWERS[fault]
+            self._send(status, answer, content_type, headers)
             return
         if fault == "stall":
             time.sleep(config.stall_seconds)
         if config.hostile_paging and (params.offset > 0 or params.windowed):
-            simulator.state.hostile_mutation(match.group(1), params, app_user)
-        page = simulator.state.list_page(match.group(1), params, app_user)
+            simulator.state.hostile_mutation(project_id, params, app_user)
+        page = simulator.state.list_page(project_id, params, app_user)
         if config.quirks:
             page = corrupt_page(page, config.quirks)
         if fault == "truncated":
             page = page[: max(1, len(page) // 2)]
         self._send(200, page)
-
-    # ------------------------------------------------------------------- auth
-    def _authenticate(
-        self, simulator: SimulatorServer, path: str, query: str, body: bytes, project_id: str
-    ) -> None:
-        config = simulator.config
-        token = self.headers.get("X-Auth-Token")
-        if token is not None:
-            if token in config.expired_tokens:
-                raise _Reject(401, "APIGW.0307", "The token has expired. Obtain a new token.")
-            if not any(hmac.compare_digest(token, known) for known in config.tokens):
-                raise _Reject(
-                    401, "APIGW.0301", "Incorrect IAM authentication information: token verification failed."
-                )
-            return
-        authorization = self.headers.get("Authorization")
-        if authorization is None:
-            raise _Reject(
-                401,
-                "APIGW.0301",
-                "Incorrect IAM authentication information: no authentication information in the request.",
-            )
-        parts = auth.parse_authorization(authorization)
-        if parts is None:
-            raise _Reject(
-                401, "APIGW.0301", "Incorrect IAM authentication information: malformed Authorization header."
-            )
-        access = parts["Access"]
-        security_token: str | None = None
-        if access in config.credentials:
-            secret = config.credentials[access]
-        elif access in config.temporary_credentials:
-            secret, security_token = config.temporary_credentials[access]
-        else:
-            raise _Reject(
-                401, "APIGW.0301", "Incorrect IAM authentication information: the access key does not exist."
-            )
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        signed = parts["SignedHeaders"].split(";")
-        if "host" not in signed or "x-sdk-date" not in signed:
-            raise _Reject(
-                401,
-                "APIGW.0301",
-                "Incorrect IAM authentication information: host and x-sdk-date must be signed.",
-            )
-        missing = [name for name in signed if name not in headers]
-        if missing:
-            raise _Reject(
-                401,
-                "APIGW.0301",
-                f"Incorrect IAM authentication information: signed header {missing[0]} is missing.",
-            )
-        sdk_date = headers["x-sdk-date"]
-        try:
-            signed_at = datetime.strptime(sdk_date, auth.DATE_FORMAT).replace(tzinfo=UTC)
-        except ValueError:
-            raise _Reject(
-                401, "APIGW.0301", "Incorrect IAM authentication information: X-Sdk-Date is malformed."
-            ) from None
-        if abs((datetime.now(UTC) - signed_at).total_seconds()) > _MAX_SKEW_SECONDS:
-            raise _Reject(
-                401,
-                "APIGW.0303",
-                "Incorrect app authentication information: the request has expired (X-Sdk-Date is more than 15 minutes off).",
-            )
-        if security_token is not None:
-            sent = headers.get("x-security-token")
-            if sent is None or "x-security-token" not in signed:
-                raise _Reject(
-                    401,
-                    "APIGW.0301",
-                    "Incorrect IAM authentication information: temporary credentials need a signed X-Security-Token.",
-                )
-            if not hmac.compare_digest(sent, security_token):
-                raise _Reject(
-                    401,
-                    "APIGW.0301",
-                    "Incorrect IAM authentication information: the security token is invalid.",
-                )
-        pairs = auth.query_pairs(httpx.URL("http://simulator" + path + ("?" + query if query else "")))
-        canonical = auth.canonical_request(self.command, path, pairs, headers, signed, body)
-        expected = auth.signature(secret, sdk_date, canonical)
-        if not hmac.compare_digest(expected, parts["Signature"]):
-            raise _Reject(
-                401,
-                "APIGW.0301",
-                "Incorrect IAM authentication information: the request signature does not match.",
-            )
-        sent_project = headers.get("x-project-id")
-        if sent_project is not None and sent_project != project_id:
-            raise _Reject(403, "MSS.00000003", "X-Project-Id does not match the project in the request path.")
-
-    # ------------------------------------------------------------------ admin
-    def _admin(self, path: str, query: str, body: bytes) -> None:
-        simulator = self.server.simulator
-        if self.client_address[0] not in ("127.0.0.1", "::1", "localhost"):
-            self._send(
-                403, _error_body("SIM.403", "Admin endpoints answer loopback clients only."), count=False
-            )
-            return
-        args: dict = dict(parse_qsl(query, keep_blank_values=True))
-        if self.command not in _READ_ONLY_METHODS:
-            # Checked before anything is parsed or routed: a refused call changes nothing.
-            if self.headers.get_content_type() != "application/json":
-                self._send(
-                    415,
-                    _error_body(
-                        "SIM.415", "Admin calls that change state take Content-Type: application/json."
-                    ),
-                    count=False,
-                )
-                return
-            sent = (self.headers.get(ADMIN_TOKEN_HEADER) or "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(sent, simulator.admin_token.encode()):
-                self._send(
-                    403,
-                    _error_body(
-                        "SIM.403",
-                        f"Admin calls that change state need the simulator's admin token in {ADMIN_TOKEN_HEADER}.",
-                    ),
-                    count=False,
-                )
-                return
-        try:
-            if path == "/_sim/advance" and self.command == "POST":
-                fields = orjson.loads(body or b"{}")
-                if not isinstance(fields, dict):
-                    raise ValueError("advance body must be a JSON object")
-                args.update(fields)
-                seed_step = int(args["seed_step"]) if args.get("seed_step") is not None else None
-                result = simulator.state.advance(float(args.get("seconds", "0")), seed_step=seed_step)
-            elif path == "/_sim/truth" and self.command == "GET":
-                project_id = args.get("project_id") or None
-                result = simulator.state.truth(project_id)
-            elif path == "/_sim/config" and self.command == "POST":
-                changes = orjson.loads(body or b"{}")
-                if not isinstance(changes, dict):
-                    raise ValueError("config body must be a JSON object")
-                simulator.configure(**changes)
-                result = simulator.runtime_config()
-            elif path == "/_sim/stats" and self.command == "GET":
-                result = simulator.stats
-            else:
-                self._send(404, _error_body("SIM.404", "No such admin endpoint."), count=False)
-                return
-        except (ValueError, TypeError, KeyError) as exc:
-            self._send(400, _error_body("SIM.400", str(exc)), count=False)
-            return
-        self._send(200, orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS), count=False)
 
 
 class SimulatorServer:
@@ -506,7 +328,7 @@ class SimulatorServer:
         ``sim.admin("/_sim/advance?seconds=3600")``, ``sim.admin("/_sim/config", {"latency_ms": 5})``,
         ``sim.admin("/_sim/stats", method="GET")``.
         """
-        content = orjson.dumps(body if body is not None else {}) if method not in _READ_ONLY_METHODS else None
+        content = orjson.dumps(body if body is not None else {}) if method not in READ_ONLY_METHODS else None
         headers = self.admin_headers if content is not None else {}
         response = httpx.request(method, self.url + path, content=content, headers=headers, timeout=timeout)
         response.raise_for_status()
