@@ -21,8 +21,7 @@ import dagster as dg
 import duckdb
 
 from assets.models import SOURCE_ASSET_KEYS, WAREHOUSE_POOL, WAREHOUSE_RESOURCE_KEY, warehouse_db_path
-from pipelines.models import connect, unmasked_personal_data
-from pipelines.schema import (
+from pipelines.ingest.schema import (
     KNOWN_CHARGE_MODES,
     KNOWN_CREATE_TYPES,
     KNOWN_JOB_TYPES,
@@ -30,6 +29,7 @@ from pipelines.schema import (
     KNOWN_STATES,
     KNOWN_TAGS,
 )
+from pipelines.models import connect, unmasked_personal_data
 
 JOBS_TABLE = "main.voice_training_jobs"
 ASSET_KEY = SOURCE_ASSET_KEYS[0]

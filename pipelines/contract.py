@@ -20,3 +20,13 @@ WIRE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 TERMINAL_STATES = frozenset({"SUCCEED", "FAILED"})
 #: How every timestamp is stored (the API's resolution).
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+
+def newer_update_wins(candidate_ms: int | None, current_ms: int | None) -> bool:
+    """The rule "the newest lastupdate_time wins", said once for Python (paging and
+    normalization; the warehouse's upsert orders ``lastupdate_time DESC NULLS LAST`` and then
+    by arrival, the same rule in SQL).
+
+    A version seen later (``candidate``) replaces the current one unless it is older; a
+    missing time is the oldest, so an equal time or two missing ones go to the later version."""
+    return (candidate_ms if candidate_ms is not None else -1) >= (current_ms if current_ms is not None else -1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.schema import PHONE_FIELD, URL_FIELDS
+from pipelines.ingest.schema import PHONE_FIELD, URL_FIELDS
 from pipelines.warehouse import WarehouseError, _is_disk_error
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from pipelines.contract import EPOCH_MS_THRESHOLD, PAGE_LIMIT, WIRE_TIME_FORMAT
+from pipelines.contract import EPOCH_MS_THRESHOLD, PAGE_LIMIT, WIRE_TIME_FORMAT, newer_update_wins
 from pipelines.metastudio.errors import MetaStudioError
 
 if TYPE_CHECKING:
@@ -230,13 +230,12 @@ def job_key(job: Mapping[str, object]) -> str:
 
 
 def _newer(candidate: dict, current: dict | None) -> dict:
-    """The more recently updated of two versions of one job; ``candidate`` (fetched later) wins ties."""
+    """The more recently updated of two versions of one job (``candidate`` was fetched later;
+    see :func:`pipelines.contract.newer_update_wins`)."""
     if current is None:
         return candidate
     new, old = _epoch_millis(candidate.get("lastupdate_time")), _epoch_millis(current.get("lastupdate_time"))
-    if new is not None and old is not None and old > new:
-        return current
-    return candidate
+    return candidate if newer_update_wins(new, old) else current
 
 
 def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:

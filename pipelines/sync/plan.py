@@ -3,7 +3,7 @@
 Intervals, stated once: a listing window is closed, ``[since, until]``, as the API's
 ``create_since``/``create_until`` filters are; the rows a window keeps (its owner range) are
 half-open, ``[owner_since, owner_until)``, so adjacent creation days, which share their
-midnight, each own it once (see :mod:`pipelines.screen`).
+midnight, each own it once (see :mod:`pipelines.ingest.screen`).
 """
 
 from __future__ import annotations

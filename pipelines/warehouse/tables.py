@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipelines.schema import JOBS_SCHEMA
+from pipelines.ingest.schema import JOBS_SCHEMA
 
 JOBS_TABLE = "voice_training_jobs"
 HISTORY_TABLE = "voice_training_job_history"

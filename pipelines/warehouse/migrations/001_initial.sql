@@ -2,7 +2,7 @@
 --
 -- The placeholder job_columns in braces, below, is not SQL: the migration runner
 -- (pipelines/warehouse/db.py) replaces it with the job columns of JOBS_SCHEMA
--- (pipelines/schema.py), the one place they are defined, so the jobs table, its history and
+-- (pipelines/ingest/schema.py), the one place they are defined, so the jobs table, its history and
 -- the Arrow batches the sync writes cannot drift apart.
 
 -- One row per job, its newest version; deleted_at set when the source stopped listing it.

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.contract import TIMESTAMP
-from pipelines.schema import Quarantined, raw_json
+from pipelines.ingest.mask import raw_json
+from pipelines.ingest.schema import Quarantined
 
 #: Bytes of text one record may hold; a real job holds a few kilobytes.
 MAX_RECORD_BYTES = 1 << 20

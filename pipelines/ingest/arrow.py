@@ -1,0 +1,140 @@
+"""The fast path of normalization: records converted to Arrow in C, then checked as columns.
+
+``pa.array(records, type=WIRE_TYPE)`` turns a window's decoded records into one struct
+array without a Python loop per value. It is strict where the rules are strict (a number
+where a string belongs, a string where a number belongs, a list where an object belongs all
+fail the conversion) and the columns it yields are then held to every other rule at once:
+epoch numbers read as seconds or milliseconds, integers whole and inside int32, a job_id and
+a create_time on every record. Keys the schema does not know go to ``extra`` as by the rules
+(:func:`pipelines.ingest.finish.unknown_keys`).
+
+Whatever this path cannot prove exact it declines (``None``), and the window goes through the
+rules of :mod:`pipelines.ingest.rules`, which name the offending fields and quarantine their
+records. Both give identical tables (a test holds them together over every quirk the
+simulator can produce), so the fast path is an optimisation, never a second set of rules.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.contract import EPOCH_MS_THRESHOLD, TIMESTAMP
+from pipelines.ingest.finish import finish, unknown_keys
+from pipelines.ingest.schema import (
+    _MAX_EPOCH_MS,
+    ASSESS_DETAIL_FIELDS,
+    ASSESS_PROPERTIES,
+    KNOWN_FIELDS,
+    Normalized,
+)
+
+# Numbers convert as int64, which refuses booleans and numeric strings but truncates a float
+# (3.5 becomes 3). The same numbers converted as float64 (NUMBERS_TYPE, only those fields)
+# must then agree with them: where one does not, a fraction was cut and the rules decide.
+_NUMBER = pa.int64()
+_S = pa.string()
+_INT_FIELDS = frozenset({"reject_times", "status"})
+_EPOCH_FIELDS = frozenset({"create_time", "lastupdate_time"})
+_BOOL_FIELDS = frozenset({"is_remake", "is_ondemand_resource"})
+
+
+def _wire_type(name: str) -> pa.DataType:
+    if name in _INT_FIELDS or name in _EPOCH_FIELDS:
+        return _NUMBER
+    if name in _BOOL_FIELDS:
+        return pa.bool_()
+    return _S
+
+
+_DETAIL = pa.struct([pa.field(n, _wire_type(n)) for n in ASSESS_DETAIL_FIELDS])
+_NESTED = {
+    "allocated_resource": pa.struct([pa.field(n, _S) for n in ("resource_id", "charge_mode", "expire_time")]),
+    "assess_result": pa.struct([*(pa.field(p, _DETAIL) for p in ASSESS_PROPERTIES), pa.field("suggestion", _S)]),
+}
+#: The record as the wire carries it, every level typed: what pa.array converts records to.
+WIRE_TYPE = pa.struct([pa.field(name, _NESTED.get(name) or _wire_type(name)) for name in sorted(KNOWN_FIELDS)])
+#: Only the numbers of a record, as float64.
+NUMBERS_TYPE = pa.struct([
+    *(pa.field(name, pa.float64()) for name in sorted(_EPOCH_FIELDS | {"reject_times"})),
+    pa.field("assess_result", pa.struct([
+        pa.field(p, pa.struct([pa.field("status", pa.float64())])) for p in ASSESS_PROPERTIES])),
+])
+def _epoch(values: pa.Array) -> pa.Array | None:
+    """Epoch integers as the rules read them (>= 1e11 milliseconds, else seconds), or None."""
+    try:
+        ms = pc.if_else(pc.greater_equal(values, EPOCH_MS_THRESHOLD), values, pc.multiply_checked(values, 1000))
+    except pa.ArrowInvalid:  # overflow
+        return None
+    if pc.any(pc.or_(pc.less(ms, 0), pc.greater(ms, _MAX_EPOCH_MS))).as_py():
+        return None
+    return ms.cast(TIMESTAMP)
+
+
+def _int32(values: pa.Array) -> pa.Array | None:
+    try:
+        return values.cast(pa.int32())  # a safe cast: out of range raises
+    except pa.ArrowInvalid:
+        return None
+
+
+def _numbers_whole(records: list[Any], numbers: dict[str, pa.Array]) -> bool:
+    """The int64 conversion cut no fraction: every number equals its float64 conversion."""
+    floats = pa.array(records, type=NUMBERS_TYPE).flatten()
+    *top, assess = floats
+    pairs = list(zip(top, (numbers[name] for name in NUMBERS_TYPE.names[:-1]), strict=True))
+    for prop, detail in zip(ASSESS_PROPERTIES, assess.flatten(), strict=True):
+        pairs.append((detail.flatten()[0], numbers[prop]))
+    for as_float, as_int in pairs:
+        same = pc.equal(as_float, pc.cast(as_int, pa.float64()))
+        if pc.any(pc.invert(same)).as_py():
+            return False
+    return True
+
+
+def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, personal_data: str) -> Normalized | None:
+    """The window as JOBS_SCHEMA when every record follows the documented shapes; else None."""
+    if not records:
+        return None
+    try:
+        wire = pa.array(records, type=WIRE_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        return None  # a record that is not an object, or a value of another type
+    # flatten() gives each child with its parent's nulls applied: a null object's fields are null.
+    fields = dict(zip(WIRE_TYPE.names, wire.flatten(), strict=True))
+    job_id = fields["job_id"]
+    if job_id.null_count or fields["create_time"].null_count or pc.any(pc.equal(job_id, "")).as_py():
+        return None
+    cols: dict[str, pa.Array] = {}
+    *details, suggestion = fields.pop("assess_result").flatten()
+    details = {prop: dict(zip(ASSESS_DETAIL_FIELDS, d.flatten(), strict=True))
+               for prop, d in zip(ASSESS_PROPERTIES, details, strict=True)}
+    numbers = {name: fields[name] for name in ("create_time", "lastupdate_time", "reject_times")}
+    numbers.update({prop: details[prop]["status"] for prop in ASSESS_PROPERTIES})
+    if not _numbers_whole(records, numbers):
+        return None
+    for name in ("create_time", "lastupdate_time"):
+        if (arr := _epoch(fields.pop(name))) is None:
+            return None
+        cols[name] = arr
+    if (reject := _int32(fields.pop("reject_times"))) is None:
+        return None
+    cols["reject_times"] = reject
+    resource_id, charge_mode, expire_time = fields.pop("allocated_resource").flatten()
+    cols["allocated_resource_resource_id"], cols["allocated_resource_charge_mode"] = resource_id, charge_mode
+    try:
+        cols["allocated_resource_expire_time"] = expire_time.cast(TIMESTAMP)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # an expiry the cast cannot read goes to extra, by the rules
+    cols["assess_result_suggestion"] = suggestion
+    for prop, detail in details.items():
+        for name, values in detail.items():
+            if name == "status" and (values := _int32(values)) is None:
+                return None
+            cols[f"assess_result_{prop}_{name}"] = values
+    cols.update(fields)  # the remaining top-level strings and booleans, as converted
+    table, duplicates = finish(cols, [unknown_keys(r) for r in records], project_id, synced_at, personal_data)
+    return Normalized(table=table, duplicates=duplicates)
