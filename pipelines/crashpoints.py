@@ -18,7 +18,7 @@ set it for a subprocess only. Points in use (see tests/test_crash_safety.py):
 ``lake_tmp_written``           a new parquet file complete (a temporary file fsynced, or an
                                object's bytes before its upload), not in place yet
 ``lake_replaced``              the parquet file in place (renamed, or uploaded), dirty mark not cleared
-``lake_exported``              every dirty partition exported
+``lake_exported``              every dirty partition exported (after a standalone apply, or as a run finishes)
 ``watermark_committed``        the transaction moving the watermark has committed
 ``run_finished``               sync_runs marked succeeded, models not yet refreshed
 ``models_refreshed``           SQL models rebuilt, serving snapshot not yet published

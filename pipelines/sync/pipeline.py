@@ -18,12 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import screen
 from pipelines.crashpoints import crashpoint
+from pipelines.ingest import JOBS_SCHEMA, normalize, screen
 from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.errors import MetaStudioError
 from pipelines.metastudio.paging import SplitBudget, Window, WindowResult, fetch_window
-from pipelines.schema import JOBS_SCHEMA, normalize
 from pipelines.settings import Settings
 from pipelines.sync.plan import Task
 from pipelines.sync.report import WRITING, SyncProgress, SyncReport
@@ -205,6 +204,7 @@ class Run:
             deleted_at=deleted_at,
             watermarks=watermarks,
             reconciled=batch.reconciled,
+            export=False,  # the lake is written once, when the run finishes (finish_run)
         )
         self.report.rows_written += jobs.num_rows
         self.report.deleted += stats.deleted

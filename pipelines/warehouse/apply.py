@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.crashpoints import crashpoint
-from pipelines.schema import JOBS_SCHEMA, Quarantined
-from pipelines.warehouse.lake import Lake, _LakePlan
+from pipelines.ingest.schema import JOBS_SCHEMA, Quarantined
+from pipelines.warehouse.lake import Lake
 from pipelines.warehouse.tables import (
     _COLS,
     _TS,
@@ -35,6 +35,9 @@ from pipelines.warehouse.tables import (
     _hash_expr,
     _is_disk_error,
 )
+
+#: Window bounds are kept to the microsecond (an owner range ends 1 us before the next one).
+_TS_US = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,9 @@ class Apply(Lake):
         deleted_at: datetime | None = None,
         watermarks: Mapping[str, datetime] | None = None,
         reconciled: Sequence[ReconciledRange] = (),
+        export: bool = True,
     ) -> ApplyStats:
-        """Write one batch atomically, then export the lake partitions it touched.
+        """Write one batch atomically, then (with ``export``) export the lake partitions marked.
 
         - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins
           (NULL is oldest; an equal time replaces); a listed job is never deleted.
@@ -107,11 +111,13 @@ class Apply(Lake):
           them that the listing did not hold are marked deleted like ``deleted``.
         - watermarks: sync_state.watermark only moves forward.
 
-        The lake partitions the batch touched are written after COMMIT: from the old file and
-        the batch's winning rows where that is exact, else by export_dirty_partitions().
-        A partition that cannot be written stops neither the others nor the run: it keeps its
-        dirty mark (``stats.partitions_failed`` counts it), later batches of the run skip it,
-        and finish_run() tries it once more and fails the run if it still cannot be written.
+        The lake partitions the batch touched are marked in ``lake_dirty`` inside the
+        transaction. A sync applies many batches with ``export=False`` and exports once, when
+        the run finishes (finish_run), so each partition is written once per run. With
+        ``export`` they are written right after COMMIT. A partition that cannot be written
+        stops neither the others nor the run: it keeps its dirty mark
+        (``stats.partitions_failed`` counts it), later exports of the run skip it, and
+        finish_run() tries it once more and fails the run if it still cannot be written.
         """
         now = datetime.now(UTC)
         deleted_at = _aware(deleted_at, "deleted_at") if deleted_at is not None else now
@@ -119,13 +125,11 @@ class Apply(Lake):
         deleted_at = deleted_at.replace(microsecond=deleted_at.microsecond // 1000 * 1000)
         jobs = self._conform(jobs)
         stats = ApplyStats(incoming=jobs.num_rows, windows=len(windows), quarantined=len(quarantine))
-        plan = _LakePlan()
         with self._cursor() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                plan.slow = {tuple(r) for r in con.execute("SELECT project_id, create_day FROM lake_dirty").fetchall()}
                 if jobs.num_rows:
-                    self._upsert(con, jobs, stats, plan)
+                    self._upsert(con, jobs, stats)
                 if windows:
                     self._insert_windows(con, run_id, windows, now)
                 if quarantine:
@@ -133,8 +137,7 @@ class Apply(Lake):
                 if reconciled:
                     deleted = [*deleted, *self._unlisted(con, reconciled)]
                 if deleted:
-                    for project_id, day, job_id in self._mark_deleted(con, deleted, deleted_at, stats):
-                        plan.mark(project_id, day, job_id, deleted_at)
+                    self._mark_deleted(con, deleted, deleted_at, stats)
                 if watermarks:
                     self._advance_watermarks(con, watermarks, now)
                 crashpoint("apply_before_commit")
@@ -151,32 +154,32 @@ class Apply(Lake):
             finally:
                 self._drop_scratch(con)
         crashpoint("apply_after_commit")
-        self._export_after_commit(run_id, jobs, plan, stats)
-        crashpoint("lake_exported")
+        if export:
+            self.export_for_run(run_id, stats)
         return stats
+
+    def export_for_run(self, run_id: str, stats: ApplyStats | None = None) -> None:
+        """Export the partitions marked, leaving out those that already failed in this run;
+        remember the ones that fail now for the run's end (finish_run)."""
+        with self._lock:
+            stuck = frozenset(self._stuck.get(run_id, ()))
+        written, failures = self._export_dirty(skip=stuck)
+        if stats is not None:
+            stats.partitions_written, stats.partitions_failed = written, len(failures)
+        if failures:
+            with self._lock:
+                self._stuck.setdefault(run_id, set()).update(key for key, _, _ in failures)
+        crashpoint("lake_exported")
 
     @staticmethod
     def _drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
         """Forget the registered Arrow tables and temp tables of one transaction."""
-        for name in ("_incoming", "_deleted", "_recon", "_seen"):
+        for name in ("_incoming", "_deleted", "_recon", "_seen", "_windows_in"):
             with suppress(duckdb.Error):
                 con.unregister(name)
         for name in ("_stage", "_win", "_hist_new", "_del"):
             with suppress(duckdb.Error):
                 con.execute(f"DROP TABLE IF EXISTS temp.{name}")
-
-    def _export_after_commit(self, run_id: str, jobs: pa.Table, plan: _LakePlan, stats: ApplyStats) -> None:
-        """Write the lake partitions of a committed batch; remember the ones that failed for the run."""
-        with self._lock:
-            stuck = frozenset(self._stuck.get(run_id, ()))
-        if len(plan.ords) or plan.marks:
-            stats.partitions_written = self._export_from_batch(jobs.take(plan.ords), plan, skip=stuck)
-        written, failures = self._export_dirty(skip=stuck)
-        stats.partitions_written += written
-        stats.partitions_failed = len(failures)
-        if failures:
-            with self._lock:
-                self._stuck.setdefault(run_id, set()).update(key for key, _, _ in failures)
 
     @staticmethod
     def _conform(jobs: pa.Table) -> pa.Table:
@@ -188,61 +191,60 @@ class Apply(Lake):
             raise ValueError("jobs has NULL project_id or job_id")
         return jobs
 
-    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats, plan: _LakePlan) -> None:
+    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats) -> None:
+        """The newest version of each incoming job into the table and the history.
+
+        Jobs the warehouse has never seen (most of a backfill) are appended to both tables;
+        only jobs it holds already go through the comparisons with the stored version."""
         incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
         con.register("_incoming", incoming)
-        # One row per key (newest lastupdate_time, then the later row), with its content hash.
+        # One row per key (newest lastupdate_time, then the later row), with its content hash
+        # and what the table holds for that key (one join with the table, for every later step).
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _stage AS
-            SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming
-            QUALIFY row_number() OVER (
-                PARTITION BY project_id, job_id
-                ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1"""
+            SELECT s.*, j.job_id IS NOT NULL AS existed, j.lastupdate_time AS old_lastupdate_time,
+                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted
+            FROM (
+                SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming
+                QUALIFY row_number() OVER (
+                    PARTITION BY project_id, job_id
+                    ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1
+            ) s LEFT JOIN {JOBS_TABLE} j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
         )
+        staged, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _stage").fetchone()
+        stats.inserted = staged - existed
+        # Never seen: appended. valid_from of a first version is its lastupdate_time, else its create_time.
+        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _stage WHERE NOT existed")
+        con.execute(
+            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+            SELECT {_COLS}, coalesce(lastupdate_time, create_time), NULL, synced_at, NULL, row_hash
+            FROM _stage WHERE NOT existed"""
+        )
+        stats.history_versions = stats.inserted
+        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _stage WHERE NOT existed")
+        if existed:
+            self._replace_known(con, stats)
+
+    def _replace_known(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
+        """Jobs the table holds already: the newer version wins, a changed one gets a history version."""
         oldest = "'-infinity'::TIMESTAMPTZ"
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _win AS
-            SELECT s.*, j.job_id IS NOT NULL AS existed,
-                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day,
-                   j.deleted_at IS NOT NULL AS was_deleted
-            FROM _stage s LEFT JOIN {JOBS_TABLE} j ON j.project_id = s.project_id AND j.job_id = s.job_id
-            WHERE j.job_id IS NULL
-               OR coalesce(s.lastupdate_time, {oldest}) >= coalesce(j.lastupdate_time, {oldest})"""
+            f"""CREATE OR REPLACE TEMP TABLE _win AS SELECT * FROM _stage
+            WHERE existed AND coalesce(lastupdate_time, {oldest}) >= coalesce(old_lastupdate_time, {oldest})"""
         )
-        win_count, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _win").fetchone()
-        stats.inserted, stats.updated = win_count - existed, existed
-        stats.stale = con.execute("SELECT count(*) FROM _stage").fetchone()[0] - win_count
-        plan.ords = con.execute("SELECT _ord FROM _win ORDER BY _ord").fetchnumpy()["_ord"]
-        # A winner that lived in another day's partition leaves it: that one is re-read from the table.
-        plan.slow |= {tuple(r) for r in con.execute(
-            "SELECT DISTINCT project_id, old_day FROM _win"
-            " WHERE old_day IS DISTINCT FROM CAST(timezone('UTC', create_time) AS DATE) AND old_day IS NOT NULL"
-        ).fetchall()}
-
+        winners = con.execute("SELECT count(*) FROM _win").fetchone()[0]
+        stats.updated = winners
+        stats.stale = con.execute("SELECT count(*) FROM _stage WHERE existed").fetchone()[0] - winners
         # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
-        con.execute(
-            """INSERT INTO lake_dirty
-            SELECT DISTINCT project_id, day FROM (
-                SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) AS day FROM _win
-                UNION ALL SELECT project_id, old_day FROM _win WHERE old_day IS NOT NULL
-            ) d WHERE NOT EXISTS (
-                SELECT 1 FROM lake_dirty x WHERE x.project_id = d.project_id AND x.create_day = d.day)"""
-        )
+        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _win"
+                         " UNION ALL SELECT project_id, old_day FROM _win")
         # A stale row still proves the job is listed: clear its deletion mark.
-        undeleted = con.execute(
+        stats.undeleted = len(con.execute(
             f"""UPDATE {JOBS_TABLE} j SET deleted_at = NULL FROM _stage s
-            WHERE j.project_id = s.project_id AND j.job_id = s.job_id AND j.deleted_at IS NOT NULL
-            RETURNING CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.project_id, j.job_id"""
-        ).fetchall()
-        stats.undeleted = len(undeleted)
-        for day, project_id, job_id in undeleted:
-            plan.mark(project_id, day, job_id, None)
-        if undeleted:
-            con.executemany(
-                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
-                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
-                [[p, d, p, d] for d, p in {(d, p) for d, p, _ in undeleted}],
-            )
+            WHERE s.existed AND s.was_deleted AND j.project_id = s.project_id AND j.job_id = s.job_id
+            RETURNING j.job_id"""
+        ).fetchall())
+        _mark_dirty(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
         con.execute(
             f"""DELETE FROM {JOBS_TABLE} j USING _win w
             WHERE j.project_id = w.project_id AND j.job_id = w.job_id"""
@@ -251,10 +253,11 @@ class Apply(Lake):
         self._history(con, stats)
 
     def _history(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
+        """History versions of jobs the table held before this batch (their current version exists)."""
         oldest = "'-infinity'::TIMESTAMPTZ"
         con.execute(
             f"""UPDATE {HISTORY_TABLE} h SET deleted_at = NULL FROM _stage s
-            WHERE h.project_id = s.project_id AND h.job_id = s.job_id
+            WHERE s.existed AND h.project_id = s.project_id AND h.job_id = s.job_id
               AND h.valid_to IS NULL AND h.deleted_at IS NOT NULL"""
         )
         # valid_from: the row's lastupdate_time; without one, create_time for a first version
@@ -267,15 +270,15 @@ class Apply(Lake):
             FROM _stage s LEFT JOIN (
                 SELECT project_id, job_id, row_hash, lastupdate_time FROM {HISTORY_TABLE} WHERE valid_to IS NULL
             ) h ON h.project_id = s.project_id AND h.job_id = s.job_id
-            WHERE h.job_id IS NULL
+            WHERE s.existed AND (h.job_id IS NULL
                OR (s.row_hash <> h.row_hash
-                   AND coalesce(s.lastupdate_time, {oldest}) >= coalesce(h.lastupdate_time, {oldest}))"""
+                   AND coalesce(s.lastupdate_time, {oldest}) >= coalesce(h.lastupdate_time, {oldest})))"""
         )
         con.execute(
             f"""UPDATE {HISTORY_TABLE} h SET valid_to = n.new_valid_from FROM _hist_new n
             WHERE h.project_id = n.project_id AND h.job_id = n.job_id AND h.valid_to IS NULL AND n.has_current"""
         )
-        stats.history_versions = con.execute(
+        stats.history_versions += con.execute(
             f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
             SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
         ).fetchone()[0]
@@ -284,15 +287,24 @@ class Apply(Lake):
     def _insert_windows(
         con: duckdb.DuckDBPyConnection, run_id: str, windows: Sequence[WindowRecord], now: datetime
     ) -> None:
-        con.executemany(
+        n = len(windows)
+        con.register("_windows_in", pa.table({
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "project_id": pa.array([w.project_id for w in windows], pa.string()),
+            "kind": pa.array([w.kind for w in windows], pa.string()),
+            "since": pa.array([_aware(w.since, "since") for w in windows], _TS_US),
+            "until": pa.array([_aware(w.until, "until") for w in windows], _TS_US),
+            "api_count": pa.array([w.api_count for w in windows], pa.int64()),
+            "fetched": pa.array([w.fetched for w in windows], pa.int64()),
+            "pages": pa.array([w.pages for w in windows], pa.int64()),
+            "listed_at": pa.array([w.listed_at for w in windows], _TS_US),
+        }))
+        con.execute(
             "INSERT INTO sync_windows (run_id, project_id, kind, since, until, api_count, fetched, pages,"
-            " synced_at, listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                [run_id, w.project_id, w.kind, _aware(w.since, "since"), _aware(w.until, "until"),
-                 w.api_count, w.fetched, w.pages, now, w.listed_at]
-                for w in windows
-            ],
-        )  # fmt: skip
+            " synced_at, listed_at) SELECT run_id, project_id, kind, since, until, api_count, fetched, pages,"
+            " ?, listed_at FROM _windows_in",
+            [now],
+        )
 
     @staticmethod
     def _insert_quarantine(
@@ -386,3 +398,12 @@ class Apply(Lake):
             ).fetchall()
             if not updated:
                 con.execute("INSERT INTO sync_state VALUES (?, ?, ?)", [project_id, mark, now])
+
+
+def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
+    """Mark the lake partitions (project_id, creation day) a query yields for export, once each."""
+    con.execute(
+        f"""INSERT INTO lake_dirty
+        SELECT DISTINCT p, d FROM ({partitions_sql}) AS t(p, d)
+        WHERE d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lake_dirty x WHERE x.project_id = p AND x.create_day = d)"""
+    )

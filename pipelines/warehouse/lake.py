@@ -6,10 +6,10 @@ holding STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), rewritten whole. Where an
 stored is lakestore.py's business; this module decides what each file holds.
 
 The lake is derived data: partitions touched by a committed batch are marked in ``lake_dirty``
-inside that transaction. After the commit each is replaced whole (a temporary file renamed into
-place, or one object upload): from its old file plus the batch's rows and deletion marks where that is exact
-(``_export_from_batch``), else from the table (``export_dirty_partitions()``, safe to re-run);
-only then is its mark cleared. A crash between the commit and the export leaves the marks, and
+inside that transaction. A sync exports them once, when its run finishes (a standalone
+``apply()`` right after its commit): each is replaced whole from the table (a temporary file
+renamed into place, or one object upload) by ``export_dirty_partitions()``, which is safe to
+re-run; only then is its mark cleared. A crash between the commit and the export leaves the marks, and
 the next export writes those partitions from the table. A partition without a mark therefore
 always equals its file. A partition that cannot be written (a full disk, a path in the way, a
 name too long) keeps its mark and its old file without holding up the others; the run that
@@ -19,24 +19,21 @@ left it so fails at its end with a LakeExportError naming it (see RunLog.finish_
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
-from pipelines.warehouse.tables import _COLS, _TS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
+from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
 EXPORT_PARTITIONS = 8  # lake partitions read per query
 LAKE_FILE = "data.parquet"
@@ -78,32 +75,6 @@ class LakeExportError(WarehouseError):
             f"writing the lake file {path} failed ({cause}); {store.fix(exc, path)}, "
             f"then run the sync again (the warehouse keeps its data; the partition stays marked for export{others})"
         )
-
-
-@dataclass
-class _LakePlan:
-    """What a transaction tells the lake export after it: the incoming rows that won
-    (``ords``, row numbers of the batch), the deletion marks it set or cleared (``marks``,
-    per partition: job_id -> deleted_at, in the order they were made), and the partitions
-    whose files can NOT be derived from the old file plus those (a row left them, or they
-    were already waiting for an export)."""
-
-    ords: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    marks: dict[tuple[str, date], dict[str, datetime | None]] = field(default_factory=dict)
-    slow: set[tuple[str, date]] = field(default_factory=set)
-
-    def mark(self, project_id: str, day: date, job_id: str, deleted_at: datetime | None) -> None:
-        self.marks.setdefault((project_id, day), {})[job_id] = deleted_at
-
-
-def _with_deletion_marks(part: pa.Table, marks: Mapping[str, datetime | None]) -> pa.Table:
-    """``part`` with deleted_at of the marked job_ids set (None clears it)."""
-    deleted_at = part["deleted_at"].to_pylist()
-    for i, job_id in enumerate(part["job_id"].to_pylist()):
-        if job_id in marks:
-            deleted_at[i] = marks[job_id]
-    index = part.schema.get_field_index("deleted_at")
-    return part.set_column(index, "deleted_at", pa.array(deleted_at, _TS))
 
 
 class Lake(Connections):
@@ -185,57 +156,6 @@ class Lake(Connections):
                     done += written
                     failures += failed
         return done, failures
-
-    def _export_from_batch(self, winners: pa.Table, plan: _LakePlan, skip: Collection[tuple[str, date]] = ()) -> int:
-        """Write the partitions a committed batch changed without reading the table.
-
-        A partition not marked dirty before the batch equals its file (the invariant of the
-        dirty marks), so after the batch it is the old file's rows whose keys did not win,
-        plus the winners (deleted_at NULL: a listed job is not deleted), with the batch's
-        deletion marks applied, ordered by job_id as an export from the table would be.
-        Partitions in ``plan.slow`` or ``skip``, any whose old file is needed but cannot be
-        read, and any that cannot be written keep their dirty marks for
-        export_dirty_partitions(), which reports what still fails. Most of the lake is written
-        here: reading rows back from DuckDB cost more than writing them.
-        """
-        day = pc.cast(pc.divide(pc.cast(winners["create_time"], pa.int64()), 86_400_000), pa.int32())
-        table = (
-            winners.append_column("deleted_at", pa.nulls(winners.num_rows, _TS))
-            .append_column("_day", pc.cast(day, pa.date32()))
-            .filter(pc.is_valid(winners["create_time"]))
-            .sort_by([("project_id", "ascending"), ("_day", "ascending"), ("job_id", "ascending")])
-        )
-        slices = _partition_slices(table)
-        table = table.drop_columns(["_day"])
-
-        def write(key: tuple[str, date]) -> bool:
-            offset, length = slices.get(key, (0, 0))
-            part = table.slice(offset, length)
-            try:
-                try:
-                    old = self.lake.read(self.partition_key(*key))
-                except (OSError, pa.ArrowException):
-                    return False  # unreadable: exported from the table afterwards
-                if old is not None:
-                    keep = old.filter(pc.invert(pc.is_in(old["job_id"], value_set=part["job_id"])))
-                    part = pa.concat_tables([keep, part]).sort_by("job_id")
-                elif key in plan.marks and not length:
-                    return False  # marks on rows the lake does not hold yet: exported from the table
-                if key in plan.marks:
-                    part = _with_deletion_marks(part, plan.marks[key])
-                self._write_partition(key, part)
-            except OSError:
-                return False  # tried again from the table afterwards, which reports what still fails
-            crashpoint("lake_replaced")
-            return True
-
-        keys = [
-            key for key in sorted(slices.keys() | plan.marks.keys()) if key not in plan.slow and key not in skip
-        ]
-        written = [key for key, ok in zip(keys, self._side_by_side(write, keys), strict=True) if ok]
-        with self._cursor() as con:
-            self._clear_dirty(con, written)
-        return len(written)
 
     def _side_by_side(self, write: Callable[[tuple[str, date]], bool], keys: list[tuple[str, date]]) -> list[bool]:
         """``write`` of every key, ``self.lake.writers`` at a time; the results in the order of ``keys``.

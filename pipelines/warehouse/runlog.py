@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.lake import Lake, LakeExportError
 from pipelines.warehouse.tables import (
     _COLS,
@@ -99,6 +100,7 @@ class RunLog(Lake):
             if status == "succeeded":
                 try:
                     self.export_dirty_partitions()
+                    crashpoint("lake_exported")
                 except LakeExportError as exc:
                     lake_error = exc
                     status = "failed"
