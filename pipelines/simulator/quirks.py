@@ -4,7 +4,7 @@ Each quirk picks its jobs by a hash of the job_id (about one job in 40 per quirk
 two quirks on one job), so every page, retry and re-run corrupts the same jobs the same
 way. :func:`corrupt_page` rewrites a 200 body; :func:`expected` turns the simulator's
 truth into what the warehouse must hold and which jobs must be quarantined, following
-the rules of :mod:`pipelines.schema`.
+the rules of :mod:`pipelines.ingest.rules`.
 
 =====================  ====================================================  =========================
 quirk                  served                                                the warehouse holds
