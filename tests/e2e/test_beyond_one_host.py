@@ -17,7 +17,7 @@ import psycopg
 from pipelines.settings import ObjectStoreAccess
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.integration.test_postgres_publish import assert_published_equals
+from tests.support.expected_postgres import assert_published_equals
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 DAYS = 12

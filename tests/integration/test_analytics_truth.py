@@ -14,10 +14,10 @@ import pytest
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
+from tests.support import expected_analytics as independent
 from tests.support.expected import epoch, waits_on
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 from tests.support.warehouse_fixture import Dataset
-from tests.unit import test_models as independent
 
 
 def truth_dataset(server) -> Dataset:
@@ -85,7 +85,7 @@ def test_failure_rates_equal_the_truth(synced, column):
     actual = _keyed(con, f"failure_rate_by_{column}", lambda r: r[column])
     expected = independent.expected_failure_rate_by(data, column)
     assert expected and any(v["failed"] for v in expected.values())
-    independent.assert_rows_equal(actual, expected)
+    independent.assert_keyed_rows_equal(actual, expected)
 
 
 @pytest.mark.parametrize(("name", "period", "column"), [
@@ -96,25 +96,25 @@ def test_failure_rates_equal_the_truth(synced, column):
 def test_period_stats_equal_the_truth(synced, name, period, column):
     con, data, _ = synced
     actual = _keyed(con, name, lambda r: (r[column], r["project_id"]))
-    independent.assert_rows_equal(actual, independent.expected_period_stats(data, period))
+    independent.assert_keyed_rows_equal(actual, independent.expected_period_stats(data, period))
 
 
 def test_time_to_finish_equals_the_truth(synced):
     con, data, _ = synced
     actual = _keyed(con, "time_to_finish_by_job_type", lambda r: r["job_type"])
-    independent.assert_rows_equal(actual, independent.expected_time_to_finish(data))
+    independent.assert_keyed_rows_equal(actual, independent.expected_time_to_finish(data))
 
 
 def test_failure_codes_equal_the_truth(synced):
     con, data, _ = synced
     actual = _keyed(con, "top_failure_codes", lambda r: r["job_failed_code"])
-    independent.assert_rows_equal(actual, independent.expected_failure_codes(data))
+    independent.assert_keyed_rows_equal(actual, independent.expected_failure_codes(data))
 
 
 def test_backlog_equals_the_truth(synced):
     con, data, _ = synced
     actual = _keyed(con, "in_flight_backlog", lambda r: (r["state"], r["age_bucket"]))
-    independent.assert_rows_equal(actual, independent.expected_backlog(data))
+    independent.assert_keyed_rows_equal(actual, independent.expected_backlog(data))
 
 
 def test_who_in_flight_jobs_wait_on_equals_the_truth(synced):
@@ -123,7 +123,7 @@ def test_who_in_flight_jobs_wait_on_equals_the_truth(synced):
     sides = [waits_on(j["state"]) for j in data.jobs]
     assert sides.count("user") and sides.count("service"), "the simulator exercises both sides"
     actual = _keyed(con, "job_outcomes", lambda r: (r["project_id"], r["job_id"]))
-    independent.assert_rows_equal(actual, independent.expected_job_outcomes(data))
+    independent.assert_keyed_rows_equal(actual, independent.expected_job_outcomes(data))
     totals = con.execute(
         "SELECT sum(in_progress), sum(waiting_on_user), sum(in_progress_by_service) FROM analytics.failure_rate_by_tag"
     ).fetchone()

@@ -23,9 +23,10 @@ from assets.jobs import voice_training_job_changes, voice_training_job_deletions
 from assets.models import SOURCE_ASSET_KEYS, analytics_models, model_asset_key
 from assets.serving import serving_snapshot
 from pipelines.models import load_models
-from pipelines.resources import MetaStudioResource, WarehouseResource
+from pipelines.resources import WarehouseResource
 from pipelines.sync import sync
 from pipelines.warehouse import SYNC_ONLY_TABLES, Warehouse
+from tests.support.dagster import resources_for
 from tests.support.expected import assert_rows_equal
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project
 from tests.support.warehouse_fixture import create_warehouse, insert_rows
@@ -55,18 +56,6 @@ def clean_definitions(monkeypatch):
     yield lambda: importlib.reload(pipelines.definitions)
     monkeypatch.undo()
     importlib.reload(pipelines.definitions)
-
-
-def resources_for(server, data_dir, first_day=None) -> dict:
-    config = server.state.config
-    ak, sk = next(iter(config.credentials.items()))
-    first_day = first_day or (SIM_NOW - timedelta(days=61)).date()
-    return {
-        "metastudio": MetaStudioResource(endpoint=server.url, ak=ak, sk=sk,
-                                         project_ids=",".join(config.projects), safety_lag_seconds=0, max_clock_skew_seconds=0,
-                                         first_day=first_day.isoformat()),
-        "warehouse": WarehouseResource(data_dir=str(data_dir)),
-    }
 
 
 def test_definitions_load_with_schedules_and_checks(clean_definitions):

@@ -17,8 +17,8 @@ from datetime import timedelta
 import duckdb
 import pytest
 
+from pipelines.ingest.screen import MAX_RECORD_BYTES
 from pipelines.metastudio.errors import MetaStudioError, ResponseTooLargeError, RetriesExhaustedError
-from pipelines.screen import MAX_RECORD_BYTES
 from pipelines.sync import SourceDisagreementError, sync
 from pipelines.warehouse import Warehouse
 from tests.support.hostile import HostileProxy

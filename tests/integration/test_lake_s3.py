@@ -23,9 +23,9 @@ import pyarrow as pa
 import pytest
 
 from pipelines import cli
+from pipelines.ingest import normalize
 from pipelines.metastudio.errors import ConfigurationError
 from pipelines.resources import WarehouseResource, warehouse_from_env
-from pipelines.schema import normalize
 from pipelines.settings import Settings
 from pipelines.sync import sync
 from pipelines.warehouse import LakeExportError, S3LakeStore, Warehouse, WarehouseError

@@ -19,7 +19,7 @@ from assets.serving import postgres_serving
 from pipelines.resources import WarehouseResource
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
-from tests.integration.test_dagster import resources_for
+from tests.support.dagster import resources_for
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """An independent reading of the API's JSON, to compare the warehouse with the simulator's truth.
 
 Deliberately written per row in plain Python, sharing no code with
-``pipelines.schema``: the tests compare two implementations of the contract.
+``pipelines.ingest``: the tests compare two implementations of the contract.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from pipelines.schema import JOBS_SCHEMA
+from pipelines.ingest import JOBS_SCHEMA
 from pipelines.warehouse import Warehouse
 
 ASSESS_PARAMS = ("speed", "sound", "snr", "reverb", "dnsmos_ovrl", "dnsmos_bak")

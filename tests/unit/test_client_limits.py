@@ -2,9 +2,10 @@
 
 A whole attempt has one deadline and the retry budget holds across attempts; a body is read up to
 a size cap and no further; a ``Date`` far from the local clock is not the source's clock; plain
-http to a remote host is called out; a certificate that cannot be verified and a name that does
-not resolve end the request at the first attempt. The last part drives a real client through
-:class:`tests.support.hostile.HostileProxy` in front of a real simulator.
+http to a remote host is called out; a name that does not resolve ends the request at the first
+attempt. All on a mock transport; a real client against a TLS listener with a certificate that
+cannot be verified, and through :class:`tests.support.hostile.HostileProxy` in front of the
+simulator, is in tests/integration/test_client_hostile_servers.py.
 
 No test holds a wall-clock threshold: timings are asserted on injected clocks, and real time
 only appears as a generous hang guard (``HANG_GUARD``) that fails a test instead of hanging it.
@@ -15,10 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
-import subprocess
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -29,14 +26,13 @@ import pytest
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth
 from pipelines.metastudio.client import DEFAULT_MAX_RESPONSE_BYTES, MetaStudioClient, Page
 from pipelines.metastudio.errors import (
-    CertificateError,
     ConfigurationError,
     EndpointUnreachableError,
     MetaStudioError,
     ResponseTooLargeError,
     RetriesExhaustedError,
 )
-from tests.support.hostile import CHUNK_BYTES, HostileProxy
+from tests.support.hostile import CHUNK_BYTES
 
 BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
 TOKEN = "IAM-TOKEN-VALUE-0002"
@@ -349,7 +345,7 @@ def test_an_unreadable_retry_after_falls_back_to_backoff(value):
     assert clock.sleeps == [0.5]
 
 
-# ---------------------------------------------------------------- 4. credentials in clear text, TLS
+# ---------------------------------------------------------------- 4. credentials in clear text
 
 
 @pytest.mark.parametrize(
@@ -385,73 +381,6 @@ def test_loopback_http_and_https_are_not_warned(caplog, base):
     with caplog.at_level(logging.WARNING, logger="voicejobs.client"):
         MetaStudioClient(base, TokenAuth(TOKEN))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-class SelfSignedServer:
-    """A TLS listener on loopback with a self-signed certificate; counts connections, serves nothing."""
-
-    def __init__(self, tmp_path) -> None:
-        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-            check=True, capture_output=True, timeout=60,
-        )
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            conn.settimeout(5)
-            try:
-                with self.context.wrap_socket(conn, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError):
-                pass  # the client refused the certificate
-            finally:
-                conn.close()
-
-    def __enter__(self) -> SelfSignedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-
-
-@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
-                    reason="needs the openssl command to make a certificate")
-def test_a_certificate_that_cannot_be_verified_is_one_attempt_naming_the_host(tmp_path):
-    clock = FakeClock()
-    with SelfSignedServer(tmp_path) as server:
-        client = MetaStudioClient(
-            f"https://127.0.0.1:{server.port}", TokenAuth(TOKEN), max_attempts=6, sleep=clock.sleep,
-            monotonic=clock.monotonic,
-        )
-        with pytest.raises(CertificateError) as info:
-            run(list_once(client))
-        connections = server.connections
-    assert connections == 1 and client.stats.requests == 1 and clock.sleeps == []
-    text = str(info.value)
-    assert "'127.0.0.1'" in text and "the TLS certificate could not be verified: self" in text
-    assert "check the endpoint or the machine's CA certificates" in text and TOKEN not in text
-    assert info.value.host == "127.0.0.1" and "\n" not in text
 
 
 # ---------------------------------------------------------------- 5. a name that does not resolve
@@ -493,145 +422,3 @@ def test_a_temporary_resolver_failure_is_retried_a_missing_name_is_not():
     with pytest.raises(EndpointUnreachableError) as info:
         run(list_once(make_client(handler)))
     assert handler.requests == 1 and info.value.attempts == 1
-
-
-# ---------------------------------------------------------------- the hostile proxy, in front of a real simulator
-
-SIM_NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-SIM_PROJECT = "3c4d5e6f708192a3b4c5d6e7f8091a2b"
-
-
-@pytest.fixture(scope="module")
-def simulator(make_module_simulator):
-    return make_module_simulator(jobs=300, seed=7, days=5, projects=(SIM_PROJECT,), now=SIM_NOW)
-
-
-@pytest.fixture
-def proxy(simulator):
-    with HostileProxy(simulator.url) as hostile:
-        yield hostile
-
-
-def proxied_client(simulator, proxy: HostileProxy, **kwargs) -> MetaStudioClient:
-    ak, sk = next(iter(simulator.config.credentials.items()))
-    kwargs.setdefault("timeout", 5.0)
-    return MetaStudioClient(proxy.url, AKSKAuth(ak, sk), **kwargs)
-
-
-def list_through(simulator, proxy: HostileProxy, params=None, **kwargs) -> tuple[Page, MetaStudioClient]:
-    client = proxied_client(simulator, proxy, **kwargs)
-
-    async def main():
-        async with client:
-            return await client.list_jobs(SIM_PROJECT, params or {})
-
-    return run(main()), client
-
-
-def wait_for_hang_up(proxy: HostileProxy) -> None:
-    """The proxy's stream noticed the client hung up (polled; the guard only catches a stream that never stops)."""
-    deadline = time.monotonic() + HANG_GUARD
-    while proxy.active_streams and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proxy.active_streams == 0
-
-
-def test_the_proxy_forwards_signed_requests_unchanged(simulator, proxy):
-    page, client = list_through(simulator, proxy, {"limit": 7, "sort_dir": "asc"})
-    assert page.count == len(simulator.state.truth(SIM_PROJECT)) and len(page.jobs) == 7
-    assert page.server_time == SIM_NOW  # the check is off by default: the simulator's clock is the source's
-    url = httpx.URL(client.jobs_url(SIM_PROJECT, {"limit": 7, "sort_dir": "asc"}))
-    assert proxy.requests == [url.raw_path.decode()]
-
-
-def test_the_proxy_rewrites_pages_as_told(simulator, proxy):
-    far_job = {"job_id": "from-year-9999", "create_time": 253402214400000, "state": "SUCCEED"}
-    proxy.configure(count_override=10**12, giant_field_bytes=2_000_000)
-    page, _ = list_through(simulator, proxy, {"limit": 3})
-    assert page.count == 10**12 and len(page.jobs[0]["voice_name"]) == 2_000_000
-    proxy.reset()
-    proxy.out_of_window_job = far_job
-    honest = len(simulator.state.truth(SIM_PROJECT))
-    page, _ = list_through(simulator, proxy, {"limit": 3})
-    assert page.count == honest + 1 and page.jobs[-1] == far_job and len(page.jobs) == 4
-
-
-def test_a_dripping_proxy_is_cut_by_the_attempt_deadline(simulator, proxy):
-    proxy.drip_seconds = 0.5  # a 100-job page would take half a day
-    client = proxied_client(simulator, proxy, timeout=1.0, max_attempts=2, max_retry_seconds=10.0,
-                            backoff_base=0.01)
-
-    async def main():
-        async with client:
-            await client.list_jobs(SIM_PROJECT, {})
-
-    with pytest.raises(RetriesExhaustedError) as info:
-        run(main())
-    assert info.value.attempts == 2 and len(proxy.requests) == 2
-    assert dict(client.stats.retries) == {"timeout": 2} and "timeout" in str(info.value)
-    wait_for_hang_up(proxy)
-
-
-def test_the_proxy_stops_cleanly_with_a_drip_in_flight(simulator):
-    proxy = HostileProxy(simulator.url, drip_seconds=1.0).start()
-    client = proxied_client(simulator, proxy, timeout=HANG_GUARD, max_attempts=1)
-
-    async def main():
-        async with client:
-            request = asyncio.create_task(client.list_jobs(SIM_PROJECT, {}))
-            while not proxy.active_streams:
-                await asyncio.sleep(0.01)
-            await asyncio.to_thread(proxy.stop)
-            with pytest.raises(RetriesExhaustedError, match="connection"):
-                await request
-
-    run(main())
-    assert proxy.active_streams == 0 and len(proxy.requests) == 1
-
-
-def test_an_endless_body_from_the_proxy_stops_at_the_size_cap(simulator, proxy):
-    proxy.endless_body = True
-    cap = 1024 * 1024
-    with pytest.raises(ResponseTooLargeError) as info:
-        list_through(simulator, proxy, max_response_bytes=cap)
-    assert len(proxy.requests) == 1 and info.value.cap == cap
-    wait_for_hang_up(proxy)
-
-
-def test_an_endless_body_never_holds_more_than_the_cap_and_one_read(simulator, proxy):
-    proxy.endless_body = True
-    cap = 512 * 1024
-    client = proxied_client(simulator, proxy, max_response_bytes=cap)
-
-    async def main():
-        async with client:
-            await client.list_jobs(SIM_PROJECT, {})
-
-    with pytest.raises(ResponseTooLargeError):
-        run(main())
-    assert cap < client.stats.bytes_received <= cap + 64 * 1024  # one network read past the cap at most
-
-
-@pytest.mark.parametrize(
-    ("mode", "value", "skewed"),
-    [
-        ("date_shift", -(SIM_NOW - datetime(2000, 1, 1, tzinfo=UTC)), True),
-        ("date_shift", timedelta(days=365 * 30), True),
-        ("date_header", "Fri, 31 Dec 9999 23:59:59 GMT", True),
-        ("date_header", "Sat, 01 Jan 10000 00:00:00 GMT", False),
-        ("date_header", "garbage", False),
-        ("date_shift", timedelta(seconds=30), False),
-    ],
-)
-def test_a_rewritten_date_is_caught_as_skew_through_a_real_client(simulator, proxy, mode, value, skewed):
-    setattr(proxy, mode, value)
-    page, client = list_through(simulator, proxy, {"limit": 1}, max_clock_skew_seconds=SKEW,
-                                wall_clock=lambda: SIM_NOW)
-    assert page.jobs  # the page itself is fine
-    if skewed:
-        assert client.clock_skew is not None and abs(client.clock_skew) > timedelta(days=365 * 25)
-        assert client.server_now() == SIM_NOW and page.server_time is None
-    elif mode == "date_shift":  # within the bound: the (shifted) Date is the source's clock
-        assert client.clock_skew is None and page.server_time == SIM_NOW + value
-    else:  # unreadable: ignored
-        assert client.clock_skew is None and page.server_time is None and client.server_now() == SIM_NOW

@@ -1,20 +1,20 @@
-"""SQL models: each aggregate equals the same aggregate computed in plain Python from the same rows."""
+"""SQL models: each aggregate equals the same aggregate computed in plain Python from the same rows.
+
+The plain-Python computation is tests/support/expected_analytics.py; the models as Dagster assets
+are tested in tests/integration/test_dagster_models.py.
+"""
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter, defaultdict
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import duckdb
 import pytest
 
-from assets.models import HEADLINES, SOURCE_ASSET_KEYS, build_analytics_assets, model_asset_key
+from assets.models import HEADLINES
 from pipelines.models import (
     MACROS_FILE,
     MODELS_DIR,
@@ -24,176 +24,17 @@ from pipelines.models import (
     refresh_models,
 )
 from tests.support.expected import waits_on
+from tests.support.expected_analytics import (
+    assert_keyed_rows_equal,
+    expected_backlog,
+    expected_failure_codes,
+    expected_failure_rate_by,
+    expected_job_outcomes,
+    expected_period_stats,
+    expected_time_to_finish,
+    table,
+)
 from tests.support.warehouse_fixture import Dataset, create_warehouse, insert_rows, sample_dataset
-
-TERMINAL = ("SUCCEED", "FAILED")
-
-
-# ---------------------------------------------------------------- independent computation
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (what quantile_cont computes)."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def rate(failed: int, succeeded: int) -> float | None:
-    return failed / (succeeded + failed) if succeeded + failed else None
-
-
-def finish_seconds(data: Dataset) -> dict[tuple[str, str], float]:
-    """Seconds from creation to the first terminal history version, else to lastupdate_time."""
-    first_terminal: dict[tuple[str, str], datetime] = {}
-    for h in data.history:
-        if h["state"] in TERMINAL:
-            key = (h["project_id"], h["job_id"])
-            first_terminal[key] = min(first_terminal.get(key, h["valid_from"]), h["valid_from"])
-    out = {}
-    for j in data.live_jobs():
-        if j["state"] in TERMINAL:
-            key = (j["project_id"], j["job_id"])
-            end = first_terminal.get(key, j["lastupdate_time"])
-            out[key] = (end - j["create_time"]).total_seconds()
-    return out
-
-
-def expected_failure_rate_by(data: Dataset, column: str) -> dict[Any, dict[str, Any]]:
-    groups: dict[Any, Counter] = defaultdict(Counter)
-    for j in data.live_jobs():
-        c = groups[j.get(column)]
-        c["total_jobs"] += 1
-        c[
-            "succeeded" if j["state"] == "SUCCEED" else "failed" if j["state"] == "FAILED" else "in_progress"
-        ] += 1
-        side = waits_on(j["state"])
-        c["waiting_on_user"] += side == "user"
-        c["in_progress_by_service"] += side == "service"
-    return {
-        g: {
-            "total_jobs": c["total_jobs"],
-            "succeeded": c["succeeded"],
-            "failed": c["failed"],
-            "in_progress": c["in_progress"],
-            "failure_rate": rate(c["failed"], c["succeeded"]),
-            "waiting_on_user": c["waiting_on_user"],
-            "in_progress_by_service": c["in_progress_by_service"],
-        }
-        for g, c in groups.items()
-    }
-
-
-def expected_job_outcomes(data: Dataset) -> dict[tuple[str, str], dict[str, Any]]:
-    """Per live job: its outcome and which side an unfinished job waits on."""
-    out = {}
-    for j in data.live_jobs():
-        side = waits_on(j["state"])
-        out[(j["project_id"], j["job_id"])] = {
-            "outcome": {"SUCCEED": "succeeded", "FAILED": "failed"}.get(j["state"], "in_progress"),
-            "waits_on": side,
-            "waiting_on_user": side == "user",
-            "in_progress_by_service": side == "service",
-        }
-    return out
-
-
-def period_start(ts: datetime, period: str) -> date:
-    d = ts.astimezone(UTC).date()
-    if period == "week":
-        return d - timedelta(days=d.weekday())
-    if period == "month":
-        return d.replace(day=1)
-    return d
-
-
-def expected_period_stats(data: Dataset, period: str) -> dict[tuple[date, str], dict[str, Any]]:
-    finish = finish_seconds(data)
-    groups: dict[tuple[date, str], list[dict]] = defaultdict(list)
-    for j in data.live_jobs():
-        groups[(period_start(j["create_time"], period), j["project_id"])].append(j)
-    out = {}
-    for key, jobs in groups.items():
-        succeeded = sum(j["state"] == "SUCCEED" for j in jobs)
-        failed = sum(j["state"] == "FAILED" for j in jobs)
-        secs = [finish[(j["project_id"], j["job_id"])] for j in jobs if j["state"] in TERMINAL]
-        out[key] = {
-            "jobs_created": len(jobs),
-            "succeeded": succeeded,
-            "failed": failed,
-            "failure_rate": rate(failed, succeeded),
-            "p50_finish_seconds": quantile(secs, 0.5),
-            "p90_finish_seconds": quantile(secs, 0.9),
-        }
-    return out
-
-
-def expected_time_to_finish(data: Dataset) -> dict[Any, dict[str, Any]]:
-    finish = finish_seconds(data)
-    groups: dict[Any, list[float]] = defaultdict(list)
-    for j in data.live_jobs():
-        if j["state"] in TERMINAL:
-            groups[j.get("job_type")].append(finish[(j["project_id"], j["job_id"])])
-    return {
-        g: {
-            "finished_jobs": len(s),
-            "p50_finish_seconds": quantile(s, 0.5),
-            "p90_finish_seconds": quantile(s, 0.9),
-            "p99_finish_seconds": quantile(s, 0.99),
-            "avg_finish_seconds": sum(s) / len(s),
-        }
-        for g, s in groups.items()
-    }
-
-
-def expected_failure_codes(data: Dataset) -> dict[Any, dict[str, Any]]:
-    failed = [j for j in data.live_jobs() if j["state"] == "FAILED"]
-    by_code: dict[Any, list[dict]] = defaultdict(list)
-    for j in failed:
-        by_code[j.get("job_failed_code")].append(j)
-    out = {}
-    for code, jobs in by_code.items():
-        reasons = Counter(j.get("job_failed_reason") for j in jobs if j.get("job_failed_reason") is not None)
-        top = min(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[0] if reasons else None
-        out[code] = {
-            "most_common_reason": top,
-            "jobs": len(jobs),
-            "share_of_failures": len(jobs) / len(failed),
-            "last_seen": max(j["lastupdate_time"] for j in jobs),
-        }
-    return out
-
-
-def bucket(age: timedelta) -> str:
-    hours = age.total_seconds() / 3600
-    if hours < 1:
-        return "<1h"
-    if hours < 24:
-        return "1h-1d"
-    if hours < 24 * 7:
-        return "1-7d"
-    if hours < 24 * 30:
-        return "7-30d"
-    return ">30d"
-
-
-def expected_backlog(data: Dataset) -> dict[tuple[Any, str], dict[str, int]]:
-    live = data.live_jobs()
-    now = max(j["lastupdate_time"] for j in live)
-    counts = Counter((j["state"], bucket(now - j["create_time"])) for j in live if j["state"] not in TERMINAL)
-    return {
-        (state, age): {
-            "jobs": n,
-            "waits_on": waits_on(state),
-            "waiting_on_user": n if waits_on(state) == "user" else 0,
-            "in_progress_by_service": n if waits_on(state) == "service" else 0,
-        }
-        for (state, age), n in counts.items()
-    }
-
 
 # ---------------------------------------------------------------- fixtures and helpers
 
@@ -215,23 +56,6 @@ def con(data: Dataset):
     connection.close()
 
 
-def table(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
-    cursor = con.execute(f"SELECT * FROM analytics.{name}")
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def assert_rows_equal(actual: dict[Any, dict[str, Any]], expected: dict[Any, dict[str, Any]]) -> None:
-    assert set(actual) == set(expected)
-    for key, exp in expected.items():
-        for column, value in exp.items():
-            got = actual[key][column]
-            if isinstance(value, float):
-                assert got == pytest.approx(value, rel=1e-9, abs=1e-6), (key, column)
-            else:
-                assert got == value, (key, column)
-
-
 # ---------------------------------------------------------------- the aggregates
 
 
@@ -240,7 +64,7 @@ def test_failure_rate_by_group(con, data, column):
     rows = table(con, f"failure_rate_by_{column}")
     assert [r for r in rows if r["total_jobs"] != r["succeeded"] + r["failed"] + r["in_progress"]] == []
     assert [r for r in rows if r["in_progress"] != r["waiting_on_user"] + r["in_progress_by_service"]] == []
-    assert_rows_equal({r[column]: r for r in rows}, expected_failure_rate_by(data, column))
+    assert_keyed_rows_equal({r[column]: r for r in rows}, expected_failure_rate_by(data, column))
     assert sum(r["waiting_on_user"] for r in rows) and sum(r["in_progress_by_service"] for r in rows)
     # Columns dashboards read keep their names and places; the split comes after them.
     assert list(rows[0])[:6] == [column, "total_jobs", "succeeded", "failed", "in_progress", "failure_rate"]
@@ -248,7 +72,7 @@ def test_failure_rate_by_group(con, data, column):
 
 def test_job_outcomes_say_who_an_unfinished_job_waits_on(con, data):
     rows = table(con, "job_outcomes")
-    assert_rows_equal({(r["project_id"], r["job_id"]): r for r in rows}, expected_job_outcomes(data))
+    assert_keyed_rows_equal({(r["project_id"], r["job_id"]): r for r in rows}, expected_job_outcomes(data))
 
 
 @pytest.mark.parametrize(("state", "side"), [
@@ -299,7 +123,7 @@ def test_failure_rate_edges_are_exercised(con):
 def test_period_stats(con, data, name, period, column):
     rows = table(con, name)
     actual = {(r[column], r["project_id"]): r for r in rows}
-    assert_rows_equal(actual, expected_period_stats(data, period))
+    assert_keyed_rows_equal(actual, expected_period_stats(data, period))
     if period == "week":
         assert all(r[column].weekday() == 0 for r in rows)
 
@@ -324,7 +148,7 @@ def test_daily_stats_use_utc_days(data):
 
 def test_time_to_finish_by_job_type(con, data):
     rows = table(con, "time_to_finish_by_job_type")
-    assert_rows_equal({r["job_type"]: r for r in rows}, expected_time_to_finish(data))
+    assert_keyed_rows_equal({r["job_type"]: r for r in rows}, expected_time_to_finish(data))
 
 
 def test_time_to_finish_prefers_history():
@@ -367,7 +191,7 @@ def test_time_to_finish_prefers_history():
 
 def test_top_failure_codes(con, data):
     rows = table(con, "top_failure_codes")
-    assert_rows_equal({r["job_failed_code"]: r for r in rows}, expected_failure_codes(data))
+    assert_keyed_rows_equal({r["job_failed_code"]: r for r in rows}, expected_failure_codes(data))
     assert sum(r["share_of_failures"] for r in rows) == pytest.approx(1.0)
     assert None in {r["job_failed_code"] for r in rows}, "failures without a code form their own group"
     assert "MSS.00000009" not in {r["job_failed_code"] for r in rows}, "deleted jobs are left out"
@@ -375,7 +199,7 @@ def test_top_failure_codes(con, data):
 
 def test_in_flight_backlog(con, data):
     rows = table(con, "in_flight_backlog")
-    assert_rows_equal({(r["state"], r["age_bucket"]): r for r in rows}, expected_backlog(data))
+    assert_keyed_rows_equal({(r["state"], r["age_bucket"]): r for r in rows}, expected_backlog(data))
     assert {r["waits_on"] for r in rows} == {"user", "service"}
     assert list(rows[0])[:3] == ["state", "age_bucket", "jobs"]
     assert {r["age_bucket"] for r in rows} == {"<1h", "1h-1d", "1-7d", "7-30d", ">30d"}
@@ -634,103 +458,6 @@ def test_refresh_refuses_unmasked_personal_data():
     assert refresh_models(con, allow_unmasked_personal_data=True)["voice_training_jobs"] == 2
 
 
-# ---------------------------------------------------------------- Dagster
-
-
-@dataclass
-class _Warehouse:
-    db_path: Path
-
-
-class StandInWarehouseResource(dg.ConfigurableResource):
-    """Resource with the shape of pipelines.resources.WarehouseResource: `.warehouse().db_path`."""
-
-    data_dir: str
-
-    def warehouse(self) -> _Warehouse:
-        return _Warehouse(Path(self.data_dir) / "warehouse.duckdb")
-
-
-def test_materialize_model_assets_twice(tmp_path, data):
-    db = tmp_path / "warehouse.duckdb"
-    con = duckdb.connect(str(db))
-    create_warehouse(con)
-    data.load(con)
-    con.close()
-    source = dg.AssetSpec("voice_training_jobs")
-    analytics = build_analytics_assets()
-    resources = {"warehouse": StandInWarehouseResource(data_dir=str(tmp_path))}
-    results = []
-    for _ in range(2):
-        result = dg.materialize([source, analytics], resources=resources)
-        assert result.success
-        results.append({
-            e.materialization.asset_key: {k: v.value for k, v in e.materialization.metadata.items()
-                                          if k not in ("preview", "dagster/column_schema")}
-            for e in result.get_asset_materialization_events()
-        })  # fmt: skip
-    assert results[0] == results[1], "a second run over the same rows gives the same answer"
-    meta = results[0]
-    assert set(meta) == {model_asset_key(m) for m in load_models()}
-    by_tag = meta[dg.AssetKey("failure_rate_by_tag")]
-    live = data.live_jobs()
-    failed = sum(j["state"] == "FAILED" for j in live)
-    succeeded = sum(j["state"] == "SUCCEED" for j in live)
-    assert by_tag["dagster/row_count"] == len(expected_failure_rate_by(data, "tag"))
-    assert by_tag["overall_failure_rate"] == pytest.approx(failed / (failed + succeeded))
-    assert isinstance(by_tag["overall_failure_rate"], float)
-    assert meta[dg.AssetKey("in_flight_backlog")]["jobs_in_flight"] == sum(
-        j["state"] not in TERMINAL for j in live
-    )
-    for key in ("in_flight_backlog", "failure_rate_by_tag", ["analytics", "job_outcomes"]):
-        assert meta[dg.AssetKey(key)]["jobs_waiting_on_user"] == sum(waits_on(j["state"]) == "user" for j in live)
-        assert meta[dg.AssetKey(key)]["jobs_in_progress_by_service"] == sum(
-            waits_on(j["state"]) == "service" for j in live
-        )
-    assert meta[dg.AssetKey(["analytics", "live_voice_training_jobs"])]["dagster/row_count"] == len(live)
-    preview = result.get_asset_materialization_events()[0].materialization.metadata["preview"].value
-    assert preview.startswith("| ")
-
-
-def test_model_asset_lineage():
-    analytics = build_analytics_assets()
-    deps = analytics.asset_deps
-    assert deps[dg.AssetKey("failure_rate_by_tag")] == {dg.AssetKey(["analytics", "job_outcomes"])}
-    assert deps[dg.AssetKey(["analytics", "live_voice_training_jobs"])] == {
-        dg.AssetKey("voice_training_jobs"),
-        dg.AssetKey("voice_training_job_changes"),
-        dg.AssetKey("voice_training_job_deletions"),
-    }
-    specs = {s.key: s for s in analytics.specs}
-    assert all(s.group_name == "analytics" and s.description for s in specs.values())
-
-
-def test_materialize_subset_and_refusal(tmp_path):
-    db = tmp_path / "warehouse.duckdb"
-    con = duckdb.connect(str(db))
-    create_warehouse(con)
-    insert_rows(con, "main.voice_training_jobs", [{"project_id": "p", "job_id": "1", "phone": "13800135678"}])
-    con.close()
-    resources = {"warehouse": StandInWarehouseResource(data_dir=str(tmp_path))}
-    assets = [dg.AssetSpec("voice_training_jobs"), build_analytics_assets()]
-    refused = dg.materialize(assets, resources=resources, raise_on_error=False)
-    failure = next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE")
-    error, causes = failure.step_failure_data.error, []
-    while error is not None:  # Dagster wraps what the op raised
-        causes.append(error)
-        error = error.cause
-    assert any(e.cls_name == "UnmaskedPersonalDataError" and "phone: 1 rows" in e.message for e in causes)
-    assert not refused.get_asset_materialization_events()
-    allowed = dg.materialize(
-        assets,
-        resources=resources,
-        selection=dg.AssetSelection.assets(["analytics", "live_voice_training_jobs"]),
-        run_config={"ops": {"analytics_models": {"config": {"allow_unmasked_personal_data": True}}}},
-    )
-    keys = [e.materialization.asset_key for e in allowed.get_asset_materialization_events()]
-    assert keys == [dg.AssetKey(["analytics", "live_voice_training_jobs"])]
-
-
 def test_models_run_on_the_warehouse_schema(tmp_path, data):
     """The same rows in tables created by pipelines.warehouse give the same answers."""
     from pipelines.warehouse import Warehouse
@@ -740,8 +467,8 @@ def test_models_run_on_the_warehouse_schema(tmp_path, data):
         data.load(con)
         refresh_models(con)
         rows = table(con, "failure_rate_by_tag")
-        assert_rows_equal({r["tag"]: r for r in rows}, expected_failure_rate_by(data, "tag"))
-        assert_rows_equal(
+        assert_keyed_rows_equal({r["tag"]: r for r in rows}, expected_failure_rate_by(data, "tag"))
+        assert_keyed_rows_equal(
             {r["job_type"]: r for r in table(con, "time_to_finish_by_job_type")},
             expected_time_to_finish(data),
         )
@@ -751,13 +478,3 @@ def test_models_run_on_the_warehouse_schema(tmp_path, data):
         assert history_columns[-3:] == ["valid_from", "valid_to", "observed_at"]
         assert "row_hash" not in history_columns and "deleted_at" not in history_columns
         assert con.execute("SELECT count(*) FROM analytics.voice_training_job_transitions").fetchone()[0] > 0
-
-
-def test_no_model_asset_reads_like_the_sync_asset_it_depends_on():
-    """The graph labels an asset by its last key part: a view over voice_training_jobs must not
-    show as voice_training_jobs again (an edge that looks like a loop)."""
-    analytics = build_analytics_assets()
-    labels = {key.path[-1] for key in analytics.keys}
-    assert not labels & {key.path[-1] for key in SOURCE_ASSET_KEYS}
-    assert dg.AssetKey(["analytics", "live_voice_training_jobs"]) in analytics.keys
-    assert dg.AssetKey(["analytics", "job_outcomes"]) in analytics.keys

@@ -10,14 +10,8 @@ import pyarrow as pa
 import pytest
 
 from pipelines.contract import TERMINAL_STATES
-from pipelines.schema import (
-    JOBS_SCHEMA,
-    KNOWN_STATES,
-    SCHEMA_VERSION,
-    mask_phone,
-    normalize,
-    strip_url_credentials,
-)
+from pipelines.ingest import JOBS_SCHEMA, SCHEMA_VERSION, mask_phone, normalize, strip_url_credentials
+from pipelines.ingest.schema import KNOWN_STATES
 
 SYNCED = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 CREATED_S = 1736498597  # 2025-01-10T08:43:17Z

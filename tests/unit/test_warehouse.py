@@ -1,12 +1,14 @@
-"""Warehouse: upserts, SCD2 history, deletions, watermarks, atomicity, lake and serving snapshot."""
+"""Warehouse: upserts, SCD2 history, deletions, watermarks, atomicity, a lake write that fails.
+
+The lake's partitions (local and on an S3 server) and the serving snapshot seen by a reader in
+another process are in tests/integration/test_warehouse_lake.py.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -14,51 +16,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from pipelines.schema import JOBS_SCHEMA, normalize
+from pipelines.ingest import JOBS_SCHEMA, normalize
 from pipelines.warehouse import STORED_JOBS_SCHEMA, WAREHOUSE_VERSION, Warehouse, WarehouseError, WindowRecord
-from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_wipe
-
-DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
-DAY2 = DAY1 + timedelta(days=1)
-SYNC1 = datetime(2025, 3, 5, 10, tzinfo=UTC)
-SYNC2 = SYNC1 + timedelta(hours=1)
-
-
-def rec(
-    job_id: str, state: str = "CREATING", *, created: datetime = DAY1, updated_min: int | None = 0, **kw
-) -> dict:
-    r = {"job_id": job_id, "state": state, "create_time": int(created.timestamp())}
-    if updated_min is not None:
-        r["lastupdate_time"] = int((created + timedelta(minutes=updated_min)).timestamp() * 1000)
-    return r | kw
-
-
-def jobs(records: list[dict], project_id: str = "p1", synced_at: datetime = SYNC1) -> pa.Table:
-    out = normalize(records, project_id, synced_at)
-    assert not out.quarantine
-    return out.table
-
-
-def sql(wh: Warehouse, query: str, params: list | None = None) -> list[tuple]:
-    with wh.connect() as con:
-        return con.execute(query, params or []).fetchall()
-
-
-def states(wh: Warehouse) -> dict[str, str]:
-    return {r["job_id"]: r["state"] for r in wh.jobs_table().to_pylist()}
+from tests.support.warehouse_rows import DAY1, DAY2, SYNC1, SYNC2, jobs, lake_rows, rec, sql, states
 
 
 @pytest.fixture
-def wh(request, tmp_path: Path) -> Warehouse:
-    """A warehouse with its lake in the data directory, or (parametrized "s3") on the S3 server."""
-    if getattr(request, "param", "local") == "s3":
-        lake = request.getfixturevalue("s3_lake")
-        return Warehouse(tmp_path / "data", lake_uri=lake.uri, object_store=lake.server.access())
+def wh(tmp_path: Path) -> Warehouse:
     return Warehouse(tmp_path / "data")
-
-
-#: For the lake's tests: the same assertions with the lake local and on S3.
-BOTH_LAKES = pytest.mark.parametrize("wh", ["local", "s3"], indirect=True)
 
 
 @pytest.fixture
@@ -367,100 +332,6 @@ def test_a_failure_mid_transaction_leaves_the_previous_state(wh: Warehouse, run:
     assert states(wh)["a"] == "CHANGED"
 
 
-def _lake_rows(wh: Warehouse) -> list[dict]:
-    lake = lake_dataset(wh).to_table()
-    rows = lake.drop_columns(["create_day"]).cast(STORED_JOBS_SCHEMA).to_pylist()
-    return sorted(rows, key=lambda r: (r["project_id"], r["job_id"]))
-
-
-@BOTH_LAKES
-def test_lake_partitions_equal_the_table(wh: Warehouse, run: str):
-    wh.apply(
-        run, jobs=jobs([rec("a"), rec("b", created=DAY2), rec("c", created=DAY2 - timedelta(milliseconds=1))])
-    )
-    wh.apply(run, jobs=jobs([rec("x", created=DAY2)], project_id="p2"))
-    assert lake_keys(wh) == [
-        "create_day=2025-03-01/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p2/data.parquet",
-    ]
-    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
-    # any engine: DuckDB reads the same rows with the partition columns from the path. (DuckDB
-    # reads S3 through its httpfs extension, a download this machine cannot make; there it
-    # scans the pyarrow dataset of the same objects. The README shows httpfs.)
-    if wh.lake_dir is not None:
-        source = f"read_parquet('{wh.lake_dir}/**/*.parquet', hive_partitioning=true)"
-    else:
-        lake = lake_dataset(wh)  # noqa: F841  (DuckDB scans it by name)
-        source = "lake"
-    got = duckdb.sql(
-        f"SELECT CAST(create_day AS DATE), project_id, job_id FROM {source} ORDER BY job_id"
-    ).fetchall()
-    assert got == [(date(2025, 3, 1), "p1", "a"), (date(2025, 3, 2), "p1", "b"), (date(2025, 3, 1), "p1", "c"),
-                   (date(2025, 3, 2), "p2", "x")]  # fmt: skip
-    # deletions and updates rewrite their partition
-    wh.apply(run, jobs=jobs([rec("b", "SUCCEED", created=DAY2, updated_min=5)]), deleted=[("p1", "a")])
-    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
-    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
-
-
-def _lake_files(wh: Warehouse) -> dict[str, list[dict]]:
-    return {key: lake_file(wh, key).to_pylist() for key in lake_keys(wh) if key.endswith(".parquet")}
-
-
-@BOTH_LAKES
-def test_partitions_merged_from_batches_equal_an_export_from_the_table(wh: Warehouse, run: str):
-    """Most partitions are written from the old file plus a batch's winning rows; the files
-    must be what an export from the table writes, row for row and in the same order."""
-    day3 = DAY2 + timedelta(days=1)
-    wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=(DAY1, DAY2, day3)[i % 3] + timedelta(minutes=i))
-                             for i in range(30)]))
-    # updates into existing partitions, a new job, a stale row, duplicates inside the batch
-    wh.apply(run, jobs=jobs([rec("j04", "SUCCEED", created=DAY2 + timedelta(minutes=4), updated_min=9),
-                             rec("j05", "FAILED", created=day3 + timedelta(minutes=5), updated_min=1),
-                             rec("new", created=DAY1 + timedelta(hours=5))], synced_at=SYNC2))
-    wh.apply(run, jobs=jobs([rec("j04", "WAITING", created=DAY2 + timedelta(minutes=4), updated_min=2)],
-                            synced_at=SYNC2))  # stale: loses to the stored version
-    # a deletion and an undeletion (the slow path) beside merged partitions
-    wh.apply(run, jobs=jobs([rec("j07", "PROCESSING", created=DAY2 + timedelta(minutes=7), updated_min=3)]),
-             deleted=[("p1", "j00"), ("p1", "j08")])
-    wh.apply(run, jobs=jobs([rec("j00", created=DAY1, updated_min=0)]))  # listed again: not deleted
-    merged = _lake_files(wh)
-    assert sum(len(rows) for rows in merged.values()) == 31
-    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
-    wh.rebuild_lake()
-    assert _lake_files(wh) == merged
-    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
-
-
-@BOTH_LAKES
-def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
-    wh.apply(run, jobs=jobs([rec("a")]))
-    assert lake_keys(wh) == ["create_day=2025-03-01/project_id=p1/data.parquet"]
-    with wh.connect() as con:
-        con.execute("DELETE FROM voice_training_jobs")
-        con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01')")
-    assert wh.export_dirty_partitions() == 1
-    assert lake_keys(wh) == []
-    if wh.lake_dir is not None:
-        assert list(wh.lake_dir.iterdir()) == []  # no empty partition directories left behind
-
-
-@BOTH_LAKES
-def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run: str):
-    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
-    expected = _lake_rows(wh)
-    lake_wipe(wh)
-    orphan = wh.partition_key("p9", date(2024, 1, 1))
-    lake_put(wh, orphan, b"left over")
-    lake_put(wh, "create_day=2025-03-01/project_id=p1/.data-crashed.parquet.tmp", b"half")
-    assert wh.rebuild_lake() == 3
-    assert orphan not in lake_keys(wh)
-    assert _lake_rows(wh) == expected
-    assert lake_keys(wh) == ["create_day=2025-03-01/project_id=p1/data.parquet",
-                             "create_day=2025-03-02/project_id=p1/data.parquet"]
-
-
 def test_lake_write_failure_keeps_old_file_and_mark_and_leaves_no_temp_file(
     wh: Warehouse, run: str, monkeypatch
 ):
@@ -489,7 +360,7 @@ def test_lake_write_failure_keeps_old_file_and_mark_and_leaves_no_temp_file(
     assert path.read_bytes() == old_bytes
     monkeypatch.undo()
     assert wh.export_dirty_partitions() == 1
-    assert _lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
 
 
 def test_session_keeps_one_connection_and_methods_work_inside(wh: Warehouse, run: str):
@@ -510,38 +381,6 @@ def test_methods_can_run_in_worker_threads_inside_a_session(wh: Warehouse, run: 
         seen = pool.submit(wh.live_job_ids, "p1", DAY1, DAY2)
         assert seen.result(timeout=60) == {"a"}
         assert wh.watermark("p1") is None
-
-
-_READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"
-
-
-def test_serving_snapshot_old_readers_keep_their_snapshot(wh: Warehouse, run: str):
-    wh.apply(run, jobs=jobs([rec("a")]))
-    assert wh.publish_serving() == wh.serving_path
-    reader = duckdb.connect(str(wh.serving_path), read_only=True)
-    try:
-        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
-        wh.apply(run, jobs=jobs([rec("b"), rec("c")]))
-        with wh.connect():
-            wh.publish_serving()  # also from inside a session
-        # the open reader still sees its consistent old snapshot ...
-        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
-        assert reader.execute("SELECT job_id FROM voice_training_job_history").fetchall() == [("a",)]
-        # ... while a new connection (a BI tool is another process) sees the new one
-        query = "SELECT count(*) FROM voice_training_jobs"
-        out = subprocess.run(
-            [sys.executable, "-c", _READ_SERVING, str(wh.serving_path), query],
-            capture_output=True, text=True, check=True, timeout=60,
-        )  # fmt: skip
-        assert out.stdout.strip() == "3"
-    finally:
-        reader.close()
-    assert sorted(p.name for p in wh.data_dir.iterdir() if p.is_file()) == [
-        "serving.duckdb",
-        "warehouse.duckdb",
-    ]
-    with duckdb.connect(str(wh.serving_path), read_only=True) as fresh:
-        assert fresh.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (3,)
 
 
 def test_naive_datetimes_are_refused(wh: Warehouse, run: str):
