@@ -1,4 +1,4 @@
-"""Count bisection and the owner ranges, on hand-built creation times.
+"""Count bisection (pipelines.metastudio.bisection), on hand-built creation times.
 
 Change capture finds deletions by comparing, range by range, the source's ``count`` with
 the warehouse's live jobs, and splits only the ranges that disagree. These tests build both
@@ -15,12 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipelines.metastudio.bisection import LEAF_JOBS, find_disagreeing_windows, halves
 from pipelines.metastudio.paging import Window
-from pipelines.screen import split_owned
 from pipelines.warehouse import count_in_ranges
 
 FIRST = date(2025, 3, 1)
@@ -146,50 +144,35 @@ def test_count_in_ranges_counts_closed_ranges_to_the_microsecond():
     assert count_in_ranges(times, [(T0 - timedelta(days=1), T0 - timedelta(seconds=1))]) == [0]
 
 
-# ------------------------------------------------------------------------ owner ranges
+def test_a_job_the_warehouse_missed_is_found_like_a_deletion():
+    """The counts disagree the other way (the source holds one more): the same search finds it."""
+    at = T0 + timedelta(days=2, hours=3, seconds=41)
+    times = spread(2_000)
+    found, source = bisect(sorted([*times, ms(at) + 250]), times)
+    assert found.windows and all(contains(w, ms(at) + 250) for w in found.windows)
+    assert found.requests == len(source.asked) < 20
 
 
-def _jobs(*created: datetime) -> pa.Table:
-    return pa.table({
-        "job_id": [f"j{i}" for i in range(len(created))],
-        "create_time": pa.array(created, pa.timestamp("ms", tz="UTC")),
-    })
+def test_changes_in_two_places_are_each_found_and_nothing_between_them_is_paged():
+    first, second = T0 + timedelta(hours=9, seconds=5), T0 + timedelta(days=3, hours=20, seconds=7)
+    times = spread(2_000)
+    found, source = bisect(times, sorted([*times, ms(first), ms(second)]))
+    assert any(contains(w, ms(first)) for w in found.windows)
+    assert any(contains(w, ms(second)) for w in found.windows)
+    # only the disagreeing ranges are paged: together far less than the four days
+    assert sum((w.until - w.since for w in found.windows), timedelta()) <= timedelta(days=1)
+    one, _ = bisect(times, sorted([*times, ms(first)]))
+    assert found.requests <= 2 * one.requests + 1  # the cost grows with the places that changed
 
 
-def test_a_window_owns_its_midnight_and_leaves_the_next_one_to_its_neighbour():
-    day = T0
-    listed = (day, day + timedelta(days=1))  # closed: both midnights are listed
-    jobs = _jobs(day, day + timedelta(hours=5), day + timedelta(days=1), day + timedelta(days=1) - MS,
-                 datetime(9999, 12, 31, tzinfo=UTC), day - MS)
-    owned, outside = split_owned(jobs, listed, (day, day + timedelta(days=1)))
-    assert owned["job_id"].to_pylist() == ["j0", "j1", "j3"]
-    assert outside["job_id"].to_pylist() == ["j4", "j5"]  # listed though the filter excludes them
-    # j2 (the next midnight) is neither: the next day's window owns and lists it
+def test_a_disagreeing_range_of_at_most_a_leaf_of_jobs_is_paged_whole():
+    times = spread(LEAF_JOBS - 1)
+    deleted = times[len(times) // 2]
+    found, source = bisect([t for t in times if t != deleted], times)
+    assert found.windows == [Window(T0, NOT_AFTER)] and found.requests == 1 == len(source.asked)
 
 
-def test_a_job_on_a_midnight_is_written_once_by_the_day_that_owns_it(tmp_path, make_simulator):
-    """Two day windows list a job created exactly at 00:00:00.000; only the later day keeps it.
-    Without the owner ranges both would write it (the upsert would hide the copy, the row
-    count does not) and the earlier day's reconciliation would look at it too."""
-    from pipelines.sync import sync
-    from pipelines.warehouse import Warehouse
-    from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
-
-    server = make_simulator(jobs=400, seed=31, days=6, projects=PROJECTS, now=SIM_NOW)
-    midnight = datetime.combine(SIM_NOW.date() - timedelta(days=3), datetime.min.time(), UTC)
-    job_id = server.state.truth(PROJECTS[0])[5]["job_id"]
-    server.state.move_created(job_id, ms(midnight))
-    since, until = midnight.date() - timedelta(days=2), midnight.date() + timedelta(days=1)
-    report = sync(sim_settings(server, tmp_path), mode="days", since=since, until=until,
-                  warehouse=Warehouse(tmp_path))
-    in_days = [j for pid in PROJECTS for j in server.state.truth(pid)
-               if since <= _created_day(j["create_time"]) <= until]
-    assert report.quarantined == 0
-    assert report.rows_written == len(in_days)  # each job written once, the midnight one too
-    stored = Warehouse(tmp_path).jobs_table().to_pylist()
-    assert [r["create_time"] for r in stored if r["job_id"] == job_id] == [midnight]
-
-
-def _created_day(value: int) -> date:
-    """A truth record's create_time (epoch seconds or milliseconds, as the API sends) as a UTC day."""
-    return datetime.fromtimestamp(value / 1000 if value >= 100_000_000_000 else value, UTC).date()
+def test_an_empty_or_reversed_range_asks_nothing():
+    source = Source(spread(100))
+    found = asyncio.run(find_disagreeing_windows(source, "p", NOT_AFTER, T0, stored_counts(spread(100))))
+    assert found.windows == [] and found.requests == 0 and source.asked == []
