@@ -2,7 +2,7 @@
 
 Rooms, in the order a record passes them:
 
-- ``normalize.py``  the entry point: the fast path, else the rules;
+- ``normalizer.py`` the entry point: the fast path, else the rules;
 - ``arrow.py``      the fast path: records converted to Arrow in C, checked as columns;
 - ``rules.py``      the documented rules, step by step: what the result must be;
 - ``coerce.py``     one value (or one column) into its type;
@@ -13,7 +13,7 @@ Rooms, in the order a record passes them:
 """
 
 from pipelines.ingest.mask import mask_phone, mask_unknown_value, raw_json, strip_url_credentials
-from pipelines.ingest.normalize import normalize
+from pipelines.ingest.normalizer import normalize
 from pipelines.ingest.schema import JOBS_SCHEMA, SCHEMA_VERSION, Normalized, Quarantined
 
 __all__ = [

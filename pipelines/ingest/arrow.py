@@ -28,6 +28,7 @@ from pipelines.ingest.schema import (
     _MAX_EPOCH_MS,
     ASSESS_DETAIL_FIELDS,
     ASSESS_PROPERTIES,
+    JOBS_SCHEMA,
     KNOWN_FIELDS,
     Normalized,
 )
@@ -98,7 +99,7 @@ def _numbers_whole(records: list[Any], numbers: dict[str, pa.Array]) -> bool:
 def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, personal_data: str) -> Normalized | None:
     """The window as JOBS_SCHEMA when every record follows the documented shapes; else None."""
     if not records:
-        return None
+        return Normalized(table=JOBS_SCHEMA.empty_table())
     try:
         wire = pa.array(records, type=WIRE_TYPE)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):

@@ -44,7 +44,7 @@ from pipelines.warehouse.db import (
     DUCKDB_THREADS,
     WAREHOUSE_VERSION,
 )
-from pipelines.warehouse.lake import EXPORT_PARTITIONS, LAKE_FILE, LakeExportError
+from pipelines.warehouse.lake import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE, LakeExportError
 from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, S3LakeStore, open_lake_store
 from pipelines.warehouse.runlog import RunLog, count_in_ranges
 from pipelines.warehouse.serving import SERVING_FILE, SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Serving
@@ -65,6 +65,7 @@ __all__ = [
     "DUCKDB_MEMORY_LIMIT",
     "DUCKDB_THREADS",
     "EXPORT_PARTITIONS",
+    "EXPORT_ROWS",
     "HISTORY_TABLE",
     "JOB_COLUMNS",
     "JOBS_TABLE",

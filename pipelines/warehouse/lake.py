@@ -23,39 +23,51 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
-from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
-EXPORT_PARTITIONS = 8  # lake partitions read per query
+EXPORT_PARTITIONS = 64  # lake partitions read per query at most ...
+EXPORT_ROWS = 30_000  # ... and about this many rows (a partition bigger than that is read alone)
 LAKE_FILE = "data.parquet"
 _PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
 # A partition that could not be written: (project_id, day), where its file is, the error.
 _Failure = tuple[tuple[str, date], Path | str, OSError]
 
 
-def _partition_slices(table: pa.Table) -> dict[tuple[str, date], tuple[int, int]]:
-    """(project_id, day) -> (offset, length) of its run in a table sorted by project_id, _day."""
-    slices: dict[tuple[str, date], tuple[int, int]] = {}
+def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
+    """day -> (offset, length) of its run in a table of one project sorted by ``_day``."""
     if table.num_rows == 0:
-        return slices
-    keys = pa.table({"p": table["project_id"], "d": table["_day"]})
-    start = 0
-    projects = keys["p"].to_pylist()
-    days = keys["d"].to_pylist()
-    for i in range(1, len(projects) + 1):
-        if i == len(projects) or projects[i] != projects[start] or days[i] != days[start]:
-            slices[(projects[start], days[start])] = (start, i - start)
-            start = i
-    return slices
+        return {}
+    days = table["_day"].cast(pa.int32()).to_numpy(zero_copy_only=False)
+    values, starts, counts = np.unique(days, return_index=True, return_counts=True)
+    epoch = date(1970, 1, 1)
+    return {epoch + timedelta(days=int(v)): (int(i), int(n)) for v, i, n in zip(values, starts, counts, strict=True)}
+
+
+def _groups(sizes: list[tuple[str, date, int]]) -> list[tuple[str, list[date]]]:
+    """Dirty partitions (project, day, rows) in order, gathered into reads of one project of about
+    EXPORT_ROWS rows and at most EXPORT_PARTITIONS partitions each."""
+    groups: list[tuple[str, list[date]]] = []
+    rows = 0
+    for project_id, day, count in sizes:
+        current = groups[-1] if groups else None
+        if (current is None or current[0] != project_id or rows + count > EXPORT_ROWS
+                or len(current[1]) >= EXPORT_PARTITIONS):
+            groups.append((project_id, []))
+            rows = 0
+        groups[-1][1].append(day)
+        rows += count
+    return groups
 
 
 class LakeExportError(WarehouseError):
@@ -126,9 +138,9 @@ class Lake(Connections):
     def export_dirty_partitions(self) -> int:
         """Rewrite every lake partition marked dirty; returns how many files were written or removed.
 
-        One query reads the rows of up to ``EXPORT_PARTITIONS`` dirty partitions (a scan per
-        partition costs far more than the files themselves); the result is sliced per partition
-        in Arrow. A partition that cannot be written keeps its mark and does not stop the
+        One query reads the rows of up to ``EXPORT_PARTITIONS`` dirty partitions and about
+        ``EXPORT_ROWS`` rows (a query per partition costs far more than the files themselves);
+        the result is sorted and sliced per partition in Arrow. A partition that cannot be written keeps its mark and does not stop the
         others: once every other one is written, LakeExportError names it and its cause.
         """
         done, failures = self._export_dirty()
@@ -141,20 +153,21 @@ class Lake(Connections):
         done = 0
         failures: list[_Failure] = []
         with self._cursor() as con:
-            dirty = [
-                tuple(key) for key in con.execute(
-                    "SELECT DISTINCT project_id, create_day FROM lake_dirty ORDER BY 1, 2"
-                ).fetchall()
-                if tuple(key) not in skip
-            ]  # fmt: skip
             # A change capture can dirty every day of the history: partitions are read a few
-            # at a time so the rows held (and sorted inside DuckDB's memory limit) stay bounded.
-            for project_id, group in groupby(dirty, key=lambda key: key[0]):
-                days = [day for _, day in group]
-                for i in range(0, len(days), EXPORT_PARTITIONS):
-                    written, failed = self._export_partitions(con, project_id, days[i:i + EXPORT_PARTITIONS])
-                    done += written
-                    failures += failed
+            # thousand rows at a time, so what is held stays bounded.
+            sizes = [
+                (project_id, day, count) for project_id, day, count in con.execute(
+                    f"""SELECT d.project_id, d.create_day, count(j.job_id) FROM lake_dirty d
+                    LEFT JOIN {JOBS_TABLE} j ON j.project_id = d.project_id
+                     AND CAST(timezone('UTC', j.create_time) AS DATE) = d.create_day
+                    GROUP BY ALL ORDER BY 1, 2"""
+                ).fetchall()
+                if (project_id, day) not in skip
+            ]  # fmt: skip
+            for project_id, days in _groups(sizes):
+                written, failed = self._export_partitions(con, project_id, days)
+                done += written
+                failures += failed
         return done, failures
 
     def _side_by_side(self, write: Callable[[tuple[str, date]], bool], keys: list[tuple[str, date]]) -> list[bool]:
@@ -188,7 +201,7 @@ class Lake(Connections):
     @staticmethod
     def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> pa.Table:
         """The rows of the dirty partitions among ``days`` of one project, ordered by day and job_id,
-        with their creation day as ``_day``."""
+        with their creation day as ``_day`` (sorted in Arrow: DuckDB sorting whole rows cost more)."""
         known = [day for day in days if day is not None]
         if not known:
             return con.sql(
@@ -199,15 +212,15 @@ class Lake(Connections):
         # the whole history; NULL days are never exported, so the range loses nothing.
         lo = datetime(min(known).year, min(known).month, min(known).day, tzinfo=UTC)
         hi = datetime(max(known).year, max(known).month, max(known).day, tzinfo=UTC) + timedelta(days=1)
-        return con.sql(
+        rows = con.sql(
             f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
             f" FROM {JOBS_TABLE} j"
             " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
             "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
-            "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))"
-            " ORDER BY project_id, _day, job_id",
+            "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))",
             params=[project_id, lo, hi],
         ).to_arrow_table()
+        return rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
 
     def _export_partitions(
         self, con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]
@@ -220,7 +233,7 @@ class Lake(Connections):
         failed: list[_Failure] = []
 
         def write(key: tuple[str, date]) -> bool:
-            offset, length = slices.get(key, (0, 0))
+            offset, length = slices.get(key[1], (0, 0))
             try:
                 self._write_partition(key, table.slice(offset, length))
             except OSError as exc:

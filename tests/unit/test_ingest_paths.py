@@ -139,4 +139,4 @@ def test_edge_records(records, fast):
 
 
 def test_an_empty_window():
-    assert_same([], fast=False)
+    assert_same([], fast=True)
