@@ -476,13 +476,30 @@ def run_command(argv: list[str], *, env: dict, cwd: Path, timeout: float = 600) 
 
 def _clean_env() -> dict:
     """This environment without anything that would point a command at a real source, a Dagster
-    instance or PostgreSQL: the command sees only what the benchmark gives it."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_", "DAGSTER_", "AWS_"))}
+    instance or PostgreSQL: the command sees only what the benchmark gives it. The code it runs
+    is this checkout's, even where the virtualenv's editable install points at another one."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_", "DAGSTER_", "AWS_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _voicejobs() -> list[str]:
-    return [str(VOICEJOBS)] if VOICEJOBS.exists() else [sys.executable, "-m", "pipelines.cli"]
+    """The console script of this checkout's virtualenv, else the one beside this Python."""
+    script = VOICEJOBS if VOICEJOBS.exists() else Path(sys.executable).with_name("voicejobs")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pipelines.cli"]
+
+
+def _checkout() -> str:
+    """The commit benchmarked, with '+changes' when the work tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pipelines", "sql"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {commit}" + (" +changes" if dirty else "")
 
 
 def _last_run_stats(data_dir: Path) -> dict:
@@ -858,7 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     traffic_note = f"traffic {args.traffic}"
     if not simulator_has_traffic():
         traffic, traffic_note = None, f"traffic steady (this simulator has no --traffic; {args.traffic} was asked)"
-    context = (f"{traffic_note}, {args.days} days of history, sizes {', '.join(f'{s:,}' for s in sizes)}; "
+    checkout = _checkout()
+    context = (f"{checkout}; {traffic_note}, {args.days} days of history, sizes {', '.join(f'{s:,}' for s in sizes)}; "
                f"{os.cpu_count()} cores, Python {platform.python_version()}")
     print(context, flush=True)
     results: list[Result] = []
@@ -897,7 +915,8 @@ def main(argv: list[str] | None = None) -> int:
     path = out_dir / f"{stamp}.json"
     path.write_text(json.dumps({
         "started": stamp, "suite_seconds": round(total, 1), "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "machine": platform.machine(), "traffic": traffic or "steady",
+        "python": platform.python_version(), "machine": platform.machine(), "checkout": checkout,
+        "traffic": traffic or "steady",
         "days": args.days, "sizes": sizes, "columns": list(COLUMNS), "target_columns": list(TARGET_COLUMNS),
         "results": [asdict(r) for r in results], "targets": [asdict(t) for t in targets],
     }, indent=2))
