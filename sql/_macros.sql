@@ -32,6 +32,14 @@
 --     one row per creation period ('day', 'week' starting Monday, 'month'; UTC) and project_id
 --     of the relation `outcomes`: period_start, project_id, jobs_created, succeeded, failed,
 --     failure_rate, p50_finish_seconds, p90_finish_seconds.
+-- analytics.without_deleted_jobs(rows, jobs) -> TABLE
+--     every row of the relation `rows` (any relation with project_id and job_id, all its
+--     columns) except those of a deleted job: one the relation `jobs` (shaped like the
+--     warehouse's main.voice_training_jobs) holds with deleted_at set. Rows of a job `jobs`
+--     does not hold are kept. Hand it the names of CTEs over the warehouse tables
+--     (`WITH jobs AS (FROM main.voice_training_jobs) ...`), not `main.<table>` itself:
+--     query_table reads a name qualified with main. as unqualified, and inside an analytics
+--     view that finds the analytics relation of the same name.
 
 CREATE OR REPLACE MACRO analytics.failure_rate(failed, succeeded) AS
     CASE WHEN succeeded + failed > 0 THEN failed::DOUBLE / (succeeded + failed) END;
@@ -71,3 +79,14 @@ CREATE OR REPLACE MACRO analytics.job_stats_by(outcomes, period) AS TABLE
         quantile_cont(finish_seconds, 0.9) AS p90_finish_seconds
     FROM query_table(outcomes)
     GROUP BY period_start, project_id;
+
+CREATE OR REPLACE MACRO analytics.without_deleted_jobs(rows, jobs) AS TABLE
+    SELECT *
+    FROM query_table(rows) AS r
+    WHERE NOT EXISTS (
+        SELECT 1
+        FROM query_table(jobs) AS d
+        WHERE d.deleted_at IS NOT NULL
+          AND d.project_id = r.project_id
+          AND d.job_id = r.job_id
+    );

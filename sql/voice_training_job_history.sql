@@ -7,13 +7,7 @@
 --   observed_at TIMESTAMPTZ  when the sync first saw this version.
 -- deleted_at (deleted jobs are not shown at all) and the warehouse's row_hash are dropped.
 CREATE OR REPLACE VIEW analytics.voice_training_job_history AS
+WITH versions AS (FROM main.voice_training_job_history), jobs AS (FROM main.voice_training_jobs)
 -- Only the contract's columns: bookkeeping columns the warehouse may add stay out of view.
 SELECT COLUMNS(lambda c: c NOT IN ('deleted_at', 'row_hash'))
-FROM main.voice_training_job_history AS h
-WHERE NOT EXISTS (
-    SELECT 1
-    FROM main.voice_training_jobs AS d
-    WHERE d.deleted_at IS NOT NULL
-      AND d.project_id = h.project_id
-      AND d.job_id = h.job_id
-);
+FROM analytics.without_deleted_jobs(versions, jobs);

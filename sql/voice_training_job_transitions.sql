@@ -7,12 +7,6 @@
 --   to_state    VARCHAR      state after the change,
 --   changed_at  TIMESTAMPTZ  when the new state took effect.
 CREATE OR REPLACE VIEW analytics.voice_training_job_transitions AS
-SELECT t.project_id, t.job_id, t.from_state, t.to_state, t.changed_at
-FROM main.voice_training_job_transitions AS t
-WHERE NOT EXISTS (
-    SELECT 1
-    FROM main.voice_training_jobs AS d
-    WHERE d.deleted_at IS NOT NULL
-      AND d.project_id = t.project_id
-      AND d.job_id = t.job_id
-);
+WITH changes AS (FROM main.voice_training_job_transitions), jobs AS (FROM main.voice_training_jobs)
+SELECT project_id, job_id, from_state, to_state, changed_at
+FROM analytics.without_deleted_jobs(changes, jobs);
