@@ -37,7 +37,7 @@ from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
 EXPORT_PARTITIONS = 64  # lake partitions read per query at most ...
-EXPORT_ROWS = 30_000  # ... and about this many rows (a partition bigger than that is read alone)
+EXPORT_ROWS = 10_000  # ... and about this many rows (a partition bigger than that is read alone)
 LAKE_FILE = "data.parquet"
 _PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
 # A partition that could not be written: (project_id, day), where its file is, the error.

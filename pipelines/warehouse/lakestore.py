@@ -110,6 +110,9 @@ _PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 class LocalLakeStore(LakeStore):
     """The lake in a local directory (by default ``<data-dir>/lake``)."""
 
+    #: Two files encode while two more wait for their fsync.
+    writers = 4
+
     def __init__(self, root_dir: Path, *, home: Path, home_var: str) -> None:
         self.root_dir = root_dir
         self.root = str(root_dir)
