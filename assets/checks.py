@@ -12,7 +12,7 @@ report without blocking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -71,6 +71,16 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _verdict(found: Sized, severity: Severity, metadata: dict[str, Any], *, problem: str, fine: str) -> CheckOutcome:
+    """A check passes when it found nothing; its description says what it found, or `fine`."""
+    return CheckOutcome(passed=not found, severity=severity, metadata=metadata, description=problem if found else fine)
+
+
+def _counted(counts: Mapping[str, int]) -> str:
+    """``a (3), b (1)``: columns with their row counts."""
+    return ", ".join(f"{c} ({n})" for c, n in counts.items())
+
+
 def check_unique_keys(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
     """(project_id, job_id) identifies one row."""
     dups = _rows(
@@ -79,13 +89,12 @@ def check_unique_keys(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
             GROUP BY project_id, job_id HAVING count(*) > 1
             ORDER BY copies DESC, project_id, job_id""",
     )
-    return CheckOutcome(
-        passed=not dups,
-        severity="ERROR",
-        metadata={"duplicate_keys": len(dups), "sample": dups[:SAMPLE_SIZE]},
-        description=f"{len(dups)} (project_id, job_id) key(s) appear more than once"
-        if dups
-        else "keys unique",
+    return _verdict(
+        dups,
+        "ERROR",
+        {"duplicate_keys": len(dups), "sample": dups[:SAMPLE_SIZE]},
+        problem=f"{len(dups)} (project_id, job_id) key(s) appear more than once",
+        fine="keys unique",
     )
 
 
@@ -97,13 +106,12 @@ def check_keys_and_timestamps_not_null(con: duckdb.DuckDBPyConnection) -> CheckO
     selects = ", ".join(f"count(*) FILTER (WHERE {c} IS NULL) AS {c}" for c in NOT_NULL_COLUMNS)
     counts = _rows(con, f"SELECT {selects} FROM {JOBS_TABLE}")[0]
     nulls = {c: int(n) for c, n in counts.items() if n}
-    return CheckOutcome(
-        passed=not nulls,
-        severity="ERROR",
-        metadata={"null_counts": nulls, "rows_with_nulls": sum(nulls.values())},
-        description=("NULLs in " + ", ".join(f"{c} ({n})" for c, n in nulls.items()))
-        if nulls
-        else "no NULLs",
+    return _verdict(
+        nulls,
+        "ERROR",
+        {"null_counts": nulls, "rows_with_nulls": sum(nulls.values())},
+        problem="NULLs in " + _counted(nulls),
+        fine="no NULLs",
     )
 
 
@@ -114,14 +122,15 @@ def check_update_not_before_create(con: duckdb.DuckDBPyConnection) -> CheckOutco
         f"""SELECT project_id, job_id, create_time, lastupdate_time FROM {JOBS_TABLE}
             WHERE lastupdate_time < create_time ORDER BY project_id, job_id""",
     )
-    return CheckOutcome(
-        passed=not bad,
-        severity="ERROR",
-        metadata={
+    return _verdict(
+        bad,
+        "ERROR",
+        {
             "rows_updated_before_created": len(bad),
             "sample": [{k: _plain(v) for k, v in r.items()} for r in bad[:SAMPLE_SIZE]],
         },
-        description=f"{len(bad)} row(s) with lastupdate_time before create_time" if bad else "ordered",
+        problem=f"{len(bad)} row(s) with lastupdate_time before create_time",
+        fine="ordered",
     )
 
 
@@ -144,15 +153,12 @@ def check_known_enums(
         )
         if found:
             unknown[column] = {r["value"]: int(r["n"]) for r in found}
-    return CheckOutcome(
-        passed=not unknown,
-        severity="WARN",
-        metadata={"unknown_values": unknown},
-        description=(
-            "undocumented values: " + "; ".join(f"{c}: {', '.join(v)}" for c, v in unknown.items())
-            if unknown
-            else "all values documented"
-        ),
+    return _verdict(
+        unknown,
+        "WARN",
+        {"unknown_values": unknown},
+        problem="undocumented values: " + "; ".join(f"{c}: {', '.join(v)}" for c, v in unknown.items()),
+        fine="all values documented",
     )
 
 
@@ -171,21 +177,18 @@ def check_window_reconciliation(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
         [run_id],
     )
     bad = [w for w in windows if w["fetched"] != w["api_count"]]
-    return CheckOutcome(
-        passed=not bad,
-        severity="ERROR",
-        metadata={
+    return _verdict(
+        bad,
+        "ERROR",
+        {
             "run_id": run_id,
             "windows": len(windows),
             "mismatched_windows": len(bad),
             "mismatches": [{k: _plain(v) for k, v in w.items()} for w in bad[:SAMPLE_SIZE]],
         },
-        description=(
-            f"{len(bad)} of {len(windows)} window(s) of run {run_id} fetched a different number of jobs "
-            "than the API's count"
-            if bad
-            else f"all {len(windows)} window(s) of run {run_id} reconcile"
-        ),
+        problem=f"{len(bad)} of {len(windows)} window(s) of run {run_id} fetched a different number of jobs "
+        "than the API's count",
+        fine=f"all {len(windows)} window(s) of run {run_id} reconcile",
     )
 
 
@@ -223,15 +226,12 @@ def check_personal_data_masked(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
     views and the serving snapshot then expose those values as stored.
     """
     found = unmasked_personal_data(con, JOBS_TABLE)
-    return CheckOutcome(
-        passed=not found,
-        severity="WARN",
-        metadata={"unmasked_rows": found},
-        description=(
-            "unmasked personal data in " + ", ".join(f"{c} ({n})" for c, n in found.items())
-            if found
-            else "personal data masked"
-        ),
+    return _verdict(
+        found,
+        "WARN",
+        {"unmasked_rows": found},
+        problem="unmasked personal data in " + _counted(found),
+        fine="personal data masked",
     )
 
 
