@@ -31,6 +31,9 @@ from pipelines.warehouse.tables import (
     _hash_expr,
 )
 
+#: The storage format of a new warehouse.duckdb: the oldest DuckDB release that reads it is the
+#: one serving.duckdb promises BI tools, so the snapshot can be a copy of the file.
+STORAGE_VERSION = "v1.2.0"
 DUCKDB_MEMORY_LIMIT = "160MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
@@ -72,7 +75,7 @@ class Connections:
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         try:
-            con = duckdb.connect(str(self.db_path))
+            con = duckdb.connect(str(self.db_path), config={"storage_compatibility_version": STORAGE_VERSION})
         except duckdb.Error as exc:
             raise WarehouseError(
                 f"cannot open {self.db_path}: {exc}. If another process holds it (a running sync or a "

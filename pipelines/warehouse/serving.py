@@ -1,12 +1,15 @@
 """The serving snapshot: serving.duckdb, a copy of the warehouse that BI tools open read-only.
 
-It is taken after a CHECKPOINT, written in an older storage format, stripped of the sync's
-own bookkeeping, fsynced and swapped in with os.replace.
+It is taken after a CHECKPOINT, in an older storage format, stripped of the sync's own
+bookkeeping, fsynced and swapped in with os.replace. A warehouse created in that format
+(every one created since it was chosen: see STORAGE_VERSION) is copied as a file, which
+costs what copying its bytes costs; an older warehouse is copied table by table.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from contextlib import suppress
 from pathlib import Path
@@ -15,7 +18,7 @@ import duckdb
 
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
-from pipelines.warehouse.db import Connections
+from pipelines.warehouse.db import STORAGE_VERSION, Connections
 from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
@@ -24,8 +27,8 @@ SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.d
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
 SYNC_ONLY_TABLES = ("quarantine", "lake_dirty", "sync_state", "sync_windows", "schema_migrations")
-# The oldest DuckDB release that can read serving.duckdb (the warehouse file itself is newer).
-SERVING_STORAGE_VERSION = "v1.2.0"
+# The oldest DuckDB release that can read serving.duckdb.
+SERVING_STORAGE_VERSION = STORAGE_VERSION
 
 
 class Serving(Connections):
@@ -51,22 +54,11 @@ class Serving(Connections):
                     stale.unlink()
             token = uuid.uuid4().hex
             tmp: Path | None = self.data_dir / f".serving-{token}.duckdb.tmp"
-            alias = f"serving_{token[:12]}"
-            quoted = str(tmp).replace("'", "''")
             try:
-                # A copy in an older storage format rather than the file itself: BI drivers and
-                # CLIs lag DuckDB releases, and a file written by the newest one locks them out.
-                con.execute(f"ATTACH '{quoted}' AS {alias} (STORAGE_VERSION '{SERVING_STORAGE_VERSION}')")
-                try:
-                    source = con.execute("SELECT current_database()").fetchone()[0]
-                    con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
-                    crashpoint("serving_copying")  # a snapshot copy left half-done
-                    # Readers get what analysts read, not the sync's own bookkeeping (raw records
-                    # of the quarantine, cursors, export marks).
-                    for table in SYNC_ONLY_TABLES:
-                        con.execute(f"DROP TABLE IF EXISTS {alias}.main.{table}")
-                finally:
-                    con.execute(f"DETACH {alias}")
+                if self._storage_version(con).startswith(SERVING_STORAGE_VERSION):
+                    self._copy_file(tmp)
+                else:
+                    self._copy_tables(con, tmp, f"serving_{token[:12]}")
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.serving_path)
@@ -84,3 +76,40 @@ class Serving(Connections):
                         with suppress(OSError):
                             leftover.unlink()
         return self.serving_path
+
+    @staticmethod
+    def _storage_version(con: duckdb.DuckDBPyConnection) -> str:
+        tags = con.execute(
+            "SELECT tags FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+        return str(dict(tags).get("storage_version", "")) if tags else ""
+
+    def _copy_file(self, tmp: Path) -> None:
+        """The checkpointed warehouse file copied whole, then stripped of the sync's bookkeeping.
+
+        Nothing writes the file meanwhile: the caller holds the warehouse's only connection."""
+        shutil.copyfile(self.db_path, tmp)
+        crashpoint("serving_copying")  # a snapshot copy left half-done
+        con = duckdb.connect(str(tmp))
+        try:
+            for table in SYNC_ONLY_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS main.{table}")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+
+    @staticmethod
+    def _copy_tables(con: duckdb.DuckDBPyConnection, tmp: Path, alias: str) -> None:
+        """A warehouse in a newer storage format: copied table by table into the serving format
+        (BI drivers and CLIs lag DuckDB releases, and a file written by the newest one locks them out)."""
+        quoted = str(tmp).replace("'", "''")
+        con.execute(f"ATTACH '{quoted}' AS {alias} (STORAGE_VERSION '{SERVING_STORAGE_VERSION}')")
+        try:
+            source = con.execute("SELECT current_database()").fetchone()[0]
+            con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
+            crashpoint("serving_copying")  # a snapshot copy left half-done
+            # Readers get what analysts read, not the sync's own bookkeeping (raw records of the
+            # quarantine, cursors, export marks).
+            for table in SYNC_ONLY_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {alias}.main.{table}")
+        finally:
+            con.execute(f"DETACH {alias}")

@@ -1,0 +1,85 @@
+"""serving.duckdb: the same snapshot whether the warehouse file is copied whole or table by table.
+
+A warehouse created by this release is in the serving storage format, so its snapshot is a
+copy of the file (then stripped of the sync's bookkeeping); one created in a newer format
+(by an earlier release) is copied table by table into that format. Both must give BI tools
+the same relations and rows, in a file older DuckDB releases open, without the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
+from pipelines.warehouse.serving import Serving
+from tests.support.warehouse_rows import jobs, rec
+
+RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
+               WHERE table_catalog = current_database() ORDER BY 1, 2"""
+
+
+def _snapshot(wh: Warehouse) -> tuple[str, list, list, list]:
+    con = duckdb.connect(str(wh.serving_path), read_only=True)
+    try:
+        version = con.execute(
+            "SELECT tags['storage_version'] FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()[0]
+        relations = con.execute(RELATIONS).fetchall()
+        rows = con.execute("SELECT job_id, state FROM main.voice_training_jobs ORDER BY 1").fetchall()
+        history = con.execute("SELECT count(*) FROM main.voice_training_job_history").fetchall()
+        return version, relations, rows, history
+    finally:
+        con.close()
+
+
+def _fill(wh: Warehouse) -> None:
+    run = wh.begin_run("days", {})
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", "FAILED")]))
+    wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=3)]))
+    wh.finish_run(run, "succeeded", {})
+
+
+def test_a_new_warehouse_is_copied_as_a_file(tmp_path, monkeypatch):
+    wh = Warehouse(tmp_path / "new")
+    _fill(wh)
+    copied_tables = []
+    monkeypatch.setattr(Serving, "_copy_tables", lambda *args: copied_tables.append(args))
+    wh.publish_serving()
+    assert copied_tables == []  # the file was copied, not its tables
+    version, relations, rows, history = _snapshot(wh)
+    assert version.startswith(SERVING_STORAGE_VERSION)
+    assert rows == [("a", "SUCCEED"), ("b", "FAILED")]
+    assert history == [(3,)]
+    names = {name for _, name in relations}
+    assert "voice_training_jobs" in names and not names & set(SYNC_ONLY_TABLES)
+
+
+def test_an_older_format_warehouse_gets_the_same_snapshot_table_by_table(tmp_path, monkeypatch):
+    new = Warehouse(tmp_path / "new")
+    _fill(new)
+    new.publish_serving()
+    # A warehouse file written in DuckDB's newest format, as earlier releases created them.
+    monkeypatch.setattr("pipelines.warehouse.db.STORAGE_VERSION", "latest")
+    old = Warehouse(tmp_path / "old")
+    _fill(old)
+    with old.connect() as con:
+        assert not Serving._storage_version(con).startswith(SERVING_STORAGE_VERSION)
+    copied_files = []
+    monkeypatch.setattr(Serving, "_copy_file", lambda *args: copied_files.append(args))
+    old.publish_serving()
+    assert copied_files == []
+    assert _snapshot(old) == _snapshot(new)
+
+
+@pytest.mark.parametrize("table", SYNC_ONLY_TABLES)
+def test_the_file_copy_leaves_no_bookkeeping_table(tmp_path, table):
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    con = duckdb.connect(str(wh.serving_path), read_only=True)
+    try:
+        assert not con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]
+    finally:
+        con.close()
