@@ -25,22 +25,15 @@ class _Invalid(Exception):
     """A value that cannot be coerced; the message is the value's type description."""
 
 
+#: How a reason names a value's JSON type (bool before int: a bool is an int in Python).
+_TYPE_NAMES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "array"),
+               (dict, "object"))
+
+
 def _type_name(v: Any) -> str:
     if v is None:
         return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(v, kind)), type(v).__name__)
 
 
 def _number_from_string(s: str) -> int | float:
