@@ -19,8 +19,7 @@ left it so fails at its end with a LakeExportError naming it (see RunLog.finish_
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Sequence
 from contextlib import suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -170,16 +169,6 @@ class Lake(Connections):
                 failures += failed
         return done, failures
 
-    def _side_by_side(self, write: Callable[[tuple[str, date]], bool], keys: list[tuple[str, date]]) -> list[bool]:
-        """``write`` of every key, ``self.lake.writers`` at a time; the results in the order of ``keys``.
-
-        Parquet reading, encoding and compression release the GIL, and uploads wait on the
-        network: partitions are written side by side (a change capture touches hundreds)."""
-        if len(keys) <= 1:
-            return [write(key) for key in keys]
-        with ThreadPoolExecutor(min(self.lake.writers, len(keys)), thread_name_prefix="lake") as pool:
-            return list(pool.map(write, keys))
-
     @staticmethod
     def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:
         """Drop the export marks of partitions just written, in one statement."""
@@ -230,29 +219,16 @@ class Lake(Connections):
         table = self._dirty_rows(con, project_id, days)
         slices = _partition_slices(table)
         table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
-        failed: list[_Failure] = []
-
-        def write(key: tuple[str, date]) -> bool:
-            offset, length = slices.get(key[1], (0, 0))
-            try:
-                self._write_partition(key, table.slice(offset, length))
-            except OSError as exc:
-                failed.append((key, self.partition_path(*key), exc))  # keeps its mark; the others go on
-                return False
-            crashpoint("lake_replaced")
-            return True
-
         keys = [(project_id, day) for day in days]
-        written = [key for key, ok in zip(keys, self._side_by_side(write, keys), strict=True) if ok]
+        parts = [table.slice(*slices.get(day, (0, 0))) for day in days]
+        errors = self.lake.write_all([(self.partition_key(*key), part) for key, part in zip(keys, parts, strict=True)])
+        written: list[tuple[str, date]] = []
+        failed: list[_Failure] = []
+        for key, exc in zip(keys, errors, strict=True):
+            if exc is None:
+                crashpoint("lake_replaced")
+                written.append(key)
+            else:  # it keeps its mark; the others go on
+                failed.append((key, self.partition_path(*key), exc))
         self._clear_dirty(con, written)
-        failed.sort(key=lambda failure: keys.index(failure[0]))
         return len(written), failed
-
-    def _write_partition(self, key: tuple[str, date], table: pa.Table) -> None:
-        """Replace one lake file whole, or remove it when ``table`` is empty.
-
-        Raises the OSError of a failed write; the old file is then left as it was."""
-        if table.num_rows == 0:
-            self.lake.remove(self.partition_key(*key))
-        else:
-            self.lake.write(self.partition_key(*key), table)
