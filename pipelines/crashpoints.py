@@ -11,7 +11,7 @@ The variable is read on every call (cheap: one dict lookup while unset), so a te
 set it for a subprocess only. Points in use (see tests/test_crash_safety.py):
 
 =============================  ===================================================
-``fetched``                    a window was fetched and normalized, nothing written
+``fetched``                    a window was fetched and absorbed, nothing written
 ``before_flush``               a buffer is about to be applied (also between flushes)
 ``apply_before_commit``        inside the warehouse transaction, before COMMIT
 ``apply_after_commit``         COMMIT done, lake export not started

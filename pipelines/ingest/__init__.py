@@ -13,10 +13,10 @@ Rooms, in the order a record passes them:
 """
 
 from pipelines.ingest.mask import mask_phone, mask_unknown_value, raw_json, strip_url_credentials
-from pipelines.ingest.normalizer import normalize
+from pipelines.ingest.normalizer import normalize, normalize_windows
 from pipelines.ingest.schema import JOBS_SCHEMA, SCHEMA_VERSION, Normalized, Quarantined
 
 __all__ = [
     "JOBS_SCHEMA", "SCHEMA_VERSION", "Normalized", "Quarantined", "mask_phone", "mask_unknown_value",
-    "normalize", "raw_json", "strip_url_credentials",
+    "normalize", "normalize_windows", "raw_json", "strip_url_credentials",
 ]

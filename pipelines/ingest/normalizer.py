@@ -26,3 +26,22 @@ def normalize(records: Sequence[Any], project_id: str, synced_at: datetime, *,
     if fast is not None:
         return fast
     return normalize_by_rules(records, project_id, synced_at, personal_data=personal_data)
+
+
+def normalize_windows(windows: Sequence[Sequence[Any]], project_id: str, synced_at: datetime, *,
+                      personal_data: str = "mask") -> list[Normalized]:
+    """``normalize`` of each window's records, converted in one pass where the fast path takes
+    them all: a window's fixed cost (a few milliseconds of Arrow calls) is paid once for many
+    small windows. Duplicates are resolved within each window, as ``normalize`` does, never
+    across windows. Identical to calling ``normalize`` on each window."""
+    check_arguments(project_id, synced_at, personal_data)
+    sizes = [len(records) for records in windows]
+    records = [r for window in windows for r in window]
+    together = normalize_fast(records, project_id, synced_at, personal_data) if len(windows) > 1 else None
+    if together is None or together.duplicates:  # some window needs the rules, or has duplicates
+        return [normalize(list(window), project_id, synced_at, personal_data=personal_data) for window in windows]
+    out, offset = [], 0
+    for size in sizes:
+        out.append(Normalized(table=together.table.slice(offset, size)))
+        offset += size
+    return out

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.crashpoints import crashpoint
-from pipelines.ingest import JOBS_SCHEMA, normalize, screen
+from pipelines.ingest import JOBS_SCHEMA, Normalized, normalize_windows, screen
 from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.errors import MetaStudioError
 from pipelines.metastudio.paging import SplitBudget, Window, WindowResult, fetch_window
@@ -33,6 +33,7 @@ log = logging.getLogger("voicejobs.sync")
 US = timedelta(microseconds=1)
 FLUSH_ROWS = 20_000  # rows per warehouse transaction: bounds memory, amortises commits
 FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
+NORMALIZE_ROWS = 4_000  # records of finished windows normalized together
 #: A reconciling window that would mark more than this share of its range's live jobs
 #: deleted (and at least MASS_DELETION_MIN jobs) is listed again before it is believed.
 MASS_DELETION_SHARE = 0.5
@@ -78,6 +79,9 @@ class Run:
         self.newest_update: dict[str, datetime] = {}
         self.buffered_bytes = 0
         self.split_budget = SplitBudget()
+        # Finished windows waiting to be normalized together: (task, window, records, synced_at).
+        self.pending: list[tuple[Task, Window, list, datetime]] = []
+        self.pending_rows = 0
         # Creation times (epoch us, sorted) of each project's live jobs before this run wrote
         # any: what a reconciling window's listing is held against (see check_deletions).
         self.live_before: dict[str, np.ndarray] = {}
@@ -98,37 +102,10 @@ class Run:
         return stored, max(0, stored - len(result.jobs))
 
     def absorb(self, task: Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
-        """Normalize one finished window into the buffer; find its deletions."""
-        personal_data = self.settings.personal_data
-        normalized = normalize(result.jobs, task.project_id, synced_at, personal_data=personal_data)
-        table = normalized.table
-        quarantine = list(normalized.quarantine)
-        raw: dict | None = None
-        if task.owner_since is not None and table.num_rows:
-            listed = (result.window.since, result.window.until)
-            table, outside = screen.split_owned(table, listed, (task.owner_since, task.owner_until))
-            if outside.num_rows:
-                raw = screen.raw_index(result.jobs)
-                quarantine += screen.quarantine_rows(
-                    outside, raw, task.project_id,
-                    f"create_time: outside the creation window {result.window} it was listed in", personal_data)
-                self.report.out_of_window += outside.num_rows
-        too_big = screen.oversized(table)
-        if too_big is not None:
-            raw = raw if raw is not None else screen.raw_index(result.jobs)
-            quarantine += screen.quarantine_rows(
-                table.filter(too_big), raw, task.project_id,
-                f"record: more than {screen.MAX_RECORD_BYTES:,} bytes of text", personal_data)
-            table = table.filter(pc.invert(too_big))
-        if table.num_rows:
-            newest = pc.max(table["lastupdate_time"]).as_py()
-            if newest is not None:
-                prev = self.newest_update.get(task.project_id)
-                self.newest_update[task.project_id] = max(prev, newest) if prev else newest
-        self.tables.append(table)
-        self.buffered += table.num_rows
-        self.buffered_bytes += table.nbytes
-        self.quarantine.extend(quarantine)
+        """Take one finished window: what it listed and what it proves deleted now, its rows
+        once enough windows wait to be normalized together (see settle())."""
+        self.pending.append((task, result.window, result.jobs, synced_at))
+        self.pending_rows += len(result.jobs)
         for leaf in result.leaves:
             self.windows.append(
                 WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
@@ -147,13 +124,67 @@ class Run:
                             task.window.since, task.window.until, task.project_id)
         self.report.windows += 1
         self.report.jobs_fetched += len(result.jobs)
-        self.report.quarantined += len(quarantine)
+        if self.pending_rows >= NORMALIZE_ROWS:
+            self.settle()
         crashpoint("fetched")
         self.progress.windows_done += 1
         self.progress.jobs += len(result.jobs)
         self.progress.retrying = None
         if self.progress_cb:
             self.progress_cb(self.progress)
+
+    def settle(self) -> None:
+        """Normalize and screen the windows absorbed since the last call, into the buffer.
+
+        Windows of one project are normalized together (a window's fixed cost is paid once
+        for many small windows); each keeps its own rows and its own screening."""
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        if not pending:
+            return
+        by_project: dict[str, list[int]] = {}
+        for i, (task, *_rest) in enumerate(pending):
+            by_project.setdefault(task.project_id, []).append(i)
+        normalized: list = [None] * len(pending)
+        for project_id, indexes in by_project.items():
+            group = normalize_windows([pending[i][2] for i in indexes], project_id, pending[indexes[-1]][3],
+                                      personal_data=self.settings.personal_data)
+            for i, rows in zip(indexes, group, strict=True):
+                normalized[i] = rows
+        for (task, window, jobs, _synced_at), rows in zip(pending, normalized, strict=True):
+            self._screen(task, window, jobs, rows)
+
+    def _screen(self, task: Task, window: Window, jobs: list, normalized: Normalized) -> None:
+        """One window's normalized rows into the buffer: its own, not a neighbour's; what no table
+        should hold quarantined; the newest update time noted."""
+        personal_data = self.settings.personal_data
+        table = normalized.table
+        quarantine = list(normalized.quarantine)
+        raw: dict | None = None
+        if task.owner_since is not None and table.num_rows:
+            table, outside = screen.split_owned(table, (window.since, window.until), (task.owner_since, task.owner_until))
+            if outside.num_rows:
+                raw = screen.raw_index(jobs)
+                quarantine += screen.quarantine_rows(
+                    outside, raw, task.project_id,
+                    f"create_time: outside the creation window {window} it was listed in", personal_data)
+                self.report.out_of_window += outside.num_rows
+        too_big = screen.oversized(table)
+        if too_big is not None:
+            raw = raw if raw is not None else screen.raw_index(jobs)
+            quarantine += screen.quarantine_rows(
+                table.filter(too_big), raw, task.project_id,
+                f"record: more than {screen.MAX_RECORD_BYTES:,} bytes of text", personal_data)
+            table = table.filter(pc.invert(too_big))
+        if table.num_rows:
+            newest = pc.max(table["lastupdate_time"]).as_py()
+            if newest is not None:
+                prev = self.newest_update.get(task.project_id)
+                self.newest_update[task.project_id] = max(prev, newest) if prev else newest
+        self.tables.append(table)
+        self.buffered += table.num_rows
+        self.buffered_bytes += table.nbytes
+        self.quarantine.extend(quarantine)
+        self.report.quarantined += len(quarantine)
 
     def retrying(self, note: str) -> None:
         """Show the latest retry on the progress line (the summary counts them all)."""
@@ -171,7 +202,7 @@ class Run:
 
     @property
     def buffer_full(self) -> bool:
-        return self.buffered >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
+        return self.buffered + self.pending_rows >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
 
     def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
         """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""
@@ -183,6 +214,7 @@ class Run:
 
     def take(self) -> _Batch | None:
         """Hand over the buffer (None when empty) and start a new one, so absorbing can go on."""
+        self.settle()
         if not (self.tables or self.windows or self.quarantine or self.reconciled):
             return None
         batch = _Batch(self.tables, self.windows, self.quarantine, self.reconciled)
@@ -298,6 +330,7 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
                 if batch is not None:
                     applying = asyncio.ensure_future(
                         asyncio.to_thread(run.apply, batch, deleted_at=client.server_now()))
+        run.settle()  # the last windows' rows into the buffer, and their newest update times noted
         if applying is not None:
             run.announce(WRITING)
             await applying

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipelines.ingest import normalize
+from pipelines.ingest import normalize, normalize_windows
 from pipelines.ingest.arrow import normalize_fast
 from pipelines.ingest.rules import normalize_by_rules
 from pipelines.simulator import SimulatorConfig, SimulatorState
@@ -140,3 +140,34 @@ def test_edge_records(records, fast):
 
 def test_an_empty_window():
     assert_same([], fast=True)
+
+
+def _same_results(windows: list[list], personal_data: str = "mask") -> None:
+    one_by_one = [normalize(w, "p1", SYNCED, personal_data=personal_data) for w in windows]
+    together = normalize_windows(windows, "p1", SYNCED, personal_data=personal_data)
+    assert len(together) == len(windows)
+    for alone, grouped in zip(one_by_one, together, strict=True):
+        assert grouped.table.to_pylist() == alone.table.to_pylist()
+        assert grouped.table.schema.equals(alone.table.schema)
+        assert grouped.quarantine == alone.quarantine
+        assert grouped.duplicates == alone.duplicates
+
+
+def test_windows_normalized_together_equal_each_alone():
+    windows = _windows(())
+    _same_results(windows)
+    _same_results(windows, personal_data="raw")
+
+
+def test_a_job_in_two_windows_keeps_a_row_in_each():
+    # Two adjacent windows both list the job at their shared instant, in different versions.
+    windows = [[base("a"), base("m", state="X")], [base("m", state="Y", lastupdate_time=1736498000000), base("b")]]
+    _same_results(windows)
+    together = normalize_windows(windows, "p1", SYNCED)
+    assert [r["state"] for r in together[0].table.to_pylist()] == ["SUCCEED", "X"]
+    assert [r["state"] for r in together[1].table.to_pylist()] == ["Y", "SUCCEED"]
+
+
+@pytest.mark.parametrize(("records", "fast"), [pytest.param(r, f, id=name) for name, r, f in EDGES])
+def test_a_window_the_fast_path_declines_among_others(records, fast):
+    _same_results([[base("x1"), base("x2")], records, [base("y1")], []])
