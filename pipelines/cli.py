@@ -140,16 +140,22 @@ def _self_command() -> str:
 
 
 def _cmd_demo(args) -> int:
-    from pipelines.simulator import SimulatorConfig, SimulatorServer
-    from pipelines.source import simulator_settings
-    from pipelines.sync import sync
-    from pipelines.warehouse import Warehouse
+    from pipelines.simulator import SimulatorConfig
+    from pipelines.simulator.process import SimulatorProcess
 
     data_dir = Path(args.data_dir) if args.data_dir else DEMO_DATA_DIR
     settings = _settings(args).with_(data_dir=data_dir)
     config = SimulatorConfig(jobs=args.jobs, seed=args.seed)
     print(f"Starting the embedded MetaStudio simulator with {args.jobs:,} jobs (simulated data) ...", flush=True)
-    with SimulatorServer(config) as server:
+    # In a process of its own, the simulator answers on the other core instead of waiting for
+    # the sync's turn at the interpreter lock; it starts while this process loads the sync.
+    server = SimulatorProcess(config, warm=True).spawn()
+    try:
+        from pipelines.source import simulator_settings
+        from pipelines.sync import sync
+        from pipelines.warehouse import Warehouse
+
+        server.wait_ready()
         print(f"  listening on {server.url} (AK/SK signing, as the real API)", flush=True)
         sim_settings = simulator_settings(settings, server)
         now = server.state.now
@@ -157,6 +163,8 @@ def _cmd_demo(args) -> int:
         warehouse = Warehouse(data_dir)
         report = sync(sim_settings.with_(safety_lag_seconds=0), mode="days", since=since, until=now.date(),
                       warehouse=warehouse, progress=_progress_printer(), refresh=True)
+    finally:
+        server.stop()
     print(report.summary())
     _tell_dagster(report, warehouse)
     me = _self_command()
