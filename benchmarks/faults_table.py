@@ -6,7 +6,7 @@ Each row is one days-sync of a small simulator (2 projects, 45 days, 1,200 jobs)
 one kind of fault served on 10% of requests (the rate cap row: none injected, the server
 admits 20 requests/s and answers the excess 429 + Retry-After; the last row: the mix of
 all of them together). The "equal" column compares the warehouse with the simulator's
-truth field by field (tests/expected.py).
+truth field by field (tests/support/expected.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
 from pipelines.simulator.config import FAULT_KINDS  # noqa: E402
 from pipelines.sync import sync  # noqa: E402
 from pipelines.warehouse import Warehouse  # noqa: E402
-from tests.conftest import PROJECTS, SIM_NOW, sim_settings, truth_by_project  # noqa: E402
-from tests.expected import assert_rows_equal  # noqa: E402
+from tests.support.expected import assert_rows_equal  # noqa: E402
+from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings, truth_by_project  # noqa: E402
 
 DAYS = 45
 CASES = [

@@ -8,7 +8,7 @@ crash-safety tests run ``voicejobs sync`` once per point and check that the ware
 still opens and holds a consistent state, and that the next run repairs the rest.
 
 The variable is read on every call (cheap: one dict lookup while unset), so a test can
-set it for a subprocess only. Points in use (see tests/test_crash_safety.py):
+set it for a subprocess only. Points in use (see tests/integration/test_crash_safety.py):
 
 =============================  ===================================================
 ``fetched``                    a window was fetched and absorbed, nothing written

@@ -5,15 +5,5 @@ from __future__ import annotations
 from tests.support.postgres import postgres_server  # noqa: F401  (a session fixture: one server per test run)
 from tests.support.s3 import s3_lake, s3_server  # noqa: F401  (an S3 server per test run, a lake per test)
 
-# The simulator factory (per test and per module) and its preset; PROJECTS, SIM_NOW, sim_settings
-# and truth_by_project stay importable from here for benchmarks/faults_table.py (tests import them
-# from tests.support.simulators).
-from tests.support.simulators import (  # noqa: F401
-    PROJECTS,
-    SIM_NOW,
-    make_module_simulator,
-    make_simulator,
-    sim_settings,
-    small_simulator,
-    truth_by_project,
-)
+# The simulator factory (per test and per module) and its preset.
+from tests.support.simulators import make_module_simulator, make_simulator, small_simulator  # noqa: F401
