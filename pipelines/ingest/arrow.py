@@ -16,6 +16,7 @@ simulator can produce), so the fast path is an optimisation, never a second set 
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -137,3 +138,30 @@ def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, per
     cols.update(fields)  # the remaining top-level strings and booleans, as converted
     table, duplicates = finish(cols, [unknown_keys(r) for r in records], project_id, synced_at, personal_data)
     return Normalized(table=table, duplicates=duplicates)
+
+
+def skip_pandas_probe() -> None:
+    """Let pyarrow convert Python lists without importing pandas first.
+
+    pyarrow imports pandas on its first conversion of a Python list, only to ask whether the
+    list is a pandas object (it never is here); the import costs a sync about 0.2-0.5 s and
+    35 MB. With the import refused once, pyarrow remembers that pandas is absent for that
+    question, and still imports it when a caller asks for pandas itself (``to_pandas()``,
+    ``pipelines.query.read``). Nothing is changed when pandas is already imported."""
+    if "pandas" in sys.modules:
+        return
+    refusal = _RefusePandas()
+    sys.meta_path.insert(0, refusal)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(refusal)
+
+
+class _RefusePandas:
+    """An import finder that refuses pandas, for the one conversion of skip_pandas_probe."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not needed to convert lists")
