@@ -166,6 +166,9 @@ class MetaStudioClient(SourceClock, Pacing):
         self.on_retry: Callable[[str], None] | None = None
         self._http = httpx.AsyncClient(
             auth=auth,
+            # A plain-http endpoint (a local gateway, the simulator) makes no TLS connection:
+            # loading the certificate store would cost every run its time for nothing.
+            verify=url.scheme == "https",
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
             http2=False,
