@@ -31,7 +31,7 @@ from pipelines.warehouse import ReconciledRange, Warehouse, WindowRecord, count_
 log = logging.getLogger("voicejobs.sync")
 
 US = timedelta(microseconds=1)
-FLUSH_ROWS = 20_000  # rows per warehouse transaction: bounds memory, amortises commits
+FLUSH_ROWS = 10_000  # rows per warehouse transaction: bounds memory, amortises commits
 FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
 NORMALIZE_ROWS = 4_000  # records of finished windows normalized together
 #: A reconciling window that would mark more than this share of its range's live jobs
