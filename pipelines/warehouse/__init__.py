@@ -10,16 +10,19 @@ Layout under `data_dir` (see the shared contract):
   per creation day (UTC) and project, holding JOBS_SCHEMA + deleted_at, rewritten whole.
   VOICEJOBS_LAKE_URI puts the lake elsewhere: another directory, or s3://bucket/prefix (the
   same layout under the prefix).
-- `serving.duckdb`: a byte copy of the warehouse taken after a CHECKPOINT, swapped in with
+- `serving.duckdb`: a copy of the warehouse taken after a CHECKPOINT (of the file itself when it
+  is in the serving storage format), without the sync's bookkeeping, swapped in with
   os.replace; BI tools open it read-only.
 
 One module per concern, each a room of the one :class:`Warehouse`:
 
 - ``tables``: table names, the stored jobs schema, the version hash, WarehouseError.
 - ``db``: connections, DuckDB settings, migrations (the SQL files in ``migrations/``).
-- ``apply``: the apply transaction (upsert, SCD2 history, deletions, reconciled ranges,
-  watermarks) and what it hands the lake.
-- ``lake``: partition keys, the export after a batch, the export of dirty partitions, rebuild.
+- ``apply``: the apply transaction: jobs never seen appended, known ones upserted, the SCD2
+  history, the lake partitions marked for export.
+- ``deletions``: the ranges a source listed completely and the deletion marks they prove.
+- ``records``: what a batch records besides jobs: windows listed, quarantine, watermarks.
+- ``lake``: partition keys, the export of dirty partitions (once per run), rebuild.
 - ``lakestore``: where the lake's files live, a local directory or an S3-compatible store.
 - ``serving``: the serving snapshot.
 - ``runlog``: the run log and the readers the sync plans with (watermarks, listed days,
@@ -37,15 +40,17 @@ import threading
 from pathlib import Path
 
 from pipelines.settings import ObjectStoreAccess, Settings
-from pipelines.warehouse.apply import Apply, ApplyStats, ReconciledRange, WindowRecord
+from pipelines.warehouse.apply import Apply, ApplyStats
 from pipelines.warehouse.db import (
     DUCKDB_CHECKPOINT_THRESHOLD,
     DUCKDB_MEMORY_LIMIT,
     DUCKDB_THREADS,
     WAREHOUSE_VERSION,
 )
+from pipelines.warehouse.deletions import ReconciledRange
 from pipelines.warehouse.lake import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE, LakeExportError
 from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, S3LakeStore, open_lake_store
+from pipelines.warehouse.records import WindowRecord
 from pipelines.warehouse.runlog import RunLog, count_in_ranges
 from pipelines.warehouse.serving import SERVING_FILE, SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Serving
 from pipelines.warehouse.tables import (

@@ -16,19 +16,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.crashpoints import crashpoint
 from pipelines.ingest.schema import JOBS_SCHEMA, Quarantined
+from pipelines.warehouse.deletions import Deletions, ReconciledRange
 from pipelines.warehouse.lake import Lake
+from pipelines.warehouse.records import Records, WindowRecord
 from pipelines.warehouse.tables import (
     _COLS,
-    _TS,
     HISTORY_TABLE,
     JOBS_TABLE,
     WarehouseError,
@@ -36,34 +36,6 @@ from pipelines.warehouse.tables import (
     _hash_expr,
     _is_disk_error,
 )
-
-#: Window bounds are kept to the microsecond (an owner range ends 1 us before the next one).
-_TS_US = pa.timestamp("us", tz="UTC")
-
-
-@dataclass(frozen=True)
-class WindowRecord:
-    """One fetched listing window: what the API counted and what the sync got."""
-
-    project_id: str
-    kind: str
-    since: datetime
-    until: datetime
-    api_count: int
-    fetched: int
-    pages: int
-    listed_at: datetime | None = None  # the source's clock when the window was listed
-
-
-@dataclass(frozen=True)
-class ReconciledRange:
-    """Creation times [since, until) of one project that the source listed completely, and
-    every job_id that listing held (quarantined records too: they are not deleted)."""
-
-    project_id: str
-    since: datetime
-    until: datetime
-    seen: Sequence[str]
 
 
 @dataclass
@@ -84,7 +56,7 @@ class ApplyStats:
     partitions_failed: int = 0  # lake partitions left marked: they could not be written
 
 
-class Apply(Lake):
+class Apply(Lake, Records, Deletions):
     """Writing one batch: the transaction, then the export of the partitions it touched."""
 
     def apply(
@@ -138,7 +110,7 @@ class Apply(Lake):
                 if reconciled:
                     deleted = [*deleted, *self._unlisted(con, reconciled)]
                 if deleted:
-                    self._mark_deleted(con, deleted, deleted_at, stats)
+                    stats.deleted = len(self._mark_deleted(con, deleted, deleted_at))
                 if watermarks:
                     self._advance_watermarks(con, watermarks, now)
                 crashpoint("apply_before_commit")
@@ -147,10 +119,7 @@ class Apply(Lake):
                 with suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 if _is_disk_error(exc) and not isinstance(exc, WarehouseError):
-                    raise WarehouseError(
-                        f"writing {self.db_path} failed ({exc}); nothing of this batch was kept. "
-                        f"Free space on the disk holding {self.data_dir} and run the sync again"
-                    ) from exc
+                    raise self._batch_not_kept(exc) from exc
                 raise
             finally:
                 self._drop_scratch(con)
@@ -158,6 +127,12 @@ class Apply(Lake):
         if export:
             self.export_for_run(run_id, stats)
         return stats
+
+    def _batch_not_kept(self, exc: BaseException) -> WarehouseError:
+        return WarehouseError(
+            f"writing {self.db_path} failed ({exc}); nothing of this batch was kept. "
+            f"Free space on the disk holding {self.data_dir} and run the sync again"
+        )
 
     def export_for_run(self, run_id: str, stats: ApplyStats | None = None) -> None:
         """Export the partitions marked, leaving out those that already failed in this run;
@@ -283,123 +258,6 @@ class Apply(Lake):
             f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
             SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
         ).fetchone()[0]
-
-    @staticmethod
-    def _insert_windows(
-        con: duckdb.DuckDBPyConnection, run_id: str, windows: Sequence[WindowRecord], now: datetime
-    ) -> None:
-        n = len(windows)
-        con.register("_windows_in", pa.table({
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "project_id": pa.array([w.project_id for w in windows], pa.string()),
-            "kind": pa.array([w.kind for w in windows], pa.string()),
-            "since": pa.array([_aware(w.since, "since") for w in windows], _TS_US),
-            "until": pa.array([_aware(w.until, "until") for w in windows], _TS_US),
-            "api_count": pa.array([w.api_count for w in windows], pa.int64()),
-            "fetched": pa.array([w.fetched for w in windows], pa.int64()),
-            "pages": pa.array([w.pages for w in windows], pa.int64()),
-            "listed_at": pa.array([w.listed_at for w in windows], _TS_US),
-        }))
-        con.execute(
-            "INSERT INTO sync_windows (run_id, project_id, kind, since, until, api_count, fetched, pages,"
-            " synced_at, listed_at) SELECT run_id, project_id, kind, since, until, api_count, fetched, pages,"
-            " ?, listed_at FROM _windows_in",
-            [now],
-        )
-
-    @staticmethod
-    def _insert_quarantine(
-        con: duckdb.DuckDBPyConnection, run_id: str, quarantine: Sequence[Quarantined], now: datetime
-    ) -> None:
-        table = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(quarantine), pa.string()),
-                "project_id": pa.array([q.project_id for q in quarantine], pa.string()),
-                "job_id": pa.array([q.job_id for q in quarantine], pa.string()),
-                "reason": pa.array([q.reason for q in quarantine], pa.string()),
-                "raw_record": pa.array([q.raw_record for q in quarantine], pa.string()),
-            }
-        )
-        con.register("_quarantine_in", table)
-        try:
-            con.execute("INSERT INTO quarantine SELECT *, ? FROM _quarantine_in", [now])
-        finally:
-            con.unregister("_quarantine_in")
-
-    @staticmethod
-    def _mark_deleted(
-        con: duckdb.DuckDBPyConnection,
-        deleted: Sequence[tuple[str, str]],
-        deleted_at: datetime,
-        stats: ApplyStats,
-    ) -> list[tuple[str, date, str]]:
-        """Mark ``deleted`` keys; returns (project_id, create day, job_id) of the rows marked."""
-        keys = pa.table(
-            {
-                "project_id": pa.array([k[0] for k in deleted], pa.string()),
-                "job_id": pa.array([k[1] for k in deleted], pa.string()),
-            }
-        )
-        con.register("_deleted", keys)
-        marked = con.execute(
-            f"""UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
-            WHERE j.project_id = d.project_id AND j.job_id = d.job_id AND j.deleted_at IS NULL
-            RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.job_id""",
-            [deleted_at],
-        ).fetchall()
-        stats.deleted = len(marked)
-        con.execute(
-            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
-            WHERE h.project_id = d.project_id AND h.job_id = d.job_id
-              AND h.valid_to IS NULL AND h.deleted_at IS NULL""",
-            [deleted_at],
-        )
-        if marked:
-            con.executemany(
-                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
-                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
-                [[p, d, p, d] for p, d in {(p, d) for p, d, _ in marked}],
-            )
-        return marked
-
-    @staticmethod
-    def _unlisted(con: duckdb.DuckDBPyConnection, reconciled: Sequence[ReconciledRange]) -> list[tuple[str, str]]:
-        """Live stored jobs inside ranges listed completely that the listing did not hold.
-
-        Runs after the upsert of the same transaction, so it sees every earlier batch."""
-        con.register("_recon", pa.table({
-            "idx": pa.array(range(len(reconciled)), pa.int32()),
-            "project_id": pa.array([r.project_id for r in reconciled], pa.string()),
-            "since": pa.array([_aware(r.since, "since") for r in reconciled], _TS),
-            "until": pa.array([_aware(r.until, "until") for r in reconciled], _TS),
-        }))
-        lengths = [len(r.seen) for r in reconciled]
-        con.register("_seen", pa.table({
-            "idx": pa.array(np.repeat(np.arange(len(reconciled), dtype=np.int32), lengths)),
-            "job_id": pa.array([job_id for r in reconciled for job_id in r.seen], pa.string()),
-        }))
-        return [tuple(r) for r in con.execute(
-            f"""SELECT j.project_id, j.job_id FROM {JOBS_TABLE} j JOIN _recon r
-                ON j.project_id = r.project_id AND j.create_time >= r.since AND j.create_time < r.until
-            WHERE j.deleted_at IS NULL
-              AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.idx = r.idx AND s.job_id = j.job_id)
-            ORDER BY 1, 2"""
-        ).fetchall()]
-
-    @staticmethod
-    def _advance_watermarks(
-        con: duckdb.DuckDBPyConnection, watermarks: Mapping[str, datetime], now: datetime
-    ) -> None:
-        for project_id, mark in watermarks.items():
-            mark = _aware(mark, "watermark")
-            updated = con.execute(
-                "UPDATE sync_state SET watermark = greatest(watermark, ?), updated_at = ?"
-                " WHERE project_id = ? RETURNING project_id",
-                [mark, now, project_id],
-            ).fetchall()
-            if not updated:
-                con.execute("INSERT INTO sync_state VALUES (?, ?, ?)", [project_id, mark, now])
-
 
 def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     """Mark the lake partitions (project_id, creation day) a query yields for export, once each."""

@@ -1,0 +1,87 @@
+"""Deletion evidence inside a batch's transaction: the ranges a source listed completely, the
+stored jobs those listings lacked, and the marks set on them (never a row removed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from pipelines.warehouse.tables import _TS, HISTORY_TABLE, JOBS_TABLE, _aware
+
+
+@dataclass(frozen=True)
+class ReconciledRange:
+    """Creation times [since, until) of one project that the source listed completely, and
+    every job_id that listing held (quarantined records too: they are not deleted)."""
+
+    project_id: str
+    since: datetime
+    until: datetime
+    seen: Sequence[str]
+
+
+class Deletions:
+    """Marking jobs deleted (a mixin of the warehouse)."""
+
+    @staticmethod
+    def _mark_deleted(
+        con: duckdb.DuckDBPyConnection,
+        deleted: Sequence[tuple[str, str]],
+        deleted_at: datetime,
+    ) -> list[tuple[str, date, str]]:
+        """Mark ``deleted`` keys; returns (project_id, create day, job_id) of the rows marked."""
+        keys = pa.table(
+            {
+                "project_id": pa.array([k[0] for k in deleted], pa.string()),
+                "job_id": pa.array([k[1] for k in deleted], pa.string()),
+            }
+        )
+        con.register("_deleted", keys)
+        marked = con.execute(
+            f"""UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE j.project_id = d.project_id AND j.job_id = d.job_id AND j.deleted_at IS NULL
+            RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.job_id""",
+            [deleted_at],
+        ).fetchall()
+        con.execute(
+            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
+            WHERE h.project_id = d.project_id AND h.job_id = d.job_id
+              AND h.valid_to IS NULL AND h.deleted_at IS NULL""",
+            [deleted_at],
+        )
+        if marked:
+            con.executemany(
+                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
+                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
+                [[p, d, p, d] for p, d in {(p, d) for p, d, _ in marked}],
+            )
+        return marked
+
+    @staticmethod
+    def _unlisted(con: duckdb.DuckDBPyConnection, reconciled: Sequence[ReconciledRange]) -> list[tuple[str, str]]:
+        """Live stored jobs inside ranges listed completely that the listing did not hold.
+
+        Runs after the upsert of the same transaction, so it sees every earlier batch."""
+        con.register("_recon", pa.table({
+            "idx": pa.array(range(len(reconciled)), pa.int32()),
+            "project_id": pa.array([r.project_id for r in reconciled], pa.string()),
+            "since": pa.array([_aware(r.since, "since") for r in reconciled], _TS),
+            "until": pa.array([_aware(r.until, "until") for r in reconciled], _TS),
+        }))
+        lengths = [len(r.seen) for r in reconciled]
+        con.register("_seen", pa.table({
+            "idx": pa.array(np.repeat(np.arange(len(reconciled), dtype=np.int32), lengths)),
+            "job_id": pa.array([job_id for r in reconciled for job_id in r.seen], pa.string()),
+        }))
+        return [tuple(r) for r in con.execute(
+            f"""SELECT j.project_id, j.job_id FROM {JOBS_TABLE} j JOIN _recon r
+                ON j.project_id = r.project_id AND j.create_time >= r.since AND j.create_time < r.until
+            WHERE j.deleted_at IS NULL
+              AND NOT EXISTS (SELECT 1 FROM _seen s WHERE s.idx = r.idx AND s.job_id = j.job_id)
+            ORDER BY 1, 2"""
+        ).fetchall()]
