@@ -25,13 +25,23 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
 
-from pipelines.contract import EPOCH_MS_THRESHOLD, PAGE_LIMIT, WIRE_TIME_FORMAT, newer_update_wins
+from pipelines.contract import PAGE_LIMIT, newer_update_wins
 from pipelines.metastudio.errors import MetaStudioError
+from pipelines.metastudio.windows import (  # noqa: F401  (names callers import from paging)
+    ONE_SECOND,
+    Window,
+    _epoch_millis,
+    day_window,
+    day_windows,
+    epoch_seconds,
+    floor_second,
+    format_time,
+)
 
 if TYPE_CHECKING:
     from pipelines.metastudio.client import MetaStudioClient, Page
@@ -39,7 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicejobs.paging")
 
 
-ONE_SECOND = timedelta(seconds=1)
 #: Window splits one sync may make. A legitimate backfill splits a few times per burst day
 #: (a day of 50,000 jobs splits about 8 times at the default threshold); only a server whose
 #: counts ignore the filters needs more.
@@ -72,105 +81,6 @@ class SplitBudget:
         if self.used >= self.limit:
             raise SplitBudgetExceeded(self.limit, window)
         self.used += 1
-
-
-def format_time(dt: datetime) -> str:
-    """The wire format of time parameters: RFC 3339 UTC, whole seconds (``2025-01-10T08:43:17Z``).
-
-    Sub-second parts are dropped (floored). Naive datetimes are rejected: their zone is a guess.
-    """
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt.isoformat()} has no time zone; pass a timezone-aware datetime")
-    return dt.astimezone(UTC).strftime(WIRE_TIME_FORMAT)
-
-
-def floor_second(dt: datetime) -> datetime:
-    """``dt`` in UTC with the sub-second part dropped (what :func:`format_time` sends)."""
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt.isoformat()} has no time zone; pass a timezone-aware datetime")
-    return dt.astimezone(UTC).replace(microsecond=0)
-
-
-def epoch_seconds(value: object) -> int | None:
-    """Whole epoch seconds of an API timestamp (seconds or milliseconds, per value); None if not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.isdigit():
-            return None
-        value = int(text)
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return None
-        value = int(value)
-    if not isinstance(value, int) or value < 0:
-        return None
-    return value // 1000 if value >= EPOCH_MS_THRESHOLD else value
-
-
-def _epoch_millis(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = int(value)
-    return value if value >= EPOCH_MS_THRESHOLD else value * 1000
-
-
-@dataclass(frozen=True, order=True)
-class Window:
-    """A closed time interval ``[since, until]``, timezone-aware, ``since <= until``."""
-
-    since: datetime
-    until: datetime
-
-    def __post_init__(self) -> None:
-        for name in ("since", "until"):
-            value = getattr(self, name)
-            if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"Window.{name} must be a timezone-aware datetime, got {value!r}")
-        if self.since > self.until:
-            raise ValueError(f"Window since {self.since.isoformat()} is after until {self.until.isoformat()}")
-
-    @property
-    def seconds(self) -> float:
-        return (self.until - self.since).total_seconds()
-
-    def _midpoint(self) -> datetime:
-        # Floored to the second so that the bound sent on the wire is the bound recorded here.
-        return floor_second(self.since + (self.until - self.since) / 2)
-
-    def can_split(self) -> bool:
-        """True when both halves would be strictly smaller (the window spans at least two seconds)."""
-        mid = self._midpoint()
-        return self.since < mid < self.until
-
-    def split(self) -> tuple[Window, Window]:
-        """Two closed halves sharing the midpoint instant; jobs there appear in both (dedup by job_id)."""
-        mid = self._midpoint()
-        if not self.since < mid < self.until:
-            raise ValueError(f"window {self} is too short to split at whole seconds")
-        return Window(self.since, mid), Window(mid, self.until)
-
-    def __str__(self) -> str:
-        return f"[{format_time(self.since)}, {format_time(self.until)}]"
-
-
-def day_window(day: date) -> Window:
-    """``[day 00:00:00Z, next day 00:00:00Z]``, closed.
-
-    Adjacent days share one instant, so days tile time without a gap at any
-    precision the server may compare with; a job at exactly midnight is listed
-    in both, and downstream assigns each job to the day of its own create_time.
-    """
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return Window(start, start + timedelta(days=1))
-
-
-def day_windows(first: date, last: date) -> list[Window]:
-    """One :func:`day_window` per day from ``first`` to ``last``, both included."""
-    if last < first:
-        raise ValueError(f"last day {last} is before first day {first}")
-    return [day_window(first + timedelta(days=n)) for n in range((last - first).days + 1)]
 
 
 @dataclass

@@ -275,6 +275,31 @@ def _ids(result: WindowResult) -> set[str]:
     return {job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)}
 
 
+#: A finished window on its way to the consumer: the task, its result (or the exception that
+#: ended it, with no event), and the event that frees its slot once it is absorbed.
+_Finished = tuple[Task, WindowResult | Exception, asyncio.Event | None]
+
+
+async def _fetch(client: MetaStudioClient, run: Run, task: Task, not_after: datetime,
+                 slots: asyncio.Semaphore, finished: asyncio.Queue[_Finished]) -> None:
+    """One task's window, fetched (and for a reconciling task checked) into ``finished``."""
+    async with slots:
+        try:
+            result = await fetch_window(
+                client, task.project_id, task.window, kind=task.kind, not_after=not_after,
+                split_threshold=run.settings.split_threshold, split_budget=run.split_budget,
+            )
+            if task.reconcile:
+                await check_deletions(client, run, task, result, not_after)
+        except Exception as exc:  # handed to the consumer, which raises it
+            finished.put_nowait((task, exc, None))
+            return
+        absorbed = asyncio.Event()
+        finished.put_nowait((task, result, absorbed))
+        del result
+        await absorbed.wait()  # the slot is held until the window is absorbed
+
+
 async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], not_after: datetime) -> None:
     """Fetch every task's window concurrently; absorb windows as they finish, apply batches behind.
 
@@ -285,36 +310,17 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     release the GIL). A batch is applied only after the previous one committed, so
     transactions keep their order.
     """
-    settings = run.settings
     # Keyset paging reads a window one page after another, so max_in_flight windows keep every
     # request slot busy; two more keep the pipe full while one is normalized. Each slot holds a
     # whole window of decoded JSON (several MB), so more slots cost memory and no speed.
-    window_slots = asyncio.Semaphore(settings.max_in_flight + 2)
+    window_slots = asyncio.Semaphore(run.settings.max_in_flight + 2)
     run.progress.windows_total += len(tasks)
 
     # Finished windows travel through a queue, not as task results: a finished asyncio task
     # keeps its result for as long as the task is referenced, which would hold every page.
-    finished: asyncio.Queue[tuple[Task, WindowResult | Exception, asyncio.Event | None]] = asyncio.Queue()
-
-    async def fetch(task: Task) -> None:
-        async with window_slots:
-            try:
-                result = await fetch_window(
-                    client, task.project_id, task.window, kind=task.kind, not_after=not_after,
-                    split_threshold=settings.split_threshold, split_budget=run.split_budget,
-                )
-                if task.reconcile:
-                    await check_deletions(client, run, task, result, not_after)
-            except Exception as exc:  # handed to the consumer, which raises it
-                finished.put_nowait((task, exc, None))
-                return
-            absorbed = asyncio.Event()
-            finished.put_nowait((task, result, absorbed))
-            del result
-            await absorbed.wait()  # the slot is held until the window is absorbed
-
+    finished: asyncio.Queue[_Finished] = asyncio.Queue()
     applying: asyncio.Future | None = None
-    pending = [asyncio.ensure_future(fetch(task)) for task in tasks]
+    pending = [asyncio.ensure_future(_fetch(client, run, task, not_after, window_slots, finished)) for task in tasks]
     try:
         for _ in range(len(tasks)):
             task, result, absorbed = await finished.get()
