@@ -185,7 +185,7 @@ class Apply(Lake, Records, Deletions):
             SELECT s.*, j.job_id IS NOT NULL AS existed, j.lastupdate_time AS old_lastupdate_time,
                    CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted
             FROM (SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming {newest}) s
-            LEFT JOIN {JOBS_TABLE} j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
+            LEFT JOIN ({_known(JOBS_TABLE, "_incoming", "lastupdate_time, create_time, deleted_at")}) j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
         )
         staged, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _stage").fetchone()
         stats.inserted = staged - existed
@@ -244,7 +244,8 @@ class Apply(Lake, Records, Deletions):
                    coalesce(s.lastupdate_time,
                             CASE WHEN h.job_id IS NULL THEN s.create_time ELSE s.synced_at END) AS new_valid_from
             FROM _stage s LEFT JOIN (
-                SELECT project_id, job_id, row_hash, lastupdate_time FROM {HISTORY_TABLE} WHERE valid_to IS NULL
+                SELECT * FROM ({_known(HISTORY_TABLE, "_stage", "row_hash, lastupdate_time, valid_to")})
+                WHERE valid_to IS NULL
             ) h ON h.project_id = s.project_id AND h.job_id = s.job_id
             WHERE s.existed AND (h.job_id IS NULL
                OR (s.row_hash <> h.row_hash
@@ -274,3 +275,12 @@ def _distinct_keys(jobs: pa.Table) -> bool:
     if pc.count_distinct(projects).as_py() <= 1:
         return pc.count_distinct(jobs["job_id"]).as_py() == jobs.num_rows
     return jobs.group_by(["project_id", "job_id"]).aggregate([]).num_rows == jobs.num_rows
+
+
+def _known(table: str, keys: str, columns: str) -> str:
+    """The keys and ``columns`` of the rows of ``table`` whose (project_id, job_id) is among
+    ``keys``'s: a semi join that hashes the batch's keys, not the table, so a join with it holds
+    memory for the batch only, however large the history."""
+    cols = ", ".join(f"t.{c.strip()}" for c in columns.split(","))
+    return (f"SELECT t.project_id, t.job_id, {cols} FROM {table} t SEMI JOIN {keys} k"
+            " ON t.project_id = k.project_id AND t.job_id = k.job_id")

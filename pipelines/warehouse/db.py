@@ -34,7 +34,7 @@ from pipelines.warehouse.tables import (
 #: The storage format of a new warehouse.duckdb: the oldest DuckDB release that reads it is the
 #: one serving.duckdb promises BI tools, so the snapshot can be a copy of the file.
 STORAGE_VERSION = "v1.2.0"
-DUCKDB_MEMORY_LIMIT = "100MB"
+DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
 # backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
