@@ -41,8 +41,11 @@ def split_owned(table: pa.Table, listed: tuple[datetime, datetime], owner: tuple
                 ) -> tuple[pa.Table, pa.Table]:
     """(rows the owner range holds, rows outside the listed window); a neighbour's rows are neither."""
     created = table["create_time"]
-    owned = pc.and_(pc.greater_equal(created, _ts(owner[0])), pc.less(created, _ts(owner[1])))
     outside = pc.or_(pc.less(created, _ts(listed[0])), pc.greater(created, _ts(listed[1])))
+    # A window cut short (at the source's now) lists less than its owner range: what lies
+    # between was not asked for, so it is outside, not owned.
+    in_range = pc.and_(pc.greater_equal(created, _ts(owner[0])), pc.less(created, _ts(owner[1])))
+    owned = pc.and_(in_range, pc.invert(outside))
     return table.filter(owned), table.filter(outside)
 
 

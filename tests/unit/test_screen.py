@@ -110,3 +110,13 @@ def test_rows_keep_their_columns_and_order_and_an_empty_table_stays_empty():
     assert owned.to_pydict()["state"] == ["A", "C", "E"] and outside.to_pydict()["state"] == ["B", "D"]
     empty_owned, empty_outside = split_owned(jobs.slice(0, 0), (T0, T0 + DAY), (T0, T0 + DAY))
     assert empty_owned.num_rows == empty_outside.num_rows == 0 and empty_owned.schema == jobs.schema
+
+
+def test_a_window_cut_short_owns_nothing_past_its_listing():
+    # The source's clock cut the day's window at 10:00 (not_after); a job the server listed at
+    # 20:00 lies inside the day's owner range but outside what was asked for: quarantined, not
+    # stored as well.
+    listed = (T0, T0 + timedelta(hours=10))
+    assert where(T0 + timedelta(hours=20), listed, (T0, T0 + DAY)) == "outside"
+    assert where(T0 + timedelta(hours=10), listed, (T0, T0 + DAY)) == "owned"
+    assert where(T0 + timedelta(hours=10) + MS, listed, (T0, T0 + DAY)) == "outside"
