@@ -49,9 +49,10 @@ from pipelines.warehouse.db import (
 )
 from pipelines.warehouse.deletions import ReconciledRange
 from pipelines.warehouse.lake import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE, LakeExportError
-from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, S3LakeStore, open_lake_store
+from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, open_lake_store
 from pipelines.warehouse.records import WindowRecord
 from pipelines.warehouse.runlog import RunLog, count_in_ranges
+from pipelines.warehouse.s3store import S3LakeStore
 from pipelines.warehouse.serving import SERVING_FILE, SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Serving
 from pipelines.warehouse.tables import (
     HISTORY_TABLE,

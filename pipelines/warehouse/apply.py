@@ -74,23 +74,19 @@ class Apply(Lake, Records, Deletions):
     ) -> ApplyStats:
         """Write one batch atomically, then (with ``export``) export the lake partitions marked.
 
-        - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins
-          (NULL is oldest; an equal time replaces); a listed job is never deleted.
-        - history: a version is added when a row's content (all columns but synced_at)
-          differs from the job's current version and is not older than it.
-        - deleted: keys no longer listed get deleted_at (if not set yet), in the table and on
-          the current history version.
-        - reconciled: creation-time ranges the source listed completely; stored live jobs in
-          them that the listing did not hold are marked deleted like ``deleted``.
+        - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins (NULL is
+          oldest; an equal time replaces); a listed job is never deleted. History gets a
+          version when a row's content (all but synced_at) differs from the current one and is
+          not older.
+        - deleted, and stored live jobs in ``reconciled`` ranges (listed completely) that the
+          listing lacked: deleted_at set, in the table and on the current history version.
         - watermarks: sync_state.watermark only moves forward.
 
-        The lake partitions the batch touched are marked in ``lake_dirty`` inside the
-        transaction. A sync applies many batches with ``export=False`` and exports once, when
-        the run finishes (finish_run), so each partition is written once per run. With
-        ``export`` they are written right after COMMIT. A partition that cannot be written
-        stops neither the others nor the run: it keeps its dirty mark
-        (``stats.partitions_failed`` counts it), later exports of the run skip it, and
-        finish_run() tries it once more and fails the run if it still cannot be written.
+        The partitions the batch touched are marked in ``lake_dirty``. A sync passes
+        ``export=False`` and exports once, when the run finishes (finish_run); with ``export``
+        they are written after COMMIT. A partition that cannot be written keeps its mark
+        (``stats.partitions_failed``); later exports of the run skip it and finish_run() tries
+        it once more, failing the run if it still cannot be written.
         """
         now = datetime.now(UTC)
         deleted_at = _aware(deleted_at, "deleted_at") if deleted_at is not None else now

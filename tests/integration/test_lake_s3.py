@@ -257,7 +257,7 @@ def test_the_cli_and_dagster_put_the_lake_in_the_same_place(s3_lake: S3Lake, tmp
 ])
 def test_the_bucket_goes_in_the_host_name_unless_the_endpoint_cannot_have_one(endpoint, style, virtual):
     from pipelines.settings import ObjectStoreAccess
-    from pipelines.warehouse.lakestore import _virtual_addressing
+    from pipelines.warehouse.s3store import _virtual_addressing
 
     assert _virtual_addressing(ObjectStoreAccess(endpoint_url=endpoint, url_style=style)) is virtual
 
