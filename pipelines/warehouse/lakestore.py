@@ -37,8 +37,6 @@ from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, Warehouse
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Files of this size or more are uploaded to a temporary key and copied into place (see above).
-SINGLE_PUT_BYTES = 8 << 20
 #: Temporary files of interrupted writes: skipped by readers (the leading dot), removed by rebuild_lake.
 TEMPORARY = re.compile(r"(^|/)\.data-[^/]*\.parquet\.tmp$")
 

@@ -28,8 +28,11 @@ import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
 from pipelines.settings import ObjectStoreAccess
-from pipelines.warehouse.lakestore import SINGLE_PUT_BYTES, LakeStore, encode_parquet
+from pipelines.warehouse.lakestore import LakeStore, encode_parquet
 from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
+
+#: Files of this size or more are uploaded to a temporary key and copied into place (see above).
+SINGLE_PUT_BYTES = 8 << 20
 
 
 def _s3_filesystem(access: ObjectStoreAccess) -> pafs.S3FileSystem:

@@ -29,7 +29,7 @@ from pipelines.resources import WarehouseResource, warehouse_from_env
 from pipelines.settings import Settings
 from pipelines.sync import sync
 from pipelines.warehouse import LakeExportError, S3LakeStore, Warehouse, WarehouseError
-from pipelines.warehouse import lakestore as lakestore_module
+from pipelines.warehouse import s3store as s3store_module
 from tests.support.lake import lake_file, lake_keys
 from tests.support.s3 import S3Lake
 from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
@@ -171,7 +171,7 @@ def test_a_large_file_is_copied_into_place_from_a_temporary_key(s3_lake: S3Lake,
     wh = _s3_warehouse(tmp_path, s3_lake)
     run = wh.begin_run("days", {})
     wh.apply(run, jobs=_batch("CREATING"))
-    monkeypatch.setattr(lakestore_module, "SINGLE_PUT_BYTES", 1)  # every file counts as large
+    monkeypatch.setattr(s3store_module, "SINGLE_PUT_BYTES", 1)  # every file counts as large
     wh.apply(run, jobs=_batch("SUCCEED"))
     assert set(lake_file(wh, KEY)["state"].to_pylist()) == {"SUCCEED"}
     assert lake_keys(wh) == [KEY]  # the temporary key is gone
@@ -184,7 +184,7 @@ def test_an_upload_that_fails_midway_leaves_the_old_object(s3_lake: S3Lake, tmp_
     run = wh.begin_run("days", {})
     wh.apply(run, jobs=_batch("CREATING"))
     old = lake_file(wh, KEY)
-    monkeypatch.setattr(lakestore_module, "SINGLE_PUT_BYTES", 1)
+    monkeypatch.setattr(s3store_module, "SINGLE_PUT_BYTES", 1)
 
     def half_then_fail(self: S3LakeStore, path: str, data: pa.Buffer) -> None:
         with self.filesystem.open_output_stream(path) as out:
@@ -209,10 +209,10 @@ KILLED_UPLOAD = textwrap.dedent("""
     from pathlib import Path
 
     from pipelines.settings import Settings
-    from pipelines.warehouse import Warehouse, lakestore
+    from pipelines.warehouse import Warehouse, s3store
     from tests.integration.test_lake_s3 import _batch
 
-    lakestore.SINGLE_PUT_BYTES = int(sys.argv[2])
+    s3store.SINGLE_PUT_BYTES = int(sys.argv[2])
     wh = Warehouse.for_settings(Settings.from_env(data_dir=Path(sys.argv[1])))
     wh.apply(wh.begin_run("days", {}), jobs=_batch("SUCCEED"))
 """)
