@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -206,20 +207,58 @@ def load_models(models_dir: Path | None = None) -> list[Model]:
 
 
 def unmasked_personal_data(
-    con: duckdb.DuckDBPyConnection, relation: str = "main.voice_training_jobs"
+    con: duckdb.DuckDBPyConnection, relation: str = "main.voice_training_jobs", since: datetime | None = None
 ) -> dict[str, int]:
     """Rows per column whose personal data is not masked as ingestion's default policy masks it.
 
     phone: more than four digits visible. URL columns: a query string or fragment present
     (pre-signed URLs carry credentials there). Columns with no offending row are left out.
+    With ``since``, only rows synced at or after it are looked at.
     """
     checks = {
         PHONE_COLUMN: f"length(regexp_replace({PHONE_COLUMN}, '[^0-9]', '', 'g')) > 4",
         **{c: f"(strpos({c}, '?') > 0 OR strpos({c}, '#') > 0)" for c in URL_COLUMNS},
     }
     selects = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond in checks.values())
-    row = con.execute(f"SELECT {selects} FROM {relation}").fetchone()
+    where, params = ("WHERE synced_at >= ?", [since]) if since is not None else ("", [])
+    row = con.execute(f"SELECT {selects} FROM {relation} {where}", params).fetchone()
     return {column: int(n) for column, n in zip(checks, row, strict=True) if n}
+
+
+#: warehouse_meta key: every job synced before this time was found masked by an earlier refresh.
+CHECKED_THROUGH = "personal_data_checked_through"
+
+
+def _checked_through(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, bool]:
+    """(the time every job synced before was found masked, whether the warehouse can record it)."""
+    try:
+        row = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone()
+    except duckdb.CatalogException:
+        return None, False  # not a warehouse of this program (a bare DuckDB file): check everything
+    return (datetime.fromisoformat(row[0]) if row else None), True
+
+
+def _check_personal_data(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    """Refuse (UnmaskedPersonalDataError) when jobs hold personal data in clear.
+
+    Each refresh looks only at jobs synced since the last clean check: a stored row changes
+    only by being synced again, which moves its synced_at. Returns the time the next check
+    can start from (None when it cannot be recorded)."""
+    since, recordable = _checked_through(con)
+    found = unmasked_personal_data(con, since=since)
+    if found:
+        raise UnmaskedPersonalDataError(found)
+    if not recordable:
+        return None
+    newest = con.execute("SELECT max(synced_at) FROM main.voice_training_jobs").fetchone()[0]
+    return newest if newest is not None else since
+
+
+def _record_checked(con: duckdb.DuckDBPyConnection, through: datetime | None) -> None:
+    if through is None:
+        return
+    con.execute("DELETE FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH])
+    con.execute("INSERT INTO warehouse_meta VALUES (?, ?, now())", [CHECKED_THROUGH, through.isoformat()])
 
 
 def refresh_models(
@@ -247,16 +286,16 @@ def refresh_models(
             raise ModelError(f"unknown model(s): {', '.join(unknown)}")
         wanted = set(names)
         ordered = [m for m in ordered if m.name in wanted]
+    checked_through = None
     if not allow_unmasked_personal_data and any("voice_training_jobs" in m.sources for m in ordered):
-        found = unmasked_personal_data(con)
-        if found:
-            raise UnmaskedPersonalDataError(found)
+        checked_through = _check_personal_data(con)
     rows: dict[str, int] = {}
     database = _database_file(con)  # asked first: a failed write can leave the connection unusable
     try:
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            _record_checked(con, checked_through)
             _create_macros(con, macros)
             for model in ordered:
                 try:

@@ -478,3 +478,35 @@ def test_models_run_on_the_warehouse_schema(tmp_path, data):
         assert history_columns[-3:] == ["valid_from", "valid_to", "observed_at"]
         assert "row_hash" not in history_columns and "deleted_at" not in history_columns
         assert con.execute("SELECT count(*) FROM analytics.voice_training_job_transitions").fetchone()[0] > 0
+
+
+def test_each_refresh_checks_the_jobs_synced_since_the_last_clean_check(tmp_path):
+    """A refresh looks at the jobs synced since the last clean check (a stored row changes only by
+    being synced again, which moves its synced_at): a later unmasked row is still refused, and a
+    refused refresh moves nothing, so the next one looks again."""
+    from datetime import UTC, datetime
+
+    from pipelines.models import CHECKED_THROUGH
+    from pipelines.warehouse import Warehouse
+    from tests.support.warehouse_rows import jobs, rec
+
+    warehouse = Warehouse(tmp_path)
+    run = warehouse.begin_run("days", {})
+    warehouse.apply(run, jobs=jobs([rec("a"), rec("b")], synced_at=datetime(2025, 3, 1, tzinfo=UTC)))
+    with warehouse.connect() as con:
+        refresh_models(con)
+        (through,) = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone()
+        assert through == "2025-03-01T00:00:00+00:00"
+        # A later sync wrote a phone in clear (the raw policy): the next refresh sees it, however
+        # many rows were checked before, and keeps refusing until it is gone.
+        con.execute("UPDATE voice_training_jobs SET phone = '+86 138 0013 5678', synced_at = ? WHERE job_id = 'b'",
+                    [datetime(2025, 3, 2, tzinfo=UTC)])
+        for _ in range(2):
+            with pytest.raises(UnmaskedPersonalDataError):
+                refresh_models(con)
+        assert con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone() == (
+            "2025-03-01T00:00:00+00:00",)
+        con.execute("UPDATE voice_training_jobs SET phone = '**********5678' WHERE job_id = 'b'")
+        refresh_models(con)
+        assert con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone() == (
+            "2025-03-02T00:00:00+00:00",)
