@@ -267,10 +267,12 @@ def refresh_models(
     *,
     models: Sequence[Model] | None = None,
     allow_unmasked_personal_data: bool = False,
+    count_rows: bool = True,
 ) -> dict[str, int]:
     """Rebuild the given models (default: all) in dependency order, in one transaction.
 
-    Returns {model name: rows in analytics.<name> afterwards}, in build order. A failure
+    Returns {model name: rows in analytics.<name> afterwards}, in build order (with
+    ``count_rows=False``, which saves counting every view, an empty dict). A failure
     rolls every model back to its previous state. Unknown names raise ModelError; a full
     disk (or another write error of the database file) raises a one-line WarehouseError.
     Analytics views expose phone and URL columns as stored, so the refresh refuses
@@ -304,7 +306,8 @@ def refresh_models(
                     if _is_disk_error(exc):
                         raise
                     raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
-                rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+                if count_rows:
+                    rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
         except BaseException:
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")

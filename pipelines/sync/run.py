@@ -41,7 +41,7 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         if phase:
             phase("building the SQL models")
         started = time.monotonic()
-        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw")
+        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw", count_rows=False)
         seconds["models"] = time.monotonic() - started
         crashpoint("models_refreshed")
         if phase:

@@ -510,3 +510,12 @@ def test_each_refresh_checks_the_jobs_synced_since_the_last_clean_check(tmp_path
         refresh_models(con)
         assert con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone() == (
             "2025-03-02T00:00:00+00:00",)
+
+
+def test_a_refresh_that_does_not_count_builds_the_same_models():
+    counted, uncounted = small_warehouse(), small_warehouse()
+    rows = refresh_models(counted)
+    assert refresh_models(uncounted, count_rows=False) == {}
+    for name in rows:
+        query = f"SELECT * FROM analytics.{name} ORDER BY ALL"
+        assert uncounted.execute(query).fetchall() == counted.execute(query).fetchall()
