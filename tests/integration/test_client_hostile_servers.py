@@ -24,27 +24,12 @@ import pytest
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth
 from pipelines.metastudio.client import MetaStudioClient, Page
 from pipelines.metastudio.errors import CertificateError, ResponseTooLargeError, RetriesExhaustedError
+from tests.support.clock import FakeClock
 from tests.support.hostile import HostileProxy
 
 TOKEN = "IAM-TOKEN-VALUE-0002"
 HANG_GUARD = 60.0  # seconds; only ever reached when the bound under test does not hold
 SKEW = 300.0
-
-
-class FakeClock:
-    """Monotonic time that only moves when the client sleeps; records every wait."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
 
 
 def run(coro):

@@ -26,6 +26,7 @@ from pipelines.metastudio.errors import (
     RetriesExhaustedError,
 )
 from pipelines.redact import register_secret
+from tests.support.clock import FakeClock as _Clock
 
 AK, SK, STS, TOKEN = "AKTESTVALUE0001", "SKTESTSECRET-0001", "STS-TEMP-TOKEN-0001", "IAM-TOKEN-VALUE-0001"
 SECRETS = (SK, STS, TOKEN)
@@ -33,19 +34,11 @@ BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
 OK_BODY = {"count": 2, "jobs": [{"job_id": "a"}, {"job_id": "b"}]}
 
 
-class FakeClock:
-    """Monotonic time that only moves when the client sleeps; records every wait."""
+class FakeClock(_Clock):
+    """The support clock without the yield on sleep: these tests drive one request at a time."""
 
     def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+        super().__init__(yields=False)
 
 
 def json_response(status: int, body: object, **headers: str) -> httpx.Response:

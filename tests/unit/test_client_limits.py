@@ -32,6 +32,7 @@ from pipelines.metastudio.errors import (
     ResponseTooLargeError,
     RetriesExhaustedError,
 )
+from tests.support.clock import FakeClock
 from tests.support.hostile import CHUNK_BYTES
 
 BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
@@ -40,22 +41,6 @@ OK_BODY = {"count": 2, "jobs": [{"job_id": "a"}, {"job_id": "b"}]}
 WALL = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)  # the local clock of the clock tests
 HANG_GUARD = 60.0  # seconds; only ever reached when the bound under test does not hold
 SKEW = 300.0
-
-
-class FakeClock:
-    """Monotonic time that only moves when the client sleeps; records every wait."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)  # let other tasks run, as a real sleep would
 
 
 def json_response(status: int, body: object, **headers: str) -> httpx.Response:
