@@ -24,26 +24,12 @@ import pytest
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth
 from pipelines.metastudio.client import MetaStudioClient, Page
 from pipelines.metastudio.errors import CertificateError, ResponseTooLargeError, RetriesExhaustedError
+from tests.support.client_runs import HANG_GUARD, list_once, run
 from tests.support.clock import FakeClock
 from tests.support.hostile import HostileProxy
 
 TOKEN = "IAM-TOKEN-VALUE-0002"
-HANG_GUARD = 60.0  # seconds; only ever reached when the bound under test does not hold
 SKEW = 300.0
-
-
-def run(coro):
-    """Run with a hang guard: a bound that does not hold fails the test instead of hanging it."""
-
-    async def guarded():
-        return await asyncio.wait_for(coro, HANG_GUARD)
-
-    return asyncio.run(guarded())
-
-
-async def list_once(client: MetaStudioClient, params=None) -> Page:
-    async with client:
-        return await client.list_jobs("proj-1", params or {})
 
 
 # ---------------------------------------------------------------- a certificate that cannot be verified

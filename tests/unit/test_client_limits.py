@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth
-from pipelines.metastudio.client import DEFAULT_MAX_RESPONSE_BYTES, MetaStudioClient, Page
+from pipelines.metastudio.client import DEFAULT_MAX_RESPONSE_BYTES, MetaStudioClient
 from pipelines.metastudio.errors import (
     ConfigurationError,
     EndpointUnreachableError,
@@ -32,6 +32,7 @@ from pipelines.metastudio.errors import (
     ResponseTooLargeError,
     RetriesExhaustedError,
 )
+from tests.support.client_runs import list_once, run
 from tests.support.clock import FakeClock
 from tests.support.hostile import CHUNK_BYTES
 
@@ -39,7 +40,6 @@ BASE = "https://metastudio.cn-north-4.myhuaweicloud.com"
 TOKEN = "IAM-TOKEN-VALUE-0002"
 OK_BODY = {"count": 2, "jobs": [{"job_id": "a"}, {"job_id": "b"}]}
 WALL = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)  # the local clock of the clock tests
-HANG_GUARD = 60.0  # seconds; only ever reached when the bound under test does not hold
 SKEW = 300.0
 
 
@@ -72,20 +72,6 @@ def counting(*responses):
 
     handler.requests = 0  # type: ignore[attr-defined]
     return handler
-
-
-def run(coro):
-    """Run with a hang guard: a bound that does not hold fails the test instead of hanging it."""
-
-    async def guarded():
-        return await asyncio.wait_for(coro, HANG_GUARD)
-
-    return asyncio.run(guarded())
-
-
-async def list_once(client: MetaStudioClient, params=None) -> Page:
-    async with client:
-        return await client.list_jobs("proj-1", params or {})
 
 
 # ---------------------------------------------------------------- 1. one deadline per attempt, one budget
