@@ -299,9 +299,13 @@ def refresh_models(
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             _record_checked(con, checked_through)
             _create_macros(con, macros)
+            shared = shared_views(ordered)
+            frozen: dict[str, str] = {}
             for model in ordered:
                 try:
-                    con.execute(model.sql)
+                    con.execute(_reading_frozen(model, frozen))
+                    if model.name in shared:
+                        frozen[model.name] = _freeze(con, model)
                 except duckdb.Error as exc:
                     if _is_disk_error(exc):
                         raise
@@ -314,6 +318,7 @@ def refresh_models(
             raise
         # DuckDB writes the models when committing: a full disk surfaces here.
         con.execute("COMMIT")
+        _drop_frozen(con, frozen)
     except (OSError, duckdb.Error) as exc:
         if not _is_disk_error(exc):
             raise
@@ -324,6 +329,50 @@ def refresh_models(
             "and run again; the warehouse keeps its data (the models their previous state)"
         ) from exc
     return rows
+
+
+#: The temporary table holding a shared view's rows during one refresh (see shared_views).
+FROZEN_PREFIX = "_frozen_"
+
+
+def shared_views(models: Sequence[Model]) -> set[str]:
+    """The views that two or more of the table models refreshed together read.
+
+    A view is a query evaluated by every reader: analytics.job_outcomes, read by eight table
+    models, aggregated the whole history once per reader. A refresh evaluates each shared view
+    once, into a temporary table, and the table models read that instead. Inside the refresh's
+    transaction the view and its temporary table hold the same rows, so the models are what
+    their SQL files say; the views themselves stay views for analysts."""
+    views = {m.name for m in models if m.kind == "view"}
+    readers: dict[str, int] = {}
+    for model in models:
+        if model.kind == "table":
+            for name in views.intersection(model.depends_on):
+                readers[name] = readers.get(name, 0) + 1
+    return {name for name, count in readers.items() if count >= 2}
+
+
+def _freeze(con: duckdb.DuckDBPyConnection, view: Model) -> str:
+    temp = f"temp.main.{FROZEN_PREFIX}{view.name}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {FROZEN_PREFIX}{view.name} AS FROM {view.relation}")
+    return temp
+
+
+def _reading_frozen(model: Model, frozen: dict[str, str]) -> str:
+    """A table model's SQL reading the frozen copies of the shared views it names."""
+    if model.kind != "table" or not frozen:
+        return model.sql
+
+    def swap(match: re.Match) -> str:
+        return frozen.get(match.group(1).lower(), match.group(0))
+
+    return _ANALYTICS_REF.sub(swap, model.sql)
+
+
+def _drop_frozen(con: duckdb.DuckDBPyConnection, frozen: dict[str, str]) -> None:
+    for temp in frozen.values():
+        with suppress(duckdb.Error):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
 
 
 def _create_macros(con: duckdb.DuckDBPyConnection, macros: Sequence[tuple[Path, str]]) -> None:

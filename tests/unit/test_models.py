@@ -22,6 +22,7 @@ from pipelines.models import (
     UnmaskedPersonalDataError,
     load_models,
     refresh_models,
+    shared_views,
 )
 from tests.support.expected import waits_on
 from tests.support.expected_analytics import (
@@ -369,6 +370,54 @@ def test_macros_reach_the_serving_snapshot(tmp_path, data):
         assert plain.execute("SELECT count(*) FROM analytics.job_outcomes").fetchone()[0] == len(data.live_jobs())
     finally:
         plain.close()
+
+
+def _model_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
+    names = [m.name for m in load_models() if m.kind == "table"]
+    return {name: con.execute(f"SELECT * FROM analytics.{name}").fetchall() for name in names}
+
+
+def _frozen_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_frozen_%'").fetchall()]
+
+
+def test_a_view_several_tables_read_is_evaluated_once_per_refresh(data, monkeypatch):
+    """analytics.job_outcomes feeds eight table models: a refresh evaluates it once, into a
+    temporary table, and every table comes out as if each had read the view itself."""
+    assert shared_views(load_models()) == {"job_outcomes"}
+    assert shared_views([m for m in load_models() if m.name in ("job_outcomes", "daily_job_stats")]) == set()
+    shared = duckdb.connect()
+    create_warehouse(shared)
+    data.load(shared)
+    refresh_models(shared)
+    assert _frozen_tables(shared) == [], "the temporary copy is dropped with the refresh"
+    monkeypatch.setattr("pipelines.models.shared_views", lambda models: set())
+    each = duckdb.connect()
+    create_warehouse(each)
+    data.load(each)
+    refresh_models(each)
+    got, want = _model_tables(shared), _model_tables(each)
+    assert sum(len(rows) for rows in want.values()) > 100
+    assert got == want
+
+
+def test_a_failed_refresh_leaves_no_temporary_copy(tmp_path, data):
+    for model in load_models():
+        (tmp_path / model.path.name).write_text(model.sql, encoding="utf-8")
+    (tmp_path / MACROS_FILE).write_text((MODELS_DIR / MACROS_FILE).read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "zz_broken.sql").write_text(
+        "-- one row per nothing\nCREATE OR REPLACE TABLE analytics.zz_broken AS SELECT no_such_column FROM analytics.job_outcomes;\n",
+        encoding="utf-8")
+    con = duckdb.connect()
+    create_warehouse(con)
+    data.load(con)
+    refresh_models(con)
+    before = _model_tables(con)
+    con.execute("DELETE FROM main.voice_training_jobs WHERE state = 'FAILED'")
+    with pytest.raises(ModelError, match="zz_broken"):
+        refresh_models(con, models=load_models(tmp_path))
+    assert _frozen_tables(con) == []
+    assert _model_tables(con) == before, "every model keeps its previous state"
 
 
 def test_model_without_header_is_rejected(tmp_path):
