@@ -36,7 +36,10 @@ from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
 EXPORT_PARTITIONS = 64  # lake partitions read per query at most ...
-EXPORT_ROWS = 10_000  # ... and about this many rows (a partition bigger than that is read alone)
+# ... and about this many rows (a partition bigger than that is read alone). Each query scans
+# the row groups its days lie in: at 1,000,000 jobs, 10,000-row reads rescanned them 5-10
+# times (a full export 16.8 s); 25,000 took 12.1 s for 10 MB more.
+EXPORT_ROWS = 25_000
 LAKE_FILE = "data.parquet"
 _PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
 # A partition that could not be written: (project_id, day), where its file is, the error.
