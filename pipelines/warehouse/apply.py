@@ -172,13 +172,8 @@ class Apply(Lake, Records, Deletions):
         con.register("_incoming", incoming)
         distinct = _distinct_keys(jobs)
         if distinct and not con.execute(f"SELECT count(*) FROM ({_known(JOBS_TABLE, '_incoming', 'job_id')})").fetchone()[0]:
-            # Every job new (most batches of a backfill): appended without the join with the
-            # table. Staged once rather than read from Arrow by each insert: inserting straight
-            # from the Arrow table was a little faster but held 40-65 MB more while it ran.
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {_COLS}, {_hash_expr()} AS row_hash FROM _incoming"
-            )
-            _append(con, "_stage", "row_hash")
+            # Every job new (most batches of a backfill): appended from the batch as it is.
+            _append(con, "_incoming", _hash_expr())
             stats.inserted = stats.history_versions = jobs.num_rows
             return
         # One row per key (newest lastupdate_time, then the later row), with its content hash
