@@ -170,16 +170,10 @@ class Apply(Lake, Records, Deletions):
         only jobs it holds already go through the comparisons with the stored version."""
         incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
         con.register("_incoming", incoming)
-        distinct = _distinct_keys(jobs)
-        if distinct and not con.execute(f"SELECT count(*) FROM ({_known(JOBS_TABLE, '_incoming', 'job_id')})").fetchone()[0]:
-            # Every job new (most batches of a backfill): appended from the batch as it is.
-            _append(con, "_incoming", _hash_expr())
-            stats.inserted = stats.history_versions = jobs.num_rows
-            return
         # One row per key (newest lastupdate_time, then the later row), with its content hash
         # and what the table holds for that key (one join with the table, for every later step).
         # A batch of distinct keys (the usual one) skips the ranking, a sort of whole rows.
-        newest = "" if distinct else (
+        newest = "" if _distinct_keys(jobs) else (
             "QUALIFY row_number() OVER (PARTITION BY project_id, job_id"
             " ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1")
         con.execute(
@@ -191,8 +185,15 @@ class Apply(Lake, Records, Deletions):
         )
         staged, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _stage").fetchone()
         stats.inserted = staged - existed
-        _append(con, "_stage WHERE NOT existed", "row_hash")
+        # Never seen: appended. valid_from of a first version is its lastupdate_time, else its create_time.
+        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _stage WHERE NOT existed")
+        con.execute(
+            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+            SELECT {_COLS}, coalesce(lastupdate_time, create_time), NULL, synced_at, NULL, row_hash
+            FROM _stage WHERE NOT existed"""
+        )
         stats.history_versions = stats.inserted
+        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _stage WHERE NOT existed")
         if existed:
             self._replace_known(con, stats)
 
@@ -254,18 +255,6 @@ class Apply(Lake, Records, Deletions):
             f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
             SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
         ).fetchone()[0]
-
-def _append(con: duckdb.DuckDBPyConnection, rows: str, row_hash: str) -> None:
-    """Jobs the warehouse has never seen, from ``rows`` (a relation and its filter): into the table,
-    and as first history versions, valid from their lastupdate_time, else their create_time."""
-    con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM {rows}")
-    con.execute(
-        f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
-        SELECT {_COLS}, coalesce(lastupdate_time, create_time), NULL, synced_at, NULL, {row_hash}
-        FROM {rows}"""
-    )
-    _mark_dirty(con, f"SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM {rows}")
-
 
 def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     """Mark the lake partitions (project_id, creation day) a query yields for export, once each."""
