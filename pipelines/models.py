@@ -344,7 +344,7 @@ FROZEN_PREFIX = "_frozen_"
 def shared_views(models: Sequence[Model]) -> set[str]:
     """The views that two or more of the table models refreshed together read.
 
-    A view is a query evaluated by every reader: analytics.job_outcomes, read by eight table
+    A view is a query evaluated by every reader: analytics.job_outcomes, read by nine table
     models, aggregated the whole history once per reader. A refresh evaluates each shared view
     once, into a temporary table, and the table models read that instead. Inside the refresh's
     transaction the view and its temporary table hold the same rows, so the models are what

@@ -382,7 +382,7 @@ def _frozen_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def test_a_view_several_tables_read_is_evaluated_once_per_refresh(data, monkeypatch):
-    """analytics.job_outcomes feeds eight table models: a refresh evaluates it once, into a
+    """analytics.job_outcomes feeds nine table models: a refresh evaluates it once, into a
     temporary table, and every table comes out as if each had read the view itself."""
     assert shared_views(load_models()) == {"job_outcomes"}
     assert shared_views([m for m in load_models() if m.name in ("job_outcomes", "daily_job_stats")]) == set()
