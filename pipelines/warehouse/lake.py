@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from contextlib import suppress
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
-from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
+from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError, utc_days
 
 EXPORT_PARTITIONS = 64  # lake partitions read per query at most ...
 # ... and about this many rows (a partition bigger than that is read alone). Each query scans
@@ -54,10 +54,6 @@ def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
     values, starts, counts = np.unique(days, return_index=True, return_counts=True)
     epoch = date(1970, 1, 1)
     return {epoch + timedelta(days=int(v)): (int(i), int(n)) for v, i, n in zip(values, starts, counts, strict=True)}
-
-
-def _utc_midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _groups(sizes: list[tuple[str, date, int]]) -> list[tuple[str, list[date]]]:
@@ -173,7 +169,7 @@ class Lake(Connections):
                                FROM {JOBS_TABLE} WHERE create_time >= ? AND create_time < ?) j
                       ON j.project_id = d.project_id AND j.create_day = d.create_day
                     GROUP BY ALL ORDER BY 1, 2""",
-                    [_utc_midnight(first), _utc_midnight(last) + timedelta(days=1)],
+                    list(utc_days(first, last)),
                 ).fetchall()
                 if (project_id, day) not in skip
             ]  # fmt: skip
@@ -213,7 +209,7 @@ class Lake(Connections):
         # The create_time range lets DuckDB skip row groups by their min/max (a backfill
         # inserts roughly in creation order), so an export reads the days it rewrites, not
         # the whole history; NULL days are never exported, so the range loses nothing.
-        lo, hi = _utc_midnight(min(known)), _utc_midnight(max(known)) + timedelta(days=1)
+        lo, hi = utc_days(min(known), max(known))
         rows = con.sql(
             f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
             f" FROM {JOBS_TABLE} j"

@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import duckdb
@@ -29,6 +29,7 @@ from pipelines.warehouse.tables import (
     _aware,
     _epoch_us,
     _is_disk_error,
+    utc_days,
 )
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,7 @@ class RunLog(Lake):
                       AND until <= CAST(CAST(since AS DATE) AS TIMESTAMPTZ) + INTERVAL 1 DAY
                     GROUP BY run_id, day
                 ) WHERE covered >= 86400 GROUP BY day""",
-                [project_id, datetime(first.year, first.month, first.day, tzinfo=UTC),
-                 datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)],
+                [project_id, *utc_days(first, last)],
             ).fetchall()
         return {day: listed.astimezone(UTC) for day, listed in rows}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -49,6 +49,13 @@ def _hash_expr(alias: str = "") -> str:
 
 #: What produced the stored row hashes; a change re-hashes the current history versions.
 ROW_HASH_ALGORITHM = f"duckdb-hash/{duckdb.__version__}"
+
+
+def utc_days(first: date, last: date) -> tuple[datetime, datetime]:
+    """The creation days ``first`` to ``last`` (both included) as the half-open range of
+    instants [first 00:00Z, the day after last 00:00Z), for a create_time filter."""
+    return (datetime(first.year, first.month, first.day, tzinfo=UTC),
+            datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1))
 
 
 def _epoch_us(dt: datetime) -> int:
