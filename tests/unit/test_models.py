@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pytest
 
+import pipelines.models as models_module
 from assets.models import HEADLINES
 from pipelines.models import (
     MACROS_FILE,
@@ -418,6 +419,42 @@ def test_a_failed_refresh_leaves_no_temporary_copy(tmp_path, data):
         refresh_models(con, models=load_models(tmp_path))
     assert _frozen_tables(con) == []
     assert _model_tables(con) == before, "every model keeps its previous state"
+
+
+def test_a_refresh_frees_what_earlier_commits_pinned_before_copying_a_view(tmp_path, monkeypatch):
+    """Rows a sync committed since the last checkpoint stay in DuckDB's memory until one; at a
+    million jobs after a change capture that left the temporary copy of job_outcomes too little
+    of the sync's memory cap, and the refresh failed. It checkpoints first."""
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    create_warehouse(con)
+    con.execute(
+        "INSERT INTO main.voice_training_jobs (project_id, job_id, state, job_failed_reason, create_time,"
+        " lastupdate_time, synced_at)"
+        " SELECT 'p', 'job-' || i, CASE i % 3 WHEN 0 THEN 'SUCCEED' WHEN 1 THEN 'FAILED' ELSE 'AUDITING' END,"
+        " md5(i::VARCHAR) || repeat('r', 200), TIMESTAMPTZ '2025-01-01' + to_seconds(i * 60),"
+        " TIMESTAMPTZ '2025-01-01' + to_seconds(i * 60 + 600), now() FROM range(20000) t(i)"
+    )
+    con.execute("CHECKPOINT")
+    con.execute("SET checkpoint_threshold = '1GB'")  # as a sync sets it: commits do not checkpoint
+    # A third of the jobs replaced, the way a sync's upsert replaces changed jobs.
+    con.execute("CREATE TEMP TABLE changed AS FROM main.voice_training_jobs WHERE hash(job_id) % 3 = 0")
+    con.execute("DELETE FROM main.voice_training_jobs j USING changed c WHERE j.job_id = c.job_id")
+    con.execute("INSERT INTO main.voice_training_jobs FROM changed")
+    con.execute("DROP TABLE changed")
+
+    def pinned() -> int:
+        return con.execute(
+            "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'IN_MEMORY_TABLE'"
+        ).fetchall()[0][0]
+
+    assert pinned() > 1 << 20
+    at_copy = []
+    freeze = models_module._freeze
+    monkeypatch.setattr(models_module, "_freeze", lambda c, view: (at_copy.append(pinned()), freeze(c, view))[1])
+    refresh_models(con)
+    assert at_copy == [0]
+    assert con.execute("SELECT count(*) FROM analytics.job_outcomes").fetchall() == [(20000,)]
+    con.close()
 
 
 def test_model_without_header_is_rejected(tmp_path):
