@@ -17,13 +17,16 @@ recorded and the window is not split, so a server whose ``count`` ignores the
 filters cannot make a sync split windows down to the second. Splitting (up front
 for windows whose first page is full and whose count is over the threshold) draws
 on a :class:`SplitBudget` shared by a run; a run that exhausts it stops.
+
+A caller that passes a ``sink`` receives the jobs while the window is still being listed, in
+chunks of about :data:`SINK_ROWS`, so a burst day of 50,000 jobs is never held whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -48,6 +51,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voicejobs.paging")
 
+
+#: Jobs handed to a ``sink`` at a time (at most a page more): a chunk is a few MB of decoded JSON.
+SINK_ROWS = 2_000
+
+#: Receives a window's jobs while it is listed (the covered window, the chunk's jobs).
+Sink = Callable[[Window, list[dict]], Awaitable[None]]
 
 #: Window splits one sync may make. A legitimate backfill splits a few times per burst day
 #: (a day of 50,000 jobs splits about 8 times at the default threshold); only a server whose
@@ -101,6 +110,8 @@ class WindowResult:
     ``window`` is the window actually covered: the requested one clamped to ``not_after``.
     ``pages`` counts listing pages read, ``requests`` every request (pages, count checks, split probes).
     ``mismatches`` counts passes whose distinct jobs disagreed with the server's count.
+    With a ``sink`` the jobs went there and ``jobs`` is empty; ``job_ids`` then holds the
+    job_ids of the listing that ``jobs`` would have held, and ``listed`` counts its jobs.
     """
 
     project_id: str
@@ -111,6 +122,19 @@ class WindowResult:
     pages: int = 0
     requests: int = 0
     mismatches: int = 0
+    job_ids: list[str] | None = None
+    streamed: int = 0
+
+    @property
+    def listed(self) -> int:
+        """Distinct jobs of the listing (whether returned in ``jobs`` or handed to a sink)."""
+        return self.streamed if self.job_ids is not None else len(self.jobs)
+
+    def ids(self) -> list[str]:
+        """The job_ids of the listing (records without a string job_id have none)."""
+        if self.job_ids is not None:
+            return self.job_ids
+        return [job_id for job in self.jobs if isinstance(job_id := job.get("job_id"), str)]
 
     @property
     def api_count(self) -> int:
@@ -148,9 +172,12 @@ def _newer(candidate: dict, current: dict | None) -> dict:
     return candidate if newer_update_wins(new, old) else current
 
 
-def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
-    merged: dict[str, dict] = {}
+def _merge(parts: list[dict], streaming: bool) -> dict:
+    merged: dict = {}
     for part in parts:
+        if streaming:  # values are job_ids: the jobs themselves went to the sink
+            merged.update(part)
+            continue
         for key, job in part.items():
             merged[key] = _newer(job, merged.get(key))
     return merged
@@ -167,6 +194,7 @@ async def fetch_window(
     split_threshold: int = 10_000,
     max_repage: int = 2,
     split_budget: SplitBudget | None = None,
+    sink: Sink | None = None,
 ) -> WindowResult:
     """Every job of ``project_id`` whose create (``kind="create"``) or update time lies in ``window``.
 
@@ -183,6 +211,11 @@ async def fetch_window(
     otherwise (the server's count said nothing lay beyond a full page) is split.
     Every split draws on ``split_budget`` (a fresh :class:`SplitBudget` when None);
     :class:`SplitBudgetExceeded` ends the call.
+
+    With ``sink``, jobs are awaited into it in chunks as they are listed (a job again only in
+    a newer version than the one handed before); the result then carries
+    ``job_ids`` and ``listed`` instead of ``jobs``. A job the last pass no longer lists may
+    already have been handed: the caller's listing evidence is ``job_ids``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be 'create' or 'update', got {kind!r}")
@@ -197,9 +230,14 @@ async def fetch_window(
             window = Window(window.since, limit)
             result.window = window
     fetcher = _Fetcher(client, project_id, KINDS[kind], dict(filters or {}), split_threshold, max_repage,
-                       split_budget if split_budget is not None else SplitBudget())
+                       split_budget if split_budget is not None else SplitBudget(), sink, window)
     jobs = await fetcher.fetch(window)
-    result.jobs = list(jobs.values())
+    if sink is None:
+        result.jobs = list(jobs.values())
+    else:
+        await fetcher.hand()
+        result.job_ids = [job_id for job_id in jobs.values() if isinstance(job_id, str)]
+        result.streamed = len(jobs)
     result.leaves = sorted(fetcher.leaves, key=lambda leaf: leaf.window)
     result.pages = fetcher.pages
     result.requests = fetcher.requests
@@ -209,7 +247,7 @@ async def fetch_window(
         kind,
         window,
         project_id,
-        len(result.jobs),
+        result.listed,
         len(result.leaves),
         result.requests,
         result.mismatches,
@@ -229,8 +267,15 @@ class _Fetcher:
         split_threshold: int,
         max_repage: int,
         budget: SplitBudget,
+        sink: Sink | None = None,
+        covered: Window | None = None,
     ) -> None:
         self.client = client
+        self.sink = sink
+        self.covered = covered
+        # With a sink: the jobs not yet handed, and per key the lastupdate_time (ms) last handed.
+        self.chunk: dict[str, dict] = {}
+        self.handed: dict[str, int | None] = {}
         self.budget = budget
         self.project_id = project_id
         self.kind = kind
@@ -264,7 +309,26 @@ class _Fetcher:
         self.budget.take(window)
         halves = window.split()
         parts = await asyncio.gather(*(self.fetch(half) for half in halves))
-        return _merge(list(parts))
+        return _merge(list(parts), self.sink is not None)
+
+    def offer(self, key: str, job: dict) -> None:
+        """Queue ``job`` for the sink. Before it is handed, a later version replaces it as in
+        :func:`_newer`; once handed, it goes again only in a newer version (the same
+        lastupdate_time is the same version: keyset paging lists a boundary second twice)."""
+        stamp = _epoch_millis(job.get("lastupdate_time"))
+        if key in self.chunk:
+            if not newer_update_wins(stamp, self.handed[key]):
+                return
+        elif key in self.handed and (stamp if stamp is not None else -1) <= (self.handed[key] or -1):
+            return
+        self.handed[key] = stamp
+        self.chunk[key] = job
+
+    async def hand(self) -> None:
+        """Await the queued jobs into the sink."""
+        if self.chunk:
+            chunk, self.chunk = list(self.chunk.values()), {}
+            await self.sink(self.covered, chunk)
 
     async def fetch(self, window: Window) -> dict[str, dict]:
         """Distinct jobs of ``window``: split when large, re-paged and then split while the count disagrees."""
@@ -282,7 +346,10 @@ class _Fetcher:
             jobs, pass_pages, ended_short = await self._pass(window, first)
             pages += pass_pages
             # A fresh pass is the truth at its moment; a job keeps its most recently updated version.
-            merged = {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
+            if self.sink is None:
+                merged = {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
+            else:
+                merged = jobs
             expected = first.count
             # One answer holding the whole window is a snapshot: its count and its jobs describe
             # the same moment, so a disagreement is the server's and neither re-paging nor
@@ -317,9 +384,10 @@ class _Fetcher:
     async def _pass(self, window: Window, first: Page) -> tuple[dict[str, dict], int, bool]:
         """One keyset pass over ``window`` starting from its first page.
 
-        Returns the distinct jobs, the pages read, and whether the pass ended on a short page
-        (the listing said itself that nothing more lies in the window)."""
-        seen: dict[str, dict] = {}
+        Returns the distinct jobs (with a sink: their job_ids, the jobs offered to it), the pages
+        read, and whether the pass ended on a short page (the listing said itself that nothing
+        more lies in the window)."""
+        seen: dict = {}
         seconds_of: dict[str, int | None] = {}
         lower = floor_second(window.since)
         until = int(window.until.timestamp())
@@ -331,9 +399,15 @@ class _Fetcher:
                 key = job_key(job)
                 # A job listed twice in one pass (a boundary second, or a server repeating it)
                 # keeps its most recently updated version, as everywhere else.
-                prev = seen.get(key)
-                seen[key] = job if prev is None else _newer(job, prev)
+                if self.sink is None:
+                    prev = seen.get(key)
+                    seen[key] = job if prev is None else _newer(job, prev)
+                else:
+                    self.offer(key, job)
+                    seen[key] = job.get("job_id")
                 seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
+            if len(self.chunk) >= SINK_ROWS:
+                await self.hand()
             if len(page.jobs) < PAGE_LIMIT:
                 return seen, pages, True
             lower_s = int(lower.timestamp())

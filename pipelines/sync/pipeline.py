@@ -99,13 +99,22 @@ class Run:
             return 0, 0
         # The owner range is half-open; count_in_ranges counts closed ranges.
         [stored] = count_in_ranges(times, [(task.owner_since, task.owner_until - US)])
-        return stored, max(0, stored - len(result.jobs))
+        return stored, max(0, stored - result.listed)
+
+    def absorb_part(self, task: Task, window: Window, jobs: list[dict], synced_at: datetime) -> None:
+        """Take jobs of a window still being listed (see fetch_window's sink); its record and
+        its deletions come with the finished window (absorb())."""
+        self.pending.append((task, window, jobs, synced_at))
+        self.pending_rows += len(jobs)
+        if self.pending_rows >= NORMALIZE_ROWS:
+            self.settle()
 
     def absorb(self, task: Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
         """Take one finished window: what it listed and what it proves deleted now, its rows
         once enough windows wait to be normalized together (see settle())."""
-        self.pending.append((task, result.window, result.jobs, synced_at))
-        self.pending_rows += len(result.jobs)
+        if result.jobs:
+            self.pending.append((task, result.window, result.jobs, synced_at))
+            self.pending_rows += len(result.jobs)
         for leaf in result.leaves:
             self.windows.append(
                 WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
@@ -117,18 +126,17 @@ class Run:
             if listed_completely(result):
                 owner_until = min(task.owner_until, result.window.until)
                 # The stored jobs it did not list are marked deleted inside the batch's transaction.
-                seen = [job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)]
-                self.reconciled.append(ReconciledRange(task.project_id, task.owner_since, owner_until, seen))
+                self.reconciled.append(ReconciledRange(task.project_id, task.owner_since, owner_until, result.ids()))
             elif result.leaves:
                 log.warning("Window %s..%s of %s did not reconcile with its count; deletions not marked there.",
                             task.window.since, task.window.until, task.project_id)
         self.report.windows += 1
-        self.report.jobs_fetched += len(result.jobs)
+        self.report.jobs_fetched += result.listed
         if self.pending_rows >= NORMALIZE_ROWS:
             self.settle()
         crashpoint("fetched")
         self.progress.windows_done += 1
-        self.progress.jobs += len(result.jobs)
+        self.progress.jobs += result.listed
         self.progress.retrying = None
         if self.progress_cb:
             self.progress_cb(self.progress)
@@ -272,22 +280,39 @@ async def check_deletions(client: MetaStudioClient, run: Run, task: Task, result
 
 
 def _ids(result: WindowResult) -> set[str]:
-    return {job_id for job in result.jobs if isinstance(job_id := job.get("job_id"), str)}
+    return set(result.ids())
 
 
-#: A finished window on its way to the consumer: the task, its result (or the exception that
-#: ended it, with no event), and the event that frees its slot once it is absorbed.
-_Finished = tuple[Task, WindowResult | Exception, asyncio.Event | None]
+@dataclass
+class _Part:
+    """Jobs of a window still being listed, on their way to the consumer."""
+
+    window: Window
+    jobs: list[dict]
+
+
+#: What travels to the consumer: the task, then its parts, its finished result (or the
+#: exception that ended it, with no event), and the event that frees the sender once absorbed.
+_Finished = tuple[Task, _Part | WindowResult | Exception, asyncio.Event | None]
 
 
 async def _fetch(client: MetaStudioClient, run: Run, task: Task, not_after: datetime,
                  slots: asyncio.Semaphore, finished: asyncio.Queue[_Finished]) -> None:
-    """One task's window, fetched (and for a reconciling task checked) into ``finished``."""
+    """One task's window, fetched (and for a reconciling task checked) into ``finished``.
+
+    Its jobs go to the consumer in chunks while it is listed, each awaited until absorbed, so
+    a window holds a few MB of decoded JSON however many jobs its day has."""
+
+    async def sink(window: Window, jobs: list[dict]) -> None:
+        absorbed = asyncio.Event()
+        finished.put_nowait((task, _Part(window, jobs), absorbed))
+        await absorbed.wait()
+
     async with slots:
         try:
             result = await fetch_window(
                 client, task.project_id, task.window, kind=task.kind, not_after=not_after,
-                split_threshold=run.settings.split_threshold, split_budget=run.split_budget,
+                split_threshold=run.settings.split_threshold, split_budget=run.split_budget, sink=sink,
             )
             if task.reconcile:
                 await check_deletions(client, run, task, result, not_after)
@@ -304,15 +329,14 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     """Fetch every task's window concurrently; absorb windows as they finish, apply batches behind.
 
     A pipeline with bounded stages, so memory does not grow with the history:
-    a window holds its slot from its first request until it is absorbed (fetched windows
-    never pile up when normalizing is the slower stage), and one batch at a time is applied
-    in a worker thread while the next is fetched and normalized (DuckDB and Parquet writing
-    release the GIL). A batch is applied only after the previous one committed, so
-    transactions keep their order.
+    a window's jobs are absorbed in chunks while it is listed, a window holds its slot until
+    it is absorbed (fetched jobs never pile up when normalizing is the slower stage), and one
+    batch at a time is applied in a worker thread while the next is fetched and normalized
+    (DuckDB and Parquet writing release the GIL). A batch is applied only after the previous
+    one committed, so transactions keep their order.
     """
     # Keyset paging reads a window one page after another, so max_in_flight windows keep every
-    # request slot busy; two more keep the pipe full while one is normalized. Each slot holds a
-    # whole window of decoded JSON (several MB), so more slots cost memory and no speed.
+    # request slot busy; two more keep the pipe full while one is normalized.
     window_slots = asyncio.Semaphore(run.settings.max_in_flight + 2)
     run.progress.windows_total += len(tasks)
 
@@ -322,11 +346,16 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     applying: asyncio.Future | None = None
     pending = [asyncio.ensure_future(_fetch(client, run, task, not_after, window_slots, finished)) for task in tasks]
     try:
-        for _ in range(len(tasks)):
+        done = 0
+        while done < len(tasks):
             task, result, absorbed = await finished.get()
             if absorbed is None:
                 raise result
-            run.absorb(task, result, datetime.now(UTC), client.server_now())
+            if isinstance(result, _Part):
+                run.absorb_part(task, result.window, result.jobs, datetime.now(UTC))
+            else:
+                run.absorb(task, result, datetime.now(UTC), client.server_now())
+                done += 1
             del result
             absorbed.set()
             if run.buffer_full:

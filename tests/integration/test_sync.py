@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
 from tests.support.expected import assert_rows_equal
-from tests.support.simulators import SIM_NOW, sim_settings, truth_by_project
+from tests.support.simulators import SIM_NOW, SMALL, sim_settings, truth_by_project
 
 SINCE = (SIM_NOW - timedelta(days=61)).date()
 UNTIL = SIM_NOW.date()
@@ -85,3 +85,29 @@ def _day(epoch_value):
     from tests.support.expected import epoch
 
     return epoch(epoch_value).date()
+
+
+def test_windows_are_written_in_chunks_while_they_are_listed(make_simulator, tmp_path, monkeypatch):
+    """A window's jobs reach the warehouse in chunks of about SINK_ROWS while it is still paged
+    (a burst day is never held whole), and the warehouse ends the same, without duplicates."""
+    from pipelines.metastudio import paging
+    from pipelines.sync.pipeline import Run
+
+    monkeypatch.setattr(paging, "SINK_ROWS", 40)
+    parts: dict[tuple[str, object], list[int]] = {}
+    absorb_part = Run.absorb_part
+
+    def recording(self, task, window, jobs, synced_at):
+        parts.setdefault((task.project_id, task.window), []).append(len(jobs))
+        return absorb_part(self, task, window, jobs, synced_at)
+
+    monkeypatch.setattr(Run, "absorb_part", recording)
+    simulator = make_simulator(**dict(SMALL, days=6))  # about 250 jobs a day and project: 3 pages
+    settings = sim_settings(simulator, tmp_path, personal_data="raw")
+    report = sync(settings, mode="days", since=UNTIL - timedelta(days=7), until=UNTIL)
+
+    truth = truth_by_project(simulator)
+    assert max(len(sizes) for sizes in parts.values()) >= 3
+    assert max(max(sizes) for sizes in parts.values()) <= 40 + paging.PAGE_LIMIT
+    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
+    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from pipelines.metastudio import paging
 from pipelines.metastudio.auth import TokenAuth, query_pairs
 from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.paging import (
@@ -466,3 +467,88 @@ def test_an_empty_window_costs_one_request():
     result = fetch(listing, day_window(DAY))
     assert result.jobs == [] and len(listing.requests) == 1
     assert [(leaf.api_count, leaf.fetched, leaf.pages) for leaf in result.leaves] == [(0, 0, 1)]
+
+
+# ---------------------------------------------------------------- handing jobs to a sink
+
+
+def fetch_into_sink(listing: FakeListing, window: Window, **kwargs):
+    """fetch_window with a sink: (result, the chunks handed, requests made before each chunk)."""
+    chunks: list[list[dict]] = []
+    requests_before: list[int] = []
+
+    async def sink(covered: Window, jobs: list[dict]) -> None:
+        assert covered == window
+        chunks.append(jobs)
+        requests_before.append(len(listing.requests))
+
+    async def main():
+        async with client_for(listing) as client:
+            return await fetch_window(client, "proj", window, sink=sink, **kwargs)
+
+    return asyncio.run(main()), chunks, requests_before
+
+
+def test_a_sink_gets_the_jobs_in_bounded_chunks_while_the_window_is_still_listed():
+    jobs = spread(5_000, T0_MS, 86_400_000, seed=21)
+    window = day_window(DAY)
+    whole = fetch(FakeListing(jobs), window, split_threshold=1_500)
+    listing = FakeListing(jobs)
+    result, chunks, requests_before = fetch_into_sink(listing, window, split_threshold=1_500)
+    assert result.jobs == [] and result.listed == len(whole.jobs) == 5_000
+    assert sorted(result.ids()) == sorted(ids(whole))
+    handed = [j["job_id"] for chunk in chunks for j in chunk]
+    assert sorted(handed) == sorted(ids(whole))  # every job once, none lost
+    assert max(len(chunk) for chunk in chunks) <= paging.SINK_ROWS + paging.PAGE_LIMIT and len(chunks) >= 3
+    # the first chunks went out long before the listing ended: the window was never held whole
+    assert requests_before[0] < len(listing.requests) / 2
+    assert [(leaf.api_count, leaf.fetched) for leaf in result.leaves] == [
+        (leaf.api_count, leaf.fetched) for leaf in whole.leaves
+    ]
+
+
+def test_a_sink_gets_a_job_again_only_in_a_newer_version(monkeypatch):
+    monkeypatch.setattr(paging, "SINK_ROWS", 10)  # chunks go out during every pass
+    old = job(1, T0_MS + 1_000, T0_MS + 50_000)
+    newer = dict(old, lastupdate_time=T0_MS + 90_000, state="FAILED")
+    older = dict(old, lastupdate_time=T0_MS + 10_000, state="WAITING")
+    filler = [job(2 + i, T0_MS + 2_000 + i * 1_000) for i in range(150)]
+    gone_unseen, gone_seen = filler[120]["job_id"], filler[130]["job_id"]
+    a, b = job(900, T0_MS + 500), job(901, T0_MS + 600)
+
+    def before(listing, index, params):
+        # While a pass reads its second page, a job is deleted ahead of the cursor and one is
+        # created behind it, so the pass disagrees with the count and the window is paged again.
+        # Each count check finds the job changed: first to a newer version, then to an older
+        # one (a stale replica answering).
+        if index in (1, 4):
+            del listing.jobs[gone_unseen if index == 1 else gone_seen]
+            added = a if index == 1 else b
+            listing.jobs[added["job_id"]] = added
+        if index in (2, 5):
+            listing.jobs[old["job_id"]] = newer if index == 2 else older
+
+    listing = FakeListing([old, *filler], before_request=before)
+    result, chunks, _ = fetch_into_sink(listing, day_window(DAY))
+    assert sum(leaf.repaged for leaf in result.leaves) == 2  # three passes
+    handed = [j for chunk in chunks for j in chunk]
+    assert [j["lastupdate_time"] for j in handed if j["job_id"] == old["job_id"]] == [
+        old["lastupdate_time"], newer["lastupdate_time"]]  # the older one was not handed
+    others = [j["job_id"] for j in handed if j["job_id"] != old["job_id"]]
+    assert len(others) == len(set(others)) == 151  # later passes hand nothing again
+    assert gone_unseen not in others and gone_seen in others
+    assert set(result.ids()) == listing.truth(day_window(DAY)) and gone_seen not in result.ids()
+
+
+def test_the_ids_a_sink_run_reports_are_the_last_passs_listing():
+    """Deletion evidence: a job deleted while the window was paged may have been handed, but
+    the ids that say what the source lists are those of the pass that agreed with the count."""
+    original = spread(700, T0_MS, 86_400_000, seed=9)
+    before, log = mutating(1, 6)
+    listing = FakeListing(original, before_request=before)
+    result, chunks, _ = fetch_into_sink(listing, day_window(DAY))
+    assert set(result.ids()) == listing.truth(day_window(DAY))
+    assert log["deleted"].isdisjoint(result.ids()) and log["created"] <= set(result.ids())
+    assert result.listed == len(result.ids())
+    handed = {j["job_id"] for chunk in chunks for j in chunk}
+    assert set(result.ids()) <= handed
