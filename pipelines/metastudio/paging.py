@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicejobs.paging")
 
 
-#: Jobs handed to a ``sink`` at a time (at most a page more): a chunk is a few MB of decoded JSON.
-SINK_ROWS = 2_000
+#: Jobs handed to a ``sink`` at a time (at most a page more): about 1.5 MB of decoded JSON.
+#: At 1,000,000 lumpy jobs the fetch peaked at 393 MB with 2,000 and 362 MB with 500, as fast.
+SINK_ROWS = 500
 
 #: Receives a window's jobs while it is listed (the covered window, the chunk's jobs).
 Sink = Callable[[Window, list[dict]], Awaitable[None]]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -173,10 +173,14 @@ class Lake(Connections):
                 ).fetchall()
                 if (project_id, day) not in skip
             ]  # fmt: skip
-            for project_id, days in _groups(sizes):
-                written, failed = self._export_partitions(con, project_id, days)
-                done += written
-                failures += failed
+            # An export of more than one read's rows runs under DuckDB's lean cap (see
+            # Connections._lean); a small one is not worth the checkpoint that needs.
+            lean = self._lean(con) if sum(count for *_, count in sizes) > EXPORT_ROWS else nullcontext()
+            with lean:
+                for project_id, days in _groups(sizes):
+                    written, failed = self._export_partitions(con, project_id, days)
+                    done += written
+                    failures += failed
         return done, failures
 
     @staticmethod

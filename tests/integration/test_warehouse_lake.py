@@ -127,6 +127,45 @@ def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run:
                              "create_day=2025-03-02/project_id=p1/data.parquet"]
 
 
+def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, monkeypatch):
+    """DuckDB keeps what it wrote in memory up to its cap; an export bigger than one read gives
+    it back (checkpoint, lean cap) and the usual cap is back after, also when a write fails."""
+    from pipelines.warehouse import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    wh = Warehouse(tmp_path / "data")
+    run = wh.begin_run("days", {"since": "2025-03-01"})
+    caps: list[str] = []
+    export = lake_module.Lake._export_partitions
+
+    def spying(self, con, project_id, days):
+        caps.append(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+        return export(self, con, project_id, days)
+
+    monkeypatch.setattr(lake_module.Lake, "_export_partitions", spying)
+
+    def cap() -> str:
+        return sql(wh, "SELECT current_setting('memory_limit')")[0][0]
+
+    usual = cap()
+    with wh.connect():
+        wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))  # 2 rows: the usual cap
+        assert caps == [usual] and lake_rows(wh) == wh.jobs_table().to_pylist()
+        caps.clear()
+        wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=(DAY1, DAY2)[i % 2]) for i in range(30)]))
+        lean = caps[0]
+        assert lean != usual and len(caps) >= 2 and set(caps) == {lean}
+        assert cap() == usual and lake_rows(wh) == wh.jobs_table().to_pylist()
+
+        def failing(self, con, project_id, days):
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(lake_module.Lake, "_export_partitions", failing)
+        with pytest.raises(OSError):
+            wh.apply(run, jobs=jobs([rec(f"k{i:02d}", created=DAY1) for i in range(30)]))
+        assert cap() == usual
+
+
 _READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"
 
 
