@@ -1,8 +1,9 @@
 """The async pipeline of a sync: windows fetched concurrently, absorbed, applied in batches.
 
-Bounded stages, so memory does not grow with the history: a window holds its slot from its
-first request until it is absorbed, and one batch at a time is applied to the warehouse in a
-worker thread while the next is fetched. Deletions need evidence (:func:`listed_completely`,
+Bounded stages, so memory does not grow with the history: a window's jobs reach the consumer
+in chunks while it is listed (a burst day is never held whole), a window holds its slot from
+its first request until it is absorbed, and one batch at a time is applied to the warehouse in
+a worker thread while the next is fetched. Deletions need evidence (:func:`listed_completely`,
 :func:`check_deletions`).
 """
 
