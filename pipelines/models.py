@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.ingest.schema import PHONE_FIELD, URL_FIELDS
-from pipelines.warehouse import WarehouseError, _is_disk_error
+from pipelines.warehouse import WarehouseError, _is_disk_error, free_pinned
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA = "analytics"
@@ -294,12 +294,10 @@ def refresh_models(
     rows: dict[str, int] = {}
     database = _database_file(con)  # asked first: a failed write can leave the connection unusable
     try:
-        # Changes committed since the last checkpoint stay in memory until one (56 MB of the
-        # sync's 128 MB after a change capture at 1,000,000 jobs), and the temporary copy of a
-        # shared view needs that room. Best effort: a checkpoint that cannot run now (another
-        # transaction is open) leaves the refresh as it was, and a full disk fails it below.
-        with suppress(duckdb.Error):
-            con.execute("CHECKPOINT")
+        # The temporary copy of a shared view needs the room that changes committed since the
+        # last checkpoint hold (56 MB of the sync's 128 MB after a change capture at 1,000,000
+        # jobs); when the checkpoint cannot run, the refresh goes on as it was.
+        free_pinned(con)
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -164,26 +164,6 @@ def job_key(job: Mapping[str, object]) -> str:
     return "raw:" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
-def _newer(candidate: dict, current: dict | None) -> dict:
-    """The more recently updated of two versions of one job (``candidate`` was fetched later;
-    see :func:`pipelines.contract.newer_update_wins`)."""
-    if current is None:
-        return candidate
-    new, old = _epoch_millis(candidate.get("lastupdate_time")), _epoch_millis(current.get("lastupdate_time"))
-    return candidate if newer_update_wins(new, old) else current
-
-
-def _merge(parts: list[dict], streaming: bool) -> dict:
-    merged: dict = {}
-    for part in parts:
-        if streaming:  # values are job_ids: the jobs themselves went to the sink
-            merged.update(part)
-            continue
-        for key, job in part.items():
-            merged[key] = _newer(job, merged.get(key))
-    return merged
-
-
 async def fetch_window(
     client: MetaStudioClient,
     project_id: str,
@@ -232,13 +212,13 @@ async def fetch_window(
             result.window = window
     fetcher = _Fetcher(client, project_id, KINDS[kind], dict(filters or {}), split_threshold, max_repage,
                        split_budget if split_budget is not None else SplitBudget(), sink, window)
-    jobs = await fetcher.fetch(window)
+    listed = await fetcher.fetch(window)
     if sink is None:
-        result.jobs = list(jobs.values())
+        result.jobs = [fetcher.chunk[key] for key in listed]
     else:
         await fetcher.hand()
-        result.job_ids = [job_id for job_id in jobs.values() if isinstance(job_id, str)]
-        result.streamed = len(jobs)
+        result.job_ids = [job_id for job_id in listed.values() if isinstance(job_id, str)]
+        result.streamed = len(listed)
     result.leaves = sorted(fetcher.leaves, key=lambda leaf: leaf.window)
     result.pages = fetcher.pages
     result.requests = fetcher.requests
@@ -274,7 +254,8 @@ class _Fetcher:
         self.client = client
         self.sink = sink
         self.covered = covered
-        # With a sink: the jobs not yet handed, and per key the lastupdate_time (ms) last handed.
+        # Per key, the newest version not yet handed (without a sink: every job, never handed),
+        # and the lastupdate_time (ms) of the version queued or handed last.
         self.chunk: dict[str, dict] = {}
         self.handed: dict[str, int | None] = {}
         self.budget = budget
@@ -309,18 +290,21 @@ class _Fetcher:
     async def _split(self, window: Window) -> dict[str, dict]:
         self.budget.take(window)
         halves = window.split()
-        parts = await asyncio.gather(*(self.fetch(half) for half in halves))
-        return _merge(list(parts), self.sink is not None)
+        listed: dict[str, str | None] = {}
+        for part in await asyncio.gather(*(self.fetch(half) for half in halves)):
+            listed.update(part)
+        return listed
 
     def offer(self, key: str, job: dict) -> None:
-        """Queue ``job`` for the sink. Before it is handed, a later version replaces it as in
-        :func:`_newer`; once handed, it goes again only in a newer version (the same
-        lastupdate_time is the same version: keyset paging lists a boundary second twice)."""
+        """Keep ``job`` for the sink (or the result): a version fetched later replaces the kept
+        one unless it is older (:func:`pipelines.contract.newer_update_wins`); once handed, a job
+        goes again only in a newer version (the same lastupdate_time is the same version:
+        keyset paging lists a boundary second twice)."""
         stamp = _epoch_millis(job.get("lastupdate_time"))
         if key in self.chunk:
             if not newer_update_wins(stamp, self.handed[key]):
                 return
-        elif key in self.handed and (stamp if stamp is not None else -1) <= (self.handed[key] or -1):
+        elif key in self.handed and newer_update_wins(self.handed[key], stamp):  # not newer
             return
         self.handed[key] = stamp
         self.chunk[key] = job
@@ -331,26 +315,23 @@ class _Fetcher:
             chunk, self.chunk = list(self.chunk.values()), {}
             await self.sink(self.covered, chunk)
 
-    async def fetch(self, window: Window) -> dict[str, dict]:
-        """Distinct jobs of ``window``: split when large, re-paged and then split while the count disagrees."""
+    async def fetch(self, window: Window) -> dict[str, str | None]:
+        """The keys of the distinct jobs ``window`` lists (to their job_id), their versions offered:
+        split when large, re-paged and then split while the count disagrees."""
         first = await self._list(window, window.since, 0, PAGE_LIMIT)
         # A short first page holds the whole window: nothing to gain from splitting, whatever count says.
         full = len(first.jobs) >= PAGE_LIMIT
         if full and first.count > self.split_threshold and window.can_split():
             log.debug("window %s holds %d jobs (> %d): splitting", window, first.count, self.split_threshold)
             return await self._split(window)
-        merged: dict[str, dict] = {}
         repaged = 0
         pages = 0
         while True:
             self.pages += 1  # the first page of this pass
             jobs, pass_pages, ended_short = await self._pass(window, first)
             pages += pass_pages
-            # A fresh pass is the truth at its moment; a job keeps its most recently updated version.
-            if self.sink is None:
-                merged = {key: _newer(job, merged.get(key)) for key, job in jobs.items()}
-            else:
-                merged = jobs
+            # A fresh pass is the truth at its moment (its keys); a job keeps its most recently
+            # updated version (offer()).
             expected = first.count
             # One answer holding the whole window is a snapshot: its count and its jobs describe
             # the same moment, so a disagreement is the server's and neither re-paging nor
@@ -380,15 +361,15 @@ class _Fetcher:
             repaged += 1
             first = await self._list(window, window.since, 0, PAGE_LIMIT)
         self.leaves.append(LeafStat(window, expected, len(jobs), pages, repaged))
-        return merged
+        return jobs
 
-    async def _pass(self, window: Window, first: Page) -> tuple[dict[str, dict], int, bool]:
+    async def _pass(self, window: Window, first: Page) -> tuple[dict[str, str | None], int, bool]:
         """One keyset pass over ``window`` starting from its first page.
 
-        Returns the distinct jobs (with a sink: their job_ids, the jobs offered to it), the pages
-        read, and whether the pass ended on a short page (the listing said itself that nothing
-        more lies in the window)."""
-        seen: dict = {}
+        Returns the keys of the distinct jobs listed (to their job_id; the jobs are offered), the
+        pages read, and whether the pass ended on a short page (the listing said itself that
+        nothing more lies in the window)."""
+        seen: dict[str, str | None] = {}
         seconds_of: dict[str, int | None] = {}
         lower = floor_second(window.since)
         until = int(window.until.timestamp())
@@ -400,14 +381,10 @@ class _Fetcher:
                 key = job_key(job)
                 # A job listed twice in one pass (a boundary second, or a server repeating it)
                 # keeps its most recently updated version, as everywhere else.
-                if self.sink is None:
-                    prev = seen.get(key)
-                    seen[key] = job if prev is None else _newer(job, prev)
-                else:
-                    self.offer(key, job)
-                    seen[key] = job.get("job_id")
+                self.offer(key, job)
+                seen[key] = job.get("job_id")
                 seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
-            if len(self.chunk) >= SINK_ROWS:
+            if self.sink is not None and len(self.chunk) >= SINK_ROWS:
                 await self.hand()
             if len(page.jobs) < PAGE_LIMIT:
                 return seen, pages, True

@@ -113,9 +113,8 @@ class Run:
     def absorb(self, task: Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
         """Take one finished window: what it listed and what it proves deleted now, its rows
         once enough windows wait to be normalized together (see settle())."""
-        if result.jobs:
-            self.pending.append((task, result.window, result.jobs, synced_at))
-            self.pending_rows += len(result.jobs)
+        if result.jobs:  # a result fetched without a sink carries its jobs
+            self.absorb_part(task, result.window, result.jobs, synced_at)
         for leaf in result.leaves:
             self.windows.append(
                 WindowRecord(task.project_id, task.kind, leaf.window.since, leaf.window.until,
@@ -271,17 +270,13 @@ async def check_deletions(client: MetaStudioClient, run: Run, task: Task, result
     again = await fetch_window(client, task.project_id, task.window, kind=task.kind, not_after=not_after,
                                split_threshold=run.settings.split_threshold, split_budget=run.split_budget)
     run.report.relisted_ranges += 1
-    first_ids = _ids(result)
-    if not listed_completely(again) or _ids(again) != first_ids:
+    first_ids, again_ids = set(result.ids()), set(again.ids())
+    if not listed_completely(again) or again_ids != first_ids:
         raise SourceDisagreementError(
             f"two listings of {task.project_id} creation times {result.window} disagree ({len(first_ids)} then "
-            f"{len(_ids(again))} jobs) where the warehouse holds {stored} live jobs; nothing there was marked "
+            f"{len(again_ids)} jobs) where the warehouse holds {stored} live jobs; nothing there was marked "
             "deleted. The source may be unstable: run the sync again later"
         )
-
-
-def _ids(result: WindowResult) -> set[str]:
-    return set(result.ids())
 
 
 @dataclass

@@ -46,6 +46,7 @@ from pipelines.warehouse.db import (
     DUCKDB_MEMORY_LIMIT,
     DUCKDB_THREADS,
     WAREHOUSE_VERSION,
+    free_pinned,
 )
 from pipelines.warehouse.deletions import ReconciledRange
 from pipelines.warehouse.lake import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE, LakeExportError
@@ -93,6 +94,7 @@ __all__ = [
     "WarehouseError",
     "WindowRecord",
     "_is_disk_error",
+    "free_pinned",
     "count_in_ranges",
 ]
 

@@ -49,6 +49,20 @@ DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 # 100,000-job export peaked at 347 MB under the usual cap and 307 MB under this one.
 DUCKDB_LEAN_MEMORY_LIMIT = "48MB"
 
+
+
+def free_pinned(con: duckdb.DuckDBPyConnection) -> bool:
+    """Checkpoint, best effort: changes committed since the last checkpoint stay pinned in
+    DuckDB's memory until one (up to most of the cap after a sync's writes). False when it
+    cannot run now (another transaction is open); a full disk then fails the work that follows."""
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        log.debug("checkpoint deferred: %s", exc)
+        return False
+    return True
+
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 JOB_COLUMNS_PLACEHOLDER = "{job_columns}"
 
@@ -132,16 +146,12 @@ class Connections:
         """Run the block with DuckDB's memory cap at DUCKDB_LEAN_MEMORY_LIMIT, back after.
 
         The cap is the database's, so the block must be the only work on it (the lake export at
-        the end of a batch or a run is). Changes committed since the last checkpoint stay
-        pinned in memory: a checkpoint frees them first, and when it cannot run (another
-        transaction is open) the cap stays as it is."""
-        try:
-            con.execute("CHECKPOINT")
-            con.execute(f"SET memory_limit = '{DUCKDB_LEAN_MEMORY_LIMIT}'")
-        except duckdb.Error as exc:
-            log.debug("DuckDB keeps its usual memory cap for this step: %s", exc)
+        the end of a batch or a run is). What is pinned is freed first (free_pinned); when that
+        cannot run, the cap stays as it is."""
+        if not free_pinned(con):
             yield
             return
+        con.execute(f"SET memory_limit = '{DUCKDB_LEAN_MEMORY_LIMIT}'")
         try:
             yield
         finally:
