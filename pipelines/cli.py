@@ -335,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     install_log_redaction()
 
-    from pipelines.metastudio.errors import MetaStudioError
-    from pipelines.publish.target import PublishError
-    from pipelines.warehouse import WarehouseError
-
     handlers = {
         "demo": _cmd_demo,
         "sync": _cmd_sync,
@@ -351,14 +347,28 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except UsageError as exc:
         return _verdict(args, redact(exc), EXIT_USAGE)
-    except (MetaStudioError, WarehouseError, PublishError) as exc:
-        return _verdict(args, redact(exc), EXIT_FAILED)
-    except OSError as exc:
-        # A full disk or an unwritable path surfacing outside the warehouse's own checks.
-        return _verdict(args, f"{redact(exc)}; check free space and permissions of the data directory "
-                              f"({os.environ.get('VOICEJOBS_DATA_DIR', './data')}).", EXIT_FAILED)
+    except Exception as exc:
+        if isinstance(exc, _failures()):
+            return _verdict(args, redact(exc), EXIT_FAILED)
+        if isinstance(exc, OSError):
+            # A full disk or an unwritable path surfacing outside the warehouse's own checks.
+            return _verdict(args, f"{redact(exc)}; check free space and permissions of the data directory "
+                                  f"({os.environ.get('VOICEJOBS_DATA_DIR', './data')}).", EXIT_FAILED)
+        raise
     except KeyboardInterrupt:
         return _verdict(args, "interrupted; the warehouse keeps its last committed state.", 130)
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """The errors a run ends with in one line: the source's, the warehouse's and PostgreSQL's.
+
+    Imported when a command fails, not before it starts: the warehouse and publish packages
+    load DuckDB and pyarrow, and the demo starts its simulator before it needs them."""
+    from pipelines.metastudio.errors import MetaStudioError
+    from pipelines.publish.target import PublishError
+    from pipelines.warehouse import WarehouseError
+
+    return MetaStudioError, WarehouseError, PublishError
 
 
 def _verdict(args, message: str, code: int) -> int:

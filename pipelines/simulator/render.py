@@ -125,12 +125,6 @@ class Renderer:
                 blobs[row] = blob
         return [blobs[row] for row in rows]  # type: ignore[misc]
 
-    def warm(self) -> None:
-        """Serialize every row now rather than on first request."""
-        step = 20_000
-        for start in range(0, self._table.n, step):
-            self.blobs_for(list(range(start, min(start + step, self._table.n))))
-
 
 # ------------------------------------------------------------------------ reference record
 def record(job: dict, hosts: list[list[str]]) -> dict:

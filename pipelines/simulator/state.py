@@ -71,10 +71,16 @@ class SimulatorState:
         with self._lock:
             return int(self._table.n - np.count_nonzero(self._table.col("deleted")))
 
-    def warm(self) -> None:
-        """Serialize every job now rather than on first request (for benchmarks)."""
-        with self._lock:
-            self._renderer.warm()
+    def warm(self, step: int = 2_000) -> None:
+        """Serialize every job now rather than on first request (the demo, benchmarks), ``step``
+        jobs per hold of the lock: a request served meanwhile waits for one step at most."""
+        start = 0
+        while True:
+            with self._lock:
+                if start >= self._table.n:
+                    return
+                self._renderer.blobs_for(list(range(start, min(start + step, self._table.n))))
+            start += step
 
     # ------------------------------------------------------------------ query
     def list_page(self, project_id: str, params: ListParams, app_user: str | None = None) -> bytes:

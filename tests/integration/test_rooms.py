@@ -20,3 +20,29 @@ def test_nothing_on_the_sync_path_imports_the_simulator():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_demo_starts_its_simulator_before_loading_the_warehouse():
+    """`voicejobs demo` spawns the simulator's process first and loads DuckDB, Arrow and the
+    sync while that process starts: what the CLI imports up to the spawn holds none of them."""
+    code = (
+        "import sys\n"
+        "from pipelines import cli\n"
+        "import pipelines.simulator.process as process\n"
+        "class Spawned(Exception): pass\n"
+        "def spawn(self, **popen):\n"
+        "    heavy = ('duckdb', 'pyarrow', 'numpy', 'pipelines.warehouse', 'pipelines.publish', 'pipelines.sync')\n"
+        "    print('loaded:', ','.join(sorted(m for m in heavy if m in sys.modules)))\n"
+        "    raise Spawned\n"
+        "process.SimulatorProcess.spawn = spawn\n"
+        "try:\n"
+        "    cli.main(['demo', '--data-dir', sys.argv[1]])\n"
+        "except Spawned:\n"
+        "    pass\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "unused-demo-dir"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("Starting the embedded MetaStudio simulator")
+    assert lines[-1].rstrip() == "loaded:"
