@@ -463,7 +463,11 @@ class Command:
 
 
 def run_command(argv: list[str], *, env: dict, cwd: Path, timeout: float = 600) -> Command:
-    """Start ``argv`` and wait for it with wait4, so the rusage (peak RSS) is this process's own."""
+    """Start ``argv`` and wait for it with wait4, so the rusage (peak RSS) is this process's own.
+
+    The gigabytes earlier scenarios wrote and removed are flushed first: otherwise the
+    command's own fsyncs wait behind their write-back, a cost that is not the command's."""
+    os.sync()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
