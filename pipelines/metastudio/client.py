@@ -48,6 +48,7 @@ from pipelines.metastudio.response import (
     parse_page,
 )
 from pipelines.metastudio.retry import RETRY_CAUSES, OutOfBudget, Retryable, RetryBudget
+from pipelines.metastudio.transport import asyncio_transport
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_SECONDS",
@@ -164,15 +165,17 @@ class MetaStudioClient(SourceClock, Pacing):
         self.stats = ClientStats()
         #: Told about each retry as it is scheduled (one line of text), instead of a WARNING.
         self.on_retry: Callable[[str], None] | None = None
+        # A plain-http endpoint (a local gateway, the simulator) makes no TLS connection:
+        # loading the certificate store would cost every run its time for nothing.
+        verify = url.scheme == "https"
+        limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
         self._http = httpx.AsyncClient(
             auth=auth,
-            # A plain-http endpoint (a local gateway, the simulator) makes no TLS connection:
-            # loading the certificate store would cost every run its time for nothing.
-            verify=url.scheme == "https",
+            verify=verify,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+            limits=limits,
             http2=False,
-            transport=transport,
+            transport=transport or asyncio_transport(verify=verify, limits=limits),
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )

@@ -102,6 +102,74 @@ def test_a_certificate_that_cannot_be_verified_is_one_attempt_naming_the_host(tm
     assert info.value.host == "127.0.0.1" and "\n" not in text
 
 
+# ---------------------------------------------------------------- a server that drops idle connections
+
+
+class OneAnswerServer:
+    """Plain HTTP on loopback that answers one request per connection with an empty page, as
+    if it kept the connection alive (HTTP/1.1, no ``Connection: close``), then closes it."""
+
+    BODY = b'{"count": 0, "jobs": []}'
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(HANG_GUARD)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(self.BODY), self.BODY))
+            self.closed.set()
+
+    def __enter__(self) -> OneAnswerServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
+        self.sock.close()
+        self._thread.join(timeout=HANG_GUARD)
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    """The pool sees that the server closed an idle keep-alive connection and opens a new one:
+    the next request goes through at its first attempt, with no broken connection to retry."""
+    clock = FakeClock()
+
+    async def two_requests(client: MetaStudioClient, server: OneAnswerServer) -> list[Page]:
+        async with client:
+            first = await client.list_jobs("proj-1", {})
+            await asyncio.to_thread(server.closed.wait, HANG_GUARD)  # the server has closed it
+            for _ in range(3):
+                await asyncio.sleep(0)  # the event loop takes in the end of the stream
+            return [first, await client.list_jobs("proj-1", {})]
+
+    with OneAnswerServer() as server:
+        client = MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN), max_attempts=3,
+                                  sleep=clock.sleep, monotonic=clock.monotonic)
+        pages = run(two_requests(client, server))
+        connections = server.connections
+    assert [(p.count, p.jobs) for p in pages] == [(0, []), (0, [])]
+    assert connections == 2 and client.stats.requests == 2
+    assert dict(client.stats.retries) == {} and clock.sleeps == []
+
+
 # ---------------------------------------------------------------- the hostile proxy, in front of a real simulator
 
 SIM_NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
