@@ -46,6 +46,10 @@ def split_owned(table: pa.Table, listed: tuple[datetime, datetime], owner: tuple
     # between was not asked for, so it is outside, not owned.
     in_range = pc.and_(pc.greater_equal(created, _ts(owner[0])), pc.less(created, _ts(owner[1])))
     owned = pc.and_(in_range, pc.invert(outside))
+    # The usual window owns every row it lists: the table as it is, not two filtered copies of
+    # its columns (a row without a creation time is neither, so a null leaves this path).
+    if pc.all(owned, skip_nulls=False).as_py() is True:
+        return table, table.slice(0, 0)
     return table.filter(owned), table.filter(outside)
 
 

@@ -120,3 +120,14 @@ def test_a_window_cut_short_owns_nothing_past_its_listing():
     assert where(T0 + timedelta(hours=20), listed, (T0, T0 + DAY)) == "outside"
     assert where(T0 + timedelta(hours=10), listed, (T0, T0 + DAY)) == "owned"
     assert where(T0 + timedelta(hours=10) + MS, listed, (T0, T0 + DAY)) == "outside"
+
+
+def test_a_window_that_owns_every_row_keeps_them_all_and_one_without_a_creation_time_none():
+    jobs = _jobs(T0, T0 + MS, T0 + DAY - MS).append_column("state", pa.array(["A", "B", "C"]))
+    owned, outside = split_owned(jobs, (T0, T0 + DAY), (T0, T0 + DAY))
+    assert owned.to_pydict() == jobs.to_pydict() and owned.schema == jobs.schema
+    assert outside.num_rows == 0 and outside.schema == jobs.schema
+    # A row whose creation time is missing is neither owned nor outside, also among owned rows.
+    missing = pa.table({"job_id": ["j0", "jx"], "create_time": pa.array([T0, None], pa.timestamp("ms", tz="UTC"))})
+    owned, outside = split_owned(missing, (T0, T0 + DAY), (T0, T0 + DAY))
+    assert owned["job_id"].to_pylist() == ["j0"] and outside.num_rows == 0
