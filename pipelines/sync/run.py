@@ -4,9 +4,11 @@ and with ``refresh`` the models and the snapshot, all under one hold of the ware
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
@@ -133,6 +135,26 @@ def _tune_arrow() -> None:
     skip_pandas_probe()
 
 
+#: The cyclic garbage collector's thresholds while a sync runs (Python's are 700, 10, 10).
+SYNC_GC_THRESHOLDS = (20_000, 50, 20)
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The garbage collector runs less often during the run, as it was before after it.
+
+    A sync allocates a few dicts and lists per job, all freed by reference counting (decoded
+    JSON holds no cycles), yet each 700 of them set off a collection, and every tenth of those
+    went through the whole interpreter's objects: 0.58 s of a 100,000-job backfill's main thread
+    (timed with gc.callbacks), 0.15 s with these thresholds."""
+    before = gc.get_threshold()
+    gc.set_threshold(*SYNC_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def sync(
     settings: Settings,
     *,
@@ -158,7 +180,7 @@ def sync(
     identity = identity_of(settings)
     _tune_arrow()
     # One connection for the whole run: opening DuckDB per window costs more than paging it.
-    with warehouse.connect():
+    with _fewer_collections(), warehouse.connect():
         claim(warehouse, identity)
         report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until,
                             source=identity.origin, simulated=identity.simulated)

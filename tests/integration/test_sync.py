@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import duckdb
 import pyarrow.dataset as ds
+import pytest
 
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse
@@ -111,3 +112,35 @@ def test_windows_are_written_in_chunks_while_they_are_listed(make_simulator, tmp
     assert max(max(sizes) for sizes in parts.values()) <= 40 + paging.PAGE_LIMIT
     assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
     assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+
+
+def test_the_garbage_collector_runs_less_often_during_a_sync_and_as_before_after(make_simulator, tmp_path,
+                                                                                  monkeypatch):
+    """A run raises the collector's thresholds (SYNC_GC_THRESHOLDS) while it pages and writes,
+    and leaves the process's own ones as they were, also when it fails."""
+    import gc
+
+    from pipelines.sync.run import SYNC_GC_THRESHOLDS
+
+    simulator = make_simulator(**dict(SMALL, days=3))
+    settings = sim_settings(simulator, tmp_path)
+    seen: list[tuple[int, ...]] = []
+    before = gc.get_threshold()
+    gc.set_threshold(900, 11, 12)
+    try:
+        sync(settings, mode="days", since=UNTIL - timedelta(days=2), until=UNTIL,
+             progress=lambda _progress: seen.append(gc.get_threshold()))
+        assert seen and set(seen) == {SYNC_GC_THRESHOLDS}
+        assert gc.get_threshold() == (900, 11, 12)
+        import pipelines.sync.run as run_module
+
+        def failing(*args, **kwargs):
+            seen.append(gc.get_threshold())
+            raise RuntimeError("the run failed")
+
+        monkeypatch.setattr(run_module, "_sync_run", failing)
+        with pytest.raises(RuntimeError, match="the run failed"):
+            sync(settings, mode="days", since=UNTIL - timedelta(days=2), until=UNTIL)
+        assert seen[-1] == SYNC_GC_THRESHOLDS and gc.get_threshold() == (900, 11, 12)
+    finally:
+        gc.set_threshold(*before)
