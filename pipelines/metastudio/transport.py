@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
@@ -104,19 +104,18 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[SOCKET_OPTION] | None = None) -> AsyncioStream:
         local = (local_address, 0) if local_address else None
-        with _Mapped(_CONNECT_ERRORS):
-            async with _deadline(timeout):
-                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
-            sock = writer.get_extra_info("socket")
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-        return AsyncioStream(reader, writer)
+        return await self._connect(asyncio.open_connection(host, port, local_addr=local), timeout, socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[SOCKET_OPTION] | None = None) -> AsyncioStream:
+        return await self._connect(asyncio.open_unix_connection(path), timeout, socket_options)
+
+    @staticmethod
+    async def _connect(opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+                       timeout: float | None, socket_options: Iterable[SOCKET_OPTION] | None) -> AsyncioStream:
         with _Mapped(_CONNECT_ERRORS):
             async with _deadline(timeout):
-                reader, writer = await asyncio.open_unix_connection(path)
+                reader, writer = await opening
             sock = writer.get_extra_info("socket")
             for option in socket_options or ():
                 sock.setsockopt(*option)
@@ -129,10 +128,12 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
 def asyncio_transport(*, verify: bool, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's HTTP/1.1 transport (TLS set up by httpx, ``verify`` as for a client) whose pool
     connects through :class:`AsyncioBackend`. httpx does not take a network backend, so the
-    pool it built is replaced by an equal one that does."""
-    transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits, http2=False)
+    pool it built is replaced by an equal one that does, sharing its TLS context (the
+    certificate store is loaded once)."""
+    ssl_context = httpx.create_ssl_context(verify=verify)
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, http2=False)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(verify=verify),
+        ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
