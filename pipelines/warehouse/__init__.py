@@ -3,7 +3,9 @@
 Layout under `data_dir` (see the shared contract):
 
 - `warehouse.duckdb`: read-write, written only by the sync. Tables `voice_training_jobs`
-  (JOBS_SCHEMA + deleted_at), `voice_training_job_history` (SCD2), the view
+  (JOBS_SCHEMA + deleted_at + the current version's valid_from, observed_at, row_hash),
+  `voice_training_job_past_versions` (the versions a newer one replaced), the views
+  `voice_training_job_history` (SCD2: the past versions and the current ones) and
   `voice_training_job_transitions`, `sync_windows`, `sync_runs`, `sync_state`,
   `quarantine`, `lake_dirty`, `schema_migrations`; schema `analytics` for the SQL models.
 - `lake/voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet`: one file
@@ -18,8 +20,8 @@ One module per concern, each a room of the one :class:`Warehouse`:
 
 - ``tables``: table names, the stored jobs schema, the version hash, WarehouseError.
 - ``db``: connections, DuckDB settings, migrations (the SQL files in ``migrations/``).
-- ``apply``: the apply transaction: jobs never seen appended, known ones upserted, the SCD2
-  history, the lake partitions marked for export.
+- ``apply``: the apply transaction: jobs never seen appended, known ones upserted (a
+  replaced version kept as a past version), the lake partitions marked for export.
 - ``deletions``: the ranges a source listed completely and the deletion marks they prove.
 - ``records``: what a batch records besides jobs: windows listed, quarantine, watermarks.
 - ``lake``: partition keys, the export of dirty partitions (once per run), rebuild.
@@ -59,6 +61,7 @@ from pipelines.warehouse.tables import (
     HISTORY_TABLE,
     JOB_COLUMNS,
     JOBS_TABLE,
+    PAST_VERSIONS_TABLE,
     ROW_HASH_ALGORITHM,
     STORED_JOBS_SCHEMA,
     TRANSITIONS_VIEW,
@@ -77,6 +80,7 @@ __all__ = [
     "JOB_COLUMNS",
     "JOBS_TABLE",
     "LAKE_FILE",
+    "PAST_VERSIONS_TABLE",
     "ROW_HASH_ALGORITHM",
     "SERVING_FILE",
     "SERVING_STORAGE_VERSION",

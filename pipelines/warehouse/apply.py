@@ -1,8 +1,8 @@
 """The apply transaction: one batch of jobs, windows, quarantined records and deletions, atomically.
 
 ``apply()`` is one DuckDB transaction; on any error it rolls back and nothing of the batch
-remains. Inside it: the upsert (per key the newest lastupdate_time wins), the SCD2 history,
-deletion marks (explicit, and for ranges the source listed completely), the window log, the
+remains. Inside it: the upsert (per key the newest lastupdate_time wins; the jobs row is the
+history's current version, a version it replaces moves to the past versions), deletion marks (explicit, and for ranges the source listed completely), the window log, the
 quarantine, the watermarks, and the lake partitions the batch touched, marked dirty. After the
 commit the lake export writes those partitions (see lake.py).
 
@@ -29,8 +29,9 @@ from pipelines.warehouse.lake import Lake
 from pipelines.warehouse.records import Records, WindowRecord
 from pipelines.warehouse.tables import (
     _COLS,
-    HISTORY_TABLE,
+    JOB_COLUMNS,
     JOBS_TABLE,
+    PAST_VERSIONS_TABLE,
     WarehouseError,
     _aware,
     _hash_expr,
@@ -77,9 +78,9 @@ class Apply(Lake, Records, Deletions):
         - jobs (JOBS_SCHEMA): per (project_id, job_id) the newest lastupdate_time wins (NULL is
           oldest; an equal time replaces); a listed job is never deleted. History gets a
           version when a row's content (all but synced_at) differs from the current one and is
-          not older.
+          not older: the current one moves to the past versions.
         - deleted, and stored live jobs in ``reconciled`` ranges (listed completely) that the
-          listing lacked: deleted_at set, in the table and on the current history version.
+          listing lacked: deleted_at set on the jobs row (the current version).
         - watermarks: sync_state.watermark only moves forward.
 
         The partitions the batch touched are marked in ``lake_dirty``. A sync passes
@@ -149,7 +150,7 @@ class Apply(Lake, Records, Deletions):
         for name in ("_incoming", "_deleted", "_recon", "_seen", "_windows_in"):
             with suppress(duckdb.Error):
                 con.unregister(name)
-        for name in ("_stage", "_win", "_hist_new", "_del"):
+        for name in ("_stage", "_win"):
             with suppress(duckdb.Error):
                 con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
@@ -164,10 +165,10 @@ class Apply(Lake, Records, Deletions):
         return jobs
 
     def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats) -> None:
-        """The newest version of each incoming job into the table and the history.
+        """The newest version of each incoming job into the table (the history's current version).
 
-        Jobs the warehouse has never seen (most of a backfill) are appended to both tables;
-        only jobs it holds already go through the comparisons with the stored version."""
+        Jobs the warehouse has never seen (most of a backfill) are appended; only jobs it holds
+        already go through the comparisons with the stored version."""
         incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
         con.register("_incoming", incoming)
         # One row per key (newest lastupdate_time, then the later row), with its content hash
@@ -176,20 +177,21 @@ class Apply(Lake, Records, Deletions):
         newest = "" if _distinct_keys(jobs) else (
             "QUALIFY row_number() OVER (PARTITION BY project_id, job_id"
             " ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1")
+        known = "lastupdate_time, create_time, deleted_at, valid_from, observed_at, row_hash"
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _stage AS
             SELECT s.*, j.job_id IS NOT NULL AS existed, j.lastupdate_time AS old_lastupdate_time,
-                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted
+                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted,
+                   j.valid_from AS old_valid_from, j.observed_at AS old_observed_at, j.row_hash AS old_row_hash
             FROM (SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming {newest}) s
-            LEFT JOIN ({_known(JOBS_TABLE, "_incoming", "lastupdate_time, create_time, deleted_at")}) j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
+            LEFT JOIN ({_known(JOBS_TABLE, "_incoming", known)}) j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
         )
         staged, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _stage").fetchone()
         stats.inserted = staged - existed
-        # Never seen: appended. valid_from of a first version is its lastupdate_time, else its create_time.
-        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _stage WHERE NOT existed")
+        # Never seen: appended, a first version. Its valid_from is its lastupdate_time, else its create_time.
         con.execute(
-            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
-            SELECT {_COLS}, coalesce(lastupdate_time, create_time), NULL, synced_at, NULL, row_hash
+            f"""INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at, {_VERSION_COLS})
+            SELECT {_COLS}, NULL, coalesce(lastupdate_time, create_time), synced_at, row_hash
             FROM _stage WHERE NOT existed"""
         )
         stats.history_versions = stats.inserted
@@ -198,15 +200,24 @@ class Apply(Lake, Records, Deletions):
             self._replace_known(con, stats)
 
     def _replace_known(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
-        """Jobs the table holds already: the newer version wins, a changed one gets a history version."""
+        """Jobs the table holds already: the newer version wins; a changed one moves the
+        version it replaces to the past versions."""
         oldest = "'-infinity'::TIMESTAMPTZ"
+        # A winner whose content differs is a new version. valid_from: its lastupdate_time;
+        # without one, create_time for a first version and the observation time for a later
+        # one (so versions do not overlap).
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _win AS SELECT * FROM _stage
+            f"""CREATE OR REPLACE TEMP TABLE _win AS
+            SELECT *, old_row_hash IS DISTINCT FROM row_hash AS new_version,
+                   coalesce(lastupdate_time, CASE WHEN old_row_hash IS NULL THEN create_time ELSE synced_at END)
+                       AS new_valid_from
+            FROM _stage
             WHERE existed AND coalesce(lastupdate_time, {oldest}) >= coalesce(old_lastupdate_time, {oldest})"""
         )
-        winners = con.execute("SELECT count(*) FROM _win").fetchone()[0]
+        winners, versions = con.execute("SELECT count(*), count(*) FILTER (new_version) FROM _win").fetchone()
         stats.updated = winners
         stats.stale = con.execute("SELECT count(*) FROM _stage WHERE existed").fetchone()[0] - winners
+        stats.history_versions += versions
         # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
         _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _win"
                          " UNION ALL SELECT project_id, old_day FROM _win")
@@ -217,44 +228,34 @@ class Apply(Lake, Records, Deletions):
             RETURNING j.job_id"""
         ).fetchall())
         _mark_dirty(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
+        # The version a new one replaces, as the history showed it: synced when first observed,
+        # valid until the new one, not deleted (the job is listed).
+        if versions:
+            con.execute(
+                f"""INSERT INTO {PAST_VERSIONS_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+                SELECT {_PAST_COLS}, j.valid_from, w.new_valid_from, j.observed_at, NULL, j.row_hash
+                FROM {JOBS_TABLE} j JOIN _win w ON j.project_id = w.project_id AND j.job_id = w.job_id
+                WHERE w.new_version AND w.old_row_hash IS NOT NULL"""
+            )
         con.execute(
             f"""DELETE FROM {JOBS_TABLE} j USING _win w
             WHERE j.project_id = w.project_id AND j.job_id = w.job_id"""
         )
-        con.execute(f"INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at) SELECT {_COLS}, NULL FROM _win")
-        self._history(con, stats)
+        con.execute(
+            f"""INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at, {_VERSION_COLS})
+            SELECT {_COLS}, NULL,
+                   CASE WHEN new_version THEN new_valid_from ELSE old_valid_from END,
+                   CASE WHEN new_version THEN synced_at ELSE old_observed_at END,
+                   row_hash
+            FROM _win"""
+        )
 
-    def _history(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
-        """History versions of jobs the table held before this batch (their current version exists)."""
-        oldest = "'-infinity'::TIMESTAMPTZ"
-        con.execute(
-            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = NULL FROM _stage s
-            WHERE s.existed AND h.project_id = s.project_id AND h.job_id = s.job_id
-              AND h.valid_to IS NULL AND h.deleted_at IS NOT NULL"""
-        )
-        # valid_from: the row's lastupdate_time; without one, create_time for a first version
-        # and the observation time for a later one (so versions do not overlap).
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _hist_new AS
-            SELECT s.*, h.job_id IS NOT NULL AS has_current,
-                   coalesce(s.lastupdate_time,
-                            CASE WHEN h.job_id IS NULL THEN s.create_time ELSE s.synced_at END) AS new_valid_from
-            FROM _stage s LEFT JOIN (
-                SELECT * FROM ({_known(HISTORY_TABLE, "_stage", "row_hash, lastupdate_time, valid_to")})
-                WHERE valid_to IS NULL
-            ) h ON h.project_id = s.project_id AND h.job_id = s.job_id
-            WHERE s.existed AND (h.job_id IS NULL
-               OR (s.row_hash <> h.row_hash
-                   AND coalesce(s.lastupdate_time, {oldest}) >= coalesce(h.lastupdate_time, {oldest})))"""
-        )
-        con.execute(
-            f"""UPDATE {HISTORY_TABLE} h SET valid_to = n.new_valid_from FROM _hist_new n
-            WHERE h.project_id = n.project_id AND h.job_id = n.job_id AND h.valid_to IS NULL AND n.has_current"""
-        )
-        stats.history_versions += con.execute(
-            f"""INSERT INTO {HISTORY_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
-            SELECT {_COLS}, new_valid_from, NULL, synced_at, NULL, row_hash FROM _hist_new"""
-        ).fetchone()[0]
+
+#: The jobs table's bookkeeping of the current version (see migration 004).
+_VERSION_COLS = "valid_from, observed_at, row_hash"
+#: A jobs row (alias j) as a history version: synced_at is when the version was first observed.
+_PAST_COLS = ", ".join("j.observed_at" if c == "synced_at" else f"j.{c}" for c in JOB_COLUMNS)
+
 
 def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     """Mark the lake partitions (project_id, creation day) a query yields for export, once each."""

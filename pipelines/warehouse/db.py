@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.warehouse.tables import (
-    HISTORY_TABLE,
+    JOBS_TABLE,
     ROW_HASH_ALGORITHM,
     WarehouseError,
     _column_ddl,
@@ -198,7 +198,7 @@ class Connections:
         self._ensure_row_hashes(con)
 
     def _ensure_row_hashes(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Re-hash the current history versions when they were hashed by another algorithm.
+        """Re-hash the current versions (the jobs rows) when they were hashed by another algorithm.
 
         Only current versions are ever compared, so only they are re-hashed; one transaction,
         once per DuckDB release (or once after the upgrade from md5 hashes)."""
@@ -207,7 +207,7 @@ class Connections:
             return
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(f"UPDATE {HISTORY_TABLE} SET row_hash = {_hash_expr()} WHERE valid_to IS NULL")
+            con.execute(f"UPDATE {JOBS_TABLE} SET row_hash = {_hash_expr()} WHERE row_hash IS NOT NULL")
             con.execute("DELETE FROM warehouse_meta WHERE key = 'row_hash'")
             con.execute("INSERT INTO warehouse_meta VALUES ('row_hash', ?, ?)", [ROW_HASH_ALGORITHM, datetime.now(UTC)])
             con.execute("COMMIT")

@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipelines.warehouse.tables import _TS, HISTORY_TABLE, JOBS_TABLE, _aware
+from pipelines.warehouse.tables import _TS, JOBS_TABLE, _aware
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,6 @@ class Deletions:
             RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.job_id""",
             [deleted_at],
         ).fetchall()
-        con.execute(
-            f"""UPDATE {HISTORY_TABLE} h SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
-            WHERE h.project_id = d.project_id AND h.job_id = d.job_id
-              AND h.valid_to IS NULL AND h.deleted_at IS NULL""",
-            [deleted_at],
-        )
         if marked:
             con.executemany(
                 "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"

@@ -16,7 +16,10 @@ import pyarrow as pa
 from pipelines.ingest.schema import JOBS_SCHEMA
 
 JOBS_TABLE = "voice_training_jobs"
+#: The SCD2 history: a view of the current versions (the jobs table's rows) and the past ones.
 HISTORY_TABLE = "voice_training_job_history"
+#: The versions a newer one replaced (valid_to set); the current version is the jobs row.
+PAST_VERSIONS_TABLE = "voice_training_job_past_versions"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -47,7 +50,7 @@ def _hash_expr(alias: str = "") -> str:
     return f"CAST(hash({', '.join(p + c for c in _CONTENT_COLUMNS)}) AS VARCHAR)"
 
 
-#: What produced the stored row hashes; a change re-hashes the current history versions.
+#: What produced the stored row hashes; a change re-hashes the current versions (jobs rows).
 ROW_HASH_ALGORITHM = f"duckdb-hash/{duckdb.__version__}"
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 
 from pipelines.ingest import JOBS_SCHEMA
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import HISTORY_TABLE, PAST_VERSIONS_TABLE, Warehouse
 
 ASSESS_PARAMS = ("speed", "sound", "snr", "reverb", "dnsmos_ovrl", "dnsmos_bak")
 
@@ -105,10 +105,17 @@ def create_warehouse(con: duckdb.DuckDBPyConnection, *, enforce_keys: bool = Fal
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert dicts into `table`; columns a dict leaves out are NULL."""
+    """Insert dicts into `table`; columns a dict leaves out are NULL.
+
+    Rows for the history view (``voice_training_job_history``) go to the table of past
+    versions, which the view shows as they are: a test states a job's versions directly,
+    whatever the jobs table holds (whose rows the view shows as current versions only when
+    they carry a row_hash, as the product's do)."""
     rows = list(rows)
     if not rows:
         return 0
+    if table.removeprefix("main.") == HISTORY_TABLE:
+        table = f"main.{PAST_VERSIONS_TABLE}"
     columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()]
     unknown = {k for r in rows for k in r} - set(columns)
     if unknown:

@@ -313,7 +313,8 @@ def test_the_snapshot_holds_no_sync_bookkeeping(built):
     from pipelines.warehouse import SYNC_ONLY_TABLES
 
     snapshot = built / "serving.duckdb"
-    names = run_query(snapshot, "select table_name from duckdb_tables() where schema_name = 'main'", fmt="csv")
+    names = run_query(snapshot, "select table_name from duckdb_tables() where schema_name = 'main'"
+                                " union all select view_name from duckdb_views() where schema_name = 'main'", fmt="csv")
     kept = set(names.split()[1:])
     assert not kept & set(SYNC_ONLY_TABLES)
     assert {"voice_training_jobs", "voice_training_job_history", "sync_runs"} <= kept

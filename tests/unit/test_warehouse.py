@@ -54,7 +54,8 @@ def test_layout_and_schema_are_created_idempotently(tmp_path: Path):
         again,
         "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='voice_training_jobs'",
     )
-    assert [c for c, _ in cols] == [*JOBS_SCHEMA.names, "deleted_at"]
+    # the contract's columns, the deletion mark, then the bookkeeping of the current version
+    assert [c for c, _ in cols] == [*JOBS_SCHEMA.names, "deleted_at", "valid_from", "observed_at", "row_hash"]
     assert dict(cols)["create_time"] == "TIMESTAMP WITH TIME ZONE"
     # no open connection outside a call: another reader can open the file read-only
     with duckdb.connect(str(again.db_path), read_only=True) as con:
@@ -129,7 +130,7 @@ def test_hashes_of_another_algorithm_are_redone_without_new_versions(tmp_path: P
     run = wh.begin_run("days", {})
     batch = jobs([rec("a", "WAITING"), rec("b", "CREATING", updated_min=5)])
     wh.apply(run, jobs=batch)
-    sql(wh, "UPDATE voice_training_job_history SET row_hash = md5(job_id)")
+    sql(wh, "UPDATE voice_training_jobs SET row_hash = md5(job_id)")
     sql(wh, "UPDATE warehouse_meta SET value = 'md5-json' WHERE key = 'row_hash'")
 
     reopened = Warehouse(tmp_path / "d")
@@ -307,10 +308,10 @@ def test_a_failure_mid_transaction_leaves_the_previous_state(wh: Warehouse, run:
     wh.apply(run, jobs=jobs([rec("a"), rec("b")]), watermarks={"p1": SYNC1})
     before = _state(wh)
 
-    def fail(self, con, stats):  # runs after the jobs table was already rewritten
+    def fail(con, deleted, deleted_at):  # runs after the jobs and the past versions were written
         raise failure
 
-    monkeypatch.setattr(Warehouse, "_history", fail)
+    monkeypatch.setattr(Warehouse, "_mark_deleted", staticmethod(fail))
     bad = normalize([rec("a", "CHANGED", updated_min=9), {"job_id": "q", "create_time": None}], "p1", SYNC2)
     kwargs = dict(
         jobs=bad.table,
@@ -388,3 +389,62 @@ def test_naive_datetimes_are_refused(wh: Warehouse, run: str):
         wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), watermarks={"p1": datetime(2025, 1, 1)})  # noqa: DTZ001
     with pytest.raises(ValueError, match="columns of JOBS_SCHEMA"):
         wh.apply(run, jobs=pa.table({"job_id": ["a"]}))
+
+
+def test_a_warehouse_of_schema_3_keeps_its_history_when_the_current_versions_move_to_the_jobs_table(
+    tmp_path: Path,
+):
+    """Schema 3 kept every current version twice (a jobs row and a history row); schema 4 keeps
+    it once, in the jobs row. The history, transitions and jobs read the same after the move,
+    and the next syncs version on from the moved rows."""
+    from pipelines.warehouse.db import _MIGRATIONS
+    from pipelines.warehouse.tables import ROW_HASH_ALGORITHM, _hash_expr
+
+    data = tmp_path / "d"
+    data.mkdir()
+    con = duckdb.connect(str(data / "warehouse.duckdb"))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER, applied_at TIMESTAMPTZ, description VARCHAR)")
+    for version, script in enumerate(_MIGRATIONS[:3], start=1):
+        con.execute(script)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now(), 'old')", [version])
+    con.execute("INSERT INTO warehouse_meta VALUES ('row_hash', ?, now())", [ROW_HASH_ALGORITHM])
+    # As schema 3's apply left them: a changed twice, b deleted, c synced again unchanged.
+    a1 = jobs([rec("a", "CREATING", updated_min=0)])
+    a2 = jobs([rec("a", "PROCESSING", updated_min=30)], synced_at=SYNC2)
+    b1 = jobs([rec("b", "CREATING", updated_min=5)])
+    c1, c2 = (jobs([rec("c", "WAITING", updated_min=7)], synced_at=t) for t in (SYNC1, SYNC2))
+    for rows, deleted in ((a2, None), (b1, SYNC2), (c2, None)):
+        con.register("rows", rows)
+        con.execute("INSERT INTO voice_training_jobs SELECT *, ? FROM rows", [deleted])
+    for rows, valid_to, deleted in ((a1, DAY1 + timedelta(minutes=30), None), (a2, None, None),
+                                    (b1, None, SYNC2), (c1, None, None)):
+        con.register("rows", rows)
+        con.execute(f"INSERT INTO voice_training_job_history SELECT *, lastupdate_time, ?, synced_at, ?,"
+                    f" {_hash_expr()} FROM rows", [valid_to, deleted])
+    history = con.execute("SELECT * FROM voice_training_job_history ORDER BY job_id, valid_from").fetchall()
+    transitions = con.execute("SELECT * FROM voice_training_job_transitions ORDER BY ALL").fetchall()
+    jobs_before = con.execute("SELECT * FROM voice_training_jobs ORDER BY job_id").fetchall()
+    con.close()
+
+    wh = Warehouse(data)
+    assert sql(wh, "SELECT max(version) FROM schema_migrations") == [(WAREHOUSE_VERSION,)]
+    assert sql(wh, "SELECT * FROM voice_training_job_history ORDER BY job_id, valid_from") == history
+    assert sql(wh, "SELECT * FROM voice_training_job_transitions ORDER BY ALL") == transitions
+    assert sql(wh, "SELECT * EXCLUDE (valid_from, observed_at, row_hash) FROM voice_training_jobs"
+                   " ORDER BY job_id") == jobs_before
+    assert sql(wh, "SELECT job_id, state FROM voice_training_job_past_versions") == [("a", "CREATING")]
+
+    run = wh.begin_run("days", {})
+    same = wh.apply(run, jobs=jobs([rec("c", "WAITING", updated_min=7), rec("b", "CREATING", updated_min=5)],
+                                   synced_at=SYNC2 + timedelta(hours=1)))
+    assert (same.history_versions, same.undeleted) == (0, 1)
+    changed = wh.apply(run, jobs=jobs([rec("a", "SUCCEED", updated_min=60)], synced_at=SYNC2))
+    assert changed.history_versions == 1
+    assert sql(wh, "SELECT state, valid_from, valid_to, synced_at FROM voice_training_job_history"
+                   " WHERE job_id = 'a' ORDER BY valid_from") == [
+        ("CREATING", DAY1, DAY1 + timedelta(minutes=30), SYNC1),
+        ("PROCESSING", DAY1 + timedelta(minutes=30), DAY1 + timedelta(minutes=60), SYNC2),
+        ("SUCCEED", DAY1 + timedelta(minutes=60), None, SYNC2),
+    ]
+    assert sql(wh, "SELECT job_id, deleted_at FROM voice_training_job_history WHERE job_id IN ('b', 'c')"
+                   " ORDER BY job_id") == [("b", None), ("c", None)]
