@@ -104,6 +104,9 @@ class Connections:
             ) from None
         try:
             con.execute("SET TimeZone = 'UTC'")
+            # A statement running over two seconds (a migration, a big export) would otherwise
+            # draw DuckDB's progress bar into the output of the command that runs it.
+            con.execute("SET enable_progress_bar = false")
             # DuckDB's default buffer pool is 80% of RAM and it keeps what it read: a sync would
             # grow with the history. A fixed cap keeps the sync's memory flat (larger work spills
             # to disk); two threads match the machines this runs on and leave the event loop a core.

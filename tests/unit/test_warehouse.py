@@ -7,6 +7,8 @@ another process are in tests/integration/test_warehouse_lake.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -448,3 +450,15 @@ def test_a_warehouse_of_schema_3_keeps_its_history_when_the_current_versions_mov
     ]
     assert sql(wh, "SELECT job_id, deleted_at FROM voice_training_job_history WHERE job_id IN ('b', 'c')"
                    " ORDER BY job_id") == [("b", None), ("c", None)]
+
+
+def test_the_warehouse_connection_draws_no_progress_bar(tmp_path: Path):
+    """A long statement (the migration of a big warehouse) would draw DuckDB's progress bar into
+    the sync's output. DuckDB draws it by default in a plain process (not under pytest's capture),
+    so the connection is opened in one."""
+    probe = ("import sys; from pipelines.warehouse import Warehouse\n"
+             "with Warehouse(sys.argv[1]).connect() as con:\n"
+             "    print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "d")], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2])
+    assert out.stdout.split() == ["False"]
