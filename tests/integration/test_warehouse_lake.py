@@ -138,9 +138,9 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
     caps: list[str] = []
     export = lake_module.Lake._export_partitions
 
-    def spying(self, con, project_id, days):
+    def spying(self, con, project_id, days, writer):
         caps.append(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-        return export(self, con, project_id, days)
+        return export(self, con, project_id, days, writer)
 
     monkeypatch.setattr(lake_module.Lake, "_export_partitions", spying)
 
@@ -157,7 +157,7 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
         assert lean != usual and len(caps) >= 2 and set(caps) == {lean}
         assert cap() == usual and lake_rows(wh) == wh.jobs_table().to_pylist()
 
-        def failing(self, con, project_id, days):
+        def failing(self, con, project_id, days, writer):
             raise OSError("disk gone")
 
         monkeypatch.setattr(lake_module.Lake, "_export_partitions", failing)
