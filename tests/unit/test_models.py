@@ -255,7 +255,8 @@ def test_models_load_in_dependency_order():
         assert m.description and m.sql.lstrip().startswith("--")
     by_name = {m.name: m for m in models}
     assert by_name["failure_rate_by_tag"].depends_on == ("job_outcomes",)
-    assert set(by_name["job_outcomes"].depends_on) == {"voice_training_jobs", "voice_training_job_history"}
+    assert by_name["job_outcomes"].depends_on == ("voice_training_jobs",)
+    assert by_name["job_outcomes"].sources == ("voice_training_job_past_versions", "voice_training_jobs")
     assert by_name["voice_training_jobs"].sources == ("voice_training_jobs",)
     assert by_name["voice_training_jobs"].kind == "view" and by_name["daily_job_stats"].kind == "table"
 
@@ -484,10 +485,10 @@ def test_refresh_subset_and_unknown_names():
     wanted = ["failure_rate_by_tag", "voice_training_jobs", "job_outcomes", "voice_training_job_history"]
     rows = refresh_models(con, wanted)
     assert list(rows) == [
-        "voice_training_job_history",
         "voice_training_jobs",
         "job_outcomes",
         "failure_rate_by_tag",
+        "voice_training_job_history",
     ]
     assert rows == {
         "voice_training_job_history": 0,
@@ -605,3 +606,28 @@ def test_a_refresh_that_does_not_count_builds_the_same_models():
     for name in rows:
         query = f"SELECT * FROM analytics.{name} ORDER BY ALL"
         assert uncounted.execute(query).fetchall() == counted.execute(query).fetchall()
+
+
+def test_finished_at_is_the_first_terminal_version_whether_replaced_or_current(tmp_path):
+    """A job's first terminal version is either a version a newer one replaced (kept in the past
+    versions) or its current version (the jobs row): job_outcomes reads both as the history."""
+    from pipelines.warehouse import Warehouse
+    from tests.support.warehouse_rows import DAY1, SYNC2, jobs, rec
+
+    wh = Warehouse(tmp_path / "d")
+    run = wh.begin_run("days", {})
+    wh.apply(run, jobs=jobs([rec("early", "SUCCEED", updated_min=10), rec("late", "PROCESSING", updated_min=10),
+                             rec("never", "FAILED", updated_min=None)]))
+    # early: finished at 10 min, then renamed at 50 (a new terminal version); late: finished at 40.
+    wh.apply(run, jobs=jobs([rec("early", "SUCCEED", updated_min=50, voice_name="renamed"),
+                             rec("late", "SUCCEED", updated_min=40)], synced_at=SYNC2))
+    with wh.connect() as con:
+        refresh_models(con)
+        got = dict(con.execute("SELECT job_id, finished_at FROM analytics.job_outcomes").fetchall())
+        history = con.execute("SELECT job_id, count(*) FROM voice_training_job_history GROUP BY 1").fetchall()
+    assert sorted(history) == [("early", 2), ("late", 2), ("never", 1)]
+    assert got == {
+        "early": DAY1 + timedelta(minutes=10),  # a replaced version
+        "late": DAY1 + timedelta(minutes=40),  # the current version
+        "never": DAY1,  # no lastupdate_time: its version is valid from its creation
+    }
