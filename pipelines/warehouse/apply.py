@@ -177,12 +177,13 @@ class Apply(Lake, Records, Deletions):
         newest = "" if _distinct_keys(jobs) else (
             "QUALIFY row_number() OVER (PARTITION BY project_id, job_id"
             " ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1")
-        known = "lastupdate_time, create_time, deleted_at, valid_from, observed_at, row_hash"
+        known = "rowid AS old_rowid, lastupdate_time, create_time, deleted_at, valid_from, observed_at, row_hash"
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _stage AS
             SELECT s.*, j.job_id IS NOT NULL AS existed, j.lastupdate_time AS old_lastupdate_time,
                    CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted,
-                   j.valid_from AS old_valid_from, j.observed_at AS old_observed_at, j.row_hash AS old_row_hash
+                   j.valid_from AS old_valid_from, j.observed_at AS old_observed_at, j.row_hash AS old_row_hash,
+                   j.old_rowid
             FROM (SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming {newest}) s
             LEFT JOIN ({_known(JOBS_TABLE, "_incoming", known)}) j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
         )
@@ -229,13 +230,17 @@ class Apply(Lake, Records, Deletions):
         ).fetchall())
         _mark_dirty(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
         # The version a new one replaces, as the history showed it: synced when first observed,
-        # valid until the new one, not deleted (the job is listed).
+        # valid until the new one, not deleted (the job is listed). Its row is fetched by the
+        # rowid _stage read (this transaction has only updated it in place since): a join on
+        # the key read every column of the whole table, 0.59 s per 7,000 changed jobs at a
+        # million, the rowids 0.30 s.
         if versions:
             con.execute(
                 f"""INSERT INTO {PAST_VERSIONS_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
                 SELECT {_PAST_COLS}, j.valid_from, w.new_valid_from, j.observed_at, NULL, j.row_hash
-                FROM {JOBS_TABLE} j JOIN _win w ON j.project_id = w.project_id AND j.job_id = w.job_id
-                WHERE w.new_version AND w.old_row_hash IS NOT NULL"""
+                FROM (SELECT rowid AS old_rowid, * FROM {JOBS_TABLE} WHERE rowid IN
+                      (SELECT old_rowid FROM _win WHERE new_version AND old_row_hash IS NOT NULL)) j
+                JOIN _win w ON j.old_rowid = w.old_rowid"""
             )
         con.execute(
             f"""DELETE FROM {JOBS_TABLE} j USING _win w
