@@ -2,9 +2,10 @@
 
 ``apply()`` is one DuckDB transaction; on any error it rolls back and nothing of the batch
 remains. Inside it: the upsert (per key the newest lastupdate_time wins; the jobs row is the
-history's current version, a version it replaces moves to the past versions), deletion marks (explicit, and for ranges the source listed completely), the window log, the
-quarantine, the watermarks, and the lake partitions the batch touched, marked dirty. After the
-commit the lake export writes those partitions (see lake.py).
+history's current version, and a version it replaces moves to the past versions), deletion
+marks (explicit, and for ranges the source listed completely), the window log, the quarantine,
+the watermarks, and the lake partitions the batch touched, marked dirty. After the commit the
+lake export writes those partitions (see lake.py).
 
 Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
 DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key

@@ -19,11 +19,12 @@ left it so fails at its end with a LakeExportError naming it (see RunLog.finish_
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, unquote
 
 import duckdb
@@ -47,6 +48,7 @@ LAKE_FILE = "data.parquet"
 _PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
 # A partition that could not be written: (project_id, day), where its file is, the error.
 _Failure = tuple[tuple[str, date], Path | str, OSError]
+T = TypeVar("T")
 # What writing one group of partitions gave: per partition (project_id, day), None or its error.
 _Written = list[tuple[tuple[str, date], OSError | None]]
 
@@ -59,6 +61,17 @@ def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
     values, starts, counts = np.unique(days, return_index=True, return_counts=True)
     epoch = date(1970, 1, 1)
     return {epoch + timedelta(days=int(v)): (int(i), int(n)) for v, i, n in zip(values, starts, counts, strict=True)}
+
+
+def _one_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Each of ``items``, handed out once the next one has been made (the last at the end), so
+    the work that makes an item overlaps the caller's use of the one before."""
+    previous: list[T] = []
+    for item in items:
+        if previous:
+            yield previous.pop()
+        previous.append(item)
+    yield from previous
 
 
 def _groups(sizes: list[tuple[str, date, int]]) -> list[tuple[str, list[date]]]:
@@ -185,14 +198,11 @@ class Lake(Connections):
             # a core idle on a 2-core machine: a group's files are sorted and written in a
             # thread while the next group is read. Marks are cleared here, on this connection.
             with lean, ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
-                pending: Future[_Written] | None = None
-                for project_id, days in _groups(sizes):
-                    following = self._export_partitions(con, project_id, days, writer)
-                    if pending is not None:
-                        done, failures = self._settle(con, pending, done, failures)
-                    pending = following
-                if pending is not None:
-                    done, failures = self._settle(con, pending, done, failures)
+                groups = (self._export_partitions(con, project_id, days, writer) for project_id, days in _groups(sizes))
+                for pending in _one_ahead(groups):
+                    written, failed = self._settle(con, pending)
+                    done += written
+                    failures += failed
         return done, failures
 
     @staticmethod
@@ -259,17 +269,16 @@ class Lake(Connections):
         errors = self.lake.write_all([(self.partition_key(*key), part) for key, part in zip(keys, parts, strict=True)])
         return list(zip(keys, errors, strict=True))
 
-    def _settle(
-        self, con: duckdb.DuckDBPyConnection, pending: Future[_Written], done: int, failures: list[_Failure]
-    ) -> tuple[int, list[_Failure]]:
-        """Wait for one group's files; clear the marks of those written, keep the failures (their
-        partitions keep their marks; the others go on). Returns the running totals."""
+    def _settle(self, con: duckdb.DuckDBPyConnection, pending: Future[_Written]) -> tuple[int, list[_Failure]]:
+        """Wait for one group's files and clear the marks of those written. Returns (files
+        written, (key, path, error) of those that failed: they keep their marks; the others go on)."""
         written: list[tuple[str, date]] = []
+        failed: list[_Failure] = []
         for key, exc in pending.result():
             if exc is None:
                 crashpoint("lake_replaced")
                 written.append(key)
             else:
-                failures = [*failures, (key, self.partition_path(*key), exc)]
+                failed.append((key, self.partition_path(*key), exc))
         self._clear_dirty(con, written)
-        return done + len(written), failures
+        return len(written), failed
