@@ -41,11 +41,28 @@ R = TypeVar("R")
 TEMPORARY = re.compile(r"(^|/)\.data-[^/]*\.parquet\.tmp$")
 
 
-def encode_parquet(table: pa.Table, sink) -> None:
-    """Write ``table`` as one lake file to ``sink`` (a path, file object or Arrow stream)."""
-    # Dictionary pages cost a quarter of the time of a small file and saved nothing after zstd
-    # on these columns.
-    pq.write_table(table, sink, compression="zstd", use_dictionary=False)
+#: A lake file's rows: a whole table, or a stream of batches (a partition too big to hold at
+#: once, each batch written as a row group of the file as it comes).
+Rows = pa.Table | pa.RecordBatchReader
+
+# Dictionary pages cost a quarter of the time of a small file and saved nothing after zstd on
+# these columns.
+_PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": False}
+
+
+def encode_parquet(rows: Rows, sink) -> None:
+    """Write ``rows`` as one lake file to ``sink`` (a path, file object or Arrow stream)."""
+    if isinstance(rows, pa.Table):
+        pq.write_table(rows, sink, **_PARQUET_OPTIONS)
+        return
+    with pq.ParquetWriter(sink, rows.schema, **_PARQUET_OPTIONS) as writer:
+        for batch in rows:
+            writer.write_batch(batch)
+
+
+def _no_rows(rows: Rows) -> bool:
+    """A table without rows: its file is removed. A stream is always written (see Rows)."""
+    return isinstance(rows, pa.Table) and rows.num_rows == 0
 
 
 #: fsyncs in flight at once: the file system commits concurrent ones together.
@@ -98,23 +115,23 @@ class LakeStore(ABC):
         """The file at ``key`` as STORED_JOBS_SCHEMA; None when there is none. Raises when unreadable."""
 
     @abstractmethod
-    def write(self, key: str, table: pa.Table) -> None:
+    def write(self, key: str, table: Rows) -> None:
         """Replace the file at ``key`` with ``table``, whole; raises OSError leaving the old file as it was."""
 
     @abstractmethod
     def remove(self, key: str) -> None:
         """Remove the file at ``key`` if there is one (and, locally, the directories it leaves empty)."""
 
-    def write_all(self, items: Sequence[tuple[str, pa.Table]]) -> list[OSError | None]:
+    def write_all(self, items: Sequence[tuple[str, Rows]]) -> list[OSError | None]:
         """Replace each key's file with its table (remove it for an empty table), ``writers`` at a
         time; per item None, or the OSError that left its old file as it was."""
-        def one(item: tuple[str, pa.Table]) -> OSError | None:
+        def one(item: tuple[str, Rows]) -> OSError | None:
             key, table = item
             try:
-                if table.num_rows:
-                    self.write(key, table)
-                else:
+                if _no_rows(table):
                     self.remove(key)
+                else:
+                    self.write(key, table)
             except OSError as exc:
                 return exc
             return None
@@ -159,7 +176,7 @@ class LocalLakeStore(LakeStore):
             return None
         return pq.read_table(path, schema=STORED_JOBS_SCHEMA)
 
-    def write(self, key: str, table: pa.Table) -> None:
+    def write(self, key: str, table: Rows) -> None:
         path = self.root_dir / key
         tmp: Path | None = None
         try:
@@ -180,7 +197,7 @@ class LocalLakeStore(LakeStore):
                 with suppress(OSError):
                     tmp.unlink()
 
-    def write_all(self, items: Sequence[tuple[str, pa.Table]]) -> list[OSError | None]:
+    def write_all(self, items: Sequence[tuple[str, Rows]]) -> list[OSError | None]:
         """Like LakeStore.write_all, with each step taken for every file before the next: temporary
         files encoded (``writers`` at a time), fsynced all at once, renamed into place, and their
         directories fsynced all at once. A file system commits concurrent fsyncs together, so a run's
@@ -192,10 +209,10 @@ class LocalLakeStore(LakeStore):
         def encode(i: int) -> None:
             key, table = items[i]
             try:
-                if table.num_rows:
-                    staged[i] = self._stage(self.root_dir / key, table)
-                else:
+                if _no_rows(table):
                     self.remove(key)
+                else:
+                    staged[i] = self._stage(self.root_dir / key, table)
             except OSError as exc:
                 errors[i] = exc
 
@@ -220,7 +237,7 @@ class LocalLakeStore(LakeStore):
         _side_by_side(_fsync_dir, sorted({(self.root_dir / items[i][0]).parent for i in staged}), _SYNCS)
         return errors
 
-    def _stage(self, path: Path, table: pa.Table) -> Path:
+    def _stage(self, path: Path, table: Rows) -> Path:
         """``table`` encoded into a temporary file beside ``path`` (not yet fsynced)."""
         self._remove_temporaries(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
 from pipelines.settings import ObjectStoreAccess
-from pipelines.warehouse.lakestore import LakeStore, encode_parquet
+from pipelines.warehouse.lakestore import LakeStore, Rows, encode_parquet
 from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError
 
 #: Files of this size or more are uploaded to a temporary key and copied into place (see above).
@@ -114,7 +114,7 @@ class S3LakeStore(LakeStore):
             return None
         return pq.read_table(pa.BufferReader(data), schema=STORED_JOBS_SCHEMA)
 
-    def write(self, key: str, table: pa.Table) -> None:
+    def write(self, key: str, table: Rows) -> None:
         sink = pa.BufferOutputStream()
         encode_parquet(table, sink)
         data = sink.getvalue()

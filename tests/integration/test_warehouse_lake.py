@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from pipelines.warehouse import Warehouse
-from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_wipe
+from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_row_groups, lake_wipe
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
 
 
@@ -138,9 +138,9 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
     caps: list[str] = []
     export = lake_module.Lake._export_partitions
 
-    def spying(self, con, project_id, days, writer):
+    def spying(self, con, *group_and_writer):
         caps.append(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-        return export(self, con, project_id, days, writer)
+        return export(self, con, *group_and_writer)
 
     monkeypatch.setattr(lake_module.Lake, "_export_partitions", spying)
 
@@ -157,13 +157,36 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
         assert lean != usual and len(caps) >= 2 and set(caps) == {lean}
         assert cap() == usual and lake_rows(wh) == wh.jobs_table().to_pylist()
 
-        def failing(self, con, project_id, days, writer):
+        def failing(self, con, *group_and_writer):
             raise OSError("disk gone")
 
         monkeypatch.setattr(lake_module.Lake, "_export_partitions", failing)
         with pytest.raises(OSError):
             wh.apply(run, jobs=jobs([rec(f"k{i:02d}", created=DAY1) for i in range(30)]))
         assert cap() == usual
+
+
+@BOTH_LAKES
+def test_a_partition_bigger_than_one_read_is_streamed_into_its_file_by_job_id(wh: Warehouse, run: str, monkeypatch):
+    """A burst day (more rows than one read) is read and written in pieces of job_id ranges,
+    each a row group, instead of held whole and copied to sort it. Its file holds the same rows
+    in the same order as any other partition's, and replacing it again works."""
+    from pipelines.warehouse import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    burst = [rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i)) for i in range(25)]
+    wh.apply(run, jobs=jobs([*reversed(burst), rec("b", created=DAY2)]))
+    key = wh.partition_key("p1", DAY1.date())
+    assert lake_file(wh, key).column("job_id").to_pylist() == [f"j{i:02d}" for i in range(25)]
+    assert lake_row_groups(wh, key) == 7  # 25 rows in batches of 4
+    assert lake_row_groups(wh, wh.partition_key("p1", DAY2.date())) == 1
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+    wh.apply(run, jobs=jobs([rec("j03", "SUCCEED", created=DAY1 + timedelta(minutes=3), updated_min=9)]))
+    states = dict(zip(*lake_file(wh, key).select(["job_id", "state"]).to_pydict().values(), strict=True))
+    assert len(states) == 25 and states["j03"] == "SUCCEED"
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
 
 
 _READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"

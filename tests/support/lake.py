@@ -42,6 +42,13 @@ def lake_file(wh: Warehouse, key: str) -> pa.Table:
         return pq.read_table(f)
 
 
+def lake_row_groups(wh: Warehouse, key: str) -> int:
+    """How many row groups the file at ``key`` holds."""
+    fs, root = _where(wh)
+    with fs.open_input_file(f"{root}/{key}") as f:
+        return pq.ParquetFile(f).metadata.num_row_groups
+
+
 def lake_put(wh: Warehouse, key: str, data: bytes) -> None:
     """Put arbitrary bytes at ``key`` (an orphan or a half-written file, say)."""
     fs, root = _where(wh)

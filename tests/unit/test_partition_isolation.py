@@ -95,6 +95,46 @@ def test_a_blocked_partition_does_not_stop_the_others(wh: Warehouse):
     assert_exported_except(wh, set())
 
 
+def test_a_streamed_burst_day_that_cannot_be_written_keeps_its_mark_and_the_others_go_on(
+    wh: Warehouse, monkeypatch
+):
+    """A partition bigger than one read is written in pieces (see Lake._write_streamed); when
+    its file cannot be replaced, it fails like any other partition: marked, named, and written
+    by the next export once the obstacle is gone."""
+    from pipelines.warehouse import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 5)
+    streamed: list[tuple[str, object]] = []
+    stream = lake_module.Lake._write_streamed
+
+    def spying(self, key):
+        streamed.append(key)
+        return stream(self, key)
+
+    monkeypatch.setattr(lake_module.Lake, "_write_streamed", spying)
+    run = wh.begin_run("days", {})
+    first_batch(wh, run)
+    stuck = ("p1", DAY1.date())
+    path = wh.partition_path(*stuck)
+    block_with_a_directory(path)
+
+    burst = [rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i)) for i in range(12)]
+    stats = wh.apply(run, jobs=jobs({"p1": burst, "p2": [rec("z", created=DAY2)]}))
+    assert stats.partitions_failed == 1
+    assert dirty(wh) == [stuck]
+    assert_exported_except(wh, {stuck})
+    assert streamed == [stuck]
+    with pytest.raises(LakeExportError) as err:
+        wh.export_dirty_partitions()
+    assert str(path) in str(err.value) and "Is a directory" in str(err.value)
+
+    shutil.rmtree(path)
+    assert wh.export_dirty_partitions() == 1
+    assert dirty(wh) == []
+    assert_exported_except(wh, set())
+    assert streamed == [stuck, stuck, stuck]
+
+
 def test_finish_run_records_a_stuck_partition_as_a_failed_run(wh: Warehouse):
     run = wh.begin_run("days", {})
     first_batch(wh, run)
