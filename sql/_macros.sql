@@ -80,6 +80,10 @@ CREATE OR REPLACE MACRO analytics.job_stats_by(outcomes, period) AS TABLE
     FROM query_table(outcomes)
     GROUP BY period_start, project_id;
 
+-- A row of main.voice_training_jobs is a job the source still lists: no sync found it deleted.
+CREATE OR REPLACE MACRO analytics.still_listed(deleted_at) AS
+    deleted_at IS NULL;
+
 CREATE OR REPLACE MACRO analytics.without_deleted_jobs(rows, jobs) AS TABLE
     SELECT *
     FROM query_table(rows) AS r

@@ -11,4 +11,4 @@
 CREATE OR REPLACE VIEW analytics.voice_training_jobs AS
 SELECT COLUMNS(lambda c: c NOT IN ('deleted_at', 'valid_from', 'observed_at', 'row_hash'))
 FROM main.voice_training_jobs
-WHERE deleted_at IS NULL;
+WHERE analytics.still_listed(deleted_at);
