@@ -227,6 +227,33 @@ def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
     assert lake["deleted_at"].to_pylist() == [None]
 
 
+def test_a_batch_whose_jobs_change_different_columns_replaces_each_row_whole(wh: Warehouse, run: str):
+    """Winners replace their rows in place, in the columns some winner of the batch changes:
+    each row still ends equal to its newest version, whichever column it changed, and a
+    winner that was marked deleted, or that changed nothing but its sync time, too."""
+    wh.apply(run, jobs=jobs([rec("a", "WAITING", tag="t1"), rec("b", "WAITING", tag="t1"),
+                             rec("c", "WAITING", tag="t1"), rec("d", "WAITING", tag="t1")]))  # fmt: skip
+    wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "d")], deleted_at=SYNC1)
+    newest = jobs([
+        rec("a", "SUCCEED", tag="t1", updated_min=5),  # state and lastupdate_time
+        rec("b", "WAITING", tag="t2"),  # tag only, same lastupdate_time
+        rec("c", "WAITING", tag="t1"),  # nothing but synced_at
+        rec("d", "FAILED", tag="t1", job_failed_code="E1", updated_min=7),  # deleted before
+    ], synced_at=SYNC2)
+    stats = wh.apply(run, jobs=newest)
+    assert (stats.updated, stats.history_versions, stats.inserted) == (4, 3, 0)
+    stored = wh.jobs_table()
+    assert stored.drop_columns(["deleted_at"]).equals(newest.cast(JOBS_SCHEMA).sort_by([("job_id", "ascending")]))
+    assert stored["deleted_at"].null_count == 4
+    current = sql(wh, "SELECT job_id, state, tag, valid_to FROM voice_training_job_history"
+                      " WHERE valid_to IS NULL ORDER BY job_id")
+    assert current == [("a", "SUCCEED", "t1", None), ("b", "WAITING", "t2", None), ("c", "WAITING", "t1", None),
+                       ("d", "FAILED", "t1", None)]
+    assert sql(wh, "SELECT job_id, state, tag FROM voice_training_job_history WHERE valid_to IS NOT NULL"
+                   " ORDER BY job_id") == [("a", "WAITING", "t1"), ("b", "WAITING", "t1"), ("d", "WAITING", "t1")]
+    assert lake_rows(wh) == stored.to_pylist()
+
+
 def test_live_job_ids_window_is_half_open(wh: Warehouse, run: str):
     wh.apply(run, jobs=jobs([rec("at-start", created=DAY1), rec("at-end", created=DAY2)]))
     assert wh.live_job_ids("p1", DAY1, DAY2) == {"at-start"}
