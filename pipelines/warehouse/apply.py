@@ -7,9 +7,9 @@ marks (explicit, and for ranges the source listed completely), the window log, t
 the watermarks, and the lake partitions the batch touched, marked dirty. After the commit the
 lake export writes those partitions (see lake.py).
 
-Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY:
-DuckDB checks unique indexes eagerly, which rejects the delete-then-insert of the same key
-inside one transaction.
+Uniqueness of (project_id, job_id) is maintained by the upsert, not by a PRIMARY KEY: a
+stored job's row is found by a join with the batch's keys and replaced in place, and DuckDB
+would hold such an index in memory for every key of the history.
 """
 
 from __future__ import annotations
