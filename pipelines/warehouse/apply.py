@@ -234,28 +234,13 @@ class Apply(Lake, Records, Deletions):
                 RETURNING j.job_id"""
             ).fetchall())
             _mark_dirty(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
-        # The rows the winners replace, fetched by the rowid _stage read (this transaction only
-        # updates rows in place): a join on the key read every column of the whole table, 0.59 s
-        # per 7,000 changed jobs at a million, the rowids 0.30 s.
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _old AS
-            SELECT rowid AS old_rowid, * FROM {JOBS_TABLE} WHERE rowid IN (SELECT old_rowid FROM _win)"""
-        )
-        # The version a new one replaces, as the history showed it: synced when first observed,
-        # valid until the new one, not deleted (the job is listed).
-        if versions:
-            con.execute(
-                f"""INSERT INTO {PAST_VERSIONS_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
-                SELECT {_PAST_COLS}, j.valid_from, w.new_valid_from, j.observed_at, NULL, j.row_hash
-                FROM _old j JOIN _win w ON j.old_rowid = w.old_rowid
-                WHERE w.new_version AND w.old_row_hash IS NOT NULL"""
-            )
-        # The winners replace their rows in place, in the columns some winner changes. Deleted
-        # and re-appended instead, 14,000 changed jobs of a million left deletions in every row
-        # group, and the checkpoint after took 4.3 s instead of 0.1 s (rows also stay in creation
-        # order, which the lake export's create_time filter skips row groups by); setting every
-        # column of 7,000 rows took 0.7-0.9 s, the few a change capture changes 0.08 s.
-        columns = [f"{c} = w.{c}" for c in _changed_columns(con)] if versions else []  # else synced_at only
+        # The winners replace their rows in place, in the columns some winner changes (only
+        # synced_at when no winner is a new version). Deleted and re-appended instead, 14,000
+        # changed jobs of a million left deletions in every row group, and the checkpoint after
+        # took 4.3 s instead of 0.1 s (rows also stay in creation order, which the lake export's
+        # create_time filter skips row groups by); setting every column of 7,000 rows took
+        # 0.7-0.9 s, the few a change capture changes 0.08 s.
+        columns = [f"{c} = w.{c}" for c in self._replace_versions(con)] if versions else []
         con.execute(
             f"""UPDATE {JOBS_TABLE} AS j SET {", ".join([*columns, "synced_at = w.synced_at"])}, deleted_at = NULL,
                 valid_from = CASE WHEN w.new_version THEN w.new_valid_from ELSE w.old_valid_from END,
@@ -263,6 +248,30 @@ class Apply(Lake, Records, Deletions):
                 row_hash = w.row_hash
             FROM _win AS w WHERE j.project_id = w.project_id AND j.job_id = w.job_id"""
         )
+
+    @staticmethod
+    def _replace_versions(con: duckdb.DuckDBPyConnection) -> list[str]:
+        """For the winners that are new versions: copy the rows they replace to the past
+        versions, and return the content columns some of them change (_changed_columns).
+
+        The replaced rows are fetched once, by the rowid _stage read (this transaction only
+        updates rows in place): a join on the key read every column of the whole table, 0.59 s
+        per 7,000 changed jobs at a million, the rowids 0.30 s. A winner that is no new version
+        changes nothing but synced_at, and is not fetched."""
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _old AS
+            SELECT rowid AS old_rowid, * FROM {JOBS_TABLE}
+            WHERE rowid IN (SELECT old_rowid FROM _win WHERE new_version)"""
+        )
+        # The version a new one replaces, as the history showed it: synced when first observed,
+        # valid until the new one, not deleted (the job is listed).
+        con.execute(
+            f"""INSERT INTO {PAST_VERSIONS_TABLE} ({_COLS}, valid_from, valid_to, observed_at, deleted_at, row_hash)
+            SELECT {_PAST_COLS}, j.valid_from, w.new_valid_from, j.observed_at, NULL, j.row_hash
+            FROM _old j JOIN _win w ON j.old_rowid = w.old_rowid
+            WHERE w.old_row_hash IS NOT NULL"""
+        )
+        return _changed_columns(con)
 
 
 #: The jobs table's bookkeeping of the current version (see migration 004).
@@ -274,9 +283,9 @@ _PAST_COLS = ", ".join("j.observed_at" if c == "synced_at" else f"j.{c}" for c i
 
 
 def _changed_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """The content columns in which some winner (_win) differs from the row it replaces (_old),
-    compared in Arrow (NULL equal to NULL): the same in SQL, a FILTER or bool_or() per column,
-    took 0.4 s for 7,000 rows, the Arrow comparison 0.1 s with the fetch."""
+    """The content columns in which some new version (_win) differs from the row it replaces
+    (_old), compared in Arrow (NULL equal to NULL): the same in SQL, a FILTER or bool_or() per
+    column, took 0.4 s for 7,000 rows, the Arrow comparison 0.1 s with the fetch."""
     olds = ", ".join(f"j.{c}" for c in _CONTENT_COLS)
     news = ", ".join(f"w.{c}" for c in _CONTENT_COLS)
     pairs = con.sql(f"SELECT {olds}, {news} FROM _old j JOIN _win w ON j.old_rowid = w.old_rowid").to_arrow_table()
