@@ -97,3 +97,19 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     day = by_name["one-day-cli"]
     assert day["details"]["beyond_requests_seconds"] > 0 and day["requests"] > 0
     assert by_name["demo-cli"]["jobs"] > 0 and by_name["demo-cli"]["seconds"] > 0
+
+
+def test_the_decoding_benchmark_times_every_candidate_and_checks_the_arrow_parse_is_exact():
+    """benchmarks/parse.py at its smallest: every candidate is timed, and the rows parsed from the
+    bytes equal the conversion of the decoded records (a drift of the wire type would show)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "parse.py"), "--jobs", "300", "--days", "4", "--runs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert re.match(r"\d+ pages, 300 jobs, [\d,]+ bytes a job", lines[0]), lines[0]
+    timed = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}
+    for name in ("orjson dicts", "pa.array", "normalize", "pyarrow.json"):
+        assert re.fullmatch(r"\d+\.\d\d us/job", timed[name][0]), timed
+    assert timed["pyarrow.json"][1] == "equal to pa.array", timed["pyarrow.json"]

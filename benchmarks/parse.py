@@ -1,0 +1,190 @@
+"""From page bytes to Arrow: the candidates for the listing's decoding, timed on the same pages.
+
+    .venv/bin/python benchmarks/parse.py                     # 20,000 jobs over 60 lumpy days
+    .venv/bin/python benchmarks/parse.py --jobs 5000 --runs 3
+
+Pages are fetched once from the project's simulator (lumpy traffic, so about 1% of the records
+carry keys the schema does not know, as served jobs do), then each candidate turns the same
+bodies into records, timed per job (median of ``--runs``):
+
+* ``orjson dicts``         ``orjson.loads`` of every body: the decoding paging needs (each job's
+  key, update time and creation time) and what the sync does today;
+* ``msgspec dicts``        ``msgspec.json.decode`` of every body, the same dicts (when installed);
+* ``msgspec keys only``    ``msgspec`` decoding only what paging reads (job_id, create_time,
+  lastupdate_time) into Structs, the rest skipped;
+* ``pa.array``             today's conversion of the decoded records of a normalization group
+  (about 4,000 jobs) to the wire's Arrow type (``WIRE_TYPE``);
+* ``normalize``            today's whole normalization of those records (``normalize_windows``);
+* ``pyarrow.json``         the bodies joined one per line and parsed in C with the page's Arrow
+  schema (``PAGE_SCHEMA``: every documented field typed, unknown keys inferred), the jobs then
+  cast to ``WIRE_TYPE``: the same rows as ``pa.array`` (checked), without the GIL;
+* ``duckdb read_json``     the same joined bodies through DuckDB's JSON reader, types detected,
+  to Arrow (not exact: its detected types are not the wire's; timed for comparison).
+
+Whether a candidate pays inside a sync is another question: the sync decodes each page once
+for paging anyway, so a parse from the bytes is work added to the decoding unless it replaces
+it (the README's performance section says what was measured in the sync itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.json as pajson  # noqa: E402
+
+from pipelines.ingest import normalize_windows  # noqa: E402
+from pipelines.ingest.arrow import WIRE_TYPE  # noqa: E402
+from pipelines.metastudio.auth import AKSKAuth, canonical_query  # noqa: E402
+from pipelines.metastudio.paging import day_windows, format_time  # noqa: E402
+from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
+from pipelines.sync.run import SYNC_GC_THRESHOLDS  # noqa: E402
+
+SIM_NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PROJECT = "sim-project"
+GROUP_ROWS = 4_000  # records normalized together in a sync (pipelines.sync.pipeline.NORMALIZE_ROWS)
+#: A page as the wire carries it: every documented field typed, a key it does not name inferred.
+PAGE_SCHEMA = pa.schema([pa.field("count", pa.int64()), pa.field("jobs", pa.list_(WIRE_TYPE))])
+
+try:  # not a dependency of the project: timed when installed
+    import msgspec
+except ImportError:
+    msgspec = None
+else:
+    class _Job(msgspec.Struct):
+        """What paging reads of a job."""
+
+        job_id: str | None = None
+        create_time: int | None = None
+        lastupdate_time: int | None = None
+
+    class _Listing(msgspec.Struct):
+        count: int
+        jobs: list[_Job]
+
+
+def fetch_pages(jobs: int, days: int) -> list[bytes]:
+    """The bodies of every page of every creation day of a lumpy simulated history."""
+    config = SimulatorConfig(jobs=jobs, seed=7, days=days, now=SIM_NOW, traffic="lumpy")
+    ak, sk = next(iter(config.credentials.items()))
+    bodies: list[bytes] = []
+    with SimulatorServer(config) as server, httpx.Client(auth=AKSKAuth(ak, sk), timeout=60) as http:
+        url = f"{server.url}/v1/{PROJECT}/voice-training-manage/user/jobs"
+        first_day = (SIM_NOW - timedelta(days=days + 1)).date()
+        for window in day_windows(first_day, SIM_NOW.date()):
+            offset, count = 0, 1
+            while offset < count:
+                query = canonical_query([("create_since", format_time(window.since)),
+                                         ("create_until", format_time(window.until)),
+                                         ("limit", "100"), ("offset", str(offset)), ("sort_dir", "asc")])
+                response = http.get(f"{url}?{query}", headers={"X-Project-Id": PROJECT})
+                response.raise_for_status()
+                count = orjson.loads(response.content)["count"]
+                if count:
+                    bodies.append(response.content)
+                offset += 100
+    return bodies
+
+
+def groups_of(bodies: list[bytes]) -> list[list[bytes]]:
+    """The bodies in groups of about GROUP_ROWS jobs, as a sync normalizes them."""
+    groups: list[list[bytes]] = [[]]
+    rows = 0
+    for body in bodies:
+        groups[-1].append(body)
+        rows += len(orjson.loads(body)["jobs"])
+        if rows >= GROUP_ROWS:
+            groups.append([])
+            rows = 0
+    return [g for g in groups if g]
+
+
+def per_job(run: Callable[[], object], jobs: int, runs: int) -> float:
+    """Median microseconds per job of ``run`` over ``runs`` calls, with the garbage collector
+    set as a sync sets it (decoded JSON makes many objects and no cycles)."""
+    seconds = []
+    before = gc.get_threshold()
+    gc.set_threshold(*SYNC_GC_THRESHOLDS)
+    for _ in range(runs):
+        gc.collect()
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    gc.set_threshold(*before)
+    return statistics.median(seconds) / jobs * 1e6
+
+
+def candidates(bodies: list[bytes]) -> dict[str, tuple[Callable[[], object], str]]:
+    """Each candidate's call over all bodies, with a note on its exactness."""
+    groups = groups_of(bodies)
+    decoded = [[orjson.loads(b)["jobs"] for b in group] for group in groups]
+    records = [[job for page in group for job in page] for group in decoded]
+    synced_at = datetime.now(UTC)
+    parse = pajson.ParseOptions(explicit_schema=PAGE_SCHEMA, unexpected_field_behavior="infer")
+    read = pajson.ReadOptions(use_threads=True, block_size=1 << 19)
+    joined = [b"\n".join(group) for group in groups]
+
+    def by_pyarrow_json() -> list[pa.Array]:
+        return [pajson.read_json(pa.BufferReader(text), read_options=read, parse_options=parse)["jobs"]
+                .combine_chunks().flatten().cast(WIRE_TYPE) for text in joined]
+
+    exact = all(parsed.equals(pa.array(group, type=WIRE_TYPE))
+                for parsed, group in zip(by_pyarrow_json(), records, strict=True))
+    out: dict[str, tuple[Callable[[], object], str]] = {
+        "orjson dicts": (lambda: [orjson.loads(b) for b in bodies], "what paging reads"),
+    }
+    if msgspec is not None:
+        keys = msgspec.json.Decoder(_Listing)
+        out["msgspec dicts"] = (lambda: [msgspec.json.decode(b) for b in bodies],
+                                "same dicts; integers past 64 bits stay integers (orjson: floats)")
+        out["msgspec keys only"] = (lambda: [keys.decode(b) for b in bodies],
+                                    "paging's fields only; a value of another type raises")
+    out["pa.array"] = (lambda: [pa.array(group, type=WIRE_TYPE) for group in records],
+                       "today's conversion, from the decoded records")
+    out["normalize"] = (lambda: [normalize_windows(group, PROJECT, synced_at) for group in decoded],
+                        "today's whole normalization, from the decoded records")
+    out["pyarrow.json"] = (by_pyarrow_json, "equal to pa.array" if exact else "NOT equal to pa.array")
+    try:
+        import duckdb
+
+        con = duckdb.connect()
+        out["duckdb read_json"] = (lambda: [con.read_json(io.BytesIO(text)).to_arrow_table() for text in joined],
+                                   "types detected, not the wire's")
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args(argv)
+    bodies = fetch_pages(args.jobs, args.days)
+    jobs = sum(len(orjson.loads(b)["jobs"]) for b in bodies)
+    size = sum(len(b) for b in bodies)
+    print(f"{len(bodies):,} pages, {jobs:,} jobs, {size / jobs:,.0f} bytes a job; median of {args.runs} runs")
+    rows = [(name, per_job(run, jobs, args.runs), note) for name, (run, note) in candidates(bodies).items()]
+    width = max(len(name) for name, *_ in rows)
+    for name, micros, note in rows:
+        print(f"{name:<{width}}  {micros:7.2f} us/job  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
