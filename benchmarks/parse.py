@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/parse.py                     # 20,000 jobs over 60 lumpy days
     .venv/bin/python benchmarks/parse.py --jobs 5000 --runs 3
 
-Pages are fetched once from the project's simulator (lumpy traffic, so about 1% of the records
+Pages are fetched once from the project's simulator (lumpy traffic, so about 2% of the records
 carry keys the schema does not know, as served jobs do), then each candidate turns the same
 bodies into records, timed per job (median of ``--runs``):
 
