@@ -13,7 +13,7 @@ bodies into records, timed per job (median of ``--runs``):
 * ``msgspec keys only``    ``msgspec`` decoding only what paging reads (job_id, create_time,
   lastupdate_time) into Structs, the rest skipped;
 * ``pa.array``             today's conversion of the decoded records of a normalization group
-  (about 4,000 jobs) to the wire's Arrow type (``WIRE_TYPE``);
+  (NORMALIZE_ROWS of them) to the wire's Arrow type (``WIRE_TYPE``);
 * ``normalize``            today's whole normalization of those records (``normalize_windows``);
 * ``pyarrow.json``         the bodies joined one per line and parsed in C with the page's Arrow
   schema (``PAGE_SCHEMA``: every documented field typed, unknown keys inferred), the jobs then
@@ -47,16 +47,16 @@ import orjson  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.json as pajson  # noqa: E402
 
+from benchmarks.run import AK, PAGE_SIZE, PROJECT, SK, _list_url, _page_query  # noqa: E402
 from pipelines.ingest import normalize_windows  # noqa: E402
 from pipelines.ingest.arrow import WIRE_TYPE  # noqa: E402
-from pipelines.metastudio.auth import AKSKAuth, canonical_query  # noqa: E402
-from pipelines.metastudio.paging import day_windows, format_time  # noqa: E402
+from pipelines.metastudio.auth import AKSKAuth  # noqa: E402
+from pipelines.metastudio.paging import day_windows  # noqa: E402
 from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
+from pipelines.sync.pipeline import NORMALIZE_ROWS  # noqa: E402
 from pipelines.sync.run import SYNC_GC_THRESHOLDS  # noqa: E402
 
 SIM_NOW = datetime(2026, 1, 1, tzinfo=UTC)
-PROJECT = "sim-project"
-GROUP_ROWS = 4_000  # records normalized together in a sync (pipelines.sync.pipeline.NORMALIZE_ROWS)
 #: A page as the wire carries it: every documented field typed, a key it does not name inferred.
 PAGE_SCHEMA = pa.schema([pa.field("count", pa.int64()), pa.field("jobs", pa.list_(WIRE_TYPE))])
 
@@ -79,35 +79,32 @@ else:
 
 def fetch_pages(jobs: int, days: int) -> list[bytes]:
     """The bodies of every page of every creation day of a lumpy simulated history."""
-    config = SimulatorConfig(jobs=jobs, seed=7, days=days, now=SIM_NOW, traffic="lumpy")
-    ak, sk = next(iter(config.credentials.items()))
+    config = SimulatorConfig(jobs=jobs, seed=7, days=days, now=SIM_NOW, traffic="lumpy", projects=(PROJECT,),
+                             credentials={AK: SK})
     bodies: list[bytes] = []
-    with SimulatorServer(config) as server, httpx.Client(auth=AKSKAuth(ak, sk), timeout=60) as http:
-        url = f"{server.url}/v1/{PROJECT}/voice-training-manage/user/jobs"
+    with SimulatorServer(config) as server, httpx.Client(auth=AKSKAuth(AK, SK), timeout=60) as http:
+        url = _list_url(server.url)
         first_day = (SIM_NOW - timedelta(days=days + 1)).date()
         for window in day_windows(first_day, SIM_NOW.date()):
             offset, count = 0, 1
             while offset < count:
-                query = canonical_query([("create_since", format_time(window.since)),
-                                         ("create_until", format_time(window.until)),
-                                         ("limit", "100"), ("offset", str(offset)), ("sort_dir", "asc")])
-                response = http.get(f"{url}?{query}", headers={"X-Project-Id": PROJECT})
+                response = http.get(f"{url}?{_page_query(window, offset)}", headers={"X-Project-Id": PROJECT})
                 response.raise_for_status()
                 count = orjson.loads(response.content)["count"]
                 if count:
                     bodies.append(response.content)
-                offset += 100
+                offset += PAGE_SIZE
     return bodies
 
 
 def groups_of(bodies: list[bytes]) -> list[list[bytes]]:
-    """The bodies in groups of about GROUP_ROWS jobs, as a sync normalizes them."""
+    """The bodies in groups of about NORMALIZE_ROWS jobs, as a sync normalizes them."""
     groups: list[list[bytes]] = [[]]
     rows = 0
     for body in bodies:
         groups[-1].append(body)
         rows += len(orjson.loads(body)["jobs"])
-        if rows >= GROUP_ROWS:
+        if rows >= NORMALIZE_ROWS:
             groups.append([])
             rows = 0
     return [g for g in groups if g]
