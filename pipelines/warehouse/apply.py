@@ -172,10 +172,14 @@ class Apply(Lake, Records, Deletions):
         already go through the comparisons with the stored version."""
         incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
         con.register("_incoming", incoming)
+        distinct = _distinct_keys(jobs)
+        if distinct and not _any_known(con):
+            self._append_new(con, stats)
+            return
         # One row per key (newest lastupdate_time, then the later row), with its content hash
         # and what the table holds for that key (one join with the table, for every later step).
         # A batch of distinct keys (the usual one) skips the ranking, a sort of whole rows.
-        newest = "" if _distinct_keys(jobs) else (
+        newest = "" if distinct else (
             "QUALIFY row_number() OVER (PARTITION BY project_id, job_id"
             " ORDER BY lastupdate_time DESC NULLS LAST, _ord DESC) = 1")
         known = "rowid AS old_rowid, lastupdate_time, create_time, deleted_at, valid_from, observed_at, row_hash"
@@ -200,6 +204,20 @@ class Apply(Lake, Records, Deletions):
         _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _stage WHERE NOT existed")
         if existed:
             self._replace_known(con, stats)
+
+    @staticmethod
+    def _append_new(con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
+        """A batch of distinct keys the table holds none of (most of a backfill): each job
+        appended as its first version, as _upsert appends the new ones of a mixed batch, without
+        staging the batch's rows first. At 10,000 jobs a batch on a million-job table, the
+        staging was 2.4 s of 6.8 s of CPU for 30 batches."""
+        con.execute(
+            f"""INSERT INTO {JOBS_TABLE} ({_COLS}, deleted_at, {_VERSION_COLS})
+            SELECT {_COLS}, NULL, coalesce(lastupdate_time, create_time), synced_at, {_hash_expr()}
+            FROM _incoming"""
+        )
+        stats.inserted = stats.history_versions = stats.incoming
+        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _incoming")
 
     def _replace_known(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
         """Jobs the table holds already: the newer version wins; a changed one moves the
@@ -308,6 +326,12 @@ def _distinct_keys(jobs: pa.Table) -> bool:
     if pc.count_distinct(projects).as_py() <= 1:
         return pc.count_distinct(jobs["job_id"]).as_py() == jobs.num_rows
     return jobs.group_by(["project_id", "job_id"]).aggregate([]).num_rows == jobs.num_rows
+
+
+def _any_known(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the table holds a row with a key of the batch (_incoming)."""
+    return bool(con.execute(
+        f"SELECT EXISTS ({_known(JOBS_TABLE, '_incoming', 'rowid')})").fetchall()[0][0])
 
 
 def _known(table: str, keys: str, columns: str) -> str:

@@ -254,6 +254,47 @@ def test_a_batch_whose_jobs_change_different_columns_replaces_each_row_whole(wh:
     assert lake_rows(wh) == stored.to_pylist()
 
 
+def test_a_batch_of_jobs_never_seen_is_appended_as_the_staged_upsert_would(tmp_path: Path, monkeypatch):
+    """A batch of distinct keys the table holds none of skips the staging and is appended
+    directly: the warehouse, its history, its export marks and its lake end as they do when the
+    same batches go through the staged upsert, and a batch with a known key still does."""
+    from pipelines.warehouse import apply as apply_module
+
+    def batches():
+        return [
+            jobs([rec("a", "WAITING"), rec("b", "SUCCEED", created=DAY2, updated_min=3), rec("c", updated_min=None)]),
+            jobs([rec("d", "FAILED", job_failed_code="E1", tag="t")], project_id="p2", synced_at=SYNC2),
+            jobs([rec("a", "SUCCEED", updated_min=9), rec("e")], synced_at=SYNC2),  # a is known: staged
+        ]
+
+    appended = []
+    real_append = apply_module.Apply._append_new
+
+    def spy(con, stats):
+        appended.append(stats.incoming)
+        real_append(con, stats)
+
+    monkeypatch.setattr(apply_module.Apply, "_append_new", staticmethod(spy))
+    fast = Warehouse(tmp_path / "fast")
+    fast_run = fast.begin_run("days", {"since": "2025-03-01"})
+    fast_stats = [fast.apply(fast_run, jobs=batch, export=False) for batch in batches()]
+    assert appended == [3, 1]
+    monkeypatch.setattr(apply_module, "_any_known", lambda con: True)
+    staged = Warehouse(tmp_path / "staged")
+    staged_run = staged.begin_run("days", {"since": "2025-03-01"})
+    staged_stats = [staged.apply(staged_run, jobs=batch, export=False) for batch in batches()]
+    assert appended == [3, 1]
+    assert fast_stats == staged_stats
+    assert [(s.inserted, s.history_versions) for s in fast_stats] == [(3, 3), (1, 1), (1, 2)]
+    assert fast.jobs_table().equals(staged.jobs_table())
+    for query in ("SELECT * FROM voice_training_job_history ORDER BY ALL",
+                  "SELECT * FROM lake_dirty ORDER BY ALL"):
+        assert sql(fast, query) == sql(staged, query) != []
+    fast.export_dirty_partitions()
+    staged.export_dirty_partitions()
+    assert lake_rows(fast) == lake_rows(staged) == fast.jobs_table().to_pylist()
+
+
 def test_live_job_ids_window_is_half_open(wh: Warehouse, run: str):
     wh.apply(run, jobs=jobs([rec("at-start", created=DAY1), rec("at-end", created=DAY2)]))
     assert wh.live_job_ids("p1", DAY1, DAY2) == {"at-start"}
