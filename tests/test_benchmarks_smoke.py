@@ -113,3 +113,24 @@ def test_the_decoding_benchmark_times_every_candidate_and_checks_the_arrow_parse
     for name in ("orjson dicts", "pa.array", "normalize", "pyarrow.json"):
         assert re.fullmatch(r"\d+\.\d\d us/job", timed[name][0]), timed
     assert timed["pyarrow.json"][1] == "equal to pa.array", timed["pyarrow.json"]
+
+
+def test_the_transport_benchmark_times_both_transports_on_the_same_requests():
+    """benchmarks/transport.py at its smallest: both transports fetch the same pages and are timed."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "transport.py"), "--jobs", "300", "--days", "4", "--repeat", "2",
+         "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, *rows = proc.stdout.splitlines()
+    from benchmarks.run import _first_day, _sim_now
+    from pipelines.metastudio.paging import day_windows
+
+    days = len(day_windows(_first_day(4), _sim_now().date()))
+    assert header == f"{2 * days} requests, 8 in flight, median of 1", header
+    timed = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", row.strip()) for row in rows)}
+    assert set(timed) == {"httpx", "httpx+httptools"}, rows
+    for cells in timed.values():
+        assert re.fullmatch(r"\d+\.\d{3} ms CPU/request", cells[0]) and re.fullmatch(r"\d+\.\d\d s wall", cells[1])
+    assert timed["httpx"][2] == timed["httpx+httptools"][2] != "0 jobs", rows  # the same pages

@@ -48,7 +48,7 @@ from pipelines.metastudio.response import (
     parse_page,
 )
 from pipelines.metastudio.retry import RETRY_CAUSES, OutOfBudget, Retryable, RetryBudget
-from pipelines.metastudio.transport import asyncio_transport
+from pipelines.metastudio.transport import HttptoolsTransport
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_SECONDS",
@@ -175,7 +175,7 @@ class MetaStudioClient(SourceClock, Pacing):
             timeout=httpx.Timeout(timeout),
             limits=limits,
             http2=False,
-            transport=transport or asyncio_transport(verify=verify, limits=limits),
+            transport=transport or HttptoolsTransport(verify=verify, limits=limits),
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )

@@ -1,144 +1,279 @@
-"""The client's HTTP transport: httpx's, with connections made by asyncio's own streams.
+"""The client's HTTP transport: httpx's interface, HTTP/1.1 parsed in C by httptools.
 
-httpx's default transport reaches sockets through anyio, and its connection pool asks every
-idle connection, at every request and every response closed, whether the server has dropped
-it: through anyio, each question built a table of the socket's attributes and polled the
-socket. At eight connections that bookkeeping was a quarter of the event loop's time in a
-100,000-job sync (the loop being what limits it). :class:`AsyncioBackend` is httpcore's
-network-backend interface (``httpcore.AsyncNetworkBackend``) on asyncio streams, where the
-answer is the stream's own state. Errors are httpcore's, raised from the OS or TLS error as
-with anyio, so :mod:`pipelines.metastudio.network` reads the same causes.
+The client speaks httpx (requests, auth, responses, errors), and a transport is httpx's seam
+for how a request reaches the server: tests hand the client an ``httpx.MockTransport``, a
+sync gets :class:`HttptoolsTransport`. httpcore's pure-Python pool and h11 parser were most of
+the event loop's time per request, and the event loop is what limits a sync: at eight
+connections to a local simulator, a page request cost 1.9-2.3 ms of CPU with httpx's own
+transport, JSON decoding included (``benchmarks/transport.py`` times both).
+
+This transport keeps what the client asks of HTTP and nothing more: GET and small bodies over
+keep-alive connections (plain, or TLS verified as httpx verifies it), at most
+``limits.max_connections`` of them. A request goes out as httpx built and signed it (its
+headers, once each, none added; the URL's bytes as signed). The response body is handed back
+as it came, so httpx decodes any content encoding and the client's size cap counts what it
+decoded, a read at a time of at most :data:`READ_BYTES`; a connection stops reading while that
+much waits unread. Errors come back as httpx's, raised from the OS or TLS error that caused
+them, so :mod:`pipelines.metastudio.network` reads the same causes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Iterable
+from collections.abc import AsyncIterator
 from contextlib import nullcontext
 from typing import Any
 
-import httpcore
+import httptools
 import httpx
-from httpcore._backends.base import SOCKET_OPTION
 
-_CONNECT_ERRORS = {TimeoutError: httpcore.ConnectTimeout, OSError: httpcore.ConnectError}
-_READ_ERRORS = {TimeoutError: httpcore.ReadTimeout, OSError: httpcore.ReadError}
-_WRITE_ERRORS = {TimeoutError: httpcore.WriteTimeout, OSError: httpcore.WriteError}
-
-
-class _Mapped:
-    """``with _Mapped(errors):`` re-raises a listed error as its httpcore counterpart, from it."""
-
-    def __init__(self, errors: dict[type[Exception], type[Exception]]) -> None:
-        self.errors = errors
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        for source, target in self.errors.items():
-            if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__) from exc
-        return False
+#: Bytes handed over per read of a body at most, and unread bytes a connection holds before it
+#: stops reading: the client's size cap is overshot by one read at most.
+READ_BYTES = 64 * 1024
 
 
-def _deadline(timeout: float | None):
-    return asyncio.timeout(timeout) if timeout is not None else nullcontext()
+def _deadline(seconds: float | None):
+    return asyncio.timeout(seconds) if seconds is not None else nullcontext()
 
 
-class AsyncioStream(httpcore.AsyncNetworkStream):
-    """One connection, as an asyncio StreamReader and StreamWriter."""
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: a request at a time, its response parsed as it arrives."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader, self._writer = reader, writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: Exception | None = None
+        self.closed = False
+        self.paused = False
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _Mapped(_READ_ERRORS):
-            async with _deadline(timeout):
-                return await self._reader.read(max_bytes)
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"the answer is not HTTP/1.1 ({exc})"))
+        if self.buffered >= READ_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is None and self.head_done and not self.complete and self._ends_at_close():
+            self.complete = True  # a body without a length runs to the end of the connection
+        if not self.complete and self.error is None:
+            error = httpx.ReadError(str(exc) or type(exc).__name__) if exc else httpx.RemoteProtocolError(
+                "the server closed the connection before its answer was complete")
+            if exc is not None:
+                error.__cause__ = exc
+            self.error = error
+        self._wake()
+
+    def _ends_at_close(self) -> bool:
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    # -- httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            self.headers, self.reason, self.head_done = [], b"", False
             return
-        with _Mapped(_WRITE_ERRORS):
+        # Asked now: once the message is complete, the parser answers for the next one.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+
+    # -- used by the transport
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until something arrives, the connection ends, or ``timeout`` (httpx.ReadTimeout)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
             async with _deadline(timeout):
-                self._writer.write(buffer)
-                await self._writer.drain()
+                await self._waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("no data from the server within the read timeout") from None
+        finally:
+            self._waiter = None
+
+    def reusable(self) -> bool:
+        return (self.complete and self.keep_alive and not self.closed and self.error is None and not self.body
+                and self.transport is not None
+                and not self.transport.is_closing())
+
+    def reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers, self.reason, self.body, self.buffered = [], b"", [], 0
+        self.head_done = self.complete = self.keep_alive = False
+
+    def take(self) -> bytes:
+        """What the body holds so far, at most READ_BYTES of it."""
+        chunk = self.body.pop(0)
+        if len(chunk) > READ_BYTES:
+            self.body.insert(0, chunk[READ_BYTES:])
+            chunk = chunk[:READ_BYTES]
+        self.buffered -= len(chunk)
+        if self.paused and self.buffered < READ_BYTES and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body as the connection receives it; the connection goes back to the pool
+    once the body was read to its end, and is closed when it was abandoned."""
+
+    def __init__(self, transport: HttptoolsTransport, key: tuple[str, str, int], conn: _Connection,
+                 read_timeout: float | None) -> None:
+        self._transport, self._key, self._conn, self._read_timeout = transport, key, conn, read_timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while True:
+            if conn.body:
+                yield conn.take()
+                continue
+            if conn.complete:
+                return
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self._read_timeout)
 
     async def aclose(self) -> None:
-        transport = self._writer.transport
-        if not transport.is_closing():
-            transport.close()
-            await asyncio.sleep(0)  # a chance to flush, then no waiting on the peer
-        transport.abort()
+        if not self._released:
+            self._released = True
+            self._transport._release(self._key, self._conn)
 
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> AsyncioStream:
-        with _Mapped(_CONNECT_ERRORS):
+
+class HttptoolsTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 keep-alive connections, at most ``limits.max_connections`` at once, TLS verified
+    as httpx verifies it when ``verify``."""
+
+    def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
+        # httpx's context (its certificate store), loaded once, and only for an https endpoint.
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._slots_count = limits.max_connections or 100
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context(verify=self._verify)
+        return self._ssl
+
+    async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Connection:
+        scheme, host, port = key
+        tls = self._ssl_context() if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
             async with _deadline(timeout):
-                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        return self
+                _, conn = await loop.create_connection(_Connection, host, port, ssl=tls,
+                                                       server_hostname=host if tls else None)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within the connect timeout") from None
+        except OSError as exc:  # refused, unresolvable, a TLS handshake that failed
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        return conn
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # Asked of idle connections only: the server closed it, or broke it.
-            return self._reader.at_eof() or self._reader.exception() is not None
-        if info == "ssl_object":
-            return self._writer.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._writer.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._writer.get_extra_info("peername")
-        if info == "socket":
-            return self._writer.get_extra_info("socket")
+    def _acquire_idle(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.reusable():
+                conn.reset()
+                return conn
+            conn.close()
         return None
 
+    def _release(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        if self._slots is not None:
+            self._slots.release()
+        if conn.reusable() and not self._closed:
+            self._idle.setdefault(key, []).append(conn)
+        else:
+            conn.close()
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Connections for httpcore's pool, opened with asyncio.open_connection."""
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, Any] = request.extensions.get("timeout") or {}
+        url = request.url
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._slots_count)
+        await self._slots.acquire()
+        conn: _Connection | None = None
+        try:
+            conn = self._acquire_idle(key) or await self._connect(key, timeouts.get("connect"))
+            head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
+            head += [b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw]
+            content = request.content
+            if content and "content-length" not in request.headers:
+                head.append(b"Content-Length: %d\r\n" % len(content))
+            assert conn.transport is not None
+            conn.transport.write(b"".join([*head, b"\r\n", content or b""]))
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(timeouts.get("read"))
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            self._slots.release()
+            raise
+        return httpx.Response(
+            conn.parser.get_status_code(),
+            headers=conn.headers,
+            stream=_Body(self, key, conn, timeouts.get("read")),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+        )
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[SOCKET_OPTION] | None = None) -> AsyncioStream:
-        local = (local_address, 0) if local_address else None
-        return await self._connect(asyncio.open_connection(host, port, local_addr=local), timeout, socket_options)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[SOCKET_OPTION] | None = None) -> AsyncioStream:
-        return await self._connect(asyncio.open_unix_connection(path), timeout, socket_options)
-
-    @staticmethod
-    async def _connect(opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-                       timeout: float | None, socket_options: Iterable[SOCKET_OPTION] | None) -> AsyncioStream:
-        with _Mapped(_CONNECT_ERRORS):
-            async with _deadline(timeout):
-                reader, writer = await opening
-            sock = writer.get_extra_info("socket")
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-        return AsyncioStream(reader, writer)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-def asyncio_transport(*, verify: bool, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's HTTP/1.1 transport (TLS set up by httpx, ``verify`` as for a client) whose pool
-    connects through :class:`AsyncioBackend`. httpx does not take a network backend, so the
-    pool it built is replaced by an equal one that does, sharing its TLS context (the
-    certificate store is loaded once)."""
-    ssl_context = httpx.create_ssl_context(verify=verify)
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, http2=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        http1=True,
-        http2=False,
-        network_backend=AsyncioBackend(),
-    )
-    return transport
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        await asyncio.sleep(0)  # lets the connections' transports finish closing

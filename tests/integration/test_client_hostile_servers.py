@@ -23,7 +23,12 @@ import pytest
 
 from pipelines.metastudio.auth import AKSKAuth, TokenAuth
 from pipelines.metastudio.client import MetaStudioClient, Page
-from pipelines.metastudio.errors import CertificateError, ResponseTooLargeError, RetriesExhaustedError
+from pipelines.metastudio.errors import (
+    CertificateError,
+    EndpointUnreachableError,
+    ResponseTooLargeError,
+    RetriesExhaustedError,
+)
 from tests.support.client_runs import HANG_GUARD, list_once, run
 from tests.support.clock import FakeClock
 from tests.support.hostile import HostileProxy
@@ -111,7 +116,9 @@ class OneAnswerServer:
 
     BODY = b'{"count": 0, "jobs": []}'
 
-    def __init__(self) -> None:
+    def __init__(self, body: bytes = BODY, headers: bytes = b"") -> None:
+        self.body, self.headers = body, headers
+        self.requests: list[bytes] = []  # each request's bytes up to the end of its headers
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
@@ -133,8 +140,9 @@ class OneAnswerServer:
                     if not chunk:
                         break
                     request += chunk
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (len(self.BODY), self.BODY))
+                self.requests.append(request)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                             b"Content-Length: %d\r\n\r\n%s" % (self.headers, len(self.body), self.body))
             self.closed.set()
 
     def __enter__(self) -> OneAnswerServer:
@@ -168,6 +176,98 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
     assert [(p.count, p.jobs) for p in pages] == [(0, []), (0, [])]
     assert connections == 2 and client.stats.requests == 2
     assert dict(client.stats.retries) == {} and clock.sleeps == []
+
+
+class KeepAliveServer(OneAnswerServer):
+    """Plain HTTP on loopback that answers every request of a connection with an empty page and
+    keeps the connection open, as the API does."""
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer_all, args=(conn,), daemon=True).start()
+
+    def _answer_all(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(HANG_GUARD)
+            pending = b""
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\r\n\r\n" in pending:
+                    request, pending = pending.split(b"\r\n\r\n", 1)
+                    self.requests.append(request)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
+
+
+def test_requests_one_after_another_share_one_kept_alive_connection():
+    """A connection the server keeps open carries the next request: one connection for five."""
+
+    async def five(client: MetaStudioClient) -> list[Page]:
+        async with client:
+            return [await client.list_jobs("proj-1", {}) for _ in range(5)]
+
+    with KeepAliveServer() as server:
+        pages = run(five(MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN))))
+        assert [p.count for p in pages] == [0] * 5
+        assert len(server.requests) == 5 and server.connections == 1
+
+
+def test_the_request_line_carries_the_query_as_signed_and_only_the_headers_httpx_set():
+    """The transport sends the URL's bytes as signed (not re-quoted), and the headers httpx
+    built for the request, once each, none of its own."""
+    params = {"create_since": datetime(2026, 3, 1, 0, 0, tzinfo=UTC), "job_type": "a b/c", "limit": 7}
+    with OneAnswerServer() as server:
+        client = MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN))
+        run(list_once(client, params))
+        url = httpx.URL(client.jobs_url("proj-1", params))
+    request_line, *header_lines = server.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert request_line == b"GET " + url.raw_path + b" HTTP/1.1"
+    assert b"%3A" in url.raw_path and b"a%20b%2Fc" in url.raw_path
+    headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in header_lines]
+    assert sorted(name.lower() for name, _ in headers) == [
+        b"accept", b"accept-encoding", b"connection", b"host", b"user-agent", b"x-auth-token", b"x-project-id"]
+    assert dict((name.lower(), value) for name, value in headers)[b"user-agent"].startswith(b"python-httpx/")
+
+
+def test_a_compressed_page_is_decoded_and_capped_by_what_it_decoded():
+    """A gzip-encoded body is decoded (httpx decodes what the transport hands over undecoded);
+    the size cap counts the decoded bytes, so a small compressed bomb is cut as a big page."""
+    import gzip
+
+    page = b'{"count": 1, "jobs": [{"job_id": "j1", "create_time": 1772323200}]}'
+    with OneAnswerServer(gzip.compress(page), b"Content-Encoding: gzip\r\n") as server:
+        decoded = run(list_once(MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN))))
+    assert (decoded.count, [job["job_id"] for job in decoded.jobs]) == (1, ["j1"])
+    bomb = b'{"count": 0, "jobs": [], "pad": "' + b" " * (4 * 1024 * 1024) + b'"}'
+    with OneAnswerServer(gzip.compress(bomb), b"Content-Encoding: gzip\r\n") as server:
+        client = MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN), max_response_bytes=1024 * 1024)
+        with pytest.raises(ResponseTooLargeError):
+            run(list_once(client))
+    assert len(gzip.compress(bomb)) < 64 * 1024 < client.stats.bytes_received
+
+
+def test_a_refused_connection_is_retried_then_named():
+    """Nothing listens on the port: each attempt is refused, and the error says so."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    clock = FakeClock()
+    client = MetaStudioClient(f"http://127.0.0.1:{port}", TokenAuth(TOKEN), max_attempts=3, sleep=clock.sleep,
+                              monotonic=clock.monotonic)
+    with pytest.raises(EndpointUnreachableError) as info:
+        run(list_once(client))
+    assert client.stats.requests == 3 and len(clock.sleeps) == 2
+    assert "connection refused" in str(info.value) and "'127.0.0.1'" in str(info.value)
 
 
 # ---------------------------------------------------------------- the hostile proxy, in front of a real simulator
