@@ -13,6 +13,7 @@ define that callers use is importable from here as well.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -58,6 +59,10 @@ __all__ = [
     "split_names",
     "split_project_ids",
 ]
+
+
+#: Characters no HTTP header value may hold (a tab may): a line break would end the header.
+_HEADER_BREAKING = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,13 @@ class Settings:
             self.base_url()  # an endpoint that is not an http(s) URL is refused where it is read
         if self.app_user_id is not None and any("\u4e00" <= ch <= "\u9fff" for ch in self.app_user_id):
             raise ConfigurationError("METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule).")
+        for name, value in (("METASTUDIO_APP_USER_ID", self.app_user_id), ("HUAWEICLOUD_SDK_AK", self.ak),
+                            ("HUAWEICLOUD_SDK_SECURITY_TOKEN", self.security_token),
+                            ("METASTUDIO_AUTH_TOKEN", self.auth_token)):
+            if value is not None and _HEADER_BREAKING.search(value):
+                raise ConfigurationError(
+                    f"{name} must not contain control characters such as line breaks: it is sent in an HTTP "
+                    "header. Set it again without them.")
         for name in NUMBER_BOUNDS:
             value = getattr(self, name)
             if not (name == "max_rps" and value is None):

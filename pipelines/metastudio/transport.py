@@ -37,6 +37,20 @@ def _deadline(seconds: float | None):
     return asyncio.timeout(seconds) if seconds is not None else nullcontext()
 
 
+def _head(request: httpx.Request) -> bytes:
+    """The request line and headers as sent. A header whose name or value holds a line break or a
+    NUL would end the header early and smuggle in another (httpx lets such values through): it
+    is refused as httpx.LocalProtocolError, as httpx's own transport refuses it."""
+    lines = [b"%s: %s" % (name, value) for name, value in request.headers.raw]
+    content = request.content
+    if content and "content-length" not in request.headers:
+        lines.append(b"Content-Length: %d" % len(content))
+    headers = b"\r\n".join(lines)
+    if headers.count(b"\n") != len(lines) - 1 or headers.count(b"\r") != len(lines) - 1 or b"\0" in headers:
+        raise httpx.LocalProtocolError("a request header holds a line break or a NUL; it was not sent")
+    return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (request.method.encode("ascii"), request.url.raw_path, headers)
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: a request at a time, its response parsed as it arrives."""
 
@@ -243,16 +257,12 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._slots_count)
         await self._slots.acquire()
+        _head(request)  # a request that cannot be written fails before a connection is taken
         conn: _Connection | None = None
         try:
             conn = self._acquire_idle(key) or await self._connect(key, timeouts.get("connect"))
-            head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
-            head += [b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw]
-            content = request.content
-            if content and "content-length" not in request.headers:
-                head.append(b"Content-Length: %d\r\n" % len(content))
             assert conn.transport is not None
-            conn.transport.write(b"".join([*head, b"\r\n", content or b""]))
+            conn.transport.write(_head(request) + (request.content or b""))
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error

@@ -249,6 +249,8 @@ def test_full_disk_during_the_model_refresh(server, tmp_path):
 
 # ---------------------------------------------------------------- settings refused before anything runs
 
+_HEADER_RULE = ("must not contain control characters such as line breaks: it is sent in an HTTP header. "
+                "Set it again without them.")
 _PROJECT_RULE = ("is not valid; a project id is 1 to 64 ASCII letters, digits, '-' or '_' "
                  "(the 32-character id from the console's 'My Credentials' page).")
 
@@ -258,6 +260,8 @@ _PROJECT_RULE = ("is not valid; a project id is 1 to 64 ASCII letters, digits, '
     ("VOICEJOBS_PERSONAL_DATA", "Masked", "VOICEJOBS_PERSONAL_DATA='masked' is not known; use 'mask' (default) or 'raw'."),
     ("METASTUDIO_APP_USER_ID", "用户42", "METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule)."),
     ("METASTUDIO_APP_USER_ID", "user-中", "METASTUDIO_APP_USER_ID must not contain Chinese characters (an API rule)."),
+    ("METASTUDIO_APP_USER_ID", "user\r\nX-Injected: 1", f"METASTUDIO_APP_USER_ID {_HEADER_RULE}"),
+    ("HUAWEICLOUD_SDK_SECURITY_TOKEN", "tok\nen", f"HUAWEICLOUD_SDK_SECURITY_TOKEN {_HEADER_RULE}"),
     ("HUAWEICLOUD_SDK_PROJECT_ID", "proj.1", f"Project id 'proj.1' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
     ("HUAWEICLOUD_SDK_PROJECT_ID", "p 1", f"Project id 'p 1' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
     ("HUAWEICLOUD_SDK_PROJECT_ID", f"{PROJECTS[0]},../lake", f"Project id '../lake' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
@@ -265,7 +269,7 @@ _PROJECT_RULE = ("is not valid; a project id is 1 to 64 ASCII letters, digits, '
     ("HUAWEICLOUD_SDK_PROJECT_ID", "ｐｒｏｊ", f"Project id 'ｐｒｏｊ' in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
     ("HUAWEICLOUD_SDK_PROJECT_ID", "a" * 65, f"Project id {'a' * 32!r}... (65 characters) in HUAWEICLOUD_SDK_PROJECT_ID {_PROJECT_RULE}"),
 ], ids=["personal-data-plain", "personal-data-masked", "app-user-id-chinese", "app-user-id-mixed",
-        "project-dot", "project-space", "project-path", "project-chinese", "project-fullwidth", "project-65-chars"])
+        "app-user-id-line-break", "security-token-line-break", "project-dot", "project-space", "project-path", "project-chinese", "project-fullwidth", "project-65-chars"])
 def test_a_bad_setting_ends_the_run_with_one_line_before_any_request(server, tmp_path, name, value, message):
     data_dir = tmp_path / "data"
     result, requests = requests_during(server, lambda: voicejobs(env_for(server, data_dir, **{name: value}),

@@ -240,6 +240,17 @@ def test_the_request_line_carries_the_query_as_signed_and_only_the_headers_httpx
     assert dict((name.lower(), value) for name, value in headers)[b"user-agent"].startswith(b"python-httpx/")
 
 
+@pytest.mark.parametrize("app_user_id", ["user\r\nX-Injected: 1", "user\nX-Injected: 1", "user\x00"])
+def test_a_header_value_with_a_line_break_is_refused_and_nothing_is_sent(app_user_id):
+    """A configured value that would end the header early (METASTUDIO_APP_USER_ID with a line
+    break) never reaches the server: the request fails as a local protocol error."""
+    with KeepAliveServer() as server:
+        client = MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN), app_user_id=app_user_id)
+        with pytest.raises(httpx.LocalProtocolError):
+            run(list_once(client))
+        assert server.requests == []
+
+
 def test_a_compressed_page_is_decoded_and_capped_by_what_it_decoded():
     """A gzip-encoded body is decoded (httpx decodes what the transport hands over undecoded);
     the size cap counts the decoded bytes, so a small compressed bomb is cut as a big page."""
