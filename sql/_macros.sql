@@ -9,6 +9,11 @@
 -- (`FROM analytics.failure_rate_by(analytics.job_outcomes, tag)`), so the model that calls
 -- it still names every relation it reads and the loader sees the dependency.
 --
+-- analytics.utc_day(ts) -> DATE
+--     the UTC calendar day of a TIMESTAMPTZ, whatever the session's TimeZone: a job's creation
+--     day (its lake partition). The instant's microseconds read as a plain timestamp, so no
+--     time-zone rule is looked up; the same expression as utc_day() in
+--     pipelines/warehouse/tables.py, which the sync's own SQL uses.
 -- analytics.failure_rate(failed, succeeded) -> DOUBLE
 --     failed / (succeeded + failed): the share of finished jobs that failed; NULL when none
 --     has finished (jobs still in flight are not counted either way).
@@ -41,6 +46,9 @@
 --     query_table reads a name qualified with main. as unqualified, and inside an analytics
 --     view that finds the analytics relation of the same name.
 
+CREATE OR REPLACE MACRO analytics.utc_day(ts) AS
+    CAST(make_timestamp(epoch_us(ts)) AS DATE);
+
 CREATE OR REPLACE MACRO analytics.failure_rate(failed, succeeded) AS
     CASE WHEN succeeded + failed > 0 THEN failed::DOUBLE / (succeeded + failed) END;
 
@@ -69,7 +77,7 @@ CREATE OR REPLACE MACRO analytics.failure_rate_by(outcomes, group_col) AS TABLE
 
 CREATE OR REPLACE MACRO analytics.job_stats_by(outcomes, period) AS TABLE
     SELECT
-        date_trunc(period, create_time AT TIME ZONE 'UTC')::DATE AS period_start,
+        date_trunc(period, analytics.utc_day(create_time))::DATE AS period_start,
         project_id,
         count(*) AS jobs_created,
         count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,

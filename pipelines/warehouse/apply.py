@@ -37,6 +37,7 @@ from pipelines.warehouse.tables import (
     _aware,
     _hash_expr,
     _is_disk_error,
+    utc_day,
 )
 
 
@@ -186,7 +187,7 @@ class Apply(Lake, Records, Deletions):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _stage AS
             SELECT s.*, j.job_id IS NOT NULL AS existed, j.lastupdate_time AS old_lastupdate_time,
-                   CAST(timezone('UTC', j.create_time) AS DATE) AS old_day, j.deleted_at IS NOT NULL AS was_deleted,
+                   {utc_day('j.create_time')} AS old_day, j.deleted_at IS NOT NULL AS was_deleted,
                    j.valid_from AS old_valid_from, j.observed_at AS old_observed_at, j.row_hash AS old_row_hash,
                    j.old_rowid
             FROM (SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming {newest}) s
@@ -201,7 +202,7 @@ class Apply(Lake, Records, Deletions):
             FROM _stage WHERE NOT existed"""
         )
         stats.history_versions = stats.inserted
-        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _stage WHERE NOT existed")
+        _mark_dirty(con, f"SELECT project_id, {utc_day('create_time')} FROM _stage WHERE NOT existed")
         if existed:
             self._replace_known(con, stats)
 
@@ -217,7 +218,7 @@ class Apply(Lake, Records, Deletions):
             FROM _incoming"""
         )
         stats.inserted = stats.history_versions = stats.incoming
-        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _incoming")
+        _mark_dirty(con, f"SELECT project_id, {utc_day('create_time')} FROM _incoming")
 
     def _replace_known(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
         """Jobs the table holds already: the newer version wins; a changed one moves the
@@ -241,7 +242,7 @@ class Apply(Lake, Records, Deletions):
         stats.stale = existed - winners
         stats.history_versions += versions
         # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
-        _mark_dirty(con, "SELECT project_id, CAST(timezone('UTC', create_time) AS DATE) FROM _win"
+        _mark_dirty(con, f"SELECT project_id, {utc_day('create_time')} FROM _win"
                          " UNION ALL SELECT project_id, old_day FROM _win")
         # A stale row still proves the job is listed: clear its deletion mark. (The statement
         # joins the whole table: 0.25 s per batch at a million jobs, so it runs when needed.)

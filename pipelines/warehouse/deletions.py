@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipelines.warehouse.tables import _TS, JOBS_TABLE, _aware
+from pipelines.warehouse.tables import _TS, JOBS_TABLE, _aware, utc_day
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Deletions:
         marked = con.execute(
             f"""UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM (SELECT DISTINCT * FROM _deleted) d
             WHERE j.project_id = d.project_id AND j.job_id = d.job_id AND j.deleted_at IS NULL
-            RETURNING j.project_id, CAST(timezone('UTC', j.create_time) AS DATE) AS day, j.job_id""",
+            RETURNING j.project_id, {utc_day('j.create_time')} AS day, j.job_id""",
             [deleted_at],
         ).fetchall()
         if marked:

@@ -35,7 +35,14 @@ import pyarrow.compute as pc
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
-from pipelines.warehouse.tables import _COLS, JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError, utc_days
+from pipelines.warehouse.tables import (
+    _COLS,
+    JOBS_TABLE,
+    STORED_JOBS_SCHEMA,
+    WarehouseError,
+    utc_day,
+    utc_days,
+)
 
 EXPORT_PARTITIONS = 64  # lake partitions read per query at most ...
 # ... and about this many rows (a partition bigger than that is read alone). Each query scans
@@ -145,7 +152,7 @@ class Lake(Connections):
             try:
                 con.execute("DELETE FROM lake_dirty")
                 con.execute(
-                    f"INSERT INTO lake_dirty SELECT DISTINCT project_id, CAST(timezone('UTC', create_time) AS DATE)"
+                    f"INSERT INTO lake_dirty SELECT DISTINCT project_id, {utc_day('create_time')}"
                     f" FROM {JOBS_TABLE}"
                 )
                 if present:
@@ -185,7 +192,7 @@ class Lake(Connections):
             sizes = [
                 (project_id, day, count) for project_id, day, count in con.execute(
                     f"""SELECT d.project_id, d.create_day, count(j.job_id) FROM lake_dirty d
-                    LEFT JOIN (SELECT project_id, job_id, CAST(timezone('UTC', create_time) AS DATE) AS create_day
+                    LEFT JOIN (SELECT project_id, job_id, {utc_day('create_time')} AS create_day
                                FROM {JOBS_TABLE} WHERE create_time >= ? AND create_time < ?) j
                       ON j.project_id = d.project_id AND j.create_day = d.create_day
                     GROUP BY ALL ORDER BY 1, 2""",
@@ -243,10 +250,10 @@ class Lake(Connections):
         # full export at 1,000,000 jobs, the list 2.8 s.
         lo, hi = utc_days(min(known), max(known))
         return con.sql(
-            f"SELECT {_COLS}, deleted_at, CAST(timezone('UTC', create_time) AS DATE) AS _day"
+            f"SELECT {_COLS}, deleted_at, {utc_day('create_time')} AS _day"
             f" FROM {JOBS_TABLE} j"
             " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
-            "   AND list_contains(?::DATE[], CAST(timezone('UTC', j.create_time) AS DATE))",
+            f"   AND list_contains(?::DATE[], {utc_day('j.create_time')})",
             params=[project_id, lo, hi, known],
         ).to_arrow_table()
 

@@ -148,6 +148,29 @@ def test_daily_stats_use_utc_days(data):
     assert con.execute("SELECT day FROM analytics.daily_job_stats").fetchall() == [(date(2025, 3, 4),)]
 
 
+@pytest.mark.parametrize("session_zone", ["UTC", "Asia/Shanghai", "America/St_Johns"])
+def test_the_utc_day_is_the_day_in_utc_at_any_session_zone(session_zone):
+    """analytics.utc_day (the models) and utc_day() (the sync's SQL) give the UTC calendar day
+    that CAST(timezone('UTC', t) AS DATE) gives, at midnight's edges, before 1970, at the ends
+    of the calendar and for NULL, whatever the session's TimeZone."""
+    from pipelines.warehouse.tables import utc_day
+
+    con = duckdb.connect()
+    con.execute(f"SET TimeZone = '{session_zone}'")
+    con.execute("CREATE SCHEMA analytics")
+    con.execute((MODELS_DIR / MACROS_FILE).read_text(encoding="utf-8"))
+    instants = ["1969-12-31 23:59:59.999999+00", "1970-01-01 00:00:00+00", "2025-03-04 23:30:00+00",
+                "2025-03-05 05:00:00+08", "2025-03-04 20:29:59.999999-03:30", "2025-03-04 20:30:00-03:30",
+                "0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"]
+    values = ", ".join(f"(TIMESTAMPTZ '{t}')" for t in instants) + ", (NULL::TIMESTAMPTZ)"
+    rows = con.execute(
+        f"SELECT CAST(timezone('UTC', t) AS DATE), analytics.utc_day(t), {utc_day('t')} FROM (VALUES {values}) v(t)"
+    ).fetchall()
+    assert [row[0] for row in rows][:4] == [date(1969, 12, 31), date(1970, 1, 1), date(2025, 3, 4), date(2025, 3, 4)]
+    assert all(row[0] == row[1] == row[2] for row in rows), rows
+    assert rows[-1] == (None, None, None)
+
+
 def test_time_to_finish_by_job_type(con, data):
     rows = table(con, "time_to_finish_by_job_type")
     assert_keyed_rows_equal({r["job_type"]: r for r in rows}, expected_time_to_finish(data))
