@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -202,15 +203,20 @@ class _Body(httpx.AsyncByteStream):
 
 class HttptoolsTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive connections, at most ``limits.max_connections`` at once, TLS verified
-    as httpx verifies it when ``verify``."""
+    as httpx verifies it when ``verify``. A connection idle for longer than
+    ``limits.keepalive_expiry`` (httpx's default: 5 s) is closed instead of reused, as httpx's
+    own pool does: a server or a load balancer may have dropped it without a word."""
 
-    def __init__(self, *, verify: bool, limits: httpx.Limits) -> None:
+    def __init__(self, *, verify: bool, limits: httpx.Limits, monotonic: Callable[[], float] = time.monotonic) -> None:
         # httpx's context (its certificate store), loaded once, and only for an https endpoint.
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._slots_count = limits.max_connections or 100
+        self._expiry = limits.keepalive_expiry
+        self._monotonic = monotonic
         self._slots: asyncio.Semaphore | None = None
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        # Per (scheme, host, port): the idle connections, each with when it became idle.
+        self._idle: dict[tuple[str, str, int], list[tuple[_Connection, float]]] = {}
         self._closed = False
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -234,9 +240,10 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
 
     def _acquire_idle(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
+        now = self._monotonic()
         while idle:
-            conn = idle.pop()
-            if conn.reusable():
+            conn, since = idle.pop()
+            if conn.reusable() and (self._expiry is None or now - since <= self._expiry):
                 conn.reset()
                 return conn
             conn.close()
@@ -246,7 +253,7 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         if self._slots is not None:
             self._slots.release()
         if conn.reusable() and not self._closed:
-            self._idle.setdefault(key, []).append(conn)
+            self._idle.setdefault(key, []).append((conn, self._monotonic()))
         else:
             conn.close()
 
@@ -283,7 +290,7 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         self._closed = True
         for conns in self._idle.values():
-            for conn in conns:
+            for conn, _ in conns:
                 conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # lets the connections' transports finish closing

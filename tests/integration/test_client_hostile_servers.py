@@ -29,6 +29,7 @@ from pipelines.metastudio.errors import (
     ResponseTooLargeError,
     RetriesExhaustedError,
 )
+from pipelines.metastudio.transport import HttptoolsTransport
 from tests.support.client_runs import HANG_GUARD, list_once, run
 from tests.support.clock import FakeClock
 from tests.support.hostile import HostileProxy
@@ -221,6 +222,25 @@ def test_requests_one_after_another_share_one_kept_alive_connection():
         pages = run(five(MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN))))
         assert [p.count for p in pages] == [0] * 5
         assert len(server.requests) == 5 and server.connections == 1
+
+
+def test_a_connection_idle_past_the_keepalive_expiry_is_closed_not_reused():
+    """Idle for longer than httpx's keep-alive expiry (5 s), a connection may have been dropped
+    on the way without a word: the next request opens a new one. Within it, it is reused."""
+    clock = FakeClock()
+    transport = HttptoolsTransport(verify=False, limits=httpx.Limits(max_connections=2), monotonic=clock.monotonic)
+
+    async def requests(url: str) -> list[int]:
+        statuses = []
+        async with httpx.AsyncClient(transport=transport) as http:
+            for wait in (0.0, 4.0, 6.0):
+                clock.now += wait
+                statuses.append((await http.get(url)).status_code)
+        return statuses
+
+    with KeepAliveServer() as server:
+        assert run(requests(f"http://127.0.0.1:{server.port}/")) == [200, 200, 200]
+        assert len(server.requests) == 3 and server.connections == 2
 
 
 def test_the_request_line_carries_the_query_as_signed_and_only_the_headers_httpx_set():
