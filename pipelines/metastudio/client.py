@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import importlib.util
 import logging
 import random as _random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,14 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("voicejobs.client")
-
-# httpcore imports sniffio on every request to learn the async library; when sniffio is not
-# installed, each failed import searches all of sys.path again (about 0.2 ms, a tenth of a
-# sync's CPU, measured with cProfile). Recording the absence once makes the import fail at
-# once, and httpcore then takes asyncio, which is what runs here.
-if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
-
 
 @dataclass
 class ClientStats:
