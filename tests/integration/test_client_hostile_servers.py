@@ -119,12 +119,16 @@ class OneAnswerServer:
 
     def __init__(self, body: bytes = BODY, headers: bytes = b"") -> None:
         self.body, self.headers = body, headers
-        self.requests: list[bytes] = []  # each request's bytes up to the end of its headers
+        self.requests: list[bytes] = []  # each request's line and headers
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    #: Whether a connection stays open for the next request (KeepAliveServer) or is closed
+    #: after one answer.
+    keep_alive = False
 
     def _serve(self) -> None:
         while True:
@@ -133,18 +137,32 @@ class OneAnswerServer:
             except OSError:
                 return
             self.connections += 1
-            with conn:
-                conn.settimeout(HANG_GUARD)
-                request = b""
-                while b"\r\n\r\n" not in request:
+            if self.keep_alive:
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            else:
+                self._answer(conn)
+                self.closed.set()
+
+    def _answer(self, conn: socket.socket) -> None:
+        """Answer each request of ``conn`` with the page, one only unless ``keep_alive``."""
+        with conn:
+            conn.settimeout(HANG_GUARD)
+            pending = b""
+            while True:
+                try:
                     chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                self.requests.append(request)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
-                             b"Content-Length: %d\r\n\r\n%s" % (self.headers, len(self.body), self.body))
-            self.closed.set()
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\r\n\r\n" in pending:
+                    request, pending = pending.split(b"\r\n\r\n", 1)
+                    self.requests.append(request)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                                 b"Content-Length: %d\r\n\r\n%s" % (self.headers, len(self.body), self.body))
+                    if not self.keep_alive:
+                        return
 
     def __enter__(self) -> OneAnswerServer:
         self._thread.start()
@@ -183,32 +201,7 @@ class KeepAliveServer(OneAnswerServer):
     """Plain HTTP on loopback that answers every request of a connection with an empty page and
     keeps the connection open, as the API does."""
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer_all, args=(conn,), daemon=True).start()
-
-    def _answer_all(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(HANG_GUARD)
-            pending = b""
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                pending += chunk
-                while b"\r\n\r\n" in pending:
-                    request, pending = pending.split(b"\r\n\r\n", 1)
-                    self.requests.append(request)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
+    keep_alive = True
 
 
 def test_requests_one_after_another_share_one_kept_alive_connection():
