@@ -117,8 +117,9 @@ class OneAnswerServer:
 
     BODY = b'{"count": 0, "jobs": []}'
 
-    def __init__(self, body: bytes = BODY, headers: bytes = b"") -> None:
+    def __init__(self, body: bytes = BODY, headers: bytes = b"", interim: bytes = b"") -> None:
         self.body, self.headers = body, headers
+        self.interim = interim  # sent before the answer: an interim (1xx) answer, or nothing
         self.requests: list[bytes] = []  # each request's line and headers
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -159,7 +160,7 @@ class OneAnswerServer:
                 while b"\r\n\r\n" in pending:
                     request, pending = pending.split(b"\r\n\r\n", 1)
                     self.requests.append(request)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                    conn.sendall(self.interim + b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
                                  b"Content-Length: %d\r\n\r\n%s" % (self.headers, len(self.body), self.body))
                     if not self.keep_alive:
                         return
@@ -262,6 +263,15 @@ def test_a_header_value_with_a_line_break_is_refused_and_nothing_is_sent(app_use
         with pytest.raises(httpx.LocalProtocolError):
             run(list_once(client))
         assert server.requests == []
+
+
+@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n",
+                                     b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"])
+def test_an_interim_answer_is_skipped_for_the_page_after_it(interim):
+    """A 1xx answer before the real one (early hints from a CDN) is not the page: the page is."""
+    with KeepAliveServer(b'{"count": 1, "jobs": [{"job_id": "j1"}]}', interim=interim) as server:
+        page = run(list_once(MetaStudioClient(f"http://127.0.0.1:{server.port}", TokenAuth(TOKEN), max_attempts=1)))
+    assert (page.count, [job["job_id"] for job in page.jobs]) == (1, ["j1"])
 
 
 def test_a_compressed_page_is_decoded_and_capped_by_what_it_decoded():
