@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 from typing import Any
@@ -57,18 +58,11 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
-        self.body: list[bytes] = []
-        self.buffered = 0
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False
         self.error: Exception | None = None
         self.closed = False
         self.paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self.reset()
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,15 +146,19 @@ class _Connection(asyncio.Protocol):
                 and not self.transport.is_closing())
 
     def reset(self) -> None:
+        """Ready for the next answer: a new parser, nothing of the last answer kept."""
         self.parser = httptools.HttpResponseParser(self)
-        self.headers, self.reason, self.body, self.buffered = [], b"", [], 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.body: deque[bytes] = deque()
+        self.buffered = 0
         self.head_done = self.complete = self.keep_alive = False
 
     def take(self) -> bytes:
         """What the body holds so far, at most READ_BYTES of it."""
-        chunk = self.body.pop(0)
+        chunk = self.body.popleft()
         if len(chunk) > READ_BYTES:
-            self.body.insert(0, chunk[READ_BYTES:])
+            self.body.appendleft(chunk[READ_BYTES:])
             chunk = chunk[:READ_BYTES]
         self.buffered -= len(chunk)
         if self.paused and self.buffered < READ_BYTES and self.transport is not None:
@@ -261,15 +259,15 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         timeouts: dict[str, Any] = request.extensions.get("timeout") or {}
         url = request.url
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        message = _head(request) + (request.content or b"")  # refused before a slot or connection is taken
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._slots_count)
         await self._slots.acquire()
-        _head(request)  # a request that cannot be written fails before a connection is taken
         conn: _Connection | None = None
         try:
             conn = self._acquire_idle(key) or await self._connect(key, timeouts.get("connect"))
             assert conn.transport is not None
-            conn.transport.write(_head(request) + (request.content or b""))
+            conn.transport.write(message)
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error

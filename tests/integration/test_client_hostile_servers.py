@@ -274,6 +274,23 @@ def test_an_interim_answer_is_skipped_for_the_page_after_it(interim):
     assert (page.count, [job["job_id"] for job in page.jobs]) == (1, ["j1"])
 
 
+def test_a_refused_header_does_not_keep_a_connection_slot():
+    """With one connection allowed, requests refused for a header with a line break still leave
+    the slot free: the next good request goes through (it would wait forever for a leaked one)."""
+    transport = HttptoolsTransport(verify=False, limits=httpx.Limits(max_connections=1))
+
+    async def bad_then_good(url: str) -> int:
+        async with httpx.AsyncClient(transport=transport) as http:
+            for _ in range(2):
+                with pytest.raises(httpx.LocalProtocolError):
+                    await http.get(url, headers={"X-App-UserId": "u\r\nX-Injected: 1"})
+            return (await http.get(url)).status_code
+
+    with KeepAliveServer() as server:
+        assert run(bad_then_good(f"http://127.0.0.1:{server.port}/")) == 200
+        assert len(server.requests) == 1
+
+
 def test_a_compressed_page_is_decoded_and_capped_by_what_it_decoded():
     """A gzip-encoded body is decoded (httpx decodes what the transport hands over undecoded);
     the size cap counts the decoded bytes, so a small compressed bomb is cut as a big page."""
