@@ -267,14 +267,15 @@ def test_a_batch_of_jobs_never_seen_is_appended_as_the_staged_upsert_would(tmp_p
             jobs([rec("a", "SUCCEED", updated_min=9), rec("e")], synced_at=SYNC2),  # a is known: staged
         ]
 
-    appended = []
-    real_append = apply_module.Apply._append_new
+    appended = []  # rows of each batch appended straight from the batch, not staged
+    real_append = apply_module._append_first_versions
 
-    def spy(con, stats):
-        appended.append(stats.incoming)
-        real_append(con, stats)
+    def spy(con, rows, row_hash):
+        if rows == "_incoming":
+            appended.append(con.execute("SELECT count(*) FROM _incoming").fetchall()[0][0])
+        real_append(con, rows, row_hash)
 
-    monkeypatch.setattr(apply_module.Apply, "_append_new", staticmethod(spy))
+    monkeypatch.setattr(apply_module, "_append_first_versions", spy)
     fast = Warehouse(tmp_path / "fast")
     fast_run = fast.begin_run("days", {"since": "2025-03-01"})
     fast_stats = [fast.apply(fast_run, jobs=batch, export=False) for batch in batches()]
