@@ -447,12 +447,17 @@ class Simulator:
 
 def run_step(**args) -> dict:
     """Run one measured step in a fresh Python process; its RESULT line as a dict."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(args, default=str)],
+    return run_child(Path(__file__), args)
+
+
+def run_child(script: Path, args: dict) -> dict:
+    """``script --child <args as JSON>`` in a fresh Python process: the dict its RESULT line holds."""
+    proc = subprocess.run([sys.executable, str(script.resolve()), "--child", json.dumps(args, default=str)],
                           cwd=ROOT, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"step {args['step']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    raise RuntimeError(f"step {args.get('step', script.name)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 @dataclass

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import AK, PROJECT, SK, Simulator, _first_day, _list_url, _page_query, _sim_now  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    AK,
+    PROJECT,
+    SK,
+    Simulator,
+    _first_day,
+    _list_url,
+    _page_query,
+    _sim_now,
+    run_child,
+)
 
 CANDIDATES = ("httpx", "httpx+httptools")
 IN_FLIGHT = 8
@@ -90,14 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             for name in CANDIDATES:
-                spec = json.dumps({"url": sim.url, "candidate": name, "repeat": args.repeat, "days": args.days})
-                proc = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
-                                      check=False, cwd=ROOT)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if proc.returncode or line is None:
-                    print(proc.stderr[-3000:], file=sys.stderr)
-                    return 1
-                results[name].append(json.loads(line[len("RESULT "):]))
+                spec = {"url": sim.url, "candidate": name, "repeat": args.repeat, "days": args.days}
+                results[name].append(run_child(Path(__file__), spec))
     finally:
         sim.close()
     first = results[CANDIDATES[0]][0]
