@@ -167,6 +167,37 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
 
 
 @BOTH_LAKES
+def test_an_export_allocates_arrow_memory_with_malloc_and_gives_the_pool_back(wh: Warehouse, run: str, monkeypatch):
+    """The export's Arrow work (sorting, casting, encoding, in the writer's threads) allocates
+    from the C library's malloc, which gives freed memory back, not from pyarrow's default pool
+    (mimalloc kept about 100 MB of a million-job export's freed buffers). The process's pool is
+    back after the export, also when a write fails."""
+    import pyarrow as pa
+
+    usual = pa.default_memory_pool().backend_name
+    pools: list[str] = []
+    write_all = wh.lake.write_all
+
+    def spying(items):
+        pools.append(pa.default_memory_pool().backend_name)
+        return write_all(items)
+
+    monkeypatch.setattr(wh.lake, "write_all", spying)
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    assert pools and set(pools) == {"system"} != {usual}
+    assert pa.default_memory_pool().backend_name == usual
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+    def failing(items):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(wh.lake, "write_all", failing)
+    with pytest.raises(OSError):
+        wh.apply(run, jobs=jobs([rec("c")]))
+    assert pa.default_memory_pool().backend_name == usual
+
+
+@BOTH_LAKES
 def test_a_partition_bigger_than_one_read_is_streamed_into_its_file_by_job_id(wh: Warehouse, run: str, monkeypatch):
     """A burst day (more rows than one read) is read and written in pieces of job_id ranges,
     each a row group, instead of held whole and copied to sort it. Its file holds the same rows
