@@ -134,3 +134,23 @@ def test_the_transport_benchmark_times_both_transports_on_the_same_requests():
     for cells in timed.values():
         assert re.fullmatch(r"\d+\.\d{3} ms CPU/request", cells[0]) and re.fullmatch(r"\d+\.\d\d s wall", cells[1])
     assert timed["httpx"][2] == timed["httpx+httptools"][2] != "0 jobs", rows  # the same pages
+
+
+def test_the_changes_benchmark_writes_every_spread_out_change_and_measures_both_candidates():
+    """benchmarks/changes.py at its smallest: the read-only floor writes nothing, the apply
+    candidate writes a new version of every job it changed, and both are measured."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "changes.py"), "--jobs", "2000", "--days", "4", "--batch", "300",
+         "--batches", "2", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, *rows, total = proc.stdout.splitlines()
+    assert re.fullmatch(r"[\d,]+ jobs stored; 2 batches of 300 changed jobs picked over the whole table; median of 1",
+                        header), header
+    measured = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", row.strip()) for row in rows)}
+    assert set(measured) == {"read", "apply"}, rows
+    for cells in measured.values():
+        assert cells[0] == "peak RSS" and re.fullmatch(r"\d+ MB", cells[1]) and re.fullmatch(r"\d+\.\d\d s", cells[2])
+    assert measured["read"][3] == "0 new versions" and measured["apply"][3] == "600 new versions", rows
+    assert re.fullmatch(r"apply over read: [+-]\d+ MB, [+-]\d+\.\d\d s", total.strip()), total

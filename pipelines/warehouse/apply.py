@@ -288,12 +288,17 @@ _PAST_COLS = ", ".join("j.observed_at" if c == "synced_at" else f"j.{c}" for c i
 def _changed_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The content columns in which some new version (_win) differs from the row it replaces
     (_old), compared in Arrow (NULL equal to NULL): the same in SQL, a FILTER or bool_or() per
-    column, took 0.4 s for 7,000 rows, the Arrow comparison 0.1 s with the fetch."""
-    olds = ", ".join(f"j.{c}" for c in _CONTENT_COLS)
-    news = ", ".join(f"w.{c}" for c in _CONTENT_COLS)
-    pairs = con.sql(f"SELECT {olds}, {news} FROM _old j JOIN _win w ON j.old_rowid = w.old_rowid").to_arrow_table()
-    n = len(_CONTENT_COLS)
-    return [c for i, c in enumerate(_CONTENT_COLS) if not pairs.column(i).equals(pairs.column(n + i))]
+    column, took 0.4 s for 7,000 rows, the Arrow comparison 0.1 s with the fetch.
+
+    Each side is read from its own table in old_rowid order (_old holds exactly the rows the
+    new versions replace, one per rowid), so row i of one is row i of the other. (Were they
+    ever of different lengths, every column would differ and be set: slower, never wrong.)
+    Joining them on old_rowid instead took the process from 250 MB to 920 MB for 8,000 changed
+    jobs spread over a million-job table, outside DuckDB's memory cap."""
+    columns = ", ".join(_CONTENT_COLS)
+    olds = con.sql(f"SELECT {columns} FROM _old ORDER BY old_rowid").to_arrow_table()
+    news = con.sql(f"SELECT {columns} FROM _win WHERE new_version ORDER BY old_rowid").to_arrow_table()
+    return [c for c in _CONTENT_COLS if not olds.column(c).equals(news.column(c))]
 
 
 def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
