@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.support.arrow_pool import mimalloc_by_default  # noqa: F401
 from tests.support.postgres import postgres_server  # noqa: F401  (a session fixture: one server per test run)
 from tests.support.s3 import s3_lake, s3_server  # noqa: F401  (an S3 server per test run, a lake per test)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import nullcontext, suppress
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.arrowpool import arrow_on_malloc
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
@@ -62,23 +63,6 @@ _Failure = tuple[tuple[str, date], Path | str, OSError]
 T = TypeVar("T")
 # What writing one group of partitions gave: per partition (project_id, day), None or its error.
 _Written = list[tuple[tuple[str, date], OSError | None]]
-
-
-@contextmanager
-def _arrow_allocating_with_malloc() -> Iterator[None]:
-    """Arrow allocates from the C library's malloc for the block, the process's pool back after.
-
-    pyarrow's default pool (mimalloc) keeps the memory an export frees for reuse: a
-    million-job export peaked at 362 MB with it, 309-319 MB with malloc, in the same time.
-    (What Arrow's C++ allocates from its own default pool, out of pyarrow's reach, stays there.)
-    The pool is the process's: other threads' Arrow work meanwhile allocates from malloc too,
-    which is harmless (a buffer goes back to the pool that allocated it)."""
-    usual = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(usual)
 
 
 def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
@@ -223,7 +207,7 @@ class Lake(Connections):
             # Reading a group's rows (DuckDB) and writing its files (Arrow, Parquet) each leave
             # a core idle on a 2-core machine: a group's files are sorted and written in a
             # thread while the next group is read. Marks are cleared here, on this connection.
-            with lean, _arrow_allocating_with_malloc(), ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
+            with lean, arrow_on_malloc(), ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
                 groups = (self._export_partitions(con, project_id, days, rows, writer)
                           for project_id, days, rows in _groups(sizes))
                 for pending in _one_ahead(groups):

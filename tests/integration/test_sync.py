@@ -69,6 +69,26 @@ def test_rerunning_days_is_idempotent_and_the_lake_matches(small_simulator, tmp_
     assert all(d == c for d, c in days)
 
 
+def test_a_sync_allocates_arrow_memory_with_malloc_and_gives_the_pool_back(
+    small_simulator, tmp_path, monkeypatch, mimalloc_by_default: str
+):
+    """A sync's Arrow work (normalizing, writing, exporting) allocates from the C library's
+    malloc (pipelines/arrowpool.py); the caller's pool is back when it returns."""
+    import pyarrow as pa
+
+    pools: list[str] = []
+    apply = Warehouse.apply
+
+    def spying(self, *args, **kwargs):
+        pools.append(pa.default_memory_pool().backend_name)
+        return apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(Warehouse, "apply", spying)
+    report = sync(sim_settings(small_simulator, tmp_path), mode="days", since=UNTIL - timedelta(days=3), until=UNTIL)
+    assert report.rows_written and pools and set(pools) == {"system"}
+    assert pa.default_memory_pool().backend_name == mimalloc_by_default
+
+
 def test_one_day_sync_writes_exactly_that_day(small_simulator, tmp_path):
     settings = sim_settings(small_simulator, tmp_path, personal_data="raw")
     day = (SIM_NOW - timedelta(days=10)).date()

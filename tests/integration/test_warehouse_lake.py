@@ -167,14 +167,16 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
 
 
 @BOTH_LAKES
-def test_an_export_allocates_arrow_memory_with_malloc_and_gives_the_pool_back(wh: Warehouse, run: str, monkeypatch):
+def test_an_export_allocates_arrow_memory_with_malloc_and_gives_the_pool_back(
+    wh: Warehouse, run: str, monkeypatch, mimalloc_by_default: str
+):
     """The export's Arrow work (sorting, casting, encoding, in the writer's threads) allocates
     from the C library's malloc, which gives freed memory back, not from pyarrow's default pool
     (mimalloc kept about 100 MB of a million-job export's freed buffers). The process's pool is
     back after the export, also when a write fails."""
     import pyarrow as pa
 
-    usual = pa.default_memory_pool().backend_name
+    usual = mimalloc_by_default
     pools: list[str] = []
     write_all = wh.lake.write_all
 
