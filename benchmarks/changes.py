@@ -15,7 +15,8 @@ each job a new state and update time:
   changed job's row and moves its old version to the history), without the lake export.
 
 Printed per candidate: the peak RSS of its process and its wall time, medians of ``--rounds``
-rounds that alternate the candidates, and ``apply``'s figures over ``read``'s.
+rounds that alternate the candidates, and the new versions it wrote (none for ``read``); then
+``apply``'s figures over ``read``'s.
 """
 
 from __future__ import annotations
