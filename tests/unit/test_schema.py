@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.contract import TERMINAL_STATES
 from pipelines.ingest import JOBS_SCHEMA, SCHEMA_VERSION, mask_phone, normalize, strip_url_credentials
+from pipelines.ingest.finish import _stripped_urls
 from pipelines.ingest.schema import KNOWN_STATES
 
 SYNCED = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -453,6 +454,25 @@ def test_mask_phone(phone, masked):
 )  # fmt: skip
 def test_strip_url_credentials(url, stripped):
     assert strip_url_credentials(url) == stripped
+
+
+def test_a_column_of_urls_is_stripped_as_each_url_is():
+    """The ingestion's column-at-a-time cut gives what strip_url_credentials gives each value,
+    with and without user-info left after the cut, and NULLs staying NULL."""
+    urls = [
+        "https://bucket.obs.cn-north-4.myhuaweicloud.com/a/b.wav?AccessKeyId=AK&Expires=1&Signature=S%3D",
+        "https://h/p#token=abc", "https://h/p#frag?x=1", "https://h/p?x=1#frag", "https://h/p?a@b#c@d",
+        "https://h/path/with@sign", "https://h/plain.zip", "obs://bucket/key?sig=1", "", "?only", "#only",
+        "https://h/\u00e9t\u00e9?\u00e9=1", "https://h/line\nbreak?x=\n1", None,
+    ]
+    without_user_info = pa.array(urls, pa.string())
+    assert _stripped_urls(without_user_info).to_pylist() == [
+        None if u is None else strip_url_credentials(u) for u in urls]
+    with_user_info = pa.array([*urls, "https://user:secret@h:9000/p?q", "ftp://a@b@h/x#y"], pa.string())
+    assert _stripped_urls(with_user_info).to_pylist() == [
+        None if u is None else strip_url_credentials(u) for u in with_user_info.to_pylist()]
+    assert _stripped_urls(with_user_info)[-2].as_py() == "https://h:9000/p"
+    assert _stripped_urls(pa.array([None, None], pa.string())).to_pylist() == [None, None]
 
 
 def test_a_batch_with_one_bad_row_keeps_the_rest_intact():
