@@ -104,15 +104,19 @@ class Run:
 
     def absorb_part(self, task: Task, window: Window, jobs: list[dict], synced_at: datetime) -> None:
         """Take jobs of a window still being listed (see fetch_window's sink); its record and
-        its deletions come with the finished window (absorb())."""
+        its deletions come with the finished window (absorb()). They wait to be normalized
+        with others (settle(), once settle_due)."""
         self.pending.append((task, window, jobs, synced_at))
         self.pending_rows += len(jobs)
-        if self.pending_rows >= NORMALIZE_ROWS:
-            self.settle()
+
+    @property
+    def settle_due(self) -> bool:
+        """Enough rows wait to be normalized together."""
+        return self.pending_rows >= NORMALIZE_ROWS
 
     def absorb(self, task: Task, result: WindowResult, synced_at: datetime, listed_at: datetime | None = None) -> None:
-        """Take one finished window: what it listed and what it proves deleted now, its rows
-        once enough windows wait to be normalized together (see settle())."""
+        """Take one finished window: what it listed and what it proves deleted now; its rows
+        wait to be normalized with others (see absorb_part())."""
         if result.jobs:  # a result fetched without a sink carries its jobs
             self.absorb_part(task, result.window, result.jobs, synced_at)
         for leaf in result.leaves:
@@ -132,8 +136,6 @@ class Run:
                             task.window.since, task.window.until, task.project_id)
         self.report.windows += 1
         self.report.jobs_fetched += result.listed
-        if self.pending_rows >= NORMALIZE_ROWS:
-            self.settle()
         crashpoint("fetched")
         self.progress.windows_done += 1
         self.progress.jobs += result.listed
@@ -329,7 +331,8 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     it is absorbed (fetched jobs never pile up when normalizing is the slower stage), and one
     batch at a time is applied in a worker thread while the next is fetched and normalized
     (DuckDB and Parquet writing release the GIL). A batch is applied only after the previous
-    one committed, so transactions keep their order.
+    one committed, so transactions keep their order. Normalizing runs in a worker thread too,
+    one group at a time, so the event loop goes on reading answers and sending requests.
     """
     # Keyset paging reads a window one page after another, so max_in_flight windows keep every
     # request slot busy; two more keep the pipe full while one is normalized.
@@ -354,6 +357,11 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
                 done += 1
             del result
             absorbed.set()
+            if run.settle_due:
+                # In a worker thread: the event loop meanwhile reads the answers that arrive and
+                # sends the next pages. Normalizing on it held every window for 40-60 ms at a
+                # time; at 20 ms latency a million-job sync took 89 s instead of 94-97 s.
+                await asyncio.to_thread(run.settle)
             if run.buffer_full:
                 if applying is not None:
                     await applying

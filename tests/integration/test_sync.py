@@ -134,6 +134,34 @@ def test_windows_are_written_in_chunks_while_they_are_listed(make_simulator, tmp
     assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
 
 
+def test_windows_are_normalized_off_the_event_loop_and_every_row_arrives(make_simulator, tmp_path, monkeypatch):
+    """Normalizing a group of absorbed windows runs in a worker thread, not on the thread of the
+    event loop that pages (which would hold every window's next request meanwhile), and the
+    warehouse still ends equal to the source."""
+    import threading
+
+    from pipelines.sync import pipeline
+
+    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
+    threads: list[tuple[threading.Thread, int]] = []
+    settle = pipeline.Run.settle
+
+    def recording(self):
+        threads.append((threading.current_thread(), self.pending_rows))
+        return settle(self)
+
+    monkeypatch.setattr(pipeline.Run, "settle", recording)
+    simulator = make_simulator(**dict(SMALL, days=6))
+    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
+                  since=UNTIL - timedelta(days=7), until=UNTIL)
+
+    groups = [thread for thread, rows in threads if rows >= 200]
+    assert len(groups) >= 3 and threading.main_thread() not in groups
+    truth = truth_by_project(simulator)
+    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
+    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+
+
 def test_the_garbage_collector_runs_less_often_during_a_sync_and_as_before_after(make_simulator, tmp_path,
                                                                                   monkeypatch):
     """A run raises the collector's thresholds (SYNC_GC_THRESHOLDS) while it pages and writes,
