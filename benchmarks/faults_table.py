@@ -1,6 +1,7 @@
 """Per fault class: what a sync against the simulator did and the retries it took.
 
     .venv/bin/python -m benchmarks.faults_table
+    .venv/bin/python -m benchmarks.faults_table --only 500,truncated   # the rows naming these
 
 Each row is one days-sync of a small simulator (2 projects, 45 days, 1,200 jobs) with
 one kind of fault served on 10% of requests (the rate cap row: none injected, the server
@@ -11,6 +12,7 @@ truth field by field (tests/support/expected.py).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -61,11 +63,17 @@ def run_case(changes: dict) -> dict:
                 rows=report.rows_written, equal=equal, seconds=elapsed)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated words: run the rows whose fault class names one")
+    words = [w.strip().lower() for w in parser.parse_args(argv).only.split(",") if w.strip()]
+    cases = [(name, changes) for name, changes in CASES if not words or any(w in name.lower() for w in words)]
+    if not cases:
+        parser.error(f"no fault class names any of {words}; the classes: {', '.join(name for name, _ in CASES)}")
     header = f"| {'fault class':<29} | requests | faults served | retries | by cause | rows | equal | seconds |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, changes in CASES:
+    for name, changes in cases:
         r = run_case(changes)
         print(f"| {name:<29} | {r['requests']:>8} | {r['faults']:>13} | {r['retries']:>7} | {r['causes']} "
               f"| {r['rows']} | {r['equal']} | {r['seconds']:.1f} |", flush=True)

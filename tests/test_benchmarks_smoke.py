@@ -154,3 +154,22 @@ def test_the_changes_benchmark_writes_every_spread_out_change_and_measures_both_
         assert cells[0] == "peak RSS" and re.fullmatch(r"\d+ MB", cells[1]) and re.fullmatch(r"\d+\.\d\d s", cells[2])
     assert measured["read"][3] == "0 new versions" and measured["apply"][3] == "600 new versions", rows
     assert re.fullmatch(r"apply over read: [+-]\d+ MB, [+-]\d+\.\d\d s", total.strip()), total
+
+
+def test_the_faults_table_runs_the_fault_classes_asked_for_and_each_sync_equals_the_source():
+    """benchmarks/faults_table.py (the README's table of what a sync does under each fault class)
+    for two of its rows: each retried every fault it was served and ended equal to the truth."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.faults_table", "--only", "500,truncated"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, rule, *rows = proc.stdout.splitlines()
+    assert header.split("|")[1].strip() == "fault class" and set(rule) == {"|", "-"}, header
+    cells = {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[2:-1]] for row in rows}
+    assert set(cells) == {"500 JSON error", "truncated JSON (200)"}, rows
+    for requests, faults, retries, causes, rows_written, equal, seconds in cells.values():
+        assert int(faults) > 0 and retries == faults and int(requests) > int(faults), cells
+        assert causes.endswith(f": {faults}"), cells  # every retry of the one cause served
+        assert int(rows_written) > 0 and equal == "yes" and float(seconds) > 0, cells
+    assert cells["500 JSON error"][3].startswith("5xx: ") and cells["truncated JSON (200)"][3].startswith("malformed: ")
