@@ -53,7 +53,7 @@ FIRST_DAY = (SIM_NOW - timedelta(days=DAYS + 1)).date()
 
 # (crash point, what the run had done when it died)
 CRASH_POINTS = [
-    "fetched",  # a window fetched and normalized; nothing written
+    "fetched",  # a window fetched and absorbed; nothing written
     "before_flush",  # the first buffer is about to be applied
     "before_flush:2",  # between flushes: the first project's changes committed, the second's not
     "apply_before_commit",  # inside the DuckDB transaction, every write done, COMMIT not issued
