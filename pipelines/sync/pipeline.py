@@ -235,8 +235,10 @@ class Run:
     def apply(self, batch: _Batch, *, deleted_at: datetime | None,
               watermarks: dict[str, datetime] | None = None) -> None:
         """One warehouse transaction for ``batch``; safe to run in a worker thread beside absorb()."""
-        jobs = pa.concat_tables(batch.tables) if batch.tables else JOBS_SCHEMA.empty_table()
-        batch.tables = []  # the concatenated table is the only copy from here on
+        # The parts are slices of about 500 rows; DuckDB reads one chunk per column for less: a
+        # million-job sync used 103-105 s of CPU against 108-110 s with the parts as they came.
+        jobs = pa.concat_tables(batch.tables).combine_chunks() if batch.tables else JOBS_SCHEMA.empty_table()
+        batch.tables = []  # the combined table is the only copy from here on
         crashpoint("before_flush")
         stats = self.warehouse.apply(
             self.run_id,

@@ -162,6 +162,32 @@ def test_windows_are_normalized_off_the_event_loop_and_every_row_arrives(make_si
     assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
 
 
+def test_a_batch_reaches_the_warehouse_as_one_chunk_per_column(make_simulator, tmp_path, monkeypatch):
+    """The windows' parts a batch gathers (slices of their groups' tables) are joined into one
+    chunk per column before the transaction, and every row still arrives."""
+    from pipelines.sync import pipeline
+
+    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    chunks: list[int] = []
+    apply = Warehouse.apply
+
+    def recording(self, run_id, *, jobs, **kwargs):
+        if jobs.num_rows:
+            chunks.append(max(column.num_chunks for column in jobs.columns))
+        return apply(self, run_id, jobs=jobs, **kwargs)
+
+    monkeypatch.setattr(Warehouse, "apply", recording)
+    simulator = make_simulator(**dict(SMALL, days=6))
+    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
+                  since=UNTIL - timedelta(days=7), until=UNTIL)
+
+    assert len(chunks) >= 2 and set(chunks) == {1}
+    truth = truth_by_project(simulator)
+    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
+    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+
+
 def test_the_garbage_collector_runs_less_often_during_a_sync_and_as_before_after(make_simulator, tmp_path,
                                                                                   monkeypatch):
     """A run raises the collector's thresholds (SYNC_GC_THRESHOLDS) while it pages and writes,
