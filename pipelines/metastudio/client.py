@@ -46,7 +46,7 @@ from pipelines.metastudio.response import (
     parse_page,
 )
 from pipelines.metastudio.retry import RETRY_CAUSES, OutOfBudget, Retryable, RetryBudget
-from pipelines.metastudio.transport import HttptoolsTransport
+from pipelines.metastudio.transport import CookielessClient, HttptoolsTransport
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_SECONDS",
@@ -159,7 +159,7 @@ class MetaStudioClient(SourceClock, Pacing):
         # loading the certificate store would cost every run its time for nothing.
         verify = url.scheme == "https"
         limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-        self._http = httpx.AsyncClient(
+        self._http = CookielessClient(
             auth=auth,
             verify=verify,
             timeout=httpx.Timeout(timeout),

@@ -581,3 +581,25 @@ def test_invalid_settings_raise_configuration_errors():
         MetaStudioClient(BASE, TokenAuth(TOKEN), max_in_flight=0)
     with pytest.raises(ConfigurationError):
         MetaStudioClient(BASE, TokenAuth(TOKEN), max_requests_per_second=0)
+
+
+def test_a_cookie_an_answer_sets_is_neither_kept_nor_sent_back():
+    """The API authenticates each request by itself; a cookie set on the way (a proxy, a
+    gateway) does not ride along on the next request."""
+    sent: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("Cookie"))
+        response = json_response(200, OK_BODY)
+        response.headers["Set-Cookie"] = "session=abc123; Path=/"
+        return response
+
+    client = make_client(handler)
+
+    async def twice() -> list[Page]:
+        async with client:
+            return [await client.list_jobs("proj-1", {}) for _ in range(2)]
+
+    pages = run(twice())
+    assert [len(page.jobs) for page in pages] == [2, 2]
+    assert sent == [None, None]
