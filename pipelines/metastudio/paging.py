@@ -376,24 +376,23 @@ class _Fetcher:
         offset = 0
         page = first
         pages = 1
+        time_field = self.kind.time_field
         while True:
+            stamps: list[int] = []  # the page's times (whole seconds), where a job has one
             for job in page.jobs:
                 key = job_key(job)
                 # A job listed twice in one pass (a boundary second, or a server repeating it)
                 # keeps its most recently updated version, as everywhere else.
                 self.offer(key, job)
                 seen[key] = job.get("job_id")
-                seconds_of[key] = epoch_seconds(job.get(self.kind.time_field))
+                seconds_of[key] = second = epoch_seconds(job.get(time_field))
+                if second is not None:
+                    stamps.append(second)
             if self.sink is not None and len(self.chunk) >= SINK_ROWS:
                 await self.hand()
             if len(page.jobs) < PAGE_LIMIT:
                 return seen, pages, True
             lower_s = int(lower.timestamp())
-            stamps = [
-                s
-                for s in (epoch_seconds(job.get(self.kind.time_field)) for job in page.jobs)
-                if s is not None
-            ]
             # The cursor moves only on times inside the window: a record whose time lies outside
             # it (a server bug, or a corrupt value) must not end the pass or move it past jobs.
             inside = [s for s in stamps if lower_s <= s <= until]

@@ -34,6 +34,8 @@ def floor_second(dt: datetime) -> datetime:
 
 def epoch_seconds(value: object) -> int | None:
     """Whole epoch seconds of an API timestamp (seconds or milliseconds, per value); None if not one."""
+    if type(value) is int:  # what the API sends: the other checks are for what it should not
+        return None if value < 0 else value // 1000 if value >= EPOCH_MS_THRESHOLD else value
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -51,6 +53,8 @@ def epoch_seconds(value: object) -> int | None:
 
 
 def _epoch_millis(value: object) -> int | None:
+    if type(value) is int:
+        return value if value >= EPOCH_MS_THRESHOLD else value * 1000
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = int(value)

@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from pipelines.contract import EPOCH_MS_THRESHOLD
 from pipelines.metastudio import paging
 from pipelines.metastudio.auth import TokenAuth, query_pairs
 from pipelines.metastudio.client import MetaStudioClient
@@ -27,6 +28,7 @@ from pipelines.metastudio.paging import (
     fetch_window,
     format_time,
 )
+from pipelines.metastudio.windows import _epoch_millis
 
 DAY = date(2025, 3, 1)
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -188,6 +190,12 @@ def test_epoch_values_in_seconds_or_milliseconds():
     assert epoch_seconds(1_740_787_200_999) == 1_740_787_200
     assert epoch_seconds("1740787200123") == 1_740_787_200
     assert epoch_seconds(None) is None and epoch_seconds(True) is None and epoch_seconds("soon") is None
+    threshold = EPOCH_MS_THRESHOLD
+    assert [epoch_seconds(v) for v in (0, -1, threshold - 1, threshold, 1.5e12, False, " 17 ")] == [
+        0, None, threshold - 1, threshold // 1000, 1_500_000_000, None, 17]
+    # The version stamp paging compares: milliseconds, a number of seconds scaled up.
+    assert [_epoch_millis(v) for v in (1_740_787_200, 1_740_787_200_999, 1.5e9, True, "1740787200", None)] == [
+        1_740_787_200_000, 1_740_787_200_999, 1_500_000_000_000, None, None, None]
 
 
 # ---------------------------------------------------------------- keyset paging
