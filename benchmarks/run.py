@@ -718,6 +718,25 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
 # ---------------------------------------------------------------------------------- targets
 
 
+#: The packages whose releases move the figures: the baseline's HTTP stack (httpx, httpcore, h11)
+#: as much as the sync's own.
+MEASURED_PACKAGES = ("httpx", "httpcore", "h11", "httptools", "orjson", "pyarrow", "duckdb", "dlt")
+
+
+def package_versions() -> dict[str, str]:
+    """The installed version of each of MEASURED_PACKAGES ("absent" where it is not installed),
+    kept with the results: two runs on different releases are not comparable."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in MEASURED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
 def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("yes" if ok else "no")
 
@@ -899,6 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     context = (f"{checkout}; {traffic_note}, {args.days} days of history, sizes {', '.join(f'{s:,}' for s in sizes)}; "
                f"{os.cpu_count()} cores, Python {platform.python_version()}")
     print(context, flush=True)
+    packages = package_versions()
+    print("packages: " + ", ".join(f"{name} {version}" for name, version in packages.items()), flush=True)
     results: list[Result] = []
 
     def echo(result: Result, into: list[Result], size: int | None = None) -> None:
@@ -936,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps({
         "started": stamp, "suite_seconds": round(total, 1), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(), "checkout": checkout,
-        "traffic": traffic or "steady",
+        "traffic": traffic or "steady", "packages": packages,
         "days": args.days, "sizes": sizes, "columns": list(COLUMNS), "target_columns": list(TARGET_COLUMNS),
         "results": [asdict(r) for r in results], "targets": [asdict(t) for t in targets],
     }, indent=2))
