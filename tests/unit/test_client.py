@@ -603,3 +603,14 @@ def test_a_cookie_an_answer_sets_is_neither_kept_nor_sent_back():
     pages = run(twice())
     assert [len(page.jobs) for page in pages] == [2, 2]
     assert sent == [None, None]
+
+
+def test_the_client_refuses_cookies_handed_to_it():
+    from pipelines.metastudio.transport import CookielessClient
+
+    with pytest.raises(ValueError, match="sends no cookies"):
+        CookielessClient(cookies={"session": "abc"})
+    client = CookielessClient()
+    with pytest.raises(ValueError, match="sends no cookies"):
+        client.cookies = {"session": "abc"}
+    assert not client.cookies
