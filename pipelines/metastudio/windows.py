@@ -34,30 +34,30 @@ def floor_second(dt: datetime) -> datetime:
 
 def epoch_seconds(value: object) -> int | None:
     """Whole epoch seconds of an API timestamp (seconds or milliseconds, per value); None if not one."""
-    if type(value) is int:  # what the API sends: the other checks are for what it should not
-        return None if value < 0 else value // 1000 if value >= EPOCH_MS_THRESHOLD else value
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.isdigit():
-            return None
-        value = int(text)
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return None
-        value = int(value)
-    if not isinstance(value, int) or value < 0:
+    if type(value) is not int:  # an int is what the API sends; the rest, what it should not
+        value = _whole_number(value)
+    if value is None or value < 0:
         return None
     return value // 1000 if value >= EPOCH_MS_THRESHOLD else value
 
 
-def _epoch_millis(value: object) -> int | None:
-    if type(value) is int:
-        return value if value >= EPOCH_MS_THRESHOLD else value * 1000
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _whole_number(value: object) -> int | None:
+    """A timestamp sent as digits in a string or as a float, as an int; None for anything else."""
+    if isinstance(value, bool):
         return None
-    value = int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.isdigit() else None
+    if isinstance(value, float):
+        return None if value != value else int(value)  # NaN
+    return value if isinstance(value, int) else None
+
+
+def _epoch_millis(value: object) -> int | None:
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        value = int(value)
     return value if value >= EPOCH_MS_THRESHOLD else value * 1000
 
 
