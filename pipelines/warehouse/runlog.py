@@ -34,6 +34,10 @@ from pipelines.warehouse.tables import (
 
 log = logging.getLogger(__name__)
 
+#: Every this many sync runs, the run's checkpoints merge the row groups the runs before left
+#: partly filled (DuckDB's vacuum, off otherwise: see db.DUCKDB_MAX_VACUUM_TASKS).
+COMPACT_EVERY_RUNS = 64
+
 # Runs begun by this process and not finished yet (see Warehouse.begin_run).
 _LIVE_RUNS: set[str] = set()
 _LIVE_RUNS_LOCK = threading.Lock()
@@ -50,6 +54,10 @@ class RunLog(Lake):
         was found and stats saying so. Only one process can open warehouse.duckdb for writing
         and a sync keeps it open from begin_run() to finish_run(), so every 'running' row is
         dead except the runs this process began and has not finished (_LIVE_RUNS).
+
+        Every COMPACT_EVERY_RUNS-th run turns DuckDB's vacuum on for the connection it is begun
+        on (a sync's, inside ``connect()``), so that run's checkpoints merge the row groups the
+        runs before left partly filled.
         """
         run_id = uuid.uuid4().hex
         now = datetime.now(UTC)
@@ -73,11 +81,15 @@ class RunLog(Lake):
                     "INSERT INTO sync_runs (run_id, started_at, status, mode, details) VALUES (?, ?, 'running', ?, ?)",
                     [run_id, now, mode, json.dumps(dict(details), default=str, sort_keys=True)],
                 )
+                runs = con.execute("SELECT count(*) FROM sync_runs").fetchone()[0]
                 con.execute("COMMIT")
             except BaseException:
                 with suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
+            if runs % COMPACT_EVERY_RUNS == 0:
+                log.info("Run %d: this run's checkpoints merge the row groups left partly filled.", runs)
+                con.execute("RESET max_vacuum_tasks")
         with _LIVE_RUNS_LOCK:
             _LIVE_RUNS.add(run_id)
         return run_id

@@ -18,7 +18,7 @@ import duckdb
 
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
-from pipelines.warehouse.db import STORAGE_VERSION, Connections
+from pipelines.warehouse.db import DUCKDB_MAX_VACUUM_TASKS, STORAGE_VERSION, Connections
 from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
@@ -91,6 +91,8 @@ class Serving(Connections):
         crashpoint("serving_copying")  # a snapshot copy left half-done
         con = duckdb.connect(str(tmp))
         try:
+            # Its checkpoint merges no row groups either: the copy keeps the warehouse's (see db.py).
+            con.execute(f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
             for table in SYNC_ONLY_TABLES:
                 con.execute(f"DROP TABLE IF EXISTS main.{table}")
             con.execute("CHECKPOINT")
