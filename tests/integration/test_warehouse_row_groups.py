@@ -29,14 +29,20 @@ def _append_and_checkpoint(wh: Warehouse, con: duckdb.DuckDBPyConnection, run_id
     con.execute("CHECKPOINT")
 
 
+def _run_adding_groups(wh: Warehouse, con: duckdb.DuckDBPyConnection, batches: range) -> str:
+    """Begin a run and append a batch of 50 jobs per number in ``batches``, each checkpointed."""
+    run_id = wh.begin_run("days", {})
+    for batch in batches:
+        _append_and_checkpoint(wh, con, run_id, batch)
+    return run_id
+
+
 def test_a_checkpoint_after_new_rows_leaves_the_row_groups_before_as_they_are(tmp_path: Path):
     # DuckDB would merge the four partly filled groups with the new one: at a million jobs that
     # rewrote 250,000 rows (3.9 s) in the first change capture after a backfill.
     wh = Warehouse(tmp_path)
     with wh.connect() as con:
-        run_id = wh.begin_run("days", {})
-        for batch in range(4):
-            _append_and_checkpoint(wh, con, run_id, batch)
+        run_id = _run_adding_groups(wh, con, range(4))
         before = _row_groups(con)
         assert before == [(0, 50), (1, 50), (2, 50), (3, 50)]
         _append_and_checkpoint(wh, con, run_id, 4)
@@ -49,8 +55,7 @@ def test_every_nth_run_merges_the_partly_filled_row_groups(tmp_path: Path, monke
     wh = Warehouse(tmp_path)
     for run in range(1, 4):
         with wh.connect() as con:
-            run_id = wh.begin_run("days", {})
-            _append_and_checkpoint(wh, con, run_id, run)
+            run_id = _run_adding_groups(wh, con, range(run, run + 1))
             wh.finish_run(run_id, "succeeded", {})
             groups = _row_groups(con)
         if run < 3:
@@ -59,8 +64,7 @@ def test_every_nth_run_merges_the_partly_filled_row_groups(tmp_path: Path, monke
     assert groups == [(0, 150)]
     with wh.connect() as con:
         # ... and the next run leaves them alone again.
-        run_id = wh.begin_run("days", {})
-        _append_and_checkpoint(wh, con, run_id, 4)
+        _run_adding_groups(wh, con, range(4, 5))
         assert _row_groups(con) == [(0, 150), (1, 50)]
 
 
@@ -69,9 +73,7 @@ def test_the_serving_snapshot_keeps_the_row_groups_as_they_are(tmp_path: Path):
     # merge there rewrote the million-job table's tail again (4.2 s, 514 MB).
     wh = Warehouse(tmp_path)
     with wh.connect() as con:
-        run_id = wh.begin_run("days", {})
-        for batch in range(3):
-            _append_and_checkpoint(wh, con, run_id, batch)
+        run_id = _run_adding_groups(wh, con, range(3))
         wh.apply(run_id, jobs=jobs([rec(f"j9-{i}") for i in range(50)]), export=False)
         wh.finish_run(run_id, "succeeded", {})
         wh.publish_serving()
