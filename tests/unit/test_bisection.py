@@ -108,10 +108,13 @@ def test_the_costs_of_a_second_boundary_are_exact():
         (T0, T0 + day), (T0 + day, T0 + 2 * day),            # then days
         (T0 + day, T0 + day + timedelta(hours=12)), (T0 + day + timedelta(hours=12), T0 + 2 * day),
         (T0 + day, T0 + day + timedelta(hours=6)), (T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=12)),
+        (T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=9)),
+        (T0 + day + timedelta(hours=9), T0 + day + timedelta(hours=12)),
     ]
-    # 131 jobs at the source in the last range: at most LEAF_JOBS, so it is paged, not split
-    assert found.windows == [Window(T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=12))]
-    assert found.requests == 9
+    # 131 jobs at the source from 06:00 to 12:00, more than LEAF_JOBS: split once more; the
+    # 60 from 06:00 to 09:00 are at most LEAF_JOBS, so that range is paged, not split
+    assert found.windows == [Window(T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=9))]
+    assert found.requests == 11
 
 
 def test_a_deletion_inside_a_second_of_300_jobs_stops_at_that_second():
