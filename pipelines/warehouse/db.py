@@ -41,8 +41,10 @@ DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
 # backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
-# 17 s 200k-job backfill). 256 MB checkpoints every several batches; 1 GB was no faster at
-# 1M jobs and would let more un-checkpointed data pile up against the memory limit.
+# 17 s 200k-job backfill; that rewrite was the merge DUCKDB_MAX_VACUUM_TASKS now turns off).
+# 256 MB checkpoints every several batches; 1 GB was no faster at 1M jobs and would let more
+# un-checkpointed data pile up against the memory limit. With the merge off, 64 and 32 MB took
+# the same time and peaked within 6 MB of it at a million jobs (one run each).
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 # New rows after a checkpoint start a row group of their own, and the next checkpoint that follows
 # new rows merges partly filled groups, rewriting them whole (DuckDB's vacuum): every sync's
