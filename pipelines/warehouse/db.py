@@ -54,11 +54,17 @@ DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 # SQL models 2.2-2.4 s against 2.2 s merged; every COMPACT_EVERY_RUNS-th run merges them
 # (RunLog.begin_run). Jobs are never deleted, so there is nothing else for the vacuum to reclaim.
 DUCKDB_MAX_VACUUM_TASKS = 0
+
 # Work that needs little of DuckDB (the lake export: filtered scans whose rows go to Arrow)
 # runs under this cap, so DuckDB gives back the blocks it kept from the writing before. A
 # 100,000-job export peaked at 347 MB under the usual cap and 307 MB under this one.
 DUCKDB_LEAN_MEMORY_LIMIT = "48MB"
 
+
+def merge_row_groups(con: duckdb.DuckDBPyConnection, merge: bool) -> None:
+    """Let the database's checkpoints merge partly filled row groups (DuckDB's default), or not
+    (DUCKDB_MAX_VACUUM_TASKS). The setting is the database's: every cursor of ``con`` shares it."""
+    con.execute("RESET max_vacuum_tasks" if merge else f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
 
 
 def free_pinned(con: duckdb.DuckDBPyConnection) -> bool:
@@ -123,7 +129,7 @@ class Connections:
             con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
             con.execute(f"SET threads = {DUCKDB_THREADS}")
             con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
-            con.execute(f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
+            merge_row_groups(con, False)
             if not self._schema_ready:
                 self._migrate(con)
                 self._schema_ready = True

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.crashpoints import crashpoint
+from pipelines.warehouse.db import merge_row_groups
 from pipelines.warehouse.lake import Lake, LakeExportError
 from pipelines.warehouse.tables import (
     _COLS,
@@ -89,7 +90,7 @@ class RunLog(Lake):
                 raise
             if runs % COMPACT_EVERY_RUNS == 0:
                 log.info("Run %d: this run's checkpoints merge the row groups left partly filled.", runs)
-                con.execute("RESET max_vacuum_tasks")
+                merge_row_groups(con, True)
         with _LIVE_RUNS_LOCK:
             _LIVE_RUNS.add(run_id)
         return run_id

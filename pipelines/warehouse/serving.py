@@ -18,7 +18,7 @@ import duckdb
 
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
-from pipelines.warehouse.db import DUCKDB_MAX_VACUUM_TASKS, STORAGE_VERSION, Connections
+from pipelines.warehouse.db import STORAGE_VERSION, Connections, merge_row_groups
 from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
@@ -92,7 +92,7 @@ class Serving(Connections):
         con = duckdb.connect(str(tmp))
         try:
             # Its checkpoint merges no row groups either: the copy keeps the warehouse's (see db.py).
-            con.execute(f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
+            merge_row_groups(con, False)
             for table in SYNC_ONLY_TABLES:
                 con.execute(f"DROP TABLE IF EXISTS main.{table}")
             con.execute("CHECKPOINT")
