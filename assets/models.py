@@ -4,8 +4,9 @@ All models are computed by one op over one DuckDB connection, in dependency orde
 lets a single process write the warehouse file, and the models are cheap next to the sync.
 Dagster still shows and selects each model as its own asset, with its own deps.
 
-Asset keys: a table model's key is its name (`failure_rate_by_tag`). A view's key is
-prefixed `analytics` (`analytics/job_outcomes`). A view that mirrors a warehouse relation of
+Asset keys: an aggregate table's key is its name (`failure_rate_by_tag`). A view's key, and an
+incremental table's (one row per job, rebuilt by creation day: `analytics/job_outcomes`, a view
+before it became one, keeps its key), is prefixed `analytics`. A view that mirrors a warehouse relation of
 the same name, leaving deleted jobs out, is keyed `analytics/live_<name>`
 (`analytics/live_voice_training_jobs`): the lineage then reads as the sync asset
 `voice_training_jobs` feeding its live view, not as an asset feeding itself. The SQL
@@ -93,14 +94,23 @@ CONFIG_SCHEMA = {
             "Analytics views show phone and URL columns as stored; set only when the warehouse "
             "was deliberately ingested with the raw personal-data policy."
         ),
-    )
+    ),
+    "full_refresh": dg.Field(
+        bool,
+        default_value=False,
+        description=(
+            "Rebuild every model from the whole warehouse. By default a refresh rebuilds what changed "
+            "since the last one (pipelines/incremental.py); set it after editing warehouse.duckdb by hand."
+        ),
+    ),
 }
 
 
 def model_asset_key(model: Model) -> dg.AssetKey:
-    """The asset key of a model: its name for tables, `analytics/<name>` for views, and
-    `analytics/live_<name>` for a view over the warehouse relation of its own name."""
-    if model.kind != "view":
+    """The asset key of a model: its name for aggregate tables, `analytics/<name>` for views and
+    incremental tables, and `analytics/live_<name>` for a view over the warehouse relation of
+    its own name."""
+    if model.kind != "view" and not model.incremental_by:
         return dg.AssetKey(model.name)
     return dg.AssetKey(["analytics", f"live_{model.name}" if model.name in model.sources else model.name])
 
@@ -198,6 +208,7 @@ def build_analytics_assets(
                 allow_unmasked_personal_data=bool(
                     context.op_execution_context.op_config["allow_unmasked_personal_data"]
                 ),
+                incremental=not context.op_execution_context.op_config["full_refresh"],
             )
             for name in rows:
                 model = by_name[name]

@@ -101,7 +101,7 @@ def _cmd_sync(args) -> int:
     warehouse = Warehouse.for_settings(settings)
     with open_source(settings, simulator=args.simulator) as source:
         report = sync(source.settings, mode=mode, since=since, until=until, warehouse=warehouse,
-                      progress=_progress_printer(), refresh=True)
+                      progress=_progress_printer(), refresh=True, full_refresh=args.full_refresh)
     print(report.summary())
     print(f"warehouse: {warehouse.db_path}\nserving snapshot: {warehouse.serving_path}")
     _tell_dagster(report, warehouse)
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--until", help="last creation day, YYYY-MM-DD (inclusive)")
     s.add_argument("--simulator", action="store_true",
                    help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
+    s.add_argument("--full-refresh", action="store_true",
+                   help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
     s.set_defaults(mode="days")
 
     r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted",
@@ -293,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", required=True, help="last creation day, YYYY-MM-DD (inclusive)")
     r.add_argument("--simulator", action="store_true",
                    help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
+    r.add_argument("--full-refresh", action="store_true",
+                   help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
     r.set_defaults(mode="reconcile")
 
     sub.add_parser("simulator", help="run the MetaStudio simulator (see `voicejobs simulator --help`)", add_help=False)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines import incremental as inc
+from pipelines.incremental import SCOPE_MACRO, Build
 from pipelines.ingest.schema import PHONE_FIELD, URL_FIELDS
 from pipelines.warehouse import WarehouseError, _is_disk_error, free_pinned
 
@@ -47,6 +49,8 @@ _CREATE = re.compile(
 _ANALYTICS_REF = re.compile(r"\banalytics\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()", re.IGNORECASE)
 _MAIN_REF = re.compile(r"\bmain\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 _DEPENDS_ON = re.compile(r"^--\s*depends_on:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+# A header line `-- incremental_by: <project column>, <creation time column>` (see incremental.py).
+_INCREMENTAL_BY = re.compile(r"^--\s*incremental_by:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
 # Comments and string literals, scanned left to right so a quote inside a comment (or a
 # "--" inside a string) is not mistaken for the other.
 _COMMENT_OR_STRING = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", re.DOTALL)
@@ -78,6 +82,8 @@ class Model:
     depends_on: names of the models it reads (sorted).
     sources: the `main.*` warehouse tables it reads (sorted).
     description: the file's leading comment block, without the comment markers.
+    incremental_by: for an incremental model, its project and creation-time columns (see
+        pipelines/incremental.py); empty for the others.
     """
 
     name: str
@@ -87,10 +93,16 @@ class Model:
     description: str
     kind: str = "table"
     sources: tuple[str, ...] = ()
+    incremental_by: tuple[str, ...] = ()
 
     @property
     def relation(self) -> str:
         return f"{SCHEMA}.{self.name}"
+
+    @property
+    def select(self) -> str:
+        """The query of its CREATE statement: what the relation holds."""
+        return _CREATE.split(self.sql, maxsplit=1)[-1].strip().rstrip(";")
 
 
 def _header(sql: str) -> str:
@@ -100,7 +112,7 @@ def _header(sql: str) -> str:
         if not stripped.startswith("--"):
             break
         text = stripped[2:]
-        if _DEPENDS_ON.match(stripped):
+        if _DEPENDS_ON.match(stripped) or _INCREMENTAL_BY.match(stripped):
             continue
         lines.append(text[1:] if text.startswith(" ") else text)
     return "\n".join(lines).strip()
@@ -129,6 +141,7 @@ def parse_model(path: Path) -> Model:
     for declared in _DEPENDS_ON.findall(sql):
         depends |= {d.strip() for d in declared.split(",") if d.strip()}
     sources = {ref.lower() for ref in _MAIN_REF.findall(code)}
+    incremental_by = _incremental_by(path, sql, code, kind.lower())
     return Model(
         name=name,
         path=path,
@@ -137,7 +150,22 @@ def parse_model(path: Path) -> Model:
         description=description,
         kind=kind.lower(),
         sources=tuple(sorted(sources)),
+        incremental_by=incremental_by,
     )
+
+
+def _incremental_by(path: Path, sql: str, code: str, kind: str) -> tuple[str, ...]:
+    """The columns of an `-- incremental_by:` header, checked (ModelError); () without one."""
+    declared = _INCREMENTAL_BY.findall(sql)
+    if not declared:
+        return ()
+    columns = tuple(c.strip() for c in declared[0].split(",") if c.strip())
+    if len(declared) > 1 or len(columns) != 2 or kind != "table":
+        raise ModelError(f"{path.name}: an incremental model is a table with one header line "
+                         "`-- incremental_by: <project column>, <creation time column>`")
+    if not re.search(rf"{re.escape(SCOPE_MACRO)}\s*\(", code, re.IGNORECASE):
+        raise ModelError(f"{path.name}: an incremental model reads its jobs through {SCOPE_MACRO}(project_id, create_time)")
+    return columns
 
 
 def order_models(models: Iterable[Model]) -> list[Model]:
@@ -268,6 +296,7 @@ def refresh_models(
     models: Sequence[Model] | None = None,
     allow_unmasked_personal_data: bool = False,
     count_rows: bool = True,
+    incremental: bool = False,
 ) -> dict[str, int]:
     """Rebuild the given models (default: all) in dependency order, in one transaction.
 
@@ -278,16 +307,15 @@ def refresh_models(
     Analytics views expose phone and URL columns as stored, so the refresh refuses
     (UnmaskedPersonalDataError, nothing changed) when the warehouse holds them in clear,
     unless `allow_unmasked_personal_data` says the raw policy is intended.
+
+    An incremental model that the given ones read is brought up to date with them (it is a
+    table: it would otherwise be read as it was). With ``incremental``, what no change reached
+    is kept and an incremental model rebuilds the marked creation days only (see
+    pipelines/incremental.py); without, every model is rebuilt.
     """
-    ordered = list(models) if models is not None else load_models()
-    macros = macros_for(ordered)  # all of them, whichever models are asked for
-    if names is not None:
-        known = {m.name for m in ordered}
-        unknown = sorted(set(names) - known)
-        if unknown:
-            raise ModelError(f"unknown model(s): {', '.join(unknown)}")
-        wanted = set(names)
-        ordered = [m for m in ordered if m.name in wanted]
+    everything = list(models) if models is not None else load_models()
+    macros = macros_for(everything)  # all of them, whichever models are asked for
+    ordered = _with_incremental_sources(everything, names)
     checked_through = None
     if not allow_unmasked_personal_data and any("voice_training_jobs" in m.sources for m in ordered):
         checked_through = _check_personal_data(con)
@@ -303,26 +331,13 @@ def refresh_models(
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             _record_checked(con, checked_through)
             _create_macros(con, macros)
-            shared = shared_views(ordered)
-            frozen: dict[str, str] = {}
-            for model in ordered:
-                try:
-                    con.execute(_reading_frozen(model, frozen))
-                    if model.name in shared:
-                        frozen[model.name] = _freeze(con, model)
-                except duckdb.Error as exc:
-                    if _is_disk_error(exc):
-                        raise
-                    raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
-                if count_rows:
-                    rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+            rows = _build(con, ordered, everything, macros, incremental=incremental, count_rows=count_rows)
         except BaseException:
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
         # DuckDB writes the models when committing: a full disk surfaces here.
         con.execute("COMMIT")
-        _drop_frozen(con, frozen)
     except (OSError, duckdb.Error) as exc:
         if not _is_disk_error(exc):
             raise
@@ -332,6 +347,66 @@ def refresh_models(
             f"refreshing the SQL models in {database or 'the warehouse'} failed ({detail}); free space on {disk} "
             "and run again; the warehouse keeps its data (the models their previous state)"
         ) from exc
+    return rows if names is None else {name: n for name, n in rows.items() if name in set(names)}
+
+
+def _with_incremental_sources(models: Sequence[Model], names: Sequence[str] | None) -> list[Model]:
+    """``models`` (in order) restricted to ``names`` and the incremental models they read,
+    directly or through views; ModelError for an unknown name."""
+    if names is None:
+        return list(models)
+    by_name = {m.name: m for m in models}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise ModelError(f"unknown model(s): {', '.join(unknown)}")
+    wanted, seen, pending = set(names), set(names), list(names)
+    while pending:
+        for dep in by_name[pending.pop()].depends_on:
+            model = by_name[dep]
+            if dep not in seen and (model.kind == "view" or model.incremental_by):
+                seen.add(dep)
+                pending.append(dep)
+                if model.incremental_by:
+                    wanted.add(dep)
+    return [m for m in models if m.name in wanted]
+
+
+def _build(con: duckdb.DuckDBPyConnection, ordered: Sequence[Model], everything: Sequence[Model],
+           macros: Sequence[tuple[Path, str]], *, incremental: bool, count_rows: bool) -> dict[str, int]:
+    """Bring ``ordered`` up to date inside the caller's transaction (see pipelines/incremental.py)."""
+    current = {m.name: inc.fingerprint(m, macros) for m in ordered}
+    built = inc.built_fingerprints(con)
+    days = inc.marked_days(con)
+    kinds = inc.existing_kinds(con, SCHEMA)
+    builds = inc.plan(ordered, incremental=incremental, built=built, current=current, kinds=kinds,
+                      marked=None if days is None else bool(days))
+    shared = shared_views([m for m in ordered if builds[m.name] is Build.FULL])
+    frozen: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    try:
+        for model in ordered:
+            try:
+                if builds[model.name] is Build.DAYS:
+                    inc.rebuild_days(con, model.relation, model.select, model.incremental_by, days or [])
+                    _create_macros(con, macros)  # the scope macro admits every job again
+                elif builds[model.name] is Build.FULL:
+                    if kinds.get(model.name.lower(), model.kind) != model.kind:
+                        con.execute(f"DROP {kinds[model.name.lower()].upper()} {model.relation}")
+                    con.execute(_reading_frozen(model, frozen))
+                    if model.name in shared:
+                        frozen[model.name] = _freeze(con, model)
+                if model.kind == "table" and built is not None and builds[model.name] is not Build.KEEP:
+                    inc.record_built(con, model.name, current[model.name])
+            except duckdb.Error as exc:
+                if _is_disk_error(exc):
+                    raise
+                raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
+            if count_rows:
+                rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+        if days and all(m in ordered for m in everything if m.incremental_by):
+            inc.clear_marks(con)
+    finally:
+        _drop_frozen(con, frozen)
     return rows
 
 

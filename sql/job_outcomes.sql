@@ -1,5 +1,8 @@
--- analytics.job_outcomes (view): one row per job the source still lists, reduced to what the
+-- analytics.job_outcomes (table): one row per job the source still lists, reduced to what the
 -- aggregate models need: its outcome and, once it finished, how long it took.
+-- Incremental: a sync's refresh rebuilds only the rows of the creation days whose jobs changed
+-- (see pipelines/incremental.py); the table models read this table.
+-- incremental_by: project_id, create_time
 -- Columns:
 --   project_id, job_id    VARCHAR      the job's key,
 --   job_type, tag, language, state, job_failed_code, job_failed_reason
@@ -22,7 +25,7 @@
 --   in_progress_by_service BOOLEAN     in progress and waiting on the service (any other
 --                                      non-terminal state, NULL included); with waiting_on_user
 --                                      it splits outcome 'in_progress' in two.
-CREATE OR REPLACE VIEW analytics.job_outcomes AS
+CREATE OR REPLACE TABLE analytics.job_outcomes AS
 -- The first terminal version of a job is one of the versions a newer one replaced (a handful
 -- of jobs) or its current version: the jobs row, whose valid_from the warehouse keeps beside
 -- it (when its row_hash says it is a version of record; see analytics.voice_training_job_history).
@@ -63,7 +66,7 @@ jobs AS (
     FROM main.voice_training_jobs AS j
     LEFT JOIN first_terminal_replaced AS ft
         ON ft.project_id = j.project_id AND ft.job_id = j.job_id
-    WHERE analytics.still_listed(j.deleted_at)
+    WHERE analytics.still_listed(j.deleted_at) AND analytics.in_refresh_scope(j.project_id, j.create_time)
 )
 SELECT
     * EXCLUDE (waits_on),

@@ -28,13 +28,14 @@ log = logging.getLogger("voicejobs.sync")
 
 
 def refresh_and_publish(warehouse: Warehouse, settings: Settings,
-                        phase: Callable[[str], None] | None = None) -> dict[str, float]:
+                        phase: Callable[[str], None] | None = None, *, full: bool = False) -> dict[str, float]:
     """After a sync: rebuild the SQL models, publish the snapshot BI tools read, and with
     VOICEJOBS_POSTGRES_URL set, publish that snapshot into PostgreSQL.
 
     Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
     sync, the models and the snapshot hold the file's lock as one unit of work. ``phase``
-    hears each step as it starts; returns the seconds of each."""
+    hears each step as it starts; returns the seconds of each. The models rebuild what changed
+    since their last refresh (pipelines/incremental.py); with ``full``, everything."""
     from pipelines.models import refresh_models
 
     seconds: dict[str, float] = {}
@@ -42,7 +43,8 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         if phase:
             phase("building the SQL models")
         started = time.monotonic()
-        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw", count_rows=False)
+        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw", count_rows=False,
+                       incremental=not full)
         seconds["models"] = time.monotonic() - started
         crashpoint("models_refreshed")
         if phase:
@@ -151,12 +153,14 @@ def sync(
     warehouse: Warehouse | None = None,
     progress: Callable[[SyncProgress], None] | None = None,
     refresh: bool = False,
+    full_refresh: bool = False,
 ) -> SyncReport:
     """Run one sync to completion (blocking). ``mode``: days, incremental or reconcile.
 
     With ``refresh``, the SQL models and the serving snapshot are rebuilt in the same unit of
     work, under the same hold of the warehouse file: the run is recorded as succeeded only
-    when all three are done, and no other process can take the file in between."""
+    when all three are done, and no other process can take the file in between. The models
+    rebuild what the run changed; with ``full_refresh``, all of them from the whole warehouse."""
     mode = Mode(mode)
     if mode.by_creation_day:
         if since is None or until is None:
@@ -171,11 +175,11 @@ def sync(
         claim(warehouse, identity)
         report = SyncReport(run_id="", mode=mode, projects=projects, since=since, until=until,
                             source=identity.origin, simulated=identity.simulated)
-        return _sync_run(settings, warehouse, report, progress, refresh)
+        return _sync_run(settings, warehouse, report, progress, refresh, full_refresh)
 
 
 def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
-              progress: Callable[[SyncProgress], None] | None, refresh: bool) -> SyncReport:
+              progress: Callable[[SyncProgress], None] | None, refresh: bool, full_refresh: bool) -> SyncReport:
     since, until = report.since, report.until
     report.run_id = run_id = warehouse.begin_run(report.mode, {
         "since": str(since) if since else None, "until": str(until) if until else None,
@@ -188,7 +192,7 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         asyncio.run(_sync(client, run, report.mode, since, until))
         report.phase_seconds["fetch and write"] = time.monotonic() - started
         if refresh:
-            report.phase_seconds.update(refresh_and_publish(warehouse, settings, run.announce))
+            report.phase_seconds.update(refresh_and_publish(warehouse, settings, run.announce, full=full_refresh))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)

@@ -7,7 +7,8 @@ Layout under `data_dir` (see the shared contract):
   `voice_training_job_past_versions` (the versions a newer one replaced), the views
   `voice_training_job_history` (SCD2: the past versions and the current ones) and
   `voice_training_job_transitions`, `sync_windows`, `sync_runs`, `sync_state`,
-  `quarantine`, `lake_dirty`, `schema_migrations`; schema `analytics` for the SQL models.
+  `quarantine`, `lake_dirty`, `models_dirty`, `schema_migrations`; schema `analytics` for the SQL
+  models.
 - `lake/voice_training_jobs/create_day=YYYY-MM-DD/project_id=<id>/data.parquet`: one file
   per creation day (UTC) and project, holding JOBS_SCHEMA + deleted_at, rewritten whole.
   VOICEJOBS_LAKE_URI puts the lake elsewhere: another directory, or s3://bucket/prefix (the
@@ -23,6 +24,7 @@ One module per concern, each a room of the one :class:`Warehouse`:
 - ``apply``: the apply transaction: jobs never seen appended, known ones upserted (a
   replaced version kept as a past version), the lake partitions marked for export.
 - ``deletions``: the ranges a source listed completely and the deletion marks they prove.
+- ``marks``: what a batch marks for later: lake partitions to export, days the models rebuild.
 - ``records``: what a batch records besides jobs: windows listed, quarantine, watermarks.
 - ``lake``: partition keys, the export of dirty partitions (once per run), rebuild.
 - ``lakestore``: where the lake's files live, a local directory or an S3-compatible store.

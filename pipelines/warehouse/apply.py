@@ -27,6 +27,7 @@ from pipelines.crashpoints import crashpoint
 from pipelines.ingest.schema import JOBS_SCHEMA, Quarantined
 from pipelines.warehouse.deletions import Deletions, ReconciledRange
 from pipelines.warehouse.lake import Lake
+from pipelines.warehouse.marks import mark_both, mark_lake, mark_models
 from pipelines.warehouse.records import Records, WindowRecord
 from pipelines.warehouse.tables import (
     _COLS,
@@ -149,7 +150,7 @@ class Apply(Lake, Records, Deletions):
     @staticmethod
     def _drop_scratch(con: duckdb.DuckDBPyConnection) -> None:
         """Forget the registered Arrow tables and temp tables of one transaction."""
-        for name in ("_incoming", "_deleted", "_recon", "_seen", "_windows_in"):
+        for name in ("_incoming", "_deleted", "_deleted_days", "_recon", "_seen", "_windows_in"):
             with suppress(duckdb.Error):
                 con.unregister(name)
         for name in ("_stage", "_win", "_old"):
@@ -226,8 +227,12 @@ class Apply(Lake, Records, Deletions):
         stats.stale = existed - winners
         stats.history_versions += versions
         # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
-        _mark_dirty(con, f"SELECT project_id, {utc_day('create_time')} FROM _win"
-                         " UNION ALL SELECT project_id, old_day FROM _win")
+        # The models read no synced_at: for them only new versions change anything.
+        def moved(winners: str) -> str:
+            return f"SELECT project_id, {utc_day('create_time')} FROM {winners} UNION ALL SELECT project_id, old_day FROM {winners}"
+
+        mark_lake(con, moved("_win"))
+        mark_models(con, moved("(FROM _win WHERE new_version)"))
         # A stale row still proves the job is listed: clear its deletion mark. (The statement
         # joins the whole table: 0.25 s per batch at a million jobs, so it runs when needed.)
         if undeleting:
@@ -236,7 +241,7 @@ class Apply(Lake, Records, Deletions):
                 WHERE s.existed AND s.was_deleted AND j.project_id = s.project_id AND j.job_id = s.job_id
                 RETURNING j.job_id"""
             ).fetchall())
-            _mark_dirty(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
+            mark_both(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
         # The winners replace their rows in place, in the columns some winner changes (only
         # synced_at when no winner is a new version). Deleted and re-appended instead, 14,000
         # changed jobs of a million left deletions in every row group, and the checkpoint after
@@ -301,15 +306,6 @@ def _changed_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [c for c in _CONTENT_COLS if not olds.column(c).equals(news.column(c))]
 
 
-def _mark_dirty(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
-    """Mark the lake partitions (project_id, creation day) a query yields for export, once each."""
-    con.execute(
-        f"""INSERT INTO lake_dirty
-        SELECT DISTINCT p, d FROM ({partitions_sql}) AS t(p, d)
-        WHERE d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lake_dirty x WHERE x.project_id = p AND x.create_day = d)"""
-    )
-
-
 def _distinct_keys(jobs: pa.Table) -> bool:
     """Whether every (project_id, job_id) of ``jobs`` is there once."""
     projects = jobs["project_id"]
@@ -327,7 +323,7 @@ def _append_first_versions(con: duckdb.DuckDBPyConnection, rows: str, row_hash: 
         SELECT {_COLS}, NULL, coalesce(lastupdate_time, create_time), synced_at, {row_hash}
         FROM {rows}"""
     )
-    _mark_dirty(con, f"SELECT project_id, {utc_day('create_time')} FROM {rows}")
+    mark_both(con, f"SELECT project_id, {utc_day('create_time')} FROM {rows}")
 
 
 def _any_known(con: duckdb.DuckDBPyConnection) -> bool:

@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pipelines.warehouse.marks import mark_both
 from pipelines.warehouse.tables import _TS, JOBS_TABLE, _aware, utc_day
 
 
@@ -49,11 +50,11 @@ class Deletions:
             [deleted_at],
         ).fetchall()
         if marked:
-            con.executemany(
-                "INSERT INTO lake_dirty SELECT ?, ? WHERE NOT EXISTS"
-                " (SELECT 1 FROM lake_dirty WHERE project_id = ? AND create_day = ?)",
-                [[p, d, p, d] for p, d in {(p, d) for p, d, _ in marked}],
-            )
+            con.register("_deleted_days", pa.table({
+                "project_id": pa.array([p for p, _, _ in marked], pa.string()),
+                "create_day": pa.array([d for _, d, _ in marked], pa.date32()),
+            }))
+            mark_both(con, "SELECT project_id, create_day FROM _deleted_days")
         return marked
 
     @staticmethod

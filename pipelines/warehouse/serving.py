@@ -26,7 +26,8 @@ SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.d
 #: Tables of the sync's own bookkeeping, left out of the serving snapshot. It keeps the jobs,
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
-SYNC_ONLY_TABLES = ("quarantine", "lake_dirty", "sync_state", "sync_windows", "schema_migrations")
+SYNC_ONLY_TABLES = (
+    "quarantine", "lake_dirty", "models_dirty", "sync_state", "sync_windows", "schema_migrations")
 # The oldest DuckDB release that can read serving.duckdb.
 SERVING_STORAGE_VERSION = STORAGE_VERSION
 

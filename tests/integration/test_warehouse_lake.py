@@ -14,6 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from pipelines.warehouse import Warehouse
@@ -110,6 +111,19 @@ def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
     assert lake_keys(wh) == []
     if wh.lake_dir is not None:
         assert list(wh.lake_dir.iterdir()) == []  # no empty partition directories left behind
+
+
+def test_a_deleted_job_without_a_create_time_leaves_no_partition_to_export(wh: Warehouse, run: str):
+    """A job without a create_time has no lake partition. Marking it deleted marked a NULL day
+    for export, and the export then failed on it (AttributeError), every later one too."""
+    undated = jobs([rec("u")])
+    column = undated.schema.get_field_index("create_time")
+    undated = undated.set_column(column, undated.schema.field(column), pa.nulls(1, undated.schema.field(column).type))
+    wh.apply(run, jobs=jobs([rec("a")]))
+    wh.apply(run, jobs=undated)
+    wh.apply(run, jobs=jobs([]), deleted=[("p1", "a"), ("p1", "u")])
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+    assert [(r["job_id"], r["deleted_at"] is not None) for r in lake_rows(wh)] == [("a", True)]
 
 
 @BOTH_LAKES

@@ -19,6 +19,7 @@ from assets.models import HEADLINES
 from pipelines.models import (
     MACROS_FILE,
     MODELS_DIR,
+    Model,
     ModelError,
     UnmaskedPersonalDataError,
     load_models,
@@ -397,8 +398,8 @@ def test_macros_reach_the_serving_snapshot(tmp_path, data):
         plain.close()
 
 
-def _model_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple]]:
-    names = [m.name for m in load_models() if m.kind == "table"]
+def _model_tables(con: duckdb.DuckDBPyConnection, models: list[Model] | None = None) -> dict[str, list[tuple]]:
+    names = [m.name for m in (models or load_models()) if m.kind == "table"]
     return {name: con.execute(f"SELECT * FROM analytics.{name}").fetchall() for name in names}
 
 
@@ -406,43 +407,56 @@ def _frozen_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_frozen_%'").fetchall()]
 
 
-def test_a_view_several_tables_read_is_evaluated_once_per_refresh(data, monkeypatch):
-    """analytics.job_outcomes feeds nine table models: a refresh evaluates it once, into a
-    temporary table, and every table comes out as if each had read the view itself."""
-    assert shared_views(load_models()) == {"job_outcomes"}
-    assert shared_views([m for m in load_models() if m.name in ("job_outcomes", "daily_job_stats")]) == set()
+def models_with_a_shared_view(directory: Path) -> list[Model]:
+    """The models of sql/ with analytics.job_outcomes a plain view, as it was before it became an
+    incremental table: nine table models then read one view."""
+    for model in load_models():
+        sql = model.sql
+        if model.name == "job_outcomes":
+            sql = re.sub(r"^-- incremental_by:.*\n", "", sql, flags=re.MULTILINE)
+            sql = sql.replace("CREATE OR REPLACE TABLE analytics.job_outcomes", "CREATE OR REPLACE VIEW analytics.job_outcomes")
+        (directory / model.path.name).write_text(sql, encoding="utf-8")
+    (directory / MACROS_FILE).write_text((MODELS_DIR / MACROS_FILE).read_text(encoding="utf-8"), encoding="utf-8")
+    return load_models(directory)
+
+
+def test_a_view_several_tables_read_is_evaluated_once_per_refresh(data, monkeypatch, tmp_path):
+    """A view that nine table models read is evaluated once per refresh, into a temporary
+    table, and every table comes out as if each had read the view itself."""
+    models = models_with_a_shared_view(tmp_path)
+    assert shared_views(models) == {"job_outcomes"}
+    assert shared_views([m for m in models if m.name in ("job_outcomes", "daily_job_stats")]) == set()
+    assert shared_views(load_models()) == set(), "sql/'s job_outcomes is a table"
     shared = duckdb.connect()
     create_warehouse(shared)
     data.load(shared)
-    refresh_models(shared)
+    refresh_models(shared, models=models)
     assert _frozen_tables(shared) == [], "the temporary copy is dropped with the refresh"
     monkeypatch.setattr("pipelines.models.shared_views", lambda models: set())
     each = duckdb.connect()
     create_warehouse(each)
     data.load(each)
-    refresh_models(each)
-    got, want = _model_tables(shared), _model_tables(each)
+    refresh_models(each, models=models)
+    got, want = _model_tables(shared, models), _model_tables(each, models)
     assert sum(len(rows) for rows in want.values()) > 100
     assert got == want
 
 
 def test_a_failed_refresh_leaves_no_temporary_copy(tmp_path, data):
-    for model in load_models():
-        (tmp_path / model.path.name).write_text(model.sql, encoding="utf-8")
-    (tmp_path / MACROS_FILE).write_text((MODELS_DIR / MACROS_FILE).read_text(encoding="utf-8"), encoding="utf-8")
+    working = models_with_a_shared_view(tmp_path)
     (tmp_path / "zz_broken.sql").write_text(
         "-- one row per nothing\nCREATE OR REPLACE TABLE analytics.zz_broken AS SELECT no_such_column FROM analytics.job_outcomes;\n",
         encoding="utf-8")
     con = duckdb.connect()
     create_warehouse(con)
     data.load(con)
-    refresh_models(con)
-    before = _model_tables(con)
+    refresh_models(con, models=working)
+    before = _model_tables(con, working)
     con.execute("DELETE FROM main.voice_training_jobs WHERE state = 'FAILED'")
     with pytest.raises(ModelError, match="zz_broken"):
         refresh_models(con, models=load_models(tmp_path))
     assert _frozen_tables(con) == []
-    assert _model_tables(con) == before, "every model keeps its previous state"
+    assert _model_tables(con, working) == before, "every model keeps its previous state"
 
 
 def test_a_refresh_frees_what_earlier_commits_pinned_before_copying_a_view(tmp_path, monkeypatch):
@@ -475,7 +489,8 @@ def test_a_refresh_frees_what_earlier_commits_pinned_before_copying_a_view(tmp_p
     at_copy = []
     freeze = models_module._freeze
     monkeypatch.setattr(models_module, "_freeze", lambda c, view: (at_copy.append(pinned()), freeze(c, view))[1])
-    refresh_models(con)
+    (tmp_path / "models").mkdir()
+    refresh_models(con, models=models_with_a_shared_view(tmp_path / "models"))
     assert at_copy == [0]
     assert con.execute("SELECT count(*) FROM analytics.job_outcomes").fetchall() == [(20000,)]
     con.close()
@@ -525,7 +540,9 @@ def test_refresh_subset_and_unknown_names():
             "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'analytics'"
         ).fetchall()
     }
-    assert built == {"failure_rate_by_tag"}
+    assert built == {"failure_rate_by_tag", "job_outcomes"}
+    # The incremental table a model reads is brought up to date with it, not reported.
+    assert refresh_models(con, ["failure_rate_by_tag"]) == {"failure_rate_by_tag": 1}
     with pytest.raises(ModelError, match="unknown model"):
         refresh_models(con, ["no_such_model"])
 
