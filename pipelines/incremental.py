@@ -1,15 +1,16 @@
 """Incremental refresh of the SQL models: what a refresh must rebuild, and how an incremental
-model takes only the creation days whose jobs changed.
+model takes only the jobs that changed.
 
-- The warehouse marks the creation days (UTC, per project) whose jobs changed in a way the
-  models read, in ``models_dirty`` (migration 005), in the transaction that writes the change:
-  a job appended, a new version of one, a job marked deleted or listed again. A job synced
-  again without a change moves only its synced_at, which no model reads, and marks nothing.
-- An incremental model (header ``-- incremental_by: <project column>, <creation time column>``)
-  is a table with one row per job. Its SQL reads the jobs that the macro
-  ``analytics.in_refresh_scope(project_id, create_time)`` admits: every job outside a refresh
-  (the macros file defines it TRUE), the marked days while one rebuilds them. Their rows are
-  deleted and built again; the marks are cleared in the same transaction.
+- The warehouse marks the jobs that changed in a way the models read, in ``models_dirty``
+  (migration 005), in the transaction that writes the change: a new version of a job, a job
+  marked deleted or listed again mark that job; jobs appended (a backfill's million) mark their
+  creation days (UTC, per project) instead. A job synced again without a change moves only its
+  synced_at, which no model reads, and marks nothing.
+- An incremental model (header ``-- incremental_by: <project>, <job id>, <creation time>``, its
+  columns) is a table with one row per job. Its SQL reads the jobs that the macro
+  ``analytics.in_refresh_scope(project_id, job_id, create_time)`` admits: every job outside a
+  refresh (the macros file defines it TRUE), the marked ones while a refresh rebuilds them.
+  Their rows are deleted and built again; the marks are cleared in the same transaction.
 - Every table model records the fingerprint of the SQL it was built from (its file and the
   macros) in ``warehouse_meta`` (``model_built_from:<name>``). An incremental refresh keeps a
   table as it is when nothing it reads changed: it reads no warehouse table itself, every model
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 from typing import Protocol
@@ -35,7 +37,8 @@ from pipelines.warehouse.tables import utc_days
 
 #: warehouse_meta key prefix: the fingerprint of the SQL each table model was last built from.
 BUILT_FROM = "model_built_from:"
-#: The table of marks (see migration 005): (project_id, create_day), NULL for no create_time.
+#: The table of marks (see migration 005): (project_id, create_day, job_id); a NULL job_id marks
+#: the day's every job (a NULL create_day then the jobs without a create_time).
 MARKS_TABLE = "models_dirty"
 #: The macro an incremental model's SQL restricts the jobs it reads with.
 SCOPE_MACRO = "analytics.in_refresh_scope"
@@ -45,7 +48,7 @@ class Build(Enum):
     """How a refresh brings one model up to date."""
 
     FULL = "full"  # CREATE OR REPLACE from its SQL
-    DAYS = "days"  # an incremental model: the rows of the marked creation days, again
+    MARKED = "marked"  # an incremental model: the rows of the marked jobs, again
     KEEP = "keep"  # nothing it reads changed
 
 
@@ -89,12 +92,25 @@ def record_built(con: duckdb.DuckDBPyConnection, name: str, built_from: str) -> 
     con.execute("INSERT INTO main.warehouse_meta VALUES (?, ?, now())", [BUILT_FROM + name, built_from])
 
 
-def marked_days(con: duckdb.DuckDBPyConnection) -> list[tuple[str, date | None]] | None:
-    """The creation days marked since the marks were last cleared; None when the warehouse keeps
-    no marks (one older than migration 005, or a bare DuckDB file)."""
+@dataclass(frozen=True)
+class Marks:
+    """What changed since the marks were last cleared: whole creation days (project_id, day;
+    None for the jobs without a create_time), and whether single jobs are marked too."""
+
+    days: tuple[tuple[str, date | None], ...]
+    jobs: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.days) or self.jobs
+
+
+def marks(con: duckdb.DuckDBPyConnection) -> Marks | None:
+    """The marks; None when the warehouse keeps none (a bare DuckDB file)."""
     if not _has_table(con, MARKS_TABLE):
         return None
-    return [tuple(r) for r in con.execute(f"SELECT DISTINCT project_id, create_day FROM main.{MARKS_TABLE}").fetchall()]
+    days = con.execute(f"SELECT DISTINCT project_id, create_day FROM main.{MARKS_TABLE} WHERE job_id IS NULL").fetchall()
+    jobs = con.execute(f"SELECT count(*) FROM main.{MARKS_TABLE} WHERE job_id IS NOT NULL").fetchone()[0]
+    return Marks(days=tuple(tuple(d) for d in days), jobs=bool(jobs))
 
 
 def clear_marks(con: duckdb.DuckDBPyConnection) -> None:
@@ -134,7 +150,7 @@ def plan(
             and kinds.get(model.name.lower()) == "table" and model.kind == "table"
         )
         if up_to_date and model.incremental_by and marked is not None:
-            how = Build.DAYS if marked else Build.KEEP
+            how = Build.MARKED if marked else Build.KEEP
         elif up_to_date and not model.incremental_by and not model.sources and not changed.intersection(model.depends_on):
             how = Build.KEEP
         else:
@@ -145,33 +161,38 @@ def plan(
     return builds
 
 
-def scope_macro(days: Sequence[tuple[str, date | None]]) -> str:
-    """The statement that makes SCOPE_MACRO admit the jobs of ``days`` only.
+def scope_macro(marked: Marks) -> str:
+    """The statement that makes SCOPE_MACRO admit the marked jobs only.
 
-    The creation-time range comes first, as constants, so DuckDB skips the row groups outside
-    it; the days themselves are read from the marks table."""
-    known = [day for _, day in days if day is not None]
+    A marked day's creation-time range comes first, as constants, so DuckDB skips the row
+    groups outside it; the days and jobs themselves are read from the marks table."""
+    known = [day for _, day in marked.days if day is not None]
     parts = []
     if known:
         since, until = (f"TIMESTAMPTZ '{t.isoformat()}'" for t in utc_days(min(known), max(known)))
         parts.append(
             f"(scope_time >= {since} AND scope_time < {until}"
-            f" AND (scope_project, analytics.utc_day(scope_time)) IN"
-            f" (SELECT d.project_id, d.create_day FROM main.{MARKS_TABLE} d WHERE d.create_day IS NOT NULL))"
+            f" AND (scope_project, analytics.utc_day(scope_time)) IN (SELECT d.project_id, d.create_day"
+            f" FROM main.{MARKS_TABLE} d WHERE d.job_id IS NULL AND d.create_day IS NOT NULL))"
         )
-    if len(known) < len(days):
+    if len(known) < len(marked.days):
         parts.append(
-            f"(scope_time IS NULL AND scope_project IN"
-            f" (SELECT d.project_id FROM main.{MARKS_TABLE} d WHERE d.create_day IS NULL))"
+            f"(scope_time IS NULL AND scope_project IN (SELECT d.project_id"
+            f" FROM main.{MARKS_TABLE} d WHERE d.job_id IS NULL AND d.create_day IS NULL))"
         )
-    return f"CREATE OR REPLACE MACRO {SCOPE_MACRO}(scope_project, scope_time) AS {' OR '.join(parts) or 'false'}"
+    if marked.jobs:
+        parts.append(
+            f"((scope_project, scope_job) IN (SELECT d.project_id, d.job_id"
+            f" FROM main.{MARKS_TABLE} d WHERE d.job_id IS NOT NULL))"
+        )
+    body = " OR ".join(parts) or "false"
+    return f"CREATE OR REPLACE MACRO {SCOPE_MACRO}(scope_project, scope_job, scope_time) AS {body}"
 
 
-def rebuild_days(con: duckdb.DuckDBPyConnection, relation: str, select: str, key: tuple[str, ...],
-                 days: Sequence[tuple[str, date | None]]) -> None:
-    """Delete the rows of ``days`` from an incremental model and insert them built again by its
-    ``select``. SCOPE_MACRO is left admitting those days only: the caller restores it."""
-    con.execute(scope_macro(days))
-    project, created = key
-    con.execute(f"DELETE FROM {relation} WHERE {SCOPE_MACRO}({project}, {created})")
+def rebuild_marked(con: duckdb.DuckDBPyConnection, relation: str, select: str, key: tuple[str, ...],
+                   marked: Marks) -> None:
+    """Delete the rows of the marked jobs from an incremental model and insert them built again
+    by its ``select``. SCOPE_MACRO is left admitting those jobs only: the caller restores it."""
+    con.execute(scope_macro(marked))
+    con.execute(f"DELETE FROM {relation} WHERE {SCOPE_MACRO}({', '.join(key)})")
     con.execute(f"INSERT INTO {relation} {select}")

@@ -49,7 +49,7 @@ _CREATE = re.compile(
 _ANALYTICS_REF = re.compile(r"\banalytics\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()", re.IGNORECASE)
 _MAIN_REF = re.compile(r"\bmain\.([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
 _DEPENDS_ON = re.compile(r"^--\s*depends_on:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
-# A header line `-- incremental_by: <project column>, <creation time column>` (see incremental.py).
+# A header line `-- incremental_by: <project>, <job id>, <creation time>` (see incremental.py).
 _INCREMENTAL_BY = re.compile(r"^--\s*incremental_by:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
 # Comments and string literals, scanned left to right so a quote inside a comment (or a
 # "--" inside a string) is not mistaken for the other.
@@ -82,7 +82,7 @@ class Model:
     depends_on: names of the models it reads (sorted).
     sources: the `main.*` warehouse tables it reads (sorted).
     description: the file's leading comment block, without the comment markers.
-    incremental_by: for an incremental model, its project and creation-time columns (see
+    incremental_by: for an incremental model, its project, job id and creation-time columns (see
         pipelines/incremental.py); empty for the others.
     """
 
@@ -160,11 +160,12 @@ def _incremental_by(path: Path, sql: str, code: str, kind: str) -> tuple[str, ..
     if not declared:
         return ()
     columns = tuple(c.strip() for c in declared[0].split(",") if c.strip())
-    if len(declared) > 1 or len(columns) != 2 or kind != "table":
+    if len(declared) > 1 or len(columns) != 3 or kind != "table":
         raise ModelError(f"{path.name}: an incremental model is a table with one header line "
-                         "`-- incremental_by: <project column>, <creation time column>`")
+                         "`-- incremental_by: <project column>, <job id column>, <creation time column>`")
     if not re.search(rf"{re.escape(SCOPE_MACRO)}\s*\(", code, re.IGNORECASE):
-        raise ModelError(f"{path.name}: an incremental model reads its jobs through {SCOPE_MACRO}(project_id, create_time)")
+        raise ModelError(
+            f"{path.name}: an incremental model reads its jobs through {SCOPE_MACRO}(project_id, job_id, create_time)")
     return columns
 
 
@@ -376,18 +377,18 @@ def _build(con: duckdb.DuckDBPyConnection, ordered: Sequence[Model], everything:
     """Bring ``ordered`` up to date inside the caller's transaction (see pipelines/incremental.py)."""
     current = {m.name: inc.fingerprint(m, macros) for m in ordered}
     built = inc.built_fingerprints(con)
-    days = inc.marked_days(con)
+    marked = inc.marks(con)
     kinds = inc.existing_kinds(con, SCHEMA)
     builds = inc.plan(ordered, incremental=incremental, built=built, current=current, kinds=kinds,
-                      marked=None if days is None else bool(days))
+                      marked=None if marked is None else bool(marked))
     shared = shared_views([m for m in ordered if builds[m.name] is Build.FULL])
     frozen: dict[str, str] = {}
     rows: dict[str, int] = {}
     try:
         for model in ordered:
             try:
-                if builds[model.name] is Build.DAYS:
-                    inc.rebuild_days(con, model.relation, model.select, model.incremental_by, days or [])
+                if builds[model.name] is Build.MARKED and marked is not None:
+                    inc.rebuild_marked(con, model.relation, model.select, model.incremental_by, marked)
                     _create_macros(con, macros)  # the scope macro admits every job again
                 elif builds[model.name] is Build.FULL:
                     if kinds.get(model.name.lower(), model.kind) != model.kind:
@@ -403,7 +404,7 @@ def _build(con: duckdb.DuckDBPyConnection, ordered: Sequence[Model], everything:
                 raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
             if count_rows:
                 rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
-        if days and all(m in ordered for m in everything if m.incremental_by):
+        if marked and all(m in ordered for m in everything if m.incremental_by):
             inc.clear_marks(con)
     finally:
         _drop_frozen(con, frozen)

@@ -37,10 +37,9 @@
 --     one row per creation period ('day', 'week' starting Monday, 'month'; UTC) and project_id
 --     of the relation `outcomes`: period_start, project_id, jobs_created, succeeded, failed,
 --     failure_rate, p50_finish_seconds, p90_finish_seconds.
--- analytics.in_refresh_scope(project_id, create_time) -> BOOLEAN
+-- analytics.in_refresh_scope(project_id, job_id, create_time) -> BOOLEAN
 --     TRUE: every job. An incremental model reads its jobs through it; while a refresh
---     rebuilds the creation days whose jobs changed, it admits the jobs of those days only
---     (pipelines/incremental.py).
+--     rebuilds the jobs that changed, it admits those only (pipelines/incremental.py).
 -- analytics.without_deleted_jobs(rows, jobs) -> TABLE
 --     every row of the relation `rows` (any relation with project_id and job_id, all its
 --     columns) except those of a deleted job: one the relation `jobs` (shaped like the
@@ -99,7 +98,7 @@ CREATE OR REPLACE MACRO analytics.job_stats_by(outcomes, period) AS TABLE
         GROUP BY period_start, project_id
     );
 
-CREATE OR REPLACE MACRO analytics.in_refresh_scope(project_id, create_time) AS
+CREATE OR REPLACE MACRO analytics.in_refresh_scope(project_id, job_id, create_time) AS
     true;
 
 -- A row of main.voice_training_jobs is a job the source still lists: no sync found it deleted.

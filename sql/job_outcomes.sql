@@ -1,8 +1,8 @@
 -- analytics.job_outcomes (table): one row per job the source still lists, reduced to what the
 -- aggregate models need: its outcome and, once it finished, how long it took.
--- Incremental: a sync's refresh rebuilds only the rows of the creation days whose jobs changed
--- (see pipelines/incremental.py); the table models read this table.
--- incremental_by: project_id, create_time
+-- Incremental: a sync's refresh rebuilds only the rows of the jobs that changed (see
+-- pipelines/incremental.py); the table models read this table.
+-- incremental_by: project_id, job_id, create_time
 -- Columns:
 --   project_id, job_id    VARCHAR      the job's key,
 --   job_type, tag, language, state, job_failed_code, job_failed_reason
@@ -66,7 +66,7 @@ jobs AS (
     FROM main.voice_training_jobs AS j
     LEFT JOIN first_terminal_replaced AS ft
         ON ft.project_id = j.project_id AND ft.job_id = j.job_id
-    WHERE analytics.still_listed(j.deleted_at) AND analytics.in_refresh_scope(j.project_id, j.create_time)
+    WHERE analytics.still_listed(j.deleted_at) AND analytics.in_refresh_scope(j.project_id, j.job_id, j.create_time)
 )
 SELECT
     * EXCLUDE (waits_on),

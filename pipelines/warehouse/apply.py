@@ -27,7 +27,7 @@ from pipelines.crashpoints import crashpoint
 from pipelines.ingest.schema import JOBS_SCHEMA, Quarantined
 from pipelines.warehouse.deletions import Deletions, ReconciledRange
 from pipelines.warehouse.lake import Lake
-from pipelines.warehouse.marks import mark_both, mark_lake, mark_models
+from pipelines.warehouse.marks import mark_lake, mark_model_days, mark_model_jobs
 from pipelines.warehouse.records import Records, WindowRecord
 from pipelines.warehouse.tables import (
     _COLS,
@@ -228,11 +228,8 @@ class Apply(Lake, Records, Deletions):
         stats.history_versions += versions
         # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
         # The models read no synced_at: for them only new versions change anything.
-        def moved(winners: str) -> str:
-            return f"SELECT project_id, {utc_day('create_time')} FROM {winners} UNION ALL SELECT project_id, old_day FROM {winners}"
-
-        mark_lake(con, moved("_win"))
-        mark_models(con, moved("(FROM _win WHERE new_version)"))
+        mark_lake(con, f"SELECT project_id, {utc_day('create_time')} FROM _win UNION ALL SELECT project_id, old_day FROM _win")
+        mark_model_jobs(con, "SELECT project_id, job_id FROM _win WHERE new_version")
         # A stale row still proves the job is listed: clear its deletion mark. (The statement
         # joins the whole table: 0.25 s per batch at a million jobs, so it runs when needed.)
         if undeleting:
@@ -241,7 +238,8 @@ class Apply(Lake, Records, Deletions):
                 WHERE s.existed AND s.was_deleted AND j.project_id = s.project_id AND j.job_id = s.job_id
                 RETURNING j.job_id"""
             ).fetchall())
-            mark_both(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
+            mark_lake(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
+            mark_model_jobs(con, "SELECT project_id, job_id FROM _stage WHERE existed AND was_deleted")
         # The winners replace their rows in place, in the columns some winner changes (only
         # synced_at when no winner is a new version). Deleted and re-appended instead, 14,000
         # changed jobs of a million left deletions in every row group, and the checkpoint after
@@ -323,7 +321,9 @@ def _append_first_versions(con: duckdb.DuckDBPyConnection, rows: str, row_hash: 
         SELECT {_COLS}, NULL, coalesce(lastupdate_time, create_time), synced_at, {row_hash}
         FROM {rows}"""
     )
-    mark_both(con, f"SELECT project_id, {utc_day('create_time')} FROM {rows}")
+    appended = f"SELECT project_id, {utc_day('create_time')} FROM {rows}"
+    mark_lake(con, appended)
+    mark_model_days(con, appended)
 
 
 def _any_known(con: duckdb.DuckDBPyConnection) -> bool:

@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipelines.warehouse.marks import mark_both
+from pipelines.warehouse.marks import mark_lake, mark_model_jobs
 from pipelines.warehouse.tables import _TS, JOBS_TABLE, _aware, utc_day
 
 
@@ -53,8 +53,10 @@ class Deletions:
             con.register("_deleted_days", pa.table({
                 "project_id": pa.array([p for p, _, _ in marked], pa.string()),
                 "create_day": pa.array([d for _, d, _ in marked], pa.date32()),
+                "job_id": pa.array([j for _, _, j in marked], pa.string()),
             }))
-            mark_both(con, "SELECT project_id, create_day FROM _deleted_days")
+            mark_lake(con, "SELECT project_id, create_day FROM _deleted_days")
+            mark_model_jobs(con, "SELECT project_id, job_id FROM _deleted_days")
         return marked
 
     @staticmethod

@@ -1,6 +1,7 @@
 """The marks a batch's transaction leaves for the work that follows it: the lake partitions to
-export again (``lake_dirty``, see lake.py) and the creation days the SQL models must rebuild
-(``models_dirty``, see pipelines/incremental.py). Each is a (project_id, creation day) kept once."""
+export again (``lake_dirty``, see lake.py: a project and creation day) and the jobs whose rows
+the SQL models must rebuild (``models_dirty``, see pipelines/incremental.py: a job, or every job
+of a project's creation day). Each is kept once."""
 
 from __future__ import annotations
 
@@ -17,17 +18,22 @@ def mark_lake(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     )
 
 
-def mark_models(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
-    """Mark the creation days (project_id, day; NULL for jobs without a create_time) a query
-    yields for the SQL models' next refresh, once each (see migration 005)."""
+def mark_model_days(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
+    """Mark every job of the creation days (project_id, day; NULL for jobs without a
+    create_time) a query yields for the SQL models' next refresh, once each (migration 005)."""
     con.execute(
         f"""INSERT INTO models_dirty
-        SELECT DISTINCT p, d FROM ({partitions_sql}) AS t(p, d)
-        WHERE NOT EXISTS (SELECT 1 FROM models_dirty x WHERE x.project_id = p AND x.create_day IS NOT DISTINCT FROM d)"""
+        SELECT DISTINCT p, d, NULL FROM ({partitions_sql}) AS t(p, d)
+        WHERE NOT EXISTS (SELECT 1 FROM models_dirty x
+                          WHERE x.job_id IS NULL AND x.project_id = p AND x.create_day IS NOT DISTINCT FROM d)"""
     )
 
 
-def mark_both(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
-    """Mark what a query yields for the lake and for the models alike."""
-    mark_lake(con, partitions_sql)
-    mark_models(con, partitions_sql)
+def mark_model_jobs(con: duckdb.DuckDBPyConnection, keys_sql: str) -> None:
+    """Mark the jobs (project_id, job_id) a query yields for the SQL models' next refresh: a
+    changed job spread over the history marks itself, not its whole creation day."""
+    con.execute(
+        f"""INSERT INTO models_dirty
+        SELECT DISTINCT p, NULL, j FROM ({keys_sql}) AS t(p, j)
+        WHERE NOT EXISTS (SELECT 1 FROM models_dirty x WHERE x.project_id = p AND x.job_id = j)"""
+    )

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 import duckdb
 import pytest
 
-from pipelines.incremental import plan, scope_macro
+from pipelines.incremental import Marks, plan, scope_macro
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def _plan(*, incremental=True, built=BUILT, kinds=TABLES, marked=False) -> dict[
 
 @pytest.mark.parametrize(("case", "kwargs", "expected"), [
     ("nothing marked", {}, {"outcomes": "keep", "by_tag": "keep", "listed": "full", "over_view": "full"}),
-    ("days marked", {"marked": True}, {"outcomes": "days", "by_tag": "full", "listed": "full", "over_view": "full"}),
+    ("jobs marked", {"marked": True}, {"outcomes": "marked", "by_tag": "full", "listed": "full", "over_view": "full"}),
     ("a full refresh", {"incremental": False}, {"outcomes": "full", "by_tag": "full", "listed": "full", "over_view": "full"}),
     ("no marks table", {"marked": None}, {"outcomes": "full", "by_tag": "full", "listed": "full", "over_view": "full"}),
     ("never built", {"built": {}}, {"outcomes": "full", "by_tag": "full", "listed": "full", "over_view": "full"}),
@@ -53,25 +53,29 @@ def test_what_a_refresh_rebuilds(case, kwargs, expected):
     assert _plan(**kwargs) == expected, case
 
 
-def test_the_scope_admits_the_marked_days_only():
+def test_the_scope_admits_the_marked_jobs_only():
     con = duckdb.connect()
     con.execute("SET TimeZone = 'Asia/Shanghai'")  # a day is a UTC day, whatever the session's zone
     con.execute("CREATE SCHEMA analytics")
     con.execute("CREATE MACRO analytics.utc_day(ts) AS CAST(make_timestamp(epoch_us(ts)) AS DATE)")
-    con.execute("CREATE TABLE models_dirty (project_id VARCHAR, create_day DATE)")
-    days = [("p", date(2025, 3, 1)), ("p", date(2025, 3, 3)), ("q", None)]
-    con.executemany("INSERT INTO models_dirty VALUES (?, ?)", [list(d) for d in days])
-    con.execute(scope_macro(days))
-    con.execute("CREATE TABLE jobs (project_id VARCHAR, create_time TIMESTAMPTZ)")
-    rows = [("p", datetime(2025, 3, 1, 0, 0, tzinfo=UTC)), ("p", datetime(2025, 3, 1, 23, 59, tzinfo=UTC)),
-            ("p", datetime(2025, 3, 2, 12, tzinfo=UTC)), ("p", datetime(2025, 3, 3, 8, tzinfo=UTC)),
-            ("q", datetime(2025, 3, 1, 8, tzinfo=UTC)), ("q", None), ("p", None)]
-    con.executemany("INSERT INTO jobs VALUES (?, ?)", [list(r) for r in rows])
-    admitted = con.execute(
-        "SELECT project_id, create_time FROM jobs WHERE analytics.in_refresh_scope(project_id, create_time)"
-        " ORDER BY ALL").fetchall()
-    assert [(p, t and t.astimezone(UTC)) for p, t in admitted] == [
-        ("p", datetime(2025, 3, 1, 0, 0, tzinfo=UTC)), ("p", datetime(2025, 3, 1, 23, 59, tzinfo=UTC)),
-        ("p", datetime(2025, 3, 3, 8, tzinfo=UTC)), ("q", None)]
-    con.execute(scope_macro([]))
-    assert con.execute("SELECT count(*) FROM jobs WHERE analytics.in_refresh_scope(project_id, create_time)").fetchone() == (0,)
+    con.execute("CREATE TABLE models_dirty (project_id VARCHAR, create_day DATE, job_id VARCHAR)")
+    con.executemany("INSERT INTO models_dirty VALUES (?, ?, ?)", [
+        ["p", date(2025, 3, 1), None], ["p", date(2025, 3, 3), None], ["q", None, None], ["p", None, "j9"]])
+    con.execute("CREATE TABLE jobs (project_id VARCHAR, job_id VARCHAR, create_time TIMESTAMPTZ)")
+    rows = [("p", "j1", datetime(2025, 3, 1, 0, 0, tzinfo=UTC)), ("p", "j2", datetime(2025, 3, 1, 23, 59, tzinfo=UTC)),
+            ("p", "j3", datetime(2025, 3, 2, 12, tzinfo=UTC)), ("p", "j4", datetime(2025, 3, 3, 8, tzinfo=UTC)),
+            ("q", "j5", datetime(2025, 3, 1, 8, tzinfo=UTC)), ("q", "j6", None), ("p", "j7", None),
+            ("p", "j9", datetime(2024, 1, 1, tzinfo=UTC)), ("q", "j9", datetime(2024, 1, 1, tzinfo=UTC))]
+    con.executemany("INSERT INTO jobs VALUES (?, ?, ?)", [list(r) for r in rows])
+
+    def admitted(marked: Marks) -> list[str]:
+        con.execute(scope_macro(marked))
+        return [r[0] for r in con.execute(
+            "SELECT job_id FROM jobs WHERE analytics.in_refresh_scope(project_id, job_id, create_time) ORDER BY ALL"
+        ).fetchall()]
+
+    days = (("p", date(2025, 3, 1)), ("p", date(2025, 3, 3)), ("q", None))
+    assert admitted(Marks(days=days, jobs=True)) == ["j1", "j2", "j4", "j6", "j9"]
+    assert admitted(Marks(days=days, jobs=False)) == ["j1", "j2", "j4", "j6"]
+    assert admitted(Marks(days=(), jobs=True)) == ["j9"]
+    assert admitted(Marks(days=(), jobs=False)) == []
