@@ -22,7 +22,7 @@ from pipelines import cli
 from pipelines.sync import sync
 from pipelines.warehouse import Warehouse, WarehouseError
 from tests.support.hostile import HostileProxy
-from tests.support.simulators import PROJECTS, SIM_NOW, sim_settings
+from tests.support.simulators import PROJECTS, SIM_NOW, cli_env, sim_settings
 
 DAYS = 6
 SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
@@ -102,21 +102,10 @@ def _lock_probe(path) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
 
 
-def _cli_env(monkeypatch, server, data_dir) -> None:
-    ak, sk = next(iter(server.state.config.credentials.items()))
-    for name in list(__import__("os").environ):
-        if name.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_")):
-            monkeypatch.delenv(name)
-    for name, value in dict(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
-                            HUAWEICLOUD_SDK_PROJECT_ID=",".join(PROJECTS), VOICEJOBS_DATA_DIR=str(data_dir),
-                            VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0").items():
-        monkeypatch.setenv(name, value)
-
-
 def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
     import pipelines.sync.run as sync_module
 
-    _cli_env(monkeypatch, server, tmp_path)
+    cli_env(monkeypatch, server, tmp_path)
     real = sync_module.refresh_and_publish
     probes: list[str] = []
 
@@ -133,7 +122,7 @@ def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, mo
 def test_a_run_whose_models_fail_is_recorded_as_failed_with_one_line(server, tmp_path, monkeypatch, capsys):
     import pipelines.models as models
 
-    _cli_env(monkeypatch, server, tmp_path)
+    cli_env(monkeypatch, server, tmp_path)
 
     def broken(con, *args, **kwargs):
         raise WarehouseError("refreshing the SQL models failed (No space left on device); free space and run again")

@@ -11,9 +11,11 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from pipelines.cli import main
 from pipelines.incremental import BUILT_FROM
 from pipelines.models import MACROS_FILE, MODELS_DIR, load_models, refresh_models
 from pipelines.warehouse import Warehouse
+from tests.support.simulators import PROJECTS, SIM_NOW, cli_env
 from tests.support.warehouse_rows import DAY2, SYNC1, SYNC2, jobs, rec
 
 DAY3 = DAY2 + timedelta(days=1)
@@ -148,3 +150,28 @@ def test_a_subset_refresh_brings_the_incremental_table_it_reads_up_to_date(wh: W
         assert con.execute(
             "SELECT failed FROM analytics.failure_rate_by_language WHERE language = 'EN'").fetchall() == [(1,)]
         assert _marks(con) == []
+
+
+def test_a_hand_edit_reaches_the_models_with_a_full_refresh(tmp_path: Path, monkeypatch, capsys, make_simulator):
+    """A job changed by hand in warehouse.duckdb leaves no mark: the next sync's refresh keeps the
+    models as they were, `voicejobs sync --full-refresh` rebuilds them from the warehouse."""
+    server = make_simulator(jobs=120, seed=4, days=3, projects=PROJECTS[:1], now=SIM_NOW)
+    cli_env(monkeypatch, server, tmp_path, PROJECTS[:1])
+    first, last = (SIM_NOW - timedelta(days=2)).date(), SIM_NOW.date()
+    assert main(["sync", "--since", first.isoformat(), "--until", last.isoformat()]) == 0
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        (job_id,) = con.execute(
+            "SELECT job_id FROM main.voice_training_jobs WHERE CAST(create_time AS DATE) = ? AND state <> 'FAILED'"
+            " ORDER BY job_id LIMIT 1", [first]).fetchone()
+        con.execute("UPDATE main.voice_training_jobs SET state = 'FAILED' WHERE job_id = ?", [job_id])
+
+    def served_state() -> str:
+        with duckdb.connect(str(tmp_path / "serving.duckdb"), read_only=True) as con:
+            return con.execute("SELECT state FROM analytics.job_outcomes WHERE job_id = ?", [job_id]).fetchone()[0]
+
+    # The last day only: the edited job, created on the first, is not listed again.
+    assert main(["sync", "--since", last.isoformat(), "--until", last.isoformat()]) == 0
+    assert served_state() != "FAILED"
+    assert main(["sync", "--since", last.isoformat(), "--until", last.isoformat(), "--full-refresh"]) == 0
+    assert served_state() == "FAILED"
+    capsys.readouterr()

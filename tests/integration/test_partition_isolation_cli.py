@@ -7,7 +7,6 @@ The same, on the Warehouse directly and for each cause, is in tests/unit/test_pa
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 
 from pipelines.cli import main
 from pipelines.warehouse import Warehouse
-from tests.support.simulators import PROJECTS, SIM_NOW
+from tests.support.simulators import PROJECTS, SIM_NOW, cli_env
 from tests.support.warehouse_rows import (
     assert_exported_except,
     block_with_a_directory,
@@ -27,17 +26,6 @@ from tests.support.warehouse_rows import (
 
 SINCE = (SIM_NOW - timedelta(days=6)).date().isoformat()
 UNTIL = SIM_NOW.date().isoformat()
-
-
-def _cli_env(monkeypatch, server, data_dir: Path, projects) -> None:
-    for key in list(os.environ):
-        if key.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_")):
-            monkeypatch.delenv(key)
-    ak, sk = next(iter(server.state.config.credentials.items()))
-    for key, value in dict(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
-                           HUAWEICLOUD_SDK_PROJECT_ID=",".join(projects), VOICEJOBS_DATA_DIR=str(data_dir),
-                           VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", VOICEJOBS_MAX_ATTEMPTS="3").items():
-        monkeypatch.setenv(key, value)
 
 
 def _sync(capsys) -> tuple[int, list[str]]:
@@ -55,7 +43,7 @@ def _last_run(data_dir: Path) -> tuple[str, str]:
 def test_cli_names_the_stuck_partition_and_syncs_other_projects(tmp_path, monkeypatch, capsys, make_simulator):
     data_dir = tmp_path / "data"
     server = make_simulator(jobs=200, seed=5, days=6, projects=PROJECTS, now=SIM_NOW)
-    _cli_env(monkeypatch, server, data_dir, PROJECTS)
+    cli_env(monkeypatch, server, data_dir, PROJECTS, VOICEJOBS_MAX_ATTEMPTS="3")
     code, lines = _sync(capsys)
     assert code == 0, lines
     wh = Warehouse(data_dir)
@@ -73,7 +61,7 @@ def test_cli_names_the_stuck_partition_and_syncs_other_projects(tmp_path, monkey
     assert_exported_except(wh, {stuck})
 
     # Another project: synced, committed and exported; the run still fails naming the stuck partition.
-    _cli_env(monkeypatch, server, data_dir, PROJECTS[1:])
+    cli_env(monkeypatch, server, data_dir, PROJECTS[1:], VOICEJOBS_MAX_ATTEMPTS="3")
     code, lines = _sync(capsys)
     assert code == 1
     assert len(lines) == 1 and str(path) in lines[0] and "free space" not in lines[0]

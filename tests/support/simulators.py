@@ -23,6 +23,7 @@ to sync from a running simulator.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -112,3 +113,17 @@ def sim_settings(server, data_dir, *, auth: str = "aksk", **overrides) -> Settin
 
 def truth_by_project(server) -> dict[str, list[dict]]:
     return {pid: server.state.truth(pid) for pid in server.state.config.projects}
+
+
+def cli_env(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, data_dir, projects=PROJECTS, **extra: str) -> None:
+    """The environment of a `voicejobs` command run in the test's process against ``server``:
+    nothing configured beforehand leaks in, the simulator's first credential, the simulated clock
+    believed (no safety lag, no skew allowance); ``extra`` adds variables."""
+    for name in list(os.environ):
+        if name.startswith(("METASTUDIO_", "HUAWEICLOUD_", "VOICEJOBS_")):
+            monkeypatch.delenv(name)
+    ak, sk = next(iter(server.state.config.credentials.items()))
+    for name, value in dict(METASTUDIO_ENDPOINT=server.url, HUAWEICLOUD_SDK_AK=ak, HUAWEICLOUD_SDK_SK=sk,
+                            HUAWEICLOUD_SDK_PROJECT_ID=",".join(projects), VOICEJOBS_DATA_DIR=str(data_dir),
+                            VOICEJOBS_SAFETY_LAG_SECONDS="0", VOICEJOBS_MAX_CLOCK_SKEW_SECONDS="0", **extra).items():
+        monkeypatch.setenv(name, value)
