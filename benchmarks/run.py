@@ -64,7 +64,7 @@ Targets (the "targets" table; ``met`` is yes or no):
 Results are printed as two tables (scenarios, targets) and written to
 ``benchmarks/results/<UTC timestamp>.json`` and, as Markdown, ``<UTC timestamp>.md``.
 ``benchmarks/reference-targets-2core.json`` and ``.md`` keep one full run (100,000 and 1,000,000
-jobs, commit 00ce978, without the rate cap) for comparison.
+jobs, commit 3c88644, without the rate cap) for comparison.
 """
 
 from __future__ import annotations
