@@ -140,7 +140,7 @@ def plan(
     """How each model (in dependency order) is brought up to date.
 
     ``current``: the fingerprint of each model's SQL now; ``built``: the recorded ones;
-    ``kinds``: what the analytics schema holds; ``marked``: whether any day is marked (None:
+    ``kinds``: what the analytics schema holds; ``marked``: whether any job or day is marked (None:
     the warehouse keeps no marks)."""
     builds: dict[str, Build] = {}
     changed: set[str] = set()
