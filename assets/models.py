@@ -5,7 +5,7 @@ lets a single process write the warehouse file, and the models are cheap next to
 Dagster still shows and selects each model as its own asset, with its own deps.
 
 Asset keys: an aggregate table's key is its name (`failure_rate_by_tag`). A view's key, and an
-incremental table's (one row per job, rebuilt by creation day: `analytics/job_outcomes`, a view
+incremental table's (one row per job, rebuilt for the jobs that changed: `analytics/job_outcomes`, a view
 before it became one, keeps its key), is prefixed `analytics`. A view that mirrors a warehouse relation of
 the same name, leaving deleted jobs out, is keyed `analytics/live_<name>`
 (`analytics/live_voice_training_jobs`): the lineage then reads as the sync asset

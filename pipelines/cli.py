@@ -272,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     def data_dir(p):
         p.add_argument("--data-dir", help="data directory (default: $VOICEJOBS_DATA_DIR or ./data)")
 
+    def syncing(p):  # what `sync` and `reconcile` both take besides their days
+        p.add_argument("--simulator", action="store_true",
+                       help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
+        p.add_argument("--full-refresh", action="store_true",
+                       help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
+
     demo = sub.add_parser("demo", help="sync the embedded simulator's whole range into a warehouse of its own")
     demo.add_argument("--data-dir", help=f"data directory (default: ./{DEMO_DATA_DIR}, never the real syncs' one)")
     demo.add_argument("--jobs", type=int, default=20_000, help="jobs the simulator holds (default 20000)")
@@ -282,10 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(s)
     s.add_argument("--since", help="first creation day, YYYY-MM-DD")
     s.add_argument("--until", help="last creation day, YYYY-MM-DD (inclusive)")
-    s.add_argument("--simulator", action="store_true",
-                   help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
-    s.add_argument("--full-refresh", action="store_true",
-                   help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
+    syncing(s)
     s.set_defaults(mode="days")
 
     r = sub.add_parser("reconcile", help="page creation days completely and mark jobs the source no longer lists as deleted",
@@ -293,10 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(r)
     r.add_argument("--since", required=True, help="first creation day, YYYY-MM-DD")
     r.add_argument("--until", required=True, help="last creation day, YYYY-MM-DD (inclusive)")
-    r.add_argument("--simulator", action="store_true",
-                   help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
-    r.add_argument("--full-refresh", action="store_true",
-                   help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
+    syncing(r)
     r.set_defaults(mode="reconcile")
 
     sub.add_parser("simulator", help="run the MetaStudio simulator (see `voicejobs simulator --help`)", add_help=False)

@@ -98,7 +98,10 @@ def refresh_models(
             f"refreshing the SQL models in {database or 'the warehouse'} failed ({detail}); free space on {disk} "
             "and run again; the warehouse keeps its data (the models their previous state)"
         ) from exc
-    return rows if names is None else {name: n for name, n in rows.items() if name in set(names)}
+    if names is None:
+        return rows
+    asked = set(names)
+    return {name: n for name, n in rows.items() if name in asked}
 
 
 def _with_incremental_sources(models: Sequence[Model], names: Sequence[str] | None) -> list[Model]:
