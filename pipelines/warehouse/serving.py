@@ -1,7 +1,8 @@
 """The serving snapshot: serving.duckdb, a copy of the warehouse that BI tools open read-only.
 
 It is taken after a CHECKPOINT, in an older storage format, stripped of the sync's own
-bookkeeping, fsynced and swapped in with os.replace. A warehouse created in that format
+bookkeeping, fsynced and swapped in with os.replace; the file it replaces is removed beside
+the work that follows (see _retire). A warehouse created in that format
 (every one created since it was chosen: see STORAGE_VERSION) is copied as a file, which
 costs what copying its bytes costs; an older warehouse is copied table by table.
 """
@@ -23,6 +24,8 @@ from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
+#: The name a replaced serving.duckdb keeps until it is removed: .serving-<token> + this.
+RETIRED_SUFFIX = ".duckdb.retired"
 #: Tables of the sync's own bookkeeping, left out of the serving snapshot. It keeps the jobs,
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
@@ -50,7 +53,7 @@ class Serving(Connections):
                     f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
                     "publish the serving snapshot when no sync is writing"
                 )
-            for stale in self.data_dir.glob(".serving-*.duckdb.tmp*"):
+            for stale in (*self.data_dir.glob(".serving-*.duckdb.tmp*"), *self.data_dir.glob(f".serving-*{RETIRED_SUFFIX}")):
                 with suppress(OSError):
                     stale.unlink()
             token = uuid.uuid4().hex
@@ -62,10 +65,13 @@ class Serving(Connections):
                     self._copy_tables(con, tmp, f"serving_{token[:12]}")
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+                retired = self._retire(token)
                 os.replace(tmp, self.serving_path)
                 tmp = None
                 _fsync_dir(self.data_dir)
                 crashpoint("serving_replaced")
+                if retired is not None:
+                    self._in_background(_remove_quietly, retired)
             except (OSError, duckdb.Error) as exc:
                 raise WarehouseError(
                     f"writing the serving snapshot {self.serving_path} failed ({redact(exc)}); "
@@ -77,6 +83,18 @@ class Serving(Connections):
                         with suppress(OSError):
                             leftover.unlink()
         return self.serving_path
+
+    def _retire(self, token: str) -> Path | None:
+        """A second name for the current serving.duckdb, so that os.replace frees none of its
+        blocks (freeing a 235 MB snapshot took 0.10-0.15 s of the replace); the caller removes it
+        beside the work that follows. None when there is no snapshot yet, or the file system has
+        no hard links (the replace then frees the old file itself)."""
+        retired = self.data_dir / f".serving-{token}{RETIRED_SUFFIX}"
+        try:
+            os.link(self.serving_path, retired)
+        except OSError:
+            return None
+        return retired
 
     @staticmethod
     def _storage_version(con: duckdb.DuckDBPyConnection) -> str:
@@ -116,3 +134,9 @@ class Serving(Connections):
                 con.execute(f"DROP TABLE IF EXISTS {alias}.main.{table}")
         finally:
             con.execute(f"DETACH {alias}")
+
+
+def _remove_quietly(path: Path) -> None:
+    """Remove a replaced snapshot; one left behind (a crash, an error) goes at the next publish."""
+    with suppress(OSError):
+        path.unlink()

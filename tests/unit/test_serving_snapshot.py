@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
-from pipelines.warehouse.serving import Serving
+from pipelines.warehouse.serving import RETIRED_SUFFIX, Serving
 from tests.support.warehouse_rows import jobs, rec
 
 RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
@@ -83,3 +83,36 @@ def test_the_file_copy_leaves_no_bookkeeping_table(tmp_path, table):
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]
     finally:
         con.close()
+
+
+def _data_files(wh: Warehouse) -> list[str]:
+    return sorted(p.name for p in wh.data_dir.iterdir() if p.is_file())
+
+
+def test_the_replaced_snapshot_is_removed_when_the_warehouse_closes(tmp_path):
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    reader = duckdb.connect(str(wh.serving_path), read_only=True)
+    try:
+        with wh.connect():
+            wh.publish_serving()
+            # the replaced file keeps a second name until the block closes, the reader its snapshot
+            assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (2,)
+        assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (2,)
+    finally:
+        reader.close()
+    wh.publish_serving()  # outside a block, removed before the call returns
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+
+
+def test_a_replaced_snapshot_left_by_a_crash_goes_at_the_next_publish(tmp_path):
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    left = wh.data_dir / f".serving-{'0' * 32}{RETIRED_SUFFIX}"
+    left.write_bytes(wh.serving_path.read_bytes())
+    wh.publish_serving()
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    assert _snapshot(wh)[2] == [("a", "SUCCEED"), ("b", "FAILED")]
