@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
@@ -227,6 +228,35 @@ def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
     assert lake["deleted_at"].to_pylist() == [None]
 
 
+def _undated(batch: pa.Table, job_id: str) -> pa.Table:
+    """``batch`` with no create_time for ``job_id`` (the API always sends one; older warehouses
+    and lenient rules may still hold such a job)."""
+    column = batch.schema.get_field_index("create_time")
+    times = pc.if_else(pc.equal(batch["job_id"], job_id), pa.scalar(None, batch.schema.field(column).type),
+                       batch["create_time"])
+    return batch.set_column(column, batch.schema.field(column), times)
+
+
+@pytest.mark.parametrize("stored_dated, listed_dated, created", [
+    (True, True, DAY2),  # its create_time moved a day on
+    (False, True, DAY2),  # stored without one, listed with one
+    (True, False, DAY1),  # stored with one, listed without
+], ids=["create-time-moved", "create-time-came", "create-time-went"])
+def test_a_known_job_listed_outside_the_creation_times_it_is_stored_with_is_updated_not_added(
+        wh: Warehouse, run: str, stored_dated: bool, listed_dated: bool, created: datetime):
+    # Known jobs are looked for among the batch's creation times first (see _find_known);
+    # one stored with another create_time, or none, must still be found, and only once.
+    stored = jobs([rec("a", "WAITING"), rec("x", created=DAY2)])
+    wh.apply(run, jobs=stored if stored_dated else _undated(stored, "a"))
+    listed = jobs([rec("a", "SUCCEED", created=created, updated_min=60 * 24 * 2),
+                   rec("x", "FAILED", created=DAY2, updated_min=3), rec("c", created=DAY2)], synced_at=SYNC2)
+    stats = wh.apply(run, jobs=listed if listed_dated else _undated(listed, "a"))
+    assert (stats.inserted, stats.updated, stats.history_versions) == (1, 2, 3)
+    assert states(wh) == {"a": "SUCCEED", "c": "CREATING", "x": "FAILED"}
+    assert sql(wh, "SELECT job_id, count(*) FROM voice_training_job_history GROUP BY ALL ORDER BY ALL") == [
+        ("a", 2), ("c", 1), ("x", 2)]
+
+
 def test_a_batch_whose_jobs_change_different_columns_replaces_each_row_whole(wh: Warehouse, run: str):
     """Winners replace their rows in place, in the columns some winner of the batch changes:
     each row still ends equal to its newest version, whichever column it changed, and a
@@ -280,7 +310,8 @@ def test_a_batch_of_jobs_never_seen_is_appended_as_the_staged_upsert_would(tmp_p
     fast_run = fast.begin_run("days", {"since": "2025-03-01"})
     fast_stats = [fast.apply(fast_run, jobs=batch, export=False) for batch in batches()]
     assert appended == [3, 1]
-    monkeypatch.setattr(apply_module, "_any_known", lambda con: True)
+    real_find = apply_module._find_known
+    monkeypatch.setattr(apply_module, "_find_known", lambda con, batch, distinct: real_find(con, batch, False) or 1)
     staged = Warehouse(tmp_path / "staged")
     staged_run = staged.begin_run("days", {"since": "2025-03-01"})
     staged_stats = [staged.apply(staged_run, jobs=batch, export=False) for batch in batches()]
