@@ -8,7 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
 
 from pipelines.arrowpool import arrow_on_malloc
@@ -22,20 +22,23 @@ from pipelines.source import claim, identity_of
 from pipelines.sync.pipeline import Run, run_tasks
 from pipelines.sync.plan import Mode, Task, day_tasks, days_between, describe_days, gap_days, range_tasks
 from pipelines.sync.report import SyncProgress, SyncReport
-from pipelines.warehouse import Warehouse, count_in_ranges
+from pipelines.warehouse import LakeExportError, Warehouse, count_in_ranges
 
 log = logging.getLogger("voicejobs.sync")
 
 
 def refresh_and_publish(warehouse: Warehouse, settings: Settings,
-                        phase: Callable[[str], None] | None = None, *, full: bool = False) -> dict[str, float]:
+                        phase: Callable[[str], None] | None = None, *, full: bool = False,
+                        beside: Callable[[], None] | None = None) -> dict[str, float]:
     """After a sync: rebuild the SQL models, publish the snapshot BI tools read, and with
     VOICEJOBS_POSTGRES_URL set, publish that snapshot into PostgreSQL.
 
     Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
     sync, the models and the snapshot hold the file's lock as one unit of work. ``phase``
     hears each step as it starts; returns the seconds of each. The models rebuild what changed
-    since their last refresh (pipelines/incremental.py); with ``full``, everything."""
+    since their last refresh (pipelines/incremental.py); with ``full``, everything. ``beside``
+    runs while the snapshot is written to disk, once the warehouse is copied (it may write the
+    warehouse)."""
     from pipelines.models import refresh_models
 
     seconds: dict[str, float] = {}
@@ -50,7 +53,9 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         if phase:
             phase("publishing the serving snapshot")
         started = time.monotonic()
-        warehouse.publish_serving()
+        with warehouse.publishing_serving():
+            if beside:
+                beside()
         seconds["snapshot"] = time.monotonic() - started
     if settings.postgres_url:
         # BI servers on other hosts read PostgreSQL: it gets what the new snapshot holds.
@@ -192,7 +197,8 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         asyncio.run(_sync(client, run, report.mode, since, until))
         report.phase_seconds["fetch and write"] = time.monotonic() - started
         if refresh:
-            report.phase_seconds.update(refresh_and_publish(warehouse, settings, run.announce, full=full_refresh))
+            report.phase_seconds.update(refresh_and_publish(
+                warehouse, settings, run.announce, full=full_refresh, beside=lambda: _export_lake(warehouse)))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)
@@ -203,6 +209,14 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     warehouse.finish_run(run_id, "succeeded", report.as_dict())
     crashpoint("run_finished")
     return report
+
+
+def _export_lake(warehouse: Warehouse) -> None:
+    """The run's lake export, while the snapshot is written to disk (one waits on the disk, the
+    other mostly on encoding Parquet). A partition that cannot be written keeps its mark:
+    finish_run() tries it once more and records the failure."""
+    with suppress(LakeExportError):
+        warehouse.export_dirty_partitions()
 
 
 def _collect_client_stats(report: SyncReport, client: MetaStudioClient) -> None:
