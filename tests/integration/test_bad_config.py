@@ -247,6 +247,41 @@ def test_full_disk_during_the_model_refresh(server, tmp_path):
     assert len(statuses) == 3
 
 
+# The CLI, with the disk filling up once the warehouse is copied for the serving snapshot: the
+# thread that strips and flushes the copy fails, while the lake is exported beside it.
+_FULL_DISK_AT_SNAPSHOT = """
+import resource, signal, sys
+from pipelines.warehouse.serving import Serving
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (in the main thread: the strip runs in another)
+strip = Serving._strip
+def strip_on_a_full_disk(tmp):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    return strip(tmp)
+Serving._strip = staticmethod(strip_on_a_full_disk)
+from pipelines.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_full_disk_while_the_serving_snapshot_is_written(server, tmp_path):
+    import duckdb
+
+    env = env_for(server, tmp_path)
+    assert_synced(server, tmp_path, voicejobs(env, "sync", *DATES))
+    serving_before = (tmp_path / "serving.duckdb").read_bytes()
+
+    result = subprocess.run([sys.executable, "-c", _FULL_DISK_AT_SNAPSHOT, "sync", *DATES], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert_one_clear_line(result, "writing the serving snapshot", str(tmp_path / "serving.duckdb"), "free space")
+    # Readers keep the previous snapshot, whole; no temporary copy is left; the run is not succeeded.
+    assert (tmp_path / "serving.duckdb").read_bytes() == serving_before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".serving-")]
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        [(status,)] = con.execute("select status from sync_runs order by started_at desc limit 1").fetchall()
+    assert status in ("failed", "running")
+    assert_synced(server, tmp_path, voicejobs(env, "sync", *DATES))
+
+
 # ---------------------------------------------------------------- settings refused before anything runs
 
 _HEADER_RULE = ("must not contain control characters such as line breaks: it is sent in an HTTP header. "
