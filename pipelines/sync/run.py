@@ -26,6 +26,9 @@ from pipelines.warehouse import LakeExportError, Warehouse, count_in_ranges
 
 log = logging.getLogger("voicejobs.sync")
 
+#: The phase (SyncReport.phase_seconds) of a sync's serving snapshot and lake export, run together.
+SNAPSHOT_PHASE = "snapshot and lake"
+
 
 def refresh_and_publish(warehouse: Warehouse, settings: Settings,
                         phase: Callable[[str], None] | None = None, *, full: bool = False,
@@ -38,7 +41,7 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
     hears each step as it starts; returns the seconds of each. The models rebuild what changed
     since their last refresh (pipelines/incremental.py); with ``full``, everything. ``beside``
     runs while the snapshot is written to disk, once the warehouse is copied (it may write the
-    warehouse)."""
+    warehouse); the two then take one phase, SNAPSHOT_PHASE."""
     from pipelines.models import refresh_models
 
     seconds: dict[str, float] = {}
@@ -56,7 +59,7 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         with warehouse.publishing_serving():
             if beside:
                 beside()
-        seconds["snapshot"] = time.monotonic() - started
+        seconds[SNAPSHOT_PHASE if beside else "snapshot"] = time.monotonic() - started
     if settings.postgres_url:
         # BI servers on other hosts read PostgreSQL: it gets what the new snapshot holds.
         from pipelines.publish import publish
@@ -191,6 +194,8 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         "projects": list(report.projects), "source": report.source})
     run = Run(settings, warehouse, run_id, report, progress)
     started = time.monotonic()
+    if refresh:
+        warehouse.prepare_serving()  # the file copied beside the fetch; the snapshot rewrites what changed
     client = make_client(settings)
     client.on_retry = run.retrying
     try:

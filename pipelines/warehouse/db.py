@@ -109,8 +109,10 @@ class Connections:
     _schema_ready: bool
     # run_id -> lake partitions that failed to export during that run (see Apply.apply()).
     _stuck: dict[str, set[tuple[str, date]]]
-    # Work started beside the caller's (see _in_background), waited for when the block closes.
+    # Work started beside the caller's (see _in_background), waited for when the block closes;
+    # then the work left for its end (see _when_closing).
     _background: list[threading.Thread]
+    _closing: list[Callable[[], None]]
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         try:
@@ -161,9 +163,12 @@ class Connections:
             with self._lock:
                 self._con = None
                 background, self._background = self._background, []
+                closing, self._closing = self._closing, []
             con.close()
             for thread in background:
                 thread.join()
+            for work in closing:
+                work()
 
     def _in_background(self, work: Callable[..., None], *args: object) -> None:
         """Run ``work`` in a thread beside what the caller does next, for file work that only
@@ -176,6 +181,15 @@ class Connections:
                 self._background.append(thread)
                 return
         thread.join()
+
+    def _when_closing(self, work: Callable[[], None]) -> bool:
+        """Run ``work`` when the ``connect()`` block open now closes (after the work started
+        beside it); False, and nothing kept, outside one. ``work`` must not raise."""
+        with self._lock:
+            if self._con is None:
+                return False
+            self._closing.append(work)
+            return True
 
 
     @contextmanager

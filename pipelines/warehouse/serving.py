@@ -9,6 +9,7 @@ costs what copying its bytes costs; an older warehouse is copied table by table.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -25,6 +26,8 @@ from pipelines.warehouse.db import STORAGE_VERSION, Connections, merge_row_group
 from pipelines.warehouse.lakestore import _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
+log = logging.getLogger("voicejobs.warehouse")
+
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: The name a replaced serving.duckdb keeps until it is removed: .serving-<token> + this.
 RETIRED_SUFFIX = ".duckdb.retired"
@@ -37,8 +40,79 @@ SYNC_ONLY_TABLES = (
 SERVING_STORAGE_VERSION = STORAGE_VERSION
 
 
+#: What the changed parts of a snapshot's copy are looked for in (see _copy_changes).
+_CHUNK = 1 << 20
+
+
+class _Base:
+    """A copy of the warehouse file made in a thread before the snapshot (prepare_serving)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.token = uuid.uuid4().hex
+        self.path = data_dir / f".serving-{self.token}.duckdb.tmp"
+        self.failed: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def copy(self, source: Path) -> None:
+        """The file copied and flushed to disk (so the snapshot's own flush has little left)."""
+        try:
+            _yield_the_cpu()
+            shutil.copyfile(source, self.path)
+            with open(self.path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except BaseException as exc:  # the snapshot then copies the whole file itself
+            log.debug("the early copy of %s for the serving snapshot failed: %s", source, redact(exc))
+            self.failed = exc
+            self.discard()
+
+    def discard(self) -> None:
+        _remove_copy(self.path)
+
+
 class Serving(Connections):
     """Publishing serving.duckdb."""
+
+    _serving_base: _Base | None
+
+    def prepare_serving(self) -> None:
+        """Start copying the warehouse file, in a thread, for the snapshot at the end of the
+        ``connect()`` block open now: publishing then rewrites only the parts of the copy that
+        changed meanwhile (4 MB of the 235 MB a million jobs take, after a one-day sync), and
+        flushes only those. Outside a block, or for a warehouse copied table by table, nothing
+        is done. A copy that fails, or is not used, is removed."""
+        with self._cursor() as con:
+            if not self._storage_version(con).startswith(SERVING_STORAGE_VERSION):
+                return
+        self._drop_serving_base()  # one prepared before and not used
+        self._remove_stale_copies()
+        if not self._when_closing(self._drop_serving_base):
+            return
+        base = _Base(self.data_dir)
+        base.thread = threading.Thread(target=base.copy, args=(self.db_path,), name="voicejobs-serving-copy",
+                                       daemon=True)
+        base.thread.start()
+        self._serving_base = base
+
+    def _take_serving_base(self) -> _Base | None:
+        """The early copy, done (None when there is none, or it failed)."""
+        base, self._serving_base = self._serving_base, None
+        if base is None:
+            return None
+        if base.thread is not None:
+            base.thread.join()
+        return None if base.failed else base
+
+    def _drop_serving_base(self) -> None:
+        base = self._take_serving_base()
+        if base is not None:
+            base.discard()
+
+    def _remove_stale_copies(self, keep: Path | None = None) -> None:
+        """Temporary and replaced snapshots left by an earlier process (a crash, an error)."""
+        for stale in (*self.data_dir.glob(".serving-*.duckdb.tmp*"), *self.data_dir.glob(f".serving-*{RETIRED_SUFFIX}")):
+            if stale != keep:
+                with suppress(OSError):
+                    stale.unlink()
 
     def publish_serving(self) -> Path:
         """Replace serving.duckdb with a consistent copy of the warehouse.
@@ -83,16 +157,20 @@ class Serving(Connections):
                 f"{self.db_path} still has un-checkpointed changes in {wal} (an open transaction?); "
                 "publish the serving snapshot when no sync is writing"
             )
-        for stale in (*self.data_dir.glob(".serving-*.duckdb.tmp*"), *self.data_dir.glob(f".serving-*{RETIRED_SUFFIX}")):
-            with suppress(OSError):
-                stale.unlink()
-        token = uuid.uuid4().hex
+        base = self._take_serving_base()
+        self._remove_stale_copies(keep=base.path if base else None)
+        token = base.token if base else uuid.uuid4().hex
         tmp = self.data_dir / f".serving-{token}.duckdb.tmp"
         whole_file = self._storage_version(con).startswith(SERVING_STORAGE_VERSION)
         try:
-            if whole_file:
+            if whole_file and base is not None:
+                _copy_changes(self.db_path, tmp)
+                crashpoint("serving_copying")  # a snapshot copy left half-done
+            elif whole_file:
                 self._copy_file(tmp)
             else:
+                if base is not None:
+                    base.discard()
                 self._copy_tables(con, tmp, f"serving_{token[:12]}")
         except (OSError, duckdb.Error) as exc:
             _remove_copy(tmp)
@@ -190,3 +268,40 @@ def _remove_copy(tmp: Path) -> None:
     for leftover in (tmp, Path(f"{tmp}.wal")):
         with suppress(OSError):
             leftover.unlink()
+
+
+def _copy_changes(source: Path, copy: Path) -> int:
+    """Make ``copy`` (an earlier copy of ``source``) equal to ``source`` byte for byte, writing
+    only the chunks that differ; returns the bytes written. Nothing may write ``source`` meanwhile.
+    Comparing a million jobs' 235 MB takes about 65 ms; the writes are what the copy's flush
+    then waits for."""
+    size = source.stat().st_size
+    written = offset = 0
+    ours, theirs = bytearray(_CHUNK), bytearray(_CHUNK)
+    src = os.open(source, os.O_RDONLY)
+    try:
+        dst = os.open(copy, os.O_RDWR)
+        try:
+            while offset < size:
+                n = os.preadv(src, [ours], offset)
+                if n == 0:
+                    break  # the file ended early (it cannot, with nothing writing it)
+                m = os.preadv(dst, [theirs], offset)
+                same = m == n and (ours == theirs if n == _CHUNK else ours[:n] == theirs[:n])
+                if not same:
+                    os.pwrite(dst, memoryview(ours)[:n], offset)
+                    written += n
+                offset += n
+            os.ftruncate(dst, offset)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return written
+
+
+def _yield_the_cpu() -> None:
+    """Lower this thread's CPU priority (Linux nices threads one by one), so that a copy made
+    beside the sync takes the CPU the sync and the source leave idle."""
+    with suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)

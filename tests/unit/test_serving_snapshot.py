@@ -8,11 +8,15 @@ the same relations and rows, in a file older DuckDB releases open, without the b
 
 from __future__ import annotations
 
+import errno
+import random
+
 import duckdb
 import pytest
 
 from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
-from pipelines.warehouse.serving import RETIRED_SUFFIX, Serving
+from pipelines.warehouse.serving import _CHUNK as CHUNK
+from pipelines.warehouse.serving import RETIRED_SUFFIX, Serving, _copy_changes
 from tests.support.warehouse_rows import jobs, rec
 
 RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
@@ -116,3 +120,75 @@ def test_a_replaced_snapshot_left_by_a_crash_goes_at_the_next_publish(tmp_path):
     wh.publish_serving()
     assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
     assert _snapshot(wh)[2] == [("a", "SUCCEED"), ("b", "FAILED")]
+
+
+@pytest.mark.parametrize("change", ["none", "one byte", "chunks apart", "grown", "shrunk", "empty copy"])
+def test_copy_changes_makes_the_copy_equal_writing_only_the_chunks_that_differ(tmp_path, change):
+    rng = random.Random(7)
+    source, copy = tmp_path / "source", tmp_path / "copy"
+    original = rng.randbytes(3 * CHUNK + 1234)
+    copy.write_bytes(b"" if change == "empty copy" else original)
+    data = bytearray(original)
+    expected_written = {"none": 0, "one byte": CHUNK, "chunks apart": 2 * CHUNK}.get(change)
+    if change == "one byte":
+        data[CHUNK + 5] ^= 0xFF
+    elif change == "chunks apart":
+        data[10] ^= 1
+        data[2 * CHUNK + 7] ^= 1
+    elif change == "grown":
+        data += rng.randbytes(CHUNK // 2)
+    elif change == "shrunk":
+        del data[CHUNK + 100:]
+    source.write_bytes(bytes(data))
+    written = _copy_changes(source, copy)
+    assert copy.read_bytes() == bytes(data)
+    if expected_written is not None:
+        assert written == expected_written
+
+
+def _tables(path) -> list:
+    """Every relation but the sync's bookkeeping, with its rows."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return [(s, t, con.execute(f'SELECT * FROM "{s}"."{t}" ORDER BY ALL').fetchall())
+                for s, t in con.execute(RELATIONS).fetchall() if t not in SYNC_ONLY_TABLES]
+    finally:
+        con.close()
+
+
+def test_a_copy_prepared_before_the_changes_gives_the_snapshot_of_the_warehouse_after_them(tmp_path):
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    with wh.connect():
+        wh.prepare_serving()
+        copy = wh._serving_base.path
+        _fill(wh)  # changes made while (and after) the file is copied
+        wh.publish_serving()
+        assert not copy.exists()  # it became the snapshot
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    assert _tables(wh.serving_path) == _tables(wh.db_path)
+    with duckdb.connect(str(wh.serving_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM sync_runs").fetchone() == (2,)  # both fills
+
+
+def test_a_prepared_copy_not_used_or_failed_leaves_nothing_behind(tmp_path, monkeypatch):
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    with wh.connect():
+        wh.prepare_serving()  # the block ends without a snapshot (a sync that failed)
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pipelines.warehouse.serving.shutil.copyfile", full_disk)
+    with wh.connect():
+        wh.prepare_serving()
+        monkeypatch.undo()  # the early copy failed; the snapshot copies the file itself
+        _fill(wh)
+        wh.publish_serving()
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    assert _snapshot(wh)[2] == [("a", "SUCCEED"), ("b", "FAILED")]
+    assert _snapshot(wh)[3] == [(3,)]
