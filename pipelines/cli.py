@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import shlex
@@ -382,5 +383,17 @@ def _verdict(args, message: str, code: int) -> int:
     return code
 
 
+def run() -> None:
+    """The ``voicejobs`` command: main(), and the exit.
+
+    Before the interpreter shuts down, the objects it holds are frozen out of the cycle
+    collector (gc.freeze): its shutdown otherwise runs a last full collection over everything
+    the imports made (DuckDB, pyarrow, httpx), 60-70 ms of a one-day sync's 1.6 s. By then the
+    command has closed its files and connections, and exit handlers still run."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
