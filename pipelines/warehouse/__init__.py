@@ -15,7 +15,8 @@ Layout under `data_dir` (see the shared contract):
   same layout under the prefix).
 - `serving.duckdb`: a copy of the warehouse taken after a CHECKPOINT (of the file itself when it
   is in the serving storage format), without the sync's bookkeeping, swapped in with
-  os.replace; BI tools open it read-only.
+  os.replace; BI tools open it read-only. `.serving-spare.duckdb`: the snapshot it replaced,
+  which the next one is written into (see ``serving``).
 
 One module per concern, each a room of the one :class:`Warehouse`:
 

@@ -1,14 +1,20 @@
 """The serving snapshot: serving.duckdb, a copy of the warehouse that BI tools open read-only.
 
 It is taken after a CHECKPOINT, in an older storage format, stripped of the sync's own
-bookkeeping, fsynced and swapped in with os.replace; the file it replaces is removed beside
-the work that follows (see _retire). A warehouse created in that format
-(every one created since it was chosen: see STORAGE_VERSION) is copied as a file, which
-costs what copying its bytes costs; an older warehouse is copied table by table.
+bookkeeping, fsynced and swapped in with os.replace. A warehouse created in that format
+(every one created since it was chosen: see STORAGE_VERSION) is copied as a file; an older
+warehouse is copied table by table.
+
+The file is copied into an earlier one and only the parts that differ are written (see
+_copy_changes): into the snapshot replaced last time (SPARE_FILE), kept for this when no reader
+had it open, or into a copy started as the sync began (prepare_serving). Any starting content
+gives the same snapshot; a close one leaves little to write and flush (4 MB of the 235 MB of
+a million jobs, after a one-day sync).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -31,6 +37,9 @@ log = logging.getLogger("voicejobs.warehouse")
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: The name a replaced serving.duckdb keeps until it is removed: .serving-<token> + this.
 RETIRED_SUFFIX = ".duckdb.retired"
+#: The snapshot the last one replaced, beside it, kept to be rewritten into the next one. It
+#: holds what serving.duckdb held before; deleting it costs the next sync a whole copy.
+SPARE_FILE = ".serving-spare.duckdb"
 #: Tables of the sync's own bookkeeping, left out of the serving snapshot. It keeps the jobs,
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
@@ -52,6 +61,7 @@ class _Base:
         self.path = data_dir / f".serving-{self.token}.duckdb.tmp"
         self.failed: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.was_spare = False  # else a copy of the warehouse, bookkeeping and all
 
     def copy(self, source: Path) -> None:
         """The file copied and flushed to disk (so the snapshot's own flush has little left)."""
@@ -68,6 +78,38 @@ class _Base:
     def discard(self) -> None:
         _remove_copy(self.path)
 
+    def shelve(self, spare: Path) -> None:
+        """A former spare kept as ``spare`` again (unless there is one); a copy of the warehouse,
+        which holds the sync's bookkeeping, removed."""
+        if self.was_spare:
+            with suppress(OSError):
+                os.link(self.path, spare)
+        self.discard()
+
+    @classmethod
+    def claim(cls, spare: Path) -> _Base | None:
+        """``spare`` renamed to be the base, when no reader has it open (DuckDB readers hold a
+        shared lock on the file they read, which the exclusive one tried here meets). None when
+        there is none; one a reader holds loses its name (the reader keeps its file)."""
+        try:
+            fd = os.open(spare, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                _remove_quietly(spare)
+                return None
+            base = cls(spare.parent)
+            os.replace(spare, base.path)  # under the lock: no reader took it meanwhile
+            base.was_spare = True
+            return base
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
 
 class Serving(Connections):
     """Publishing serving.duckdb."""
@@ -75,11 +117,11 @@ class Serving(Connections):
     _serving_base: _Base | None
 
     def prepare_serving(self) -> None:
-        """Start copying the warehouse file, in a thread, for the snapshot at the end of the
-        ``connect()`` block open now: publishing then rewrites only the parts of the copy that
-        changed meanwhile (4 MB of the 235 MB a million jobs take, after a one-day sync), and
-        flushes only those. Outside a block, or for a warehouse copied table by table, nothing
-        is done. A copy that fails, or is not used, is removed."""
+        """Choose the file the snapshot at the end of the ``connect()`` block open now is written
+        into: the spare (SPARE_FILE) when it can be had, else a copy of the warehouse file
+        started now, in a thread, beside the work of the block. Publishing then rewrites only
+        the parts that differ. Outside a block, or for a warehouse copied table by table, nothing
+        is done. A base that fails, or is not used, is removed."""
         with self._cursor() as con:
             if not self._storage_version(con).startswith(SERVING_STORAGE_VERSION):
                 return
@@ -87,10 +129,12 @@ class Serving(Connections):
         self._remove_stale_copies()
         if not self._when_closing(self._drop_serving_base):
             return
-        base = _Base(self.data_dir)
-        base.thread = threading.Thread(target=base.copy, args=(self.db_path,), name="voicejobs-serving-copy",
-                                       daemon=True)
-        base.thread.start()
+        base = _Base.claim(self.data_dir / SPARE_FILE)
+        if base is None:
+            base = _Base(self.data_dir)
+            base.thread = threading.Thread(target=base.copy, args=(self.db_path,), name="voicejobs-serving-copy",
+                                           daemon=True)
+            base.thread.start()
         self._serving_base = base
 
     def _take_serving_base(self) -> _Base | None:
@@ -103,9 +147,10 @@ class Serving(Connections):
         return None if base.failed else base
 
     def _drop_serving_base(self) -> None:
+        """A base the block did not use (it ended without a snapshot): a spare stays the spare."""
         base = self._take_serving_base()
         if base is not None:
-            base.discard()
+            base.shelve(self.data_dir / SPARE_FILE)
 
     def _remove_stale_copies(self, keep: Path | None = None) -> None:
         """Temporary and replaced snapshots left by an earlier process (a crash, an error)."""
@@ -159,9 +204,11 @@ class Serving(Connections):
             )
         base = self._take_serving_base()
         self._remove_stale_copies(keep=base.path if base else None)
+        whole_file = self._storage_version(con).startswith(SERVING_STORAGE_VERSION)
+        if base is None and whole_file:
+            base = _Base.claim(self.data_dir / SPARE_FILE)
         token = base.token if base else uuid.uuid4().hex
         tmp = self.data_dir / f".serving-{token}.duckdb.tmp"
-        whole_file = self._storage_version(con).startswith(SERVING_STORAGE_VERSION)
         try:
             if whole_file and base is not None:
                 _copy_changes(self.db_path, tmp)
@@ -188,7 +235,7 @@ class Serving(Connections):
             os.replace(tmp, self.serving_path)
             _fsync_dir(self.data_dir)
             crashpoint("serving_replaced")
-            if retired is not None:
+            if retired is not None and retired.name != SPARE_FILE:
                 self._in_background(_remove_quietly, retired)
         except BaseException as exc:  # handed to the thread that waits for this one
             _remove_copy(tmp)
@@ -206,15 +253,19 @@ class Serving(Connections):
 
     def _retire(self, token: str) -> Path | None:
         """A second name for the current serving.duckdb, so that os.replace frees none of its
-        blocks (freeing a 235 MB snapshot took 0.10-0.15 s of the replace); the caller removes it
-        beside the work that follows. None when there is no snapshot yet, or the file system has
-        no hard links (the replace then frees the old file itself)."""
-        retired = self.data_dir / f".serving-{token}{RETIRED_SUFFIX}"
-        try:
-            os.link(self.serving_path, retired)
-        except OSError:
-            return None
-        return retired
+        blocks (freeing a 235 MB snapshot took 0.10-0.15 s of the replace): SPARE_FILE when there
+        is none, kept for the next snapshot; else one the caller removes beside the work that
+        follows. None when there is no snapshot yet, or the file system has no hard links (the
+        replace then frees the old file itself)."""
+        for retired in (self.data_dir / SPARE_FILE, self.data_dir / f".serving-{token}{RETIRED_SUFFIX}"):
+            try:
+                os.link(self.serving_path, retired)
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+            return retired
+        return None
 
     @staticmethod
     def _storage_version(con: duckdb.DuckDBPyConnection) -> str:

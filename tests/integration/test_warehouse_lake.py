@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.warehouse import Warehouse
+from pipelines.warehouse.serving import SPARE_FILE
 from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_row_groups, lake_wipe
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
 
@@ -261,6 +262,7 @@ def test_serving_snapshot_old_readers_keep_their_snapshot(wh: Warehouse, run: st
     finally:
         reader.close()
     assert sorted(p.name for p in wh.data_dir.iterdir() if p.is_file()) == [
+        SPARE_FILE,  # the snapshot replaced last, the next one is written into
         "serving.duckdb",
         "warehouse.duckdb",
     ]

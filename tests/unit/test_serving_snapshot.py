@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
 from pipelines.warehouse.serving import _CHUNK as CHUNK
-from pipelines.warehouse.serving import RETIRED_SUFFIX, Serving, _copy_changes
+from pipelines.warehouse.serving import RETIRED_SUFFIX, SPARE_FILE, Serving, _copy_changes
 from tests.support.warehouse_rows import jobs, rec
 
 RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
@@ -93,22 +93,40 @@ def _data_files(wh: Warehouse) -> list[str]:
     return sorted(p.name for p in wh.data_dir.iterdir() if p.is_file())
 
 
-def test_the_replaced_snapshot_is_removed_when_the_warehouse_closes(tmp_path):
+def _jobs_in(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT count(*) FROM voice_training_jobs").fetchone()[0]
+
+
+def _add_job(wh: Warehouse, job_id: str) -> None:
+    run = wh.begin_run("days", {})
+    wh.apply(run, jobs=jobs([rec(job_id)]))
+    wh.finish_run(run, "succeeded", {})
+
+
+def test_the_replaced_snapshot_is_kept_as_the_spare_and_never_written_while_a_reader_has_it(tmp_path):
     wh = Warehouse(tmp_path / "wh")
     _fill(wh)
-    wh.publish_serving()
-    reader = duckdb.connect(str(wh.serving_path), read_only=True)
+    wh.publish_serving()  # the first snapshot: none replaced, no spare
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    reader = duckdb.connect(str(wh.serving_path), read_only=True)  # holds the first snapshot
     try:
+        _add_job(wh, "c")
+        wh.publish_serving()  # the first snapshot becomes the spare, the reader keeps reading it
+        assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+        _add_job(wh, "d")
         with wh.connect():
-            wh.publish_serving()
-            # the replaced file keeps a second name until the block closes, the reader its snapshot
-            assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (2,)
-        assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
-        assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (2,)
+            wh.publish_serving()  # the spare is the reader's: not written, its name dropped
+        assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+        assert _jobs_in(reader) == 2
+        assert reader.execute("SELECT count(*) FROM voice_training_job_history").fetchone() == (3,)
     finally:
         reader.close()
-    wh.publish_serving()  # outside a block, removed before the call returns
-    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    _add_job(wh, "e")
+    wh.publish_serving()  # the spare, free now, is written into
+    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+    assert _tables(wh.serving_path) == _tables(wh.db_path)
+    with duckdb.connect(str(wh.serving_path), read_only=True) as con:
+        assert _jobs_in(con) == 5
 
 
 def test_a_replaced_snapshot_left_by_a_crash_goes_at_the_next_publish(tmp_path):
@@ -118,7 +136,7 @@ def test_a_replaced_snapshot_left_by_a_crash_goes_at_the_next_publish(tmp_path):
     left = wh.data_dir / f".serving-{'0' * 32}{RETIRED_SUFFIX}"
     left.write_bytes(wh.serving_path.read_bytes())
     wh.publish_serving()
-    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
     assert _snapshot(wh)[2] == [("a", "SUCCEED"), ("b", "FAILED")]
 
 
@@ -156,28 +174,46 @@ def _tables(path) -> list:
         con.close()
 
 
-def test_a_copy_prepared_before_the_changes_gives_the_snapshot_of_the_warehouse_after_them(tmp_path):
+@pytest.mark.parametrize("spare", ["kept", "deleted", "garbage"])
+def test_a_base_chosen_before_the_changes_gives_the_snapshot_of_the_warehouse_after_them(tmp_path, spare):
     wh = Warehouse(tmp_path / "wh")
     _fill(wh)
     wh.publish_serving()
+    _add_job(wh, "c")
+    wh.publish_serving()  # the first snapshot is the spare now
+    if spare == "deleted":  # the base is then a copy of the warehouse file, made beside the block
+        (wh.data_dir / SPARE_FILE).unlink()
+    elif spare == "garbage":  # whatever it holds, only its bytes that differ are written
+        (wh.data_dir / SPARE_FILE).write_bytes(random.Random(3).randbytes(3 * CHUNK + 17))
     with wh.connect():
         wh.prepare_serving()
-        copy = wh._serving_base.path
-        _fill(wh)  # changes made while (and after) the file is copied
+        base = wh._serving_base.path
+        if spare != "deleted":
+            assert not (wh.data_dir / SPARE_FILE).exists()  # the spare is the base
+        _add_job(wh, "d")  # changes made while (and after) the base is chosen
+        _add_job(wh, "e")
         wh.publish_serving()
-        assert not copy.exists()  # it became the snapshot
-    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+        assert not base.exists()  # it became the snapshot
+    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
     assert _tables(wh.serving_path) == _tables(wh.db_path)
     with duckdb.connect(str(wh.serving_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM sync_runs").fetchone() == (2,)  # both fills
+        assert _jobs_in(con) == 5
+        assert con.execute("SELECT count(*) FROM sync_runs").fetchone() == (4,)
 
 
-def test_a_prepared_copy_not_used_or_failed_leaves_nothing_behind(tmp_path, monkeypatch):
+def test_a_base_not_used_stays_the_spare_and_a_copy_not_used_or_failed_leaves_nothing(tmp_path, monkeypatch):
     wh = Warehouse(tmp_path / "wh")
     _fill(wh)
     wh.publish_serving()
+    _add_job(wh, "c")
+    wh.publish_serving()
+    spare = (wh.data_dir / SPARE_FILE).read_bytes()
     with wh.connect():
         wh.prepare_serving()  # the block ends without a snapshot (a sync that failed)
+    assert (wh.data_dir / SPARE_FILE).read_bytes() == spare
+    (wh.data_dir / SPARE_FILE).unlink()
+    with wh.connect():
+        wh.prepare_serving()  # a copy of the warehouse, bookkeeping and all, is not kept
     assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
 
     def full_disk(*args):
@@ -186,9 +222,10 @@ def test_a_prepared_copy_not_used_or_failed_leaves_nothing_behind(tmp_path, monk
     monkeypatch.setattr("pipelines.warehouse.serving.shutil.copyfile", full_disk)
     with wh.connect():
         wh.prepare_serving()
-        monkeypatch.undo()  # the early copy failed; the snapshot copies the file itself
-        _fill(wh)
+        wh._serving_base.thread.join()
+        assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]  # the failed copy is gone
+        monkeypatch.undo()  # the snapshot copies the file itself
+        _add_job(wh, "c")
         wh.publish_serving()
-    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
-    assert _snapshot(wh)[2] == [("a", "SUCCEED"), ("b", "FAILED")]
-    assert _snapshot(wh)[3] == [(3,)]
+    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+    assert _tables(wh.serving_path) == _tables(wh.db_path)
