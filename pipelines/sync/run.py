@@ -195,7 +195,7 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     run = Run(settings, warehouse, run_id, report, progress)
     started = time.monotonic()
     if refresh:
-        warehouse.prepare_serving()  # the file copied beside the fetch; the snapshot rewrites what changed
+        warehouse.prepare_serving()  # the spare, or a copy made beside the fetch: the snapshot rewrites what changed
     client = make_client(settings)
     client.on_retry = run.retrying
     try:

@@ -132,6 +132,7 @@ class Warehouse(RunLog, Apply, Serving):
         self._stuck = {}
         self._background, self._closing = [], []
         self._serving_base = None
+        self._fd = None
         try:
             probe_writable(self.data_dir)
         except OSError as exc:

@@ -16,6 +16,7 @@ JOBS_SCHEMA, so the Arrow schema stays the one definition of them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,6 +114,8 @@ class Connections:
     # then the work left for its end (see _when_closing).
     _background: list[threading.Thread]
     _closing: list[Callable[[], None]]
+    # A descriptor of warehouse.duckdb for reading its bytes inside the block (see file_descriptor).
+    _fd: int | None
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         try:
@@ -169,6 +172,24 @@ class Connections:
                 thread.join()
             for work in closing:
                 work()
+            with self._lock:
+                fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+    def _file_descriptor(self) -> int:
+        """A read-only descriptor of warehouse.duckdb, for reading its bytes inside the
+        ``connect()`` block open now; it is closed after the block's DuckDB connection.
+
+        A process's fcntl locks on a file go when it closes any descriptor of that file, and
+        DuckDB's lock on the warehouse is one: opening and closing the file by its path inside
+        the block (to copy it) would let another process open the warehouse meanwhile."""
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("the warehouse file is read from inside a connect() block only")
+            if self._fd is None:
+                self._fd = os.open(self.db_path, os.O_RDONLY)
+            return self._fd
 
     def _in_background(self, work: Callable[..., None], *args: object) -> None:
         """Run ``work`` in a thread beside what the caller does next, for file work that only

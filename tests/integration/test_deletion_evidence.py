@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 
 import duckdb
@@ -23,6 +21,7 @@ from pipelines.sync import sync
 from pipelines.warehouse import Warehouse, WarehouseError
 from tests.support.hostile import HostileProxy
 from tests.support.simulators import PROJECTS, SIM_NOW, cli_env, sim_settings
+from tests.support.warehouse_rows import lock_probe
 
 DAYS = 6
 SINCE = (SIM_NOW - timedelta(days=DAYS)).date()
@@ -90,18 +89,6 @@ def test_a_window_losing_most_of_its_jobs_is_listed_twice_then_believed(server, 
     assert live(warehouse) == truth(server)
 
 
-def _lock_probe(path) -> str:
-    """Try to open ``path`` read-only from another process: 'opened' or 'locked'."""
-    code = (
-        "import duckdb, sys\n"
-        "try:\n"
-        f"    duckdb.connect({str(path)!r}, read_only=True).close(); print('opened')\n"
-        "except duckdb.IOException:\n"
-        "    print('locked')\n"
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
-
-
 def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
     import pipelines.sync.run as sync_module
 
@@ -110,7 +97,7 @@ def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, mo
     probes: list[str] = []
 
     def probed(*args, **kwargs):
-        probes.append(_lock_probe(tmp_path / "warehouse.duckdb"))
+        probes.append(lock_probe(tmp_path / "warehouse.duckdb"))
         return real(*args, **kwargs)
 
     # The moment the sync's own work is done and the models are about to be built.

@@ -9,6 +9,8 @@ takes; ``sql()``, ``states()`` and ``lake_rows()`` read the result back (the lak
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -86,3 +88,15 @@ def block_with_a_directory(path: Path) -> None:
         path.unlink()
     path.mkdir(parents=True)
     (path / "in-the-way").write_text("x")
+
+
+def lock_probe(path: Path) -> str:
+    """Try to open ``path`` read-only from another process: 'opened' or 'locked'."""
+    code = (
+        "import duckdb, sys\n"
+        "try:\n"
+        f"    duckdb.connect({str(path)!r}, read_only=True).close(); print('opened')\n"
+        "except duckdb.IOException:\n"
+        "    print('locked')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()

@@ -9,6 +9,7 @@ the same relations and rows, in a file older DuckDB releases open, without the b
 from __future__ import annotations
 
 import errno
+import os
 import random
 
 import duckdb
@@ -17,7 +18,7 @@ import pytest
 from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
 from pipelines.warehouse.serving import _CHUNK as CHUNK
 from pipelines.warehouse.serving import RETIRED_SUFFIX, SPARE_FILE, Serving, _copy_changes
-from tests.support.warehouse_rows import jobs, rec
+from tests.support.warehouse_rows import jobs, lock_probe, rec
 
 RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
                WHERE table_catalog = current_database() ORDER BY 1, 2"""
@@ -158,7 +159,11 @@ def test_copy_changes_makes_the_copy_equal_writing_only_the_chunks_that_differ(t
     elif change == "shrunk":
         del data[CHUNK + 100:]
     source.write_bytes(bytes(data))
-    written = _copy_changes(source, copy)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        written = _copy_changes(fd, copy)
+    finally:
+        os.close(fd)
     assert copy.read_bytes() == bytes(data)
     if expected_written is not None:
         assert written == expected_written
@@ -219,7 +224,7 @@ def test_a_base_not_used_stays_the_spare_and_a_copy_not_used_or_failed_leaves_no
     def full_disk(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pipelines.warehouse.serving.shutil.copyfile", full_disk)
+    monkeypatch.setattr("pipelines.warehouse.serving._copy_whole", full_disk)
     with wh.connect():
         wh.prepare_serving()
         wh._serving_base.thread.join()
@@ -229,3 +234,23 @@ def test_a_base_not_used_stays_the_spare_and_a_copy_not_used_or_failed_leaves_no
         wh.publish_serving()
     assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
     assert _tables(wh.serving_path) == _tables(wh.db_path)
+
+
+def test_the_warehouse_stays_locked_against_other_processes_through_a_snapshot(tmp_path):
+    """A process's fcntl locks on a file go when it closes any descriptor of that file, DuckDB's
+    lock on warehouse.duckdb too: copying the file by its path for the snapshot, from inside
+    the block that holds it, let another process open the warehouse for the rest of the run."""
+    wh = Warehouse(tmp_path / "wh")
+    _fill(wh)
+    wh.publish_serving()
+    _add_job(wh, "c")
+    with wh.connect():
+        assert lock_probe(wh.db_path) == "locked"
+        wh.prepare_serving()
+        _add_job(wh, "d")
+        wh.publish_serving()  # into the spare
+        assert lock_probe(wh.db_path) == "locked"
+        (wh.data_dir / SPARE_FILE).unlink()
+        wh.publish_serving()  # the whole file copied
+        assert lock_probe(wh.db_path) == "locked"
+    assert lock_probe(wh.db_path) == "opened"
