@@ -194,8 +194,6 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         "projects": list(report.projects), "source": report.source})
     run = Run(settings, warehouse, run_id, report, progress)
     started = time.monotonic()
-    if refresh:
-        warehouse.prepare_serving()  # the spare, or a copy made beside the fetch: the snapshot rewrites what changed
     client = make_client(settings)
     client.on_retry = run.retrying
     try:

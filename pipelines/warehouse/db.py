@@ -110,10 +110,8 @@ class Connections:
     _schema_ready: bool
     # run_id -> lake partitions that failed to export during that run (see Apply.apply()).
     _stuck: dict[str, set[tuple[str, date]]]
-    # Work started beside the caller's (see _in_background), waited for when the block closes;
-    # then the work left for its end (see _when_closing).
+    # Work started beside the caller's (see _in_background), waited for when the block closes.
     _background: list[threading.Thread]
-    _closing: list[Callable[[], None]]
     # A descriptor of warehouse.duckdb for reading its bytes inside the block (see file_descriptor).
     _fd: int | None
 
@@ -166,12 +164,9 @@ class Connections:
             with self._lock:
                 self._con = None
                 background, self._background = self._background, []
-                closing, self._closing = self._closing, []
             con.close()
             for thread in background:
                 thread.join()
-            for work in closing:
-                work()
             with self._lock:
                 fd, self._fd = self._fd, None
             if fd is not None:
@@ -202,15 +197,6 @@ class Connections:
                 self._background.append(thread)
                 return
         thread.join()
-
-    def _when_closing(self, work: Callable[[], None]) -> bool:
-        """Run ``work`` when the ``connect()`` block open now closes (after the work started
-        beside it); False, and nothing kept, outside one. ``work`` must not raise."""
-        with self._lock:
-            if self._con is None:
-                return False
-            self._closing.append(work)
-            return True
 
 
     @contextmanager

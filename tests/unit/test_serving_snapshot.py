@@ -15,7 +15,7 @@ import random
 import duckdb
 import pytest
 
-from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse
+from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse, WarehouseError
 from pipelines.warehouse.serving import _CHUNK as CHUNK
 from pipelines.warehouse.serving import RETIRED_SUFFIX, SPARE_FILE, Serving, _copy_changes
 from tests.support.warehouse_rows import jobs, lock_probe, rec
@@ -180,25 +180,19 @@ def _tables(path) -> list:
 
 
 @pytest.mark.parametrize("spare", ["kept", "deleted", "garbage"])
-def test_a_base_chosen_before_the_changes_gives_the_snapshot_of_the_warehouse_after_them(tmp_path, spare):
+def test_a_snapshot_written_into_the_spare_is_the_warehouse_whatever_the_spare_held(tmp_path, spare):
     wh = Warehouse(tmp_path / "wh")
     _fill(wh)
     wh.publish_serving()
     _add_job(wh, "c")
     wh.publish_serving()  # the first snapshot is the spare now
-    if spare == "deleted":  # the base is then a copy of the warehouse file, made beside the block
+    if spare == "deleted":  # the warehouse file is copied whole
         (wh.data_dir / SPARE_FILE).unlink()
     elif spare == "garbage":  # whatever it holds, only its bytes that differ are written
         (wh.data_dir / SPARE_FILE).write_bytes(random.Random(3).randbytes(3 * CHUNK + 17))
-    with wh.connect():
-        wh.prepare_serving()
-        base = wh._serving_base.path
-        if spare != "deleted":
-            assert not (wh.data_dir / SPARE_FILE).exists()  # the spare is the base
-        _add_job(wh, "d")  # changes made while (and after) the base is chosen
-        _add_job(wh, "e")
-        wh.publish_serving()
-        assert not base.exists()  # it became the snapshot
+    _add_job(wh, "d")
+    _add_job(wh, "e")
+    wh.publish_serving()
     assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
     assert _tables(wh.serving_path) == _tables(wh.db_path)
     with duckdb.connect(str(wh.serving_path), read_only=True) as con:
@@ -206,33 +200,26 @@ def test_a_base_chosen_before_the_changes_gives_the_snapshot_of_the_warehouse_af
         assert con.execute("SELECT count(*) FROM sync_runs").fetchone() == (4,)
 
 
-def test_a_base_not_used_stays_the_spare_and_a_copy_not_used_or_failed_leaves_nothing(tmp_path, monkeypatch):
+def test_a_snapshot_that_cannot_be_written_leaves_the_previous_one_and_no_copy(tmp_path, monkeypatch):
     wh = Warehouse(tmp_path / "wh")
     _fill(wh)
     wh.publish_serving()
     _add_job(wh, "c")
     wh.publish_serving()
-    spare = (wh.data_dir / SPARE_FILE).read_bytes()
-    with wh.connect():
-        wh.prepare_serving()  # the block ends without a snapshot (a sync that failed)
-    assert (wh.data_dir / SPARE_FILE).read_bytes() == spare
-    (wh.data_dir / SPARE_FILE).unlink()
-    with wh.connect():
-        wh.prepare_serving()  # a copy of the warehouse, bookkeeping and all, is not kept
-    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    before = wh.serving_path.read_bytes()
 
     def full_disk(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pipelines.warehouse.serving._copy_whole", full_disk)
-    with wh.connect():
-        wh.prepare_serving()
-        wh._serving_base.thread.join()
-        assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]  # the failed copy is gone
-        monkeypatch.undo()  # the snapshot copies the file itself
-        _add_job(wh, "c")
-        wh.publish_serving()
-    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+    _add_job(wh, "d")
+    for copy in ("_copy_changes", "_copy_whole"):  # into the spare, then with none left
+        monkeypatch.setattr(f"pipelines.warehouse.serving.{copy}", full_disk)
+        with pytest.raises(WarehouseError, match="free space"):
+            wh.publish_serving()
+        assert wh.serving_path.read_bytes() == before
+        assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
+    monkeypatch.undo()
+    wh.publish_serving()
     assert _tables(wh.serving_path) == _tables(wh.db_path)
 
 
@@ -246,10 +233,10 @@ def test_the_warehouse_stays_locked_against_other_processes_through_a_snapshot(t
     _add_job(wh, "c")
     with wh.connect():
         assert lock_probe(wh.db_path) == "locked"
-        wh.prepare_serving()
         _add_job(wh, "d")
         wh.publish_serving()  # into the spare
         assert lock_probe(wh.db_path) == "locked"
+        _add_job(wh, "e")
         (wh.data_dir / SPARE_FILE).unlink()
         wh.publish_serving()  # the whole file copied
         assert lock_probe(wh.db_path) == "locked"
