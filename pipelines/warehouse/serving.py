@@ -14,7 +14,6 @@ write and flush (4 MB of the 235 MB of a million jobs, after a one-day sync).
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
 import uuid
@@ -29,8 +28,6 @@ from pipelines.redact import redact
 from pipelines.warehouse.db import STORAGE_VERSION, Connections, merge_row_groups
 from pipelines.warehouse.lakestore import _fsync, _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
-
-log = logging.getLogger("voicejobs.warehouse")
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: The name a replaced serving.duckdb keeps until it is removed: .serving-<token> + this.
