@@ -130,7 +130,6 @@ class Warehouse(RunLog, Apply, Serving):
         # run_id -> lake partitions that failed to export during that run: later batches of
         # the run skip them, finish_run() tries them once more (see Apply.apply()).
         self._stuck = {}
-        self._background = []
         self._fd = None
         try:
             probe_writable(self.data_dir)

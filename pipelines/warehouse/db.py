@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -110,8 +110,6 @@ class Connections:
     _schema_ready: bool
     # run_id -> lake partitions that failed to export during that run (see Apply.apply()).
     _stuck: dict[str, set[tuple[str, date]]]
-    # Work started beside the caller's (see _in_background), waited for when the block closes.
-    _background: list[threading.Thread]
     # A descriptor of warehouse.duckdb for reading its bytes inside the block (see file_descriptor).
     _fd: int | None
 
@@ -163,12 +161,8 @@ class Connections:
         finally:
             with self._lock:
                 self._con = None
-                background, self._background = self._background, []
-            con.close()
-            for thread in background:
-                thread.join()
-            with self._lock:
                 fd, self._fd = self._fd, None
+            con.close()
             if fd is not None:
                 os.close(fd)
 
@@ -185,19 +179,6 @@ class Connections:
             if self._fd is None:
                 self._fd = os.open(self.db_path, os.O_RDONLY)
             return self._fd
-
-    def _in_background(self, work: Callable[..., None], *args: object) -> None:
-        """Run ``work`` in a thread beside what the caller does next, for file work that only
-        waits on the disk. The ``connect()`` block it was started in waits for it when it closes;
-        outside one, it is waited for at once. ``work`` must not raise."""
-        thread = threading.Thread(target=work, args=args, name="voicejobs-background", daemon=True)
-        thread.start()
-        with self._lock:
-            if self._con is not None:
-                self._background.append(thread)
-                return
-        thread.join()
-
 
     @contextmanager
     def _lean(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:

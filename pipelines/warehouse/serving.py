@@ -30,7 +30,8 @@ from pipelines.warehouse.lakestore import _fsync, _fsync_dir
 from pipelines.warehouse.tables import WarehouseError
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
-#: The name a replaced serving.duckdb keeps until it is removed: .serving-<token> + this.
+#: A replaced serving.duckdb's second name in earlier versions (.serving-<token> + this), kept
+#: until removed: one a crash left behind is removed at the next publish.
 RETIRED_SUFFIX = ".duckdb.retired"
 #: The snapshot the last one replaced, beside it, kept to be rewritten into the next one. It
 #: holds what serving.duckdb held before; deleting it costs the next sync a whole copy.
@@ -109,9 +110,9 @@ class Serving(Connections):
         bookkeeping and swaps it in. On exit the snapshot is in place, or its error is raised
         (the block's own error first, if any)."""
         with self.connect(), self._cursor() as con:  # the file is read in a block (_file_descriptor)
-            tmp, token, whole_file = self._take_copy(con)
+            tmp, whole_file = self._take_copy(con)
             done: list[BaseException | None] = []
-            thread = threading.Thread(target=self._finish_copy_into, args=(tmp, token, whole_file, done),
+            thread = threading.Thread(target=self._finish_copy_into, args=(tmp, whole_file, done),
                                       name="voicejobs-serving", daemon=True)
             thread.start()
             try:
@@ -121,9 +122,9 @@ class Serving(Connections):
         if done[0] is not None:
             raise self._not_published(done[0])
 
-    def _take_copy(self, con: duckdb.DuckDBPyConnection) -> tuple[Path, str, bool]:
+    def _take_copy(self, con: duckdb.DuckDBPyConnection) -> tuple[Path, bool]:
         """The checkpointed warehouse copied into a temporary file (nothing may write it meanwhile):
-        the file, its token, and whether it is the warehouse file copied whole (else its tables
+        the file, and whether it is the warehouse file copied whole (else its tables
         were copied, without the bookkeeping)."""
         con.execute("CHECKPOINT")
         wal = Path(str(self.db_path) + ".wal")
@@ -152,21 +153,19 @@ class Serving(Connections):
         except (OSError, duckdb.Error) as exc:
             _remove_copy(tmp)
             raise self._not_published(exc) from None
-        return tmp, token, whole_file
+        return tmp, whole_file
 
-    def _finish_copy_into(self, tmp: Path, token: str, whole_file: bool, done: list[BaseException | None]) -> None:
+    def _finish_copy_into(self, tmp: Path, whole_file: bool, done: list[BaseException | None]) -> None:
         """Strip (a whole file), flush and swap in the copy ``tmp``; ``done`` gets None, or the error."""
         try:
             if whole_file:
                 self._strip(tmp)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
-            retired = self._retire(token)
+            self._keep_spare()
             os.replace(tmp, self.serving_path)
             _fsync_dir(self.data_dir)
             crashpoint("serving_replaced")
-            if retired is not None and retired.name != SPARE_FILE:
-                self._in_background(_remove_quietly, retired)
         except BaseException as exc:  # handed to the thread that waits for this one
             _remove_copy(tmp)
             done.append(exc)
@@ -181,21 +180,12 @@ class Serving(Connections):
             f"free space on the disk holding {self.data_dir} and publish again"
         )
 
-    def _retire(self, token: str) -> Path | None:
-        """A second name for the current serving.duckdb, so that os.replace frees none of its
-        blocks (freeing a 235 MB snapshot took 0.10-0.15 s of the replace): SPARE_FILE when there
-        is none, kept for the next snapshot; else one the caller removes beside the work that
-        follows. None when there is no snapshot yet, or the file system has no hard links (the
-        replace then frees the old file itself)."""
-        for retired in (self.data_dir / SPARE_FILE, self.data_dir / f".serving-{token}{RETIRED_SUFFIX}"):
-            try:
-                os.link(self.serving_path, retired)
-            except FileExistsError:
-                continue
-            except OSError:
-                return None
-            return retired
-        return None
+    def _keep_spare(self) -> None:
+        """The current serving.duckdb, about to be replaced, kept as the spare (a second name,
+        so the replace frees none of its blocks: freeing 235 MB took 0.10-0.15 s of it). With a
+        spare there already (one not claimed), or no hard links, the replace frees the old file."""
+        with suppress(OSError):
+            os.link(self.serving_path, self.data_dir / SPARE_FILE)
 
     @staticmethod
     def _storage_version(con: duckdb.DuckDBPyConnection) -> str:
