@@ -22,7 +22,7 @@ import re
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import nullcontext, suppress
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, unquote
@@ -73,6 +73,18 @@ def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
     values, starts, counts = np.unique(days, return_index=True, return_counts=True)
     epoch = date(1970, 1, 1)
     return {epoch + timedelta(days=int(v)): (int(i), int(n)) for v, i, n in zip(values, starts, counts, strict=True)}
+
+
+def _day_ranges(days: Collection[date]) -> list[tuple[datetime, datetime]]:
+    """``days`` as the fewest half-open ranges of instants (see utc_days), in order: each run
+    of consecutive days is one range."""
+    runs: list[list[date]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][1] + timedelta(days=1):
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    return [utc_days(first, last) for first, last in runs]
 
 
 def _one_ahead(items: Iterator[T]) -> Iterator[T]:

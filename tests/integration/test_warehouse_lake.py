@@ -101,6 +101,30 @@ def test_partitions_merged_from_batches_equal_an_export_from_the_table(wh: Wareh
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
 
 
+def test_an_export_of_days_apart_writes_each_day_whole_and_only_those(wh: Warehouse, run: str):
+    """The export reads a group of dirty days as ranges of instants (a run of consecutive days
+    one range): jobs on the first and the last millisecond of each day land in their own file,
+    and the days between are neither read into another file nor rewritten."""
+    def at(day: int, ms: int) -> int:
+        return int((DAY1 + timedelta(days=day)).timestamp() * 1000) + ms
+
+    last_ms = 24 * 3600 * 1000 - 1
+    wh.apply(run, jobs=jobs([rec(f"d{d}-{edge}", create_time=at(d, ms))
+                             for d in range(7) for edge, ms in (("first", 0), ("last", last_ms))]))
+    untouched = {key: lake_file(wh, key).to_pylist()
+                 for key in lake_keys(wh) if key.startswith(("create_day=2025-03-02/", "create_day=2025-03-05/"))}
+    # days 0, 2, 3 and 6 change (days 2 and 3 a run), in one batch: one export group
+    wh.apply(run, jobs=jobs([rec(f"d{d}-{edge}", "SUCCEED", create_time=at(d, ms), updated_min=5)
+                             for d, edge, ms in ((0, "first", 0), (2, "last", last_ms), (3, "first", 0),
+                                                 (6, "last", last_ms))], synced_at=SYNC2))
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert {key: lake_file(wh, key).to_pylist() for key in untouched} == untouched
+    files = _lake_files(wh)
+    assert len(files) == 7 and all(len(rows) == 2 for rows in files.values())
+    assert sorted(r["job_id"] for r in files["create_day=2025-03-03/project_id=p1/data.parquet"]) == [
+        "d2-first", "d2-last"]
+
+
 @BOTH_LAKES
 def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
     wh.apply(run, jobs=jobs([rec("a")]))
