@@ -232,11 +232,13 @@ class Apply(Lake, Records, Deletions):
         mark_model_jobs(con, "SELECT project_id, job_id FROM _win WHERE new_version")
         # A stale row still proves the job is listed: clear its deletion mark.
         if undeleting:
-            stats.undeleted = len(con.execute(
+            # One _stage row per key, each on the row it read: the count is exact. (With
+            # RETURNING the same UPDATE of 50 jobs took 0.14 s at a million jobs, without 4 ms.)
+            con.execute(
                 f"""UPDATE {JOBS_TABLE} j SET deleted_at = NULL FROM _stage s
-                WHERE s.existed AND s.was_deleted AND j.rowid = s.old_rowid
-                RETURNING j.job_id"""
-            ).fetchall())
+                WHERE s.existed AND s.was_deleted AND j.rowid = s.old_rowid"""
+            )
+            stats.undeleted = undeleting
             mark_lake(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
             mark_model_jobs(con, "SELECT project_id, job_id FROM _stage WHERE existed AND was_deleted")
         # The winners replace their rows in place, in the columns some winner changes (only

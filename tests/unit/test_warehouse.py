@@ -228,6 +228,17 @@ def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
     assert lake["deleted_at"].to_pylist() == [None]
 
 
+def test_undeletions_are_counted_per_job_in_a_batch_with_duplicates_and_live_jobs(wh: Warehouse, run: str):
+    wh.apply(run, jobs=jobs([rec("a"), rec("b"), rec("c")]))
+    wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "a"), ("p1", "b")], deleted_at=SYNC1)
+    # a and b listed again (a twice), c still live
+    stats = wh.apply(run, jobs=jobs([rec("a", updated_min=1), rec("a", "SUCCEED", updated_min=2), rec("b"),
+                                     rec("c", "SUCCEED", updated_min=3)], synced_at=SYNC2))
+    assert stats.undeleted == 2
+    assert {r["job_id"]: r["deleted_at"] for r in wh.jobs_table().to_pylist()} == {"a": None, "b": None, "c": None}
+    assert states(wh) == {"a": "SUCCEED", "b": "CREATING", "c": "SUCCEED"}
+
+
 def _undated(batch: pa.Table, job_id: str) -> pa.Table:
     """``batch`` with no create_time for ``job_id`` (the API always sends one; older warehouses
     and lenient rules may still hold such a job)."""
