@@ -209,3 +209,43 @@ def test_a_name_too_long_for_the_file_system_stops_only_its_partition(wh: Wareho
 
 def test_lake_export_error_is_a_warehouse_error():
     assert issubclass(LakeExportError, WarehouseError)
+
+
+# In a process of its own: files may not grow past 64 KiB there (SIGXFSZ ignored, so a write past
+# the limit fails with EFBIG, as a full disk fails with ENOSPC). One small partition fits, one
+# big one does not; the store's answer for each is printed as JSON.
+_LAKE_ON_A_FULL_DISK = """
+import json, os, resource, signal, sys
+from pathlib import Path
+import pyarrow as pa
+from pipelines.warehouse.lakestore import LocalLakeStore
+from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
+root = Path(sys.argv[1])
+store = LocalLakeStore(root, home=root, home_var="VOICEJOBS_DATA_DIR")
+def rows(n):
+    return pa.table({f.name: pa.nulls(n, f.type) for f in STORED_JOBS_SCHEMA}).set_column(
+        1, STORED_JOBS_SCHEMA.field(1), pa.array([os.urandom(16).hex() for _ in range(n)]))
+small, big = rows(1), rows(5_000)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+errors = store.write_all([("a/data.parquet", small), ("b/data.parquet", big)])
+print(json.dumps([None if e is None else {"errno": e.errno, "fix": store.fix(e, store.location("b/data.parquet"))}
+                  for e in errors]))
+"""
+
+
+def test_a_lake_file_the_disk_cannot_hold_fails_with_its_cause_and_leaves_no_temporary_file(tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "lake"
+    result = subprocess.run([sys.executable, "-c", _LAKE_ON_A_FULL_DISK, str(root)], capture_output=True,
+                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    small, big = json.loads(result.stdout)
+    assert small is None
+    # the encoder's failed write keeps its errno, so the message can say what to do
+    assert big["errno"] == errno.EFBIG and big["fix"].startswith("free space")
+    assert pq.read_table(root / "a" / "data.parquet").num_rows == 1
+    assert sorted(p.name for p in root.rglob("*") if p.is_file()) == ["data.parquet"]
