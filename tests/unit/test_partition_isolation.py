@@ -222,9 +222,9 @@ from pipelines.warehouse.lakestore import LocalLakeStore
 from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
 root = Path(sys.argv[1])
 store = LocalLakeStore(root, home=root, home_var="VOICEJOBS_DATA_DIR")
-def rows(n):
-    return pa.table({f.name: pa.nulls(n, f.type) for f in STORED_JOBS_SCHEMA}).set_column(
-        1, STORED_JOBS_SCHEMA.field(1), pa.array([os.urandom(16).hex() for _ in range(n)]))
+def rows(n):  # every column empty but job_id, random so that it does not compress
+    ids = pa.array([os.urandom(16).hex() for _ in range(n)])
+    return pa.table({f.name: ids if f.name == "job_id" else pa.nulls(n, f.type) for f in STORED_JOBS_SCHEMA})
 small, big = rows(1), rows(5_000)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
