@@ -160,8 +160,7 @@ class Serving(Connections):
         try:
             if whole_file:
                 self._strip(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            _fsync(tmp)
             self._keep_spare()
             os.replace(tmp, self.serving_path)
             _fsync_dir(self.data_dir)
