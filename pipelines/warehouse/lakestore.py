@@ -196,12 +196,8 @@ class LocalLakeStore(LakeStore):
 
     def write(self, key: str, table: Rows) -> None:
         path = self.root_dir / key
-        tmp: Path | None = None
+        tmp: Path | None = self._stage(path, table)
         try:
-            self._remove_temporaries(path.parent)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temporary_beside(path)
-            _encode_file(table, tmp)
             _fsync(tmp)
             crashpoint("lake_tmp_written")
             os.replace(tmp, path)
