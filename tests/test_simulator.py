@@ -848,6 +848,63 @@ def test_command_line_warns_on_stderr_when_bound_to_every_interface():
     assert "WARNING" not in "".join(banner)
 
 
+# SIGTERM raised at the k-th line the main thread runs once the banner is out: the Python
+# handler then runs right there, wherever the wait loop happens to be (inside a lock's ``with``
+# included). A watchdog ends the process with 3 if one of those stops never returns.
+_STOP_AT_EVERY_LINE = """
+import io, os, signal, sys, threading
+from pipelines.simulator import cli
+
+class Banner(io.TextIOBase):
+    out = False
+    def write(self, text):
+        Banner.out = Banner.out or cli.ADMIN_TOKEN_PREFIX in text
+        return len(text)
+
+def stop_at_line(k):
+    seen = 0
+    def trace(frame, event, arg):
+        nonlocal seen
+        if event == "line" and Banner.out:
+            seen += 1
+            if seen == k:
+                signal.raise_signal(signal.SIGTERM)
+        return trace
+    Banner.out = False
+    sys.stdout = Banner()
+    sys.settrace(trace)
+    try:
+        code = cli.main(["--port", "0", "--jobs", "10", "--days", "2"])
+    finally:
+        sys.settrace(None)
+        sys.stdout = sys.__stdout__
+    return code, seen
+
+watchdog = threading.Timer(120, lambda: os._exit(3))
+watchdog.daemon = True
+watchdog.start()
+for k in range(1, int(sys.argv[1]) + 1):
+    code, seen = stop_at_line(k)
+    assert code == 0 and seen >= k, (k, code, seen)
+print("stopped at every line")
+"""
+
+
+def test_command_line_stops_whatever_line_the_signal_lands_on():
+    """A stop handler that takes a lock (as ``threading.Event.set`` does) deadlocks when the signal
+    lands while the main thread holds that lock inside its wait: the process then never exits."""
+    result = subprocess.run(
+        [sys.executable, "-c", _STOP_AT_EVERY_LINE, "24"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=300,  # a hang guard only: the watchdog inside ends a stuck run first
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stopped at every line\n"
+
+
 def test_fast_serializer_equals_the_reference_record():
     """Pages are built from pre-encoded fragments; they must say exactly what the readable record says."""
     state = SimulatorState(config(jobs=20_000, projects=("plain", 'quote"and\\slash', "项目")))

@@ -13,13 +13,27 @@ import argparse
 import ipaddress
 import signal
 import sys
-import threading
+import time
 from datetime import UTC, datetime
 
 from .config import FAULT_KINDS, TRAFFIC_KINDS, SimulatorConfig
 from .server import ADMIN_TOKEN_HEADER, SimulatorServer
 
 ADMIN_TOKEN_PREFIX = "  admin token: "
+_STOP_POLL_SECONDS = 0.05
+
+
+class _StopRequest:
+    """The SIGINT and SIGTERM handler: it only sets a flag, which the main thread polls.
+
+    A handler runs in the main thread between two of its bytecodes, wherever it is, so it must
+    take no lock. ``threading.Event.set`` takes the event's lock, and deadlocks when the signal
+    lands while the main thread holds that same lock inside ``Event.wait``."""
+
+    requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
 
 
 def _parse_now(value: str) -> datetime:
@@ -188,13 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm:
         server.state.warm()
     server.start()
-    stop = threading.Event()
-
-    def _stop(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = _StopRequest()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     ak, sk = next(iter(config.credentials.items()))
     warning = exposure_warning(args.host)
     if warning:
@@ -210,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ADMIN_TOKEN_PREFIX}{server.admin_token}")
     sys.stdout.flush()
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.requested:
+            time.sleep(_STOP_POLL_SECONDS)
     finally:
         server.stop()
     return 0
