@@ -256,18 +256,20 @@ class Lake(Connections):
             return con.sql(
                 f"SELECT {_COLS}, deleted_at, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
             ).to_arrow_table()
-        # The create_time range lets DuckDB skip row groups by their min/max (a backfill
-        # inserts roughly in creation order), so an export reads the days it rewrites, not
-        # the whole history; NULL days are never exported, so the range loses nothing. The
-        # days themselves are a list: a semi join with lake_dirty per read took 4.5 s of a
-        # full export at 1,000,000 jobs, the list 2.8 s.
-        lo, hi = utc_days(min(known), max(known))
+        # Ranges of create_time let DuckDB skip row groups by their min/max (a backfill inserts
+        # roughly in creation order), so an export reads the days it rewrites, not the whole
+        # history; NULL days are never exported, so the ranges lose nothing. Each run of
+        # consecutive days is one range, and the ranges are OR-ed inside the outer one: a list
+        # of days tested per row made DuckDB scan every row group between the first and the
+        # last day (six days spread over 60 at a million jobs: 115 ms, as ranges 48 ms), and a
+        # semi join with lake_dirty per read cost more still.
+        ranges = _day_ranges(known)
+        within = " OR ".join(["(j.create_time >= ? AND j.create_time < ?)"] * len(ranges))
         return con.sql(
             f"SELECT {_COLS}, deleted_at, {utc_day('create_time')} AS _day"
             f" FROM {JOBS_TABLE} j"
-            " WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ?"
-            f"   AND list_contains(?::DATE[], {utc_day('j.create_time')})",
-            params=[project_id, lo, hi, known],
+            f" WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ? AND ({within})",
+            params=[project_id, ranges[0][0], ranges[-1][1], *(bound for pair in ranges for bound in pair)],
         ).to_arrow_table()
 
     def _export_partitions(
