@@ -1,8 +1,11 @@
-"""What a sync costs its process beyond its work: no pandas import, and pandas still there when asked.
+"""What a sync costs its process beyond its work: no pandas import, and pandas still there when asked;
+no command-line client of httpx.
 
 pyarrow imports pandas on its first conversion of a Python list; a sync refuses that probe
 (pipelines.ingest.arrow.skip_pandas_probe), which saves every run a fraction of a second and
-about 35 MB. The same process must still hand analysts DataFrames afterwards.
+about 35 MB. The same process must still hand analysts DataFrames afterwards. httpx imports its
+command-line client (click, rich, pygments: about 0.09 s) unless told it is absent, which
+``pipelines/__init__.py`` does.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ with SimulatorProcess(SimulatorConfig(jobs=300, days=5, now=SIM_NOW)) as sim:
                         safety_lag_seconds=0, max_clock_skew_seconds=0)
     report = sync(settings, mode="incremental", warehouse=Warehouse(data_dir), refresh=True)
 after_sync = "pandas" in sys.modules
+cli_modules = sorted(m for m in ("httpx._main", "click", "rich") if sys.modules.get(m) is not None)
 from pipelines.query import read
 frame = read("select count(*) as jobs from voice_training_jobs", data_dir)
 print(json.dumps({"rows_written": report.rows_written, "pandas_after_sync": after_sync,
                   "is_dataframe": isinstance(frame, __import__("pandas").DataFrame),
-                  "jobs": int(frame["jobs"][0])}))
+                  "jobs": int(frame["jobs"][0]), "cli_modules": cli_modules}))
 """
 
 
@@ -49,3 +53,4 @@ def test_a_sync_imports_no_pandas_and_read_still_returns_a_dataframe(tmp_path):
     assert out["pandas_after_sync"] is False
     assert out["is_dataframe"] is True
     assert out["jobs"] == out["rows_written"]
+    assert out["cli_modules"] == []
