@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from pipelines.metastudio.paging import Window, day_window
+from pipelines.warehouse.tables import day_runs
 
 if TYPE_CHECKING:
     from pipelines.sync.pipeline import Run
@@ -86,13 +87,8 @@ def gap_days(run: Run, project_id: str, not_after: datetime) -> tuple[list[date]
 
 
 def describe_days(days: Sequence[date], most: int = 3) -> str:
-    """Sorted days as runs of consecutive days: "2025-01-01..2025-11-27 and 2026-11-02"."""
-    runs: list[tuple[date, date]] = []
-    for day in days:
-        if runs and day == runs[-1][1] + timedelta(days=1):
-            runs[-1] = (runs[-1][0], day)
-        else:
-            runs.append((day, day))
+    """Days as runs of consecutive days: "2025-01-01..2025-11-27 and 2026-11-02"."""
+    runs = day_runs(days)
     parts = [f"{a}..{b}" if a != b else str(a) for a, b in runs[:most]]
     if len(runs) > most:
         parts.append(f"{len(runs) - most} more ranges")

@@ -41,6 +41,7 @@ from pipelines.warehouse.tables import (
     JOBS_TABLE,
     STORED_JOBS_SCHEMA,
     WarehouseError,
+    day_runs,
     utc_day,
     utc_days,
 )
@@ -78,13 +79,7 @@ def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
 def _day_ranges(days: Collection[date]) -> list[tuple[datetime, datetime]]:
     """``days`` as the fewest half-open ranges of instants (see utc_days), in order: each run
     of consecutive days is one range."""
-    runs: list[list[date]] = []
-    for day in sorted(set(days)):
-        if runs and day == runs[-1][1] + timedelta(days=1):
-            runs[-1][1] = day
-        else:
-            runs.append([day, day])
-    return [utc_days(first, last) for first, last in runs]
+    return [utc_days(first, last) for first, last in day_runs(days)]
 
 
 def _one_ahead(items: Iterator[T]) -> Iterator[T]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -68,6 +69,18 @@ def utc_days(first: date, last: date) -> tuple[datetime, datetime]:
     instants [first 00:00Z, the day after last 00:00Z), for a create_time filter."""
     return (datetime(first.year, first.month, first.day, tzinfo=UTC),
             datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1))
+
+
+def day_runs(days: Iterable[date]) -> list[tuple[date, date]]:
+    """``days`` as runs of consecutive days, (first, last) each, in order (a day given twice
+    counts once): what a sync's gap days are reported as, and what a lake export reads."""
+    runs: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][1] + timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
 
 
 def _epoch_us(dt: datetime) -> int:
