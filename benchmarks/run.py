@@ -711,7 +711,7 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
             # next two snapshots would copy again (each is written into the one two publishes
             # before it), and the one-day runs below measure nightly syncs, not that rewrite.
             models_dir = work / f"models-{jobs}"
-            models_dir.mkdir()
+            models_dir.mkdir(exist_ok=True)
             for name in ("warehouse.duckdb", "warehouse.duckdb.wal"):
                 if (kept_dir / name).exists():
                     shutil.copy2(kept_dir / name, models_dir / name)
