@@ -166,6 +166,25 @@ def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run:
                              "create_day=2025-03-02/project_id=p1/data.parquet"]
 
 
+def test_an_export_clears_what_a_crashed_write_left_in_its_partition_and_makes_new_ones(wh: Warehouse, run: str):
+    """A partition's directory may hold the temporary file of a write that crashed: the next
+    export there removes it. A new partition's directories are made, a new day's and a new
+    project's under a day that has one."""
+    wh.apply(run, jobs=jobs([rec("a")]))
+    partition = wh.lake_dir / "create_day=2025-03-01" / "project_id=p1"
+    (partition / ".data-crashed.parquet.tmp").write_bytes(b"half")
+    wh.apply(run, jobs=jobs([rec("b")]))
+    wh.apply(run, jobs=jobs([rec("x")], project_id="p2"))
+    wh.apply(run, jobs=jobs([rec("c", created=DAY2)]))
+    assert sorted(p.name for p in partition.iterdir()) == ["data.parquet"]
+    assert lake_keys(wh) == [
+        "create_day=2025-03-01/project_id=p1/data.parquet",
+        "create_day=2025-03-01/project_id=p2/data.parquet",
+        "create_day=2025-03-02/project_id=p1/data.parquet",
+    ]
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+
 def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, monkeypatch):
     """DuckDB keeps what it wrote in memory up to its cap; an export bigger than one read gives
     it back (checkpoint, lean cap) and the usual cap is back after, also when a write fails."""
