@@ -42,6 +42,6 @@ def normalize_windows(windows: Sequence[Sequence[Any]], project_id: str, synced_
         return [normalize(list(window), project_id, synced_at, personal_data=personal_data) for window in windows]
     out, offset = [], 0
     for size in sizes:
-        out.append(Normalized(table=together.table.slice(offset, size)))
+        out.append(Normalized(table=together.table.slice(offset, size), slice_of=together.table))
         offset += size
     return out

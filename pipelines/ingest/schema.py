@@ -124,8 +124,11 @@ class Quarantined:
 
 @dataclass
 class Normalized:
-    """`table` has exactly JOBS_SCHEMA and one row per job_id."""
+    """`table` has exactly JOBS_SCHEMA and one row per job_id. `slice_of`: the table of several
+    windows normalized together that `table` is a slice of (normalize_windows), else None; a
+    check of it holds for every window's slice, and costs one call instead of one per window."""
 
     table: pa.Table
     quarantine: list[Quarantined] = field(default_factory=list)
     duplicates: int = 0
+    slice_of: pa.Table | None = None

@@ -131,3 +131,50 @@ def test_a_window_that_owns_every_row_keeps_them_all_and_one_without_a_creation_
     missing = pa.table({"job_id": ["j0", "jx"], "create_time": pa.array([T0, None], pa.timestamp("ms", tz="UTC"))})
     owned, outside = split_owned(missing, (T0, T0 + DAY), (T0, T0 + DAY))
     assert owned["job_id"].to_pylist() == ["j0"] and outside.num_rows == 0
+
+
+def _settled(windows: list[list[dict]]):
+    """A sync run's buffer after absorbing ``windows`` (records as listed) and normalizing them together."""
+    from types import SimpleNamespace
+
+    from pipelines.metastudio.windows import day_window
+    from pipelines.sync.pipeline import Run
+    from pipelines.sync.plan import Task
+    from pipelines.sync.report import SyncReport
+
+    run = Run(SimpleNamespace(personal_data="raw"), None, "run-1", SyncReport("run-1", "days", ("p1",)), None)
+    for day, records in enumerate(windows):
+        window = day_window((T0 + day * DAY).date())
+        run.absorb_part(Task("p1", window, "create"), window, records, T0 + 9 * DAY)
+    run.settle()
+    return run
+
+
+def _record(job_id: str, day: int, **fields) -> dict:
+    created = int((T0 + day * DAY).timestamp() * 1000) + 1000
+    return {"job_id": job_id, "job_type": "BASIC", "state": "SUCCEED", "create_time": created,
+            "lastupdate_time": created, **fields}
+
+
+def test_windows_normalized_together_quarantine_an_oversized_record_of_one_window_only():
+    """The oversized check is taken once for windows normalized together: a group with a giant
+    record still checks each window, and quarantines that record alone."""
+    from pipelines.ingest import normalize_windows
+    from pipelines.ingest.screen import MAX_RECORD_BYTES
+
+    giant = "x" * (MAX_RECORD_BYTES + 1)
+    windows = [[_record("a", 0), _record("b", 0)], [_record("c", 1, voice_name=giant)], [_record("d", 2)]]
+    assert all(n.slice_of is not None for n in normalize_windows(windows, "p1", T0))  # normalized together
+    run = _settled(windows)
+    assert [row["job_id"] for table in run.tables for row in table.to_pylist()] == ["a", "b", "d"]
+    assert [(q.job_id, q.reason) for q in run.quarantine] == [
+        ("c", f"record: more than {MAX_RECORD_BYTES:,} bytes of text")]
+    assert run.buffered == 3 and run.buffered_bytes > MAX_RECORD_BYTES  # what the group holds, counted
+
+
+def test_windows_normalized_together_count_their_bytes_once():
+    windows = [[_record(f"{day}-{i}", day, voice_name="v" * 500) for i in range(20)] for day in range(4)]
+    run = _settled(windows)
+    assert not run.quarantine and run.buffered == 80
+    whole = pa.concat_tables(run.tables).combine_chunks()
+    assert whole.nbytes <= run.buffered_bytes <= whole.nbytes + 64 * whole.num_columns
