@@ -170,7 +170,7 @@ class Run:
         alone = [rows.table for rows in normalized if rows.slice_of is None]
         self.buffered_bytes += sum(table.nbytes for table in [*together.values(), *alone])
         for (task, window, jobs, _synced_at), rows in zip(pending, normalized, strict=True):
-            self._screen(task, window, jobs, rows, fits=rows.slice_of is not None and id(rows.slice_of) in fits)
+            self._screen(task, window, jobs, rows, fits=id(rows.slice_of) in fits)  # a lone window's is id(None)
 
     def _screen(self, task: Task, window: Window, jobs: list, normalized: Normalized, *, fits: bool = False) -> None:
         """One window's normalized rows into the buffer: its own, not a neighbour's; what no table
