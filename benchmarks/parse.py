@@ -12,6 +12,9 @@ bodies into records, timed per job (median of ``--runs``):
 * ``msgspec dicts``        ``msgspec.json.decode`` of every body, the same dicts (when installed);
 * ``msgspec keys only``    ``msgspec`` decoding only what paging reads (job_id, create_time,
   lastupdate_time) into Structs, the rest skipped;
+* ``msgspec job spans``    ``msgspec`` splitting each page into its jobs' bytes as they came
+  (``msgspec.Raw``), none decoded: what a way from the bytes would decode one job at a time
+  when the job carries keys the schema does not know;
 * ``pa.array``             today's conversion of the decoded records of a normalization group
   (NORMALIZE_ROWS of them) to the wire's Arrow type (``WIRE_TYPE``);
 * ``normalize``            today's whole normalization of those records (``normalize_windows``);
@@ -50,6 +53,7 @@ import pyarrow.json as pajson  # noqa: E402
 from benchmarks.run import AK, PAGE_SIZE, PROJECT, SK, _list_url, _page_query  # noqa: E402
 from pipelines.ingest import normalize_windows  # noqa: E402
 from pipelines.ingest.arrow import WIRE_TYPE  # noqa: E402
+from pipelines.ingest.finish import unknown_keys  # noqa: E402
 from pipelines.metastudio.auth import AKSKAuth  # noqa: E402
 from pipelines.metastudio.paging import day_windows  # noqa: E402
 from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
@@ -75,6 +79,10 @@ else:
     class _Listing(msgspec.Struct):
         count: int
         jobs: list[_Job]
+
+    class _Spans(msgspec.Struct):
+        count: int
+        jobs: list[msgspec.Raw]
 
 
 def fetch_pages(jobs: int, days: int) -> list[bytes]:
@@ -125,6 +133,13 @@ def per_job(run: Callable[[], object], jobs: int, runs: int) -> float:
     return statistics.median(seconds) / jobs * 1e6
 
 
+def with_unknown_keys(bodies: list[bytes]) -> tuple[int, int]:
+    """(jobs that carry keys the schema does not know, pages holding at least one such job):
+    the jobs whose values go to ``extra``, by the rule the sync applies."""
+    pages = [[unknown_keys(job) is not None for job in orjson.loads(body)["jobs"]] for body in bodies]
+    return sum(sum(page) for page in pages), sum(any(page) for page in pages)
+
+
 def candidates(bodies: list[bytes]) -> dict[str, tuple[Callable[[], object], str]]:
     """Each candidate's call over all bodies, with a note on its exactness."""
     groups = groups_of(bodies)
@@ -150,6 +165,9 @@ def candidates(bodies: list[bytes]) -> dict[str, tuple[Callable[[], object], str
                                 "same dicts; integers past 64 bits stay integers (orjson: floats)")
         out["msgspec keys only"] = (lambda: [keys.decode(b) for b in bodies],
                                     "paging's fields only; a value of another type raises")
+        spans = msgspec.json.Decoder(_Spans)
+        out["msgspec job spans"] = (lambda: [spans.decode(b) for b in bodies],
+                                    "each job's bytes as they came, none decoded")
     out["pa.array"] = (lambda: [pa.array(group, type=WIRE_TYPE) for group in records],
                        "today's conversion, from the decoded records")
     out["normalize"] = (lambda: [normalize_windows(group, PROJECT, synced_at) for group in decoded],
@@ -175,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     bodies = fetch_pages(args.jobs, args.days)
     jobs = sum(len(orjson.loads(b)["jobs"]) for b in bodies)
     size = sum(len(b) for b in bodies)
-    print(f"{len(bodies):,} pages, {jobs:,} jobs, {size / jobs:,.0f} bytes a job; median of {args.runs} runs")
+    unknown, pages = with_unknown_keys(bodies)
+    print(f"{len(bodies):,} pages, {jobs:,} jobs, {size / jobs:,.0f} bytes a job; median of {args.runs} runs; "
+          f"{unknown:,} jobs ({unknown / jobs:.1%}) carry keys the schema does not know, on {pages:,} pages "
+          f"({pages / len(bodies):.0%})")
     rows = [(name, per_job(run, jobs, args.runs), note) for name, (run, note) in candidates(bodies).items()]
     width = max(len(name) for name, *_ in rows)
     for name, micros, note in rows:
