@@ -7,6 +7,7 @@ the Arrow type every timestamp is stored as.
 
 from __future__ import annotations
 
+import orjson
 import pyarrow as pa
 
 #: Jobs per page a sync asks for: the API's largest `limit`.
@@ -42,8 +43,6 @@ class WireJob(dict):
     __slots__ = ("raw",)
 
     def record(self) -> dict:
-        import orjson
-
         return orjson.loads(memoryview(self.raw))
 
 

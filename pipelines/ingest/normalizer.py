@@ -44,18 +44,13 @@ def normalize_windows(windows: Sequence[Sequence[Any]], project_id: str, synced_
     check_arguments(project_id, synced_at, personal_data)
     sizes = [len(records) for records in windows]
     records = [r for window in windows for r in window]
-    together = None
-    if records and all(type(r) is WireJob for r in records):  # listed by a sync's paging
-        together = normalize_wire(records, project_id, synced_at, personal_data)
-        if together is None or together.duplicates:
+    listed = [type(r) is WireJob for r in records]  # jobs as a sync's paging leaves them: bytes
+    together = normalize_wire(records, project_id, synced_at, personal_data) if records and all(listed) else None
+    if together is None or together.duplicates:  # decoded records decide, as for any caller
+        if any(listed):
             windows = [_decoded(window) for window in windows]
             records = [r for window in windows for r in window]
-            together = None
-    elif any(type(r) is WireJob for r in records):
-        windows = [_decoded(window) for window in windows]
-        records = [r for window in windows for r in window]
-    if together is None and len(windows) > 1:
-        together = normalize_fast(records, project_id, synced_at, personal_data)
+        together = normalize_fast(records, project_id, synced_at, personal_data) if len(windows) > 1 else None
     if together is None or together.duplicates:  # some window needs the rules, or has duplicates
         return [normalize(list(window), project_id, synced_at, personal_data=personal_data) for window in windows]
     out, offset = [], 0

@@ -30,6 +30,9 @@ from pipelines.ingest.arrow import WIRE_TYPE, from_wire
 from pipelines.ingest.finish import unknown_keys
 from pipelines.ingest.schema import JOBS_SCHEMA, Normalized
 
+#: Bytes parsed at a time: the parser's working memory is a few times its block. A job longer than
+#: a block fails the parse, and its group is decoded instead.
+_BLOCK = 1 << 20
 _PARSE = pajson.ParseOptions(explicit_schema=pa.schema(list(WIRE_TYPE)), unexpected_field_behavior="infer")
 
 
@@ -44,7 +47,7 @@ def normalize_wire(jobs: list[WireJob], project_id: str, synced_at: datetime,
     try:
         table = pajson.read_json(
             pa.BufferReader(text),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=max(len(text), 1 << 16)),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=_BLOCK),
             parse_options=_PARSE,
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
