@@ -133,11 +133,10 @@ def per_job(run: Callable[[], object], jobs: int, runs: int) -> float:
     return statistics.median(seconds) / jobs * 1e6
 
 
-def with_unknown_keys(bodies: list[bytes]) -> tuple[int, int]:
-    """(jobs that carry keys the schema does not know, pages holding at least one such job):
-    the jobs whose values go to ``extra``, by the rule the sync applies."""
-    pages = [[unknown_keys(job) is not None for job in orjson.loads(body)["jobs"]] for body in bodies]
-    return sum(sum(page) for page in pages), sum(any(page) for page in pages)
+def with_unknown_keys(bodies: list[bytes]) -> list[list[bool]]:
+    """Per page, per job: whether it carries keys the schema does not know (its values go to
+    ``extra``, by the rule the sync applies)."""
+    return [[unknown_keys(job) is not None for job in orjson.loads(body)["jobs"]] for body in bodies]
 
 
 def candidates(bodies: list[bytes]) -> dict[str, tuple[Callable[[], object], str]]:
@@ -191,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args(argv)
     bodies = fetch_pages(args.jobs, args.days)
-    jobs = sum(len(orjson.loads(b)["jobs"]) for b in bodies)
+    flags = with_unknown_keys(bodies)
+    jobs = sum(len(page) for page in flags)
     size = sum(len(b) for b in bodies)
-    unknown, pages = with_unknown_keys(bodies)
+    unknown, pages = sum(sum(page) for page in flags), sum(any(page) for page in flags)
     print(f"{len(bodies):,} pages, {jobs:,} jobs, {size / jobs:,.0f} bytes a job; median of {args.runs} runs; "
           f"{unknown:,} jobs ({unknown / jobs:.1%}) carry keys the schema does not know, on {pages:,} pages "
           f"({pages / len(bodies):.0%})")
