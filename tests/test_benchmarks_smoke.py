@@ -116,7 +116,8 @@ def test_the_decoding_benchmark_times_every_candidate_and_checks_the_arrow_parse
     assert re.match(r"\d+ pages, 300 jobs, [\d,]+ bytes a job", lines[0]), lines[0]
     # How many jobs carry keys the schema does not know, and on how many pages: counted, not assumed.
     share = re.search(r"([\d,]+) jobs \([\d.]+%\) carry keys the schema does not know, on ([\d,]+) pages", lines[0])
-    unknown, holding, pages = (int(n.replace(",", "")) for n in (*share.groups(), lines[0].split()[0])) if share else (0,) * 3
+    assert share, lines[0]
+    unknown, holding, pages = (int(n.replace(",", "")) for n in (*share.groups(), lines[0].split()[0]))
     assert 0 < unknown < 300 and 0 < holding <= pages, lines[0]
     timed = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:])}
     for name in ("orjson dicts", "pa.array", "normalize", "pyarrow.json"):
