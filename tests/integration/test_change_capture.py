@@ -40,9 +40,10 @@ def _assert_true_to_source(server, warehouse: Warehouse, observed: dict) -> None
     truth = {pid: server.state.truth(pid) for pid in PROJECTS}
     table = warehouse.jobs_table(include_deleted=True)
     rows = table.drop_columns(["synced_at"]).to_pylist()  # once: it is most of this check's time
+    deleted_at = [r.pop("deleted_at") for r in rows]  # the rows compared with the source lack it
     stored = {(r["project_id"], r["job_id"]) for r in rows}
-    marked = {(r["project_id"], r["job_id"]) for r in rows if r["deleted_at"] is not None}
-    live = [r for r in rows if r.pop("deleted_at") is None]
+    marked = {(r["project_id"], r["job_id"]) for r, at in zip(rows, deleted_at, strict=True) if at is not None}
+    live = [r for r, at in zip(rows, deleted_at, strict=True) if at is None]
     assert_rows_equal(live, truth, personal_data="raw")
 
     deleted_in_source = {(pid, jid) for pid in PROJECTS for jid in server.state.deleted_ids(pid)}
