@@ -16,4 +16,5 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """Workers for ``--numprocesses=auto`` (pyproject's addopts): one a core this process may use, at
     most four. Each worker starts its own PostgreSQL and S3 servers and simulators, so a large
     machine would otherwise start dozens of each. ``-n 0`` runs in one process (for a debugger)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, min(4, len(usable)))
