@@ -40,7 +40,7 @@ SPARE_FILE = ".serving-spare.duckdb"
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
 SYNC_ONLY_TABLES = (
-    "quarantine", "lake_dirty", "models_dirty", "sync_state", "sync_windows", "schema_migrations")
+    "quarantine", "lake_dirty", "models_dirty", "job_keys", "sync_state", "sync_windows", "schema_migrations")
 # The oldest DuckDB release that can read serving.duckdb.
 SERVING_STORAGE_VERSION = STORAGE_VERSION
 

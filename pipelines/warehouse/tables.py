@@ -22,6 +22,8 @@ HISTORY_TABLE = "voice_training_job_history"
 #: The versions a newer one replaced (valid_to set); the current version is the jobs row.
 PAST_VERSIONS_TABLE = "voice_training_job_past_versions"
 TRANSITIONS_VIEW = "voice_training_job_transitions"
+#: The hash of each jobs row's key (migration 006): what a batch of new jobs is checked against.
+KEYS_TABLE = "job_keys"
 
 _TS = pa.timestamp("ms", tz="UTC")
 #: JOBS_SCHEMA plus the warehouse's deletion mark: the shape of jobs_table() and the lake files.
@@ -51,8 +53,16 @@ def _hash_expr(alias: str = "") -> str:
     return f"CAST(hash({', '.join(p + c for c in _CONTENT_COLUMNS)}) AS VARCHAR)"
 
 
-#: What produced the stored row hashes; a change re-hashes the current versions (jobs rows).
+#: What produced the stored row hashes; a change re-hashes the current versions (jobs rows)
+#: and the key hashes (KEYS_TABLE).
 ROW_HASH_ALGORITHM = f"duckdb-hash/{duckdb.__version__}"
+
+
+def key_hash_expr(alias: str = "") -> str:
+    """A job's key hash as KEYS_TABLE holds it: DuckDB's hash() of (project_id, job_id), the
+    same release as ROW_HASH_ALGORITHM."""
+    p = f"{alias}." if alias else ""
+    return f"hash({p}project_id, {p}job_id)"
 
 
 def utc_day(column: str) -> str:

@@ -268,6 +268,50 @@ def test_a_known_job_listed_outside_the_creation_times_it_is_stored_with_is_upda
         ("a", 2), ("c", 1), ("x", 2)]
 
 
+def _key_hashes(wh: Warehouse) -> list:
+    return sql(wh, "SELECT key_hash FROM job_keys ORDER BY 1")
+
+
+def _hashes_of_jobs(wh: Warehouse) -> list:
+    return sql(wh, "SELECT hash(project_id, job_id) FROM voice_training_jobs ORDER BY 1")
+
+
+def test_a_moved_job_among_jobs_never_seen_is_found_by_its_key_hash_and_updated_not_added(wh: Warehouse, run: str):
+    # No job of the batch is stored among its creation times, so only the key hashes can
+    # say that one of them is stored elsewhere (see _any_known).
+    wh.apply(run, jobs=jobs([rec("a", "WAITING"), rec("b", "WAITING")]))
+    stats = wh.apply(run, jobs=jobs([rec("a", "SUCCEED", created=DAY2, updated_min=60 * 24 * 2),
+                                     rec("c", created=DAY2)], synced_at=SYNC2))
+    assert (stats.inserted, stats.updated) == (1, 1)
+    assert states(wh) == {"a": "SUCCEED", "b": "WAITING", "c": "CREATING"}
+    assert _key_hashes(wh) == _hashes_of_jobs(wh)  # one hash per jobs row, whichever way it came
+
+
+def test_a_new_job_whose_key_hash_is_stored_is_still_appended_once(wh: Warehouse, run: str):
+    # Two keys of one hash: the hash found sends the batch to the exact look at the keys.
+    wh.apply(run, jobs=jobs([rec("a", "WAITING")]))
+    sql(wh, "INSERT INTO job_keys SELECT hash('p1', 'c')")
+    stats = wh.apply(run, jobs=jobs([rec("c", created=DAY2)]))
+    assert (stats.inserted, stats.updated) == (1, 0)
+    assert states(wh) == {"a": "WAITING", "c": "CREATING"}
+
+
+@pytest.mark.parametrize("damage", [
+    "DELETE FROM job_keys",  # a warehouse from before the key hashes, or one that lost them
+    "UPDATE warehouse_meta SET value = 'duckdb-hash/0.0.0' WHERE key = 'key_hash'",  # another DuckDB release
+], ids=["missing", "other-release"])
+def test_key_hashes_are_made_again_when_the_warehouse_opens(tmp_path: Path, damage: str):
+    wh = Warehouse(tmp_path / "d")
+    run = wh.begin_run("days", {})
+    wh.apply(run, jobs=jobs([rec("a", "WAITING"), rec("b", "WAITING")]))
+    sql(wh, "UPDATE job_keys SET key_hash = key_hash + 1")  # what another release's hash() could give
+    sql(wh, damage)
+    again = Warehouse(tmp_path / "d")
+    assert _key_hashes(again) == _hashes_of_jobs(again)
+    stats = again.apply(again.begin_run("days", {}), jobs=jobs([rec("a", "SUCCEED", created=DAY2, updated_min=60)]))
+    assert (stats.inserted, stats.updated) == (0, 1)
+
+
 def test_a_batch_whose_jobs_change_different_columns_replaces_each_row_whole(wh: Warehouse, run: str):
     """Winners replace their rows in place, in the columns some winner of the batch changes:
     each row still ends equal to its newest version, whichever column it changed, and a
