@@ -11,22 +11,28 @@ import duckdb
 def mark_lake(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     """Mark the lake partitions (project_id, creation day) a query yields for export, once each.
     A job without a create_time has no partition: a NULL day is not marked."""
-    con.execute(
-        f"""INSERT INTO lake_dirty
+    con.execute(mark_lake_sql(partitions_sql))
+
+
+def mark_lake_sql(partitions_sql: str) -> str:
+    """The statement of mark_lake(), for a script of several."""
+    return f"""INSERT INTO lake_dirty
         SELECT DISTINCT p, d FROM ({partitions_sql}) AS t(p, d)
         WHERE d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lake_dirty x WHERE x.project_id = p AND x.create_day = d)"""
-    )
 
 
 def mark_model_days(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
     """Mark every job of the creation days (project_id, day; NULL for jobs without a
     create_time) a query yields for the SQL models' next refresh, once each (migration 005)."""
-    con.execute(
-        f"""INSERT INTO models_dirty
+    con.execute(mark_model_days_sql(partitions_sql))
+
+
+def mark_model_days_sql(partitions_sql: str) -> str:
+    """The statement of mark_model_days(), for a script of several."""
+    return f"""INSERT INTO models_dirty
         SELECT DISTINCT p, d, NULL FROM ({partitions_sql}) AS t(p, d)
         WHERE NOT EXISTS (SELECT 1 FROM models_dirty x
                           WHERE x.job_id IS NULL AND x.project_id = p AND x.create_day IS NOT DISTINCT FROM d)"""
-    )
 
 
 def mark_model_jobs(con: duckdb.DuckDBPyConnection, keys_sql: str) -> None:
