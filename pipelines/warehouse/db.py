@@ -45,10 +45,13 @@ DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
 # backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
 # 17 s 200k-job backfill; that rewrite was the merge DUCKDB_MAX_VACUUM_TASKS now turns off).
-# 256 MB checkpoints every several batches; 1 GB was no faster at 1M jobs and would let more
-# un-checkpointed data pile up against the memory limit. With the merge off, 64 and 32 MB took
-# the same time and peaked within 6 MB of it at a million jobs (one run each).
-DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
+# With the merge off, a checkpoint writes only what was committed since the last one. Rows not
+# checkpointed stay in DuckDB's memory, and a 100,000-job backfill never reached 256 MB of WAL:
+# its rows piled up to 90 MB there, and the models' first step checkpointed them all. Every
+# 32 MB, that backfill peaked at 270-274 MiB instead of 291-296 and took 5.2-6.3 s instead of
+# 5.8-7.0 s (the models 0.33-0.41 s instead of 0.92-0.99 s: the checkpoints ran beside the
+# fetch); at a million jobs it peaked 5-10 MiB lower in about the same time (two runs each).
+DUCKDB_CHECKPOINT_THRESHOLD = "32MB"
 # New rows after a checkpoint start a row group of their own, and the next checkpoint that follows
 # new rows merges partly filled groups, rewriting them whole (DuckDB's vacuum): every sync's
 # checkpoint rewrote the table's last groups. The first change capture after a million-job

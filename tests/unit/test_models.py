@@ -473,7 +473,7 @@ def test_a_refresh_frees_what_earlier_commits_pinned_before_copying_a_view(tmp_p
         " TIMESTAMPTZ '2025-01-01' + to_seconds(i * 60 + 600), now() FROM range(20000) t(i)"
     )
     con.execute("CHECKPOINT")
-    con.execute("SET checkpoint_threshold = '1GB'")  # as a sync sets it: commits do not checkpoint
+    con.execute("SET checkpoint_threshold = '1GB'")  # as between a sync's checkpoints: commits do not checkpoint
     # A third of the jobs replaced, the way a sync's upsert replaces changed jobs.
     con.execute("CREATE TEMP TABLE changed AS FROM main.voice_training_jobs WHERE hash(job_id) % 3 = 0")
     con.execute("DELETE FROM main.voice_training_jobs j USING changed c WHERE j.job_id = c.job_id")
