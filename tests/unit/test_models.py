@@ -671,3 +671,18 @@ def test_finished_at_is_the_first_terminal_version_whether_replaced_or_current(t
         "late": DAY1 + timedelta(minutes=40),  # the current version
         "never": DAY1,  # no lastupdate_time: its version is valid from its creation
     }
+
+
+def test_the_models_connection_has_the_syncs_memory_cap(tmp_path: Path):
+    """Dagster's model refresh opens the warehouse through connect(): uncapped, DuckDB took up to
+    1.3 GB to rebuild every model of a million-job warehouse, the sync's refresh 128 MB."""
+    from pipelines.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path)
+    with wh.connect() as synced:
+        cap = synced.execute("SELECT current_setting('memory_limit')").fetchall()
+    con = models_module.connect(wh.db_path)
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchall() == cap
+    finally:
+        con.close()
