@@ -250,36 +250,39 @@ class Connections:
 
         Only current versions are ever compared, so only they are re-hashed; one transaction,
         once per DuckDB release (or once after the upgrade from md5 hashes)."""
-        row = con.execute("SELECT value FROM warehouse_meta WHERE key = 'row_hash'").fetchone()
-        if row is not None and row[0] == ROW_HASH_ALGORITHM:
+        if _hashed_by(con, "row_hash") == ROW_HASH_ALGORITHM:
             return
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"UPDATE {JOBS_TABLE} SET row_hash = {_hash_expr()} WHERE row_hash IS NOT NULL")
-            con.execute("DELETE FROM warehouse_meta WHERE key = 'row_hash'")
-            con.execute("INSERT INTO warehouse_meta VALUES ('row_hash', ?, ?)", [ROW_HASH_ALGORITHM, datetime.now(UTC)])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        _rehash(con, "row_hash", [f"UPDATE {JOBS_TABLE} SET row_hash = {_hash_expr()} WHERE row_hash IS NOT NULL"])
 
     @staticmethod
     def _ensure_key_hashes(con: duckdb.DuckDBPyConnection) -> None:
         """Fill KEYS_TABLE anew from the jobs rows when another DuckDB release (or none) hashed
         it, or when it does not hold one hash per jobs row. One transaction; 0.13 s at a
         million jobs."""
-        row = con.execute("SELECT value FROM warehouse_meta WHERE key = 'key_hash'").fetchall()
         ((keys, jobs),) = con.execute(
             f"SELECT (SELECT count(*) FROM {KEYS_TABLE}), (SELECT count(*) FROM {JOBS_TABLE})").fetchall()
-        if row == [(ROW_HASH_ALGORITHM,)] and keys == jobs:
+        if _hashed_by(con, "key_hash") == ROW_HASH_ALGORITHM and keys == jobs:
             return
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DELETE FROM {KEYS_TABLE}")
-            con.execute(f"INSERT INTO {KEYS_TABLE} SELECT {key_hash_expr()} FROM {JOBS_TABLE}")
-            con.execute("DELETE FROM warehouse_meta WHERE key = 'key_hash'")
-            con.execute("INSERT INTO warehouse_meta VALUES ('key_hash', ?, ?)", [ROW_HASH_ALGORITHM, datetime.now(UTC)])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        _rehash(con, "key_hash", [f"DELETE FROM {KEYS_TABLE}",
+                                  f"INSERT INTO {KEYS_TABLE} SELECT {key_hash_expr()} FROM {JOBS_TABLE}"])
+
+
+def _hashed_by(con: duckdb.DuckDBPyConnection, meta_key: str) -> str | None:
+    """The algorithm warehouse_meta says made the hashes of ``meta_key``, if any."""
+    rows = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [meta_key]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _rehash(con: duckdb.DuckDBPyConnection, meta_key: str, statements: list[str]) -> None:
+    """Run ``statements`` (which make the hashes of ``meta_key``) and record ROW_HASH_ALGORITHM
+    as their maker, in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.execute("DELETE FROM warehouse_meta WHERE key = ?", [meta_key])
+        con.execute("INSERT INTO warehouse_meta VALUES (?, ?, ?)", [meta_key, ROW_HASH_ALGORITHM, datetime.now(UTC)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
