@@ -21,14 +21,10 @@ def mark_lake_sql(partitions_sql: str) -> str:
         WHERE d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lake_dirty x WHERE x.project_id = p AND x.create_day = d)"""
 
 
-def mark_model_days(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
-    """Mark every job of the creation days (project_id, day; NULL for jobs without a
-    create_time) a query yields for the SQL models' next refresh, once each (migration 005)."""
-    con.execute(mark_model_days_sql(partitions_sql))
-
-
 def mark_model_days_sql(partitions_sql: str) -> str:
-    """The statement of mark_model_days(), for a script of several."""
+    """The statement that marks every job of the creation days (project_id, day; NULL for jobs
+    without a create_time) a query yields for the SQL models' next refresh, once each
+    (migration 005); run in the script that appends the jobs."""
     return f"""INSERT INTO models_dirty
         SELECT DISTINCT p, d, NULL FROM ({partitions_sql}) AS t(p, d)
         WHERE NOT EXISTS (SELECT 1 FROM models_dirty x

@@ -27,7 +27,7 @@ from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
 from pipelines.warehouse.db import STORAGE_VERSION, Connections, merge_row_groups
 from pipelines.warehouse.lakestore import _fsync, _fsync_dir
-from pipelines.warehouse.tables import WarehouseError
+from pipelines.warehouse.tables import KEYS_TABLE, WarehouseError
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: A replaced serving.duckdb's second name in earlier versions (.serving-<token> + this), kept
@@ -40,7 +40,7 @@ SPARE_FILE = ".serving-spare.duckdb"
 #: their history and transitions, the analytics schema, sync_runs (freshness) and
 #: warehouse_meta (which source the data came from).
 SYNC_ONLY_TABLES = (
-    "quarantine", "lake_dirty", "models_dirty", "job_keys", "sync_state", "sync_windows", "schema_migrations")
+    "quarantine", "lake_dirty", "models_dirty", KEYS_TABLE, "sync_state", "sync_windows", "schema_migrations")
 # The oldest DuckDB release that can read serving.duckdb.
 SERVING_STORAGE_VERSION = STORAGE_VERSION
 

@@ -21,6 +21,7 @@ import pytest
 
 from pipelines.ingest import JOBS_SCHEMA, normalize
 from pipelines.warehouse import STORED_JOBS_SCHEMA, WAREHOUSE_VERSION, Warehouse, WarehouseError, WindowRecord
+from pipelines.warehouse.tables import key_hash_expr
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC1, SYNC2, jobs, lake_rows, rec, sql, states
 
 
@@ -269,16 +270,17 @@ def test_a_known_job_listed_outside_the_creation_times_it_is_stored_with_is_upda
 
 
 def _key_hashes(wh: Warehouse) -> list:
+    """What job_keys holds, in order."""
     return sql(wh, "SELECT key_hash FROM job_keys ORDER BY 1")
 
 
 def _hashes_of_jobs(wh: Warehouse) -> list:
-    return sql(wh, "SELECT hash(project_id, job_id) FROM voice_training_jobs ORDER BY 1")
+    return sql(wh, f"SELECT {key_hash_expr()} FROM voice_training_jobs ORDER BY 1")
 
 
 def test_a_moved_job_among_jobs_never_seen_is_found_by_its_key_hash_and_updated_not_added(wh: Warehouse, run: str):
     # No job of the batch is stored among its creation times, so only the key hashes can
-    # say that one of them is stored elsewhere (see _any_known).
+    # say that one of them is stored elsewhere (see _maybe_known).
     wh.apply(run, jobs=jobs([rec("a", "WAITING"), rec("b", "WAITING")]))
     stats = wh.apply(run, jobs=jobs([rec("a", "SUCCEED", created=DAY2, updated_min=60 * 24 * 2),
                                      rec("c", created=DAY2)], synced_at=SYNC2))
@@ -290,7 +292,7 @@ def test_a_moved_job_among_jobs_never_seen_is_found_by_its_key_hash_and_updated_
 def test_a_new_job_whose_key_hash_is_stored_is_still_appended_once(wh: Warehouse, run: str):
     # Two keys of one hash: the hash found sends the batch to the exact look at the keys.
     wh.apply(run, jobs=jobs([rec("a", "WAITING")]))
-    sql(wh, "INSERT INTO job_keys SELECT hash('p1', 'c')")
+    sql(wh, f"INSERT INTO job_keys SELECT {key_hash_expr()} FROM (SELECT 'p1' AS project_id, 'c' AS job_id)")
     stats = wh.apply(run, jobs=jobs([rec("c", created=DAY2)]))
     assert (stats.inserted, stats.updated) == (1, 0)
     assert states(wh) == {"a": "WAITING", "c": "CREATING"}
