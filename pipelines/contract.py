@@ -7,6 +7,7 @@ the Arrow type every timestamp is stored as.
 
 from __future__ import annotations
 
+import orjson
 import pyarrow as pa
 
 #: Jobs per page a sync asks for: the API's largest `limit`.
@@ -30,3 +31,21 @@ def newer_update_wins(candidate_ms: int | None, current_ms: int | None) -> bool:
     A version seen later (``candidate``) replaces the current one unless it is older; a
     missing time is the oldest, so an equal time or two missing ones go to the later version."""
     return (candidate_ms if candidate_ms is not None else -1) >= (current_ms if current_ms is not None else -1)
+
+
+class WireJob(dict):
+    """A listed job as paging reads it, without decoding the rest: the fields paging needs
+    (``job_id``, ``create_time``, ``lastupdate_time``, those the job has) and ``raw``, the
+    job's JSON bytes as its page carried them. Normalization parses the bytes into Arrow
+    (pipelines/ingest/wire.py); ``record()`` is the job decoded whole, the dict every other
+    reader of a job gets."""
+
+    __slots__ = ("raw",)
+
+    def record(self) -> dict:
+        return orjson.loads(memoryview(self.raw))
+
+
+def full_record(job: dict) -> dict:
+    """The job decoded whole (a WireJob's bytes decoded; any other record as it is)."""
+    return job.record() if type(job) is WireJob else job

@@ -103,6 +103,16 @@ def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, per
         wire = pa.array(records, type=WIRE_TYPE)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
         return None  # a record that is not an object, or a value of another type
+    return from_wire(wire, project_id, synced_at, personal_data, records=records)
+
+
+def from_wire(wire: pa.StructArray, project_id: str, synced_at: datetime, personal_data: str, *,
+              records: list[Any] | None = None, extras: list[dict[str, Any] | None] | None = None) -> Normalized | None:
+    """The records as WIRE_TYPE (``wire``) held to every rule of the fast path, as JOBS_SCHEMA.
+
+    With ``records`` (what ``wire`` was converted from) their numbers are checked whole and their
+    unknown keys go to ``extra``; without, ``wire`` holds integers only (a parser that refuses a
+    fraction where an integer belongs) and ``extras`` says what goes to ``extra``."""
     # flatten() gives each child with its parent's nulls applied: a null object's fields are null.
     fields = dict(zip(WIRE_TYPE.names, wire.flatten(), strict=True))
     job_id = fields["job_id"]
@@ -114,7 +124,7 @@ def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, per
                for prop, d in zip(ASSESS_PROPERTIES, details, strict=True)}
     numbers = {name: fields[name] for name in ("create_time", "lastupdate_time", "reject_times")}
     numbers.update({prop: details[prop]["status"] for prop in ASSESS_PROPERTIES})
-    if not _numbers_whole(records, numbers):
+    if records is not None and not _numbers_whole(records, numbers):
         return None
     for name in ("create_time", "lastupdate_time"):
         if (arr := _epoch(fields.pop(name))) is None:
@@ -136,7 +146,9 @@ def normalize_fast(records: list[Any], project_id: str, synced_at: datetime, per
                 return None
             cols[f"assess_result_{prop}_{name}"] = values
     cols.update(fields)  # the remaining top-level strings and booleans, as converted
-    table, duplicates = finish(cols, [unknown_keys(r) for r in records], project_id, synced_at, personal_data)
+    if records is not None:
+        extras = [unknown_keys(r) for r in records]
+    table, duplicates = finish(cols, extras, project_id, synced_at, personal_data)
     return Normalized(table=table, duplicates=duplicates)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.contract import TIMESTAMP
+from pipelines.contract import TIMESTAMP, full_record
 from pipelines.ingest.mask import raw_json
 from pipelines.ingest.schema import Quarantined
 
@@ -89,4 +89,4 @@ def quarantine_rows(rows: pa.Table, raw_by_id: Mapping[str, Any], project_id: st
 
 def raw_index(records: Iterable[Any]) -> dict[str, Any]:
     """job_id -> raw record, for the few records a screen quarantines."""
-    return {r["job_id"]: r for r in records if isinstance(r, dict) and isinstance(r.get("job_id"), str)}
+    return {r["job_id"]: full_record(r) for r in records if isinstance(r, dict) and isinstance(r.get("job_id"), str)}

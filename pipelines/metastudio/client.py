@@ -190,11 +190,12 @@ class MetaStudioClient(SourceClock, Pacing):
         base = f"{self._base_url}/v1/{quote(project_id, safe='')}/voice-training-manage/user/jobs"
         return f"{base}?{canonical_query(pairs)}" if pairs else base
 
-    async def list_jobs(self, project_id: str, params: Mapping[str, object]) -> Page:
+    async def list_jobs(self, project_id: str, params: Mapping[str, object], *, lean: bool = False) -> Page:
         """One page of ``GET /v1/{project_id}/voice-training-manage/user/jobs``; ``limit`` defaults to 100.
 
         Values: bools become ``true``/``false``, datetimes RFC 3339 UTC, lists comma-joined, None dropped.
         Raises :class:`MetaStudioError` subclasses; retryable failures are retried within the budget.
+        ``lean``: the page's jobs as WireJobs where it allows (see parse_page), for paging.
         """
         if not project_id:
             raise ConfigurationError("No project id was given; set HUAWEICLOUD_SDK_PROJECT_ID.")
@@ -210,7 +211,7 @@ class MetaStudioClient(SourceClock, Pacing):
         while True:
             attempt += 1
             try:
-                page = await self._attempt(url, headers, budget)
+                page = await self._attempt(url, headers, budget, lean)
             except OutOfBudget:
                 assert last is not None and budget.started is not None
                 raise self._exhausted(last, attempt - 1, self._monotonic() - budget.started) from None
@@ -285,7 +286,7 @@ class MetaStudioClient(SourceClock, Pacing):
                 body += chunk
         return response, body
 
-    async def _attempt(self, url: str, headers: dict[str, str], budget: RetryBudget) -> Page:
+    async def _attempt(self, url: str, headers: dict[str, str], budget: RetryBudget, lean: bool = False) -> Page:
         """One send and its answer: a page, or :class:`Retryable`, :class:`OutOfBudget` or an error raised."""
         async with self._semaphore:
             await self._pace(budget.start_by)
@@ -322,7 +323,7 @@ class MetaStudioClient(SourceClock, Pacing):
             received_at - sent_at,
         )
         if status == 200:
-            return parse_page(body, server_time if believed else None)
+            return parse_page(body, server_time if believed else None, lean=lean)
         raise failure_for_status(
             status, response.headers, body, server_time, token_auth=self._token_auth, wall_clock=self._wall_clock
         )

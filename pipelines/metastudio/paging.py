@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from pipelines.contract import PAGE_LIMIT, newer_update_wins
+from pipelines.contract import PAGE_LIMIT, full_record, newer_update_wins
 from pipelines.metastudio.errors import MetaStudioError
 from pipelines.metastudio.windows import (  # noqa: F401  (names callers import from paging)
     ONE_SECOND,
@@ -161,7 +161,7 @@ def job_key(job: Mapping[str, object]) -> str:
     job_id = job.get("job_id")
     if isinstance(job_id, str) and job_id:
         return job_id
-    return "raw:" + orjson.dumps(job, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    return "raw:" + orjson.dumps(full_record(job), option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
 async def fetch_window(
@@ -282,7 +282,8 @@ class _Fetcher:
             }
         )
         self.requests += 1
-        return await self.client.list_jobs(self.project_id, params)
+        # Jobs that go to a sink are normalized from their bytes (see metastudio/wire.py).
+        return await self.client.list_jobs(self.project_id, params, lean=self.sink is not None)
 
     async def _count(self, window: Window) -> int:
         return (await self._list(window, window.since, 0, 1)).count

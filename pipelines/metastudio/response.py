@@ -24,6 +24,7 @@ from pipelines.metastudio.errors import (
     MetaStudioError,
 )
 from pipelines.metastudio.retry import Retryable
+from pipelines.metastudio.wire import wire_jobs
 
 #: A real page of 100 jobs is 100-300 KB; a body past this is not a page (an endless or hostile stream).
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -42,8 +43,14 @@ class Page:
     server_time: datetime | None
 
 
-def parse_page(body: bytes, server_time: datetime | None) -> Page:
-    """A validated page, or a retryable "malformed" failure (truncated, HTML or wrongly shaped bodies)."""
+def parse_page(body: bytes, server_time: datetime | None, *, lean: bool = False) -> Page:
+    """A validated page, or a retryable "malformed" failure (truncated, HTML or wrongly shaped bodies).
+
+    ``lean``: the jobs as WireJobs (paging's fields and each job's bytes: metastudio/wire.py)
+    where the page allows, else decoded whole as always."""
+    if lean and (split := wire_jobs(body)) is not None:
+        count, jobs = split
+        return Page(count=count, jobs=jobs, server_time=server_time)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -10,14 +10,19 @@ path must have taken it, so a fast path that silently declines everything fails 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 
+from pipelines.contract import WireJob
 from pipelines.ingest import normalize, normalize_windows
 from pipelines.ingest.arrow import normalize_fast
 from pipelines.ingest.rules import normalize_by_rules
+from pipelines.ingest.wire import normalize_wire
+from pipelines.metastudio.response import parse_page
+from pipelines.metastudio.retry import Retryable
 from pipelines.simulator import SimulatorConfig, SimulatorState
 from pipelines.simulator.quirks import QUIRKS, corrupt_page
 
@@ -41,14 +46,36 @@ def assert_same(records: list, *, fast: bool | None, personal_data: str = "mask"
         assert (quick is not None) == fast
 
 
-def _windows(quirks: tuple[str, ...], days: int = 6) -> list[list]:
+def assert_same_from_bytes(body: bytes, *, wire: bool | None = None, personal_data: str = "mask") -> None:
+    """A page's jobs as paging leaves them (WireJobs: their bytes, three fields decoded) normalize
+    exactly as the same jobs decoded whole, alone and grouped; ``wire``: whether the way from the
+    bytes must have taken them."""
+    decoded = orjson.loads(body)["jobs"]
+    jobs = parse_page(body, None, lean=True).jobs
+    expected = normalize(decoded, "p1", SYNCED, personal_data=personal_data)
+    got = normalize(jobs, "p1", SYNCED, personal_data=personal_data)
+    assert got.table.equals(expected.table, check_metadata=True)
+    assert (got.quarantine, got.duplicates) == (expected.quarantine, expected.duplicates)
+    half = len(jobs) // 2
+    for got, expected in zip(normalize_windows([jobs[:half], jobs[half:]], "p1", SYNCED, personal_data=personal_data),
+                             normalize_windows([decoded[:half], decoded[half:]], "p1", SYNCED,
+                                               personal_data=personal_data), strict=True):
+        assert got.table.equals(expected.table, check_metadata=True)
+        assert (got.quarantine, got.duplicates) == (expected.quarantine, expected.duplicates)
+    if wire is not None:
+        assert all(type(job) is WireJob for job in jobs)
+        assert (normalize_wire(jobs, "p1", SYNCED, personal_data) is not None) == wire
+
+
+def _bodies(quirks: tuple[str, ...], days: int = 6) -> list[bytes]:
     state = SimulatorState(SimulatorConfig(jobs=3_000, seed=11, days=days, now=NOW))
     truth = sorted(state.truth("sim-project"), key=lambda job: job["create_time"])
-    windows = []
-    for start in range(0, len(truth), 250):
-        body = orjson.dumps({"count": 250, "jobs": truth[start:start + 250]})
-        windows.append(orjson.loads(corrupt_page(body, quirks))["jobs"])
-    return windows
+    return [corrupt_page(orjson.dumps({"count": 250, "jobs": truth[start:start + 250]}), quirks)
+            for start in range(0, len(truth), 250)]
+
+
+def _windows(quirks: tuple[str, ...], days: int = 6) -> list[list]:
+    return [orjson.loads(body)["jobs"] for body in _bodies(quirks, days)]
 
 
 def test_plain_simulator_windows_take_the_fast_path_and_agree():
@@ -58,6 +85,25 @@ def test_plain_simulator_windows_take_the_fast_path_and_agree():
         assert_same(records, fast=True)
     # Unknown keys (the simulator sends some on about 1% of jobs) stay on the fast path.
     assert any(any("voice_style" in r for r in records) for records in windows)
+
+
+def test_plain_simulator_pages_are_normalized_from_their_bytes_and_agree():
+    bodies = _bodies(())
+    for body in bodies:
+        assert_same_from_bytes(body, wire=True)
+    # Unknown keys (about 1% of jobs) stay on the way from the bytes, their values decoded.
+    assert any(b"voice_style" in body for body in bodies)
+
+
+@pytest.mark.parametrize("quirk", QUIRKS)
+def test_every_quirk_gives_the_same_rows_from_the_bytes(quirk):
+    for body in _bodies((quirk,)):
+        try:
+            parse_page(body, None)
+        except Retryable:
+            continue  # no page: paging retries it
+        assert_same_from_bytes(body)
+        assert_same_from_bytes(body, personal_data="raw")
 
 
 @pytest.mark.parametrize("quirk", QUIRKS)
@@ -136,6 +182,39 @@ EDGES = [
 def test_edge_records(records, fast):
     assert_same(records, fast=fast)
     assert_same(records, fast=None, personal_data="raw")
+
+
+@pytest.mark.parametrize("records", [pytest.param(r, id=name) for name, r, _ in EDGES])
+def test_edge_records_from_their_bytes(records):
+    # The standard encoder: it writes integers past 64 bits, and non-ASCII text as escapes.
+    body = json.dumps({"count": len(records), "jobs": records}).encode()
+    try:
+        parse_page(body, None)
+    except Retryable:
+        return  # not a page (a job that is not an object): paging retries it
+    assert_same_from_bytes(body)
+    assert_same_from_bytes(body, personal_data="raw")
+
+
+# Pages as bytes no encoder of ours writes: (name, body, must the way from the bytes take it).
+_J = b'"create_time":1736498597000,"state":"SUCCEED"'
+BYTE_EDGES = [
+    ("an unknown key written with escapes, null", b'{"count":2,"jobs":[{"job_id":"a",' + _J
+     + rb',"\u0067host":null},{"job_id":"b",' + _J + b'}]}', True),
+    ("a known key written with escapes", rb'{"count":1,"jobs":[{"\u006aob_id":"a",' + _J + b'}]}', True),
+    ("a nested unknown key, null", b'{"count":1,"jobs":[{"job_id":"a",' + _J
+     + b',"allocated_resource":{"zone":null},"assess_result":{"speed":{"x":null}}}]}', True),
+    ("an unknown key's name as a value", b'{"count":2,"jobs":[{"job_id":"a",' + _J + b',"tag":"ghost"},{"job_id":"b",'
+     + _J + b',"ghost":null}]}', True),
+    ("a job over several lines", b'{"count":1,"jobs":[{"job_id":"a",\n' + _J + b'}]}', False),
+    ("a key given twice", b'{"count":1,"jobs":[{"job_id":"a",' + _J + b',"state":"FAILED"}]}', False),
+    ("pretty-printed", orjson.dumps({"count": 1, "jobs": [base("a", ghost=None)]}, option=orjson.OPT_INDENT_2), False),
+]
+
+
+@pytest.mark.parametrize(("body", "wire"), [pytest.param(b, w, id=name) for name, b, w in BYTE_EDGES])
+def test_bytes_no_encoder_of_ours_writes(body, wire):
+    assert_same_from_bytes(body, wire=wire)
 
 
 def test_an_empty_window():

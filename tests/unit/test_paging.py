@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from pipelines.contract import EPOCH_MS_THRESHOLD
+from pipelines.contract import EPOCH_MS_THRESHOLD, WireJob, full_record
 from pipelines.metastudio import paging
 from pipelines.metastudio.auth import TokenAuth, query_pairs
 from pipelines.metastudio.client import MetaStudioClient
@@ -514,6 +514,20 @@ def test_a_sink_gets_the_jobs_in_bounded_chunks_while_the_window_is_still_listed
     assert [(leaf.api_count, leaf.fetched) for leaf in result.leaves] == [
         (leaf.api_count, leaf.fetched) for leaf in whole.leaves
     ]
+
+
+def test_a_sink_gets_each_job_as_its_bytes_and_a_fetch_without_one_gets_it_decoded():
+    """Jobs on their way to normalization stay bytes (WireJobs, paging's fields decoded); a
+    window fetched whole, which callers read as records, holds decoded jobs."""
+    jobs = spread(300, T0_MS, 86_400_000, seed=5)
+    window = day_window(DAY)
+    whole = fetch(FakeListing(jobs), window)
+    _, chunks, _ = fetch_into_sink(FakeListing(jobs), window)
+    handed = [j for chunk in chunks for j in chunk]
+    assert handed and all(type(j) is WireJob for j in handed)
+    assert not any(type(j) is WireJob for j in whole.jobs)
+    by_id = {j["job_id"]: j for j in whole.jobs}
+    assert {j["job_id"]: full_record(j) for j in handed} == by_id
 
 
 def test_a_sink_gets_a_job_again_only_in_a_newer_version(monkeypatch):
