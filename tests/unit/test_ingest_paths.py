@@ -206,6 +206,11 @@ BYTE_EDGES = [
      + b',"allocated_resource":{"zone":null},"assess_result":{"speed":{"x":null}}}]}', True),
     ("an unknown key's name as a value", b'{"count":2,"jobs":[{"job_id":"a",' + _J + b',"tag":"ghost"},{"job_id":"b",'
      + _J + b',"ghost":null}]}', True),
+    # Needles are looked for in a group's joined bytes: in the first and the last job, twice in one.
+    ("a null-valued unknown key in the first and the last job", b'{"count":3,"jobs":[{"job_id":"a",' + _J
+     + b',"ghost":null},{"job_id":"b",' + _J + b'},{"job_id":"c",' + _J + b',"tag":"ghost","ghost":null}]}', True),
+    ("an unknown key written with escapes in the last job only, null", b'{"count":3,"jobs":[{"job_id":"a",' + _J
+     + b',"new_field":1},{"job_id":"b",' + _J + b'},{"job_id":"c",' + _J + rb',"\u0067host":null}]}', True),
     ("a job over several lines", b'{"count":1,"jobs":[{"job_id":"a",\n' + _J + b'}]}', False),
     ("a key given twice", b'{"count":1,"jobs":[{"job_id":"a",' + _J + b',"state":"FAILED"}]}', False),
     ("pretty-printed", orjson.dumps({"count": 1, "jobs": [base("a", ghost=None)]}, option=orjson.OPT_INDENT_2), False),
