@@ -44,6 +44,11 @@ def test_a_page_the_lean_reading_cannot_take_is_decoded_whole(body):
     pytest.param(b'{"count":-1,"jobs":[]}', id="a negative count"),
     pytest.param(b'{"count":2}', id="jobs counted, none listed"),
     pytest.param(b'{"count":1,"jobs":[{"job_id":"\xff"}]}', id="not UTF-8"),
+    # In a value paging does not decode (its bytes are kept): each way UTF-8 can be broken.
+    *(pytest.param(b'{"count":1,"jobs":[{"job_id":"a","voice_name":"' + bad + b'"}]}', id=f"not UTF-8 kept: {name}")
+      for name, bad in [("a lone continuation byte", b"\x80"), ("a surrogate", b"\xed\xa0\x80"),
+                        ("an overlong form", b"\xc0\xaf"), ("past U+10FFFF", b"\xf4\x90\x80\x80"),
+                        ("a sequence cut short", b"\xe6\x99"), ("a lead byte never used", b"\xf8\x88\x80\x80\x80")]),
     pytest.param(b'{"count":1,"jobs":[{"job_id":"a"}]', id="truncated"),
     pytest.param(b'{"count":1,"jobs":[5]}', id="a job that is not an object"),
 ])
@@ -53,3 +58,4 @@ def test_a_malformed_page_fails_as_it_does_decoded_whole(body):
     with pytest.raises(Retryable) as lean:
         parse_page(body, None, lean=True)
     assert (lean.value.cause, lean.value.detail) == (full.value.cause, full.value.detail)
+
