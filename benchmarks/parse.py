@@ -21,6 +21,10 @@ bodies into records, timed per job (median of ``--runs``):
 * ``pyarrow.json``         the bodies joined one per line and parsed in C with the page's Arrow
   schema (``PAGE_SCHEMA``: every documented field typed, unknown keys inferred), the jobs then
   cast to ``WIRE_TYPE``: the same rows as ``pa.array`` (checked), without the GIL;
+* ``sync, from the bytes``  what a sync does: each page split into its jobs' bytes with paging's
+  fields read (``wire_jobs``), then each group normalized from those bytes (``normalize_windows``
+  takes them to ``pipelines/ingest/wire.py``: ``pyarrow.json``, the rules, and the jobs carrying
+  unknown keys decoded for ``extra``);
 * ``duckdb read_json``     the same joined bodies through DuckDB's JSON reader, types detected,
   to Arrow (not exact: its detected types are not the wire's; timed for comparison).
 
@@ -56,6 +60,7 @@ from pipelines.ingest.arrow import WIRE_TYPE  # noqa: E402
 from pipelines.ingest.finish import unknown_keys  # noqa: E402
 from pipelines.metastudio.auth import AKSKAuth  # noqa: E402
 from pipelines.metastudio.paging import day_windows  # noqa: E402
+from pipelines.metastudio.wire import wire_jobs  # noqa: E402
 from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
 from pipelines.sync.pipeline import NORMALIZE_ROWS  # noqa: E402
 from pipelines.sync.run import SYNC_GC_THRESHOLDS  # noqa: E402
@@ -172,6 +177,14 @@ def candidates(bodies: list[bytes]) -> dict[str, tuple[Callable[[], object], str
     out["normalize"] = (lambda: [normalize_windows(group, PROJECT, synced_at) for group in decoded],
                         "today's whole normalization, from the decoded records")
     out["pyarrow.json"] = (by_pyarrow_json, "equal to pa.array" if exact else "NOT equal to pa.array")
+
+    def from_the_bytes() -> list:
+        wired = [[job for body in group for job in wire_jobs(body)[1]] for group in groups]
+        return [normalize_windows([group], PROJECT, synced_at)[0] for group in wired]
+
+    same = all(fast.table.equals(slow.table) for fast, slow in zip(
+        from_the_bytes(), [normalize_windows([group], PROJECT, synced_at)[0] for group in records], strict=True))
+    out["sync, from the bytes"] = (from_the_bytes, "the same rows as normalize" if same else "NOT the rows of normalize")
     try:
         import duckdb
 
