@@ -18,6 +18,7 @@ left it so fails at its end with a LakeExportError naming it (see RunLog.finish_
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -58,10 +59,14 @@ EXPORT_ROWS = 16_000
 # of rows and as much again sorted while it was written.
 EXPORT_BATCH_ROWS = 8_192
 LAKE_FILE = "data.parquet"
+#: warehouse_meta's key for the place of the lake this warehouse last wrote (LakeStore.place).
+LAKE_META_KEY = "lake"
+_FIRST_EXPORT = "this warehouse has no record of writing the lake"
 _PARTITION_KEY = re.compile(rf"create_day=(?P<day>[^/]+)/project_id=(?P<project>[^/]+)/{re.escape(LAKE_FILE)}")
 # A partition that could not be written: (project_id, day), where its file is, the error.
 _Failure = tuple[tuple[str, date], Path | str, OSError]
 T = TypeVar("T")
+log = logging.getLogger("voicejobs.warehouse")
 # What writing one group of partitions gave: per partition (project_id, day), None or its error.
 _Written = list[tuple[tuple[str, date], OSError | None]]
 
@@ -138,7 +143,17 @@ class Lake(Connections):
         """Mark every partition (of the table, and of files already in the lake) dirty and export.
 
         For recovery after the lake was damaged or deleted; returns what export_dirty_partitions
-        does. Temporary files that interrupted writes left behind are removed."""
+        does. Temporary files that interrupted writes left behind are removed. (Every export
+        does this itself when the lake is not where this warehouse last wrote it, or when a
+        partition it left clean has no file: see _lake_lost.)"""
+        self._mark_every_partition()
+        return self.export_dirty_partitions()
+
+    def _mark_every_partition(self) -> int:
+        """Mark dirty every partition the table holds and every one with a file in the lake
+        (temporary files of interrupted writes removed), and record the lake's place as this
+        warehouse's, in one transaction: the marks keep the work until it is done. Returns how
+        many partitions are marked."""
         present = []
         for key in self.lake.files():
             if TEMPORARY.search(key):
@@ -155,16 +170,39 @@ class Lake(Connections):
                 con.execute("DELETE FROM lake_dirty")
                 con.execute(
                     f"INSERT INTO lake_dirty SELECT DISTINCT project_id, {utc_day('create_time')}"
-                    f" FROM {JOBS_TABLE}"
+                    f" FROM {JOBS_TABLE} WHERE create_time IS NOT NULL"  # no day, no partition
                 )
                 if present:
                     con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in present])
+                con.execute("DELETE FROM warehouse_meta WHERE key = ?", [LAKE_META_KEY])
+                con.execute("INSERT INTO warehouse_meta VALUES (?, ?, now())", [LAKE_META_KEY, self.lake.place])
+                ((marked,),) = con.execute("SELECT count(*) FROM lake_dirty").fetchall()
                 con.execute("COMMIT")
             except BaseException:
                 with suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
-        return self.export_dirty_partitions()
+        return marked
+
+    def _lake_lost(self, con: duckdb.DuckDBPyConnection) -> str | None:
+        """Why the lake must be written whole before an export, or None. Two cheap checks: the
+        lake is where this warehouse last wrote it (``warehouse_meta``; a warehouse that never
+        recorded it writes it whole once), and the partition of the table's first row, unless
+        marked, has its file (a lake removed by hand). A single file removed by hand elsewhere
+        goes unnoticed: rebuild_lake() writes everything."""
+        recorded = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [LAKE_META_KEY]).fetchall()
+        if not recorded:
+            return f"{_FIRST_EXPORT} at {self.lake.place}"
+        if recorded[0][0] != self.lake.place:
+            return f"it was written at {recorded[0][0]}, and is now at {self.lake.place}"
+        first = con.execute(
+            f"SELECT j.project_id, {utc_day('j.create_time')} FROM (SELECT project_id, create_time FROM {JOBS_TABLE}"
+            " WHERE create_time IS NOT NULL LIMIT 1) j WHERE NOT EXISTS (SELECT 1 FROM lake_dirty d"
+            f" WHERE d.project_id = j.project_id AND d.create_day = {utc_day('j.create_time')})"
+        ).fetchall()
+        if first and not self.lake.exists(self.partition_key(*first[0])):
+            return f"the file of a partition written before is missing ({self.partition_path(*first[0])})"
+        return None
 
     def export_dirty_partitions(self) -> int:
         """Rewrite every lake partition marked dirty; returns how many files were written or removed.
@@ -183,6 +221,13 @@ class Lake(Connections):
         """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
         done = 0
         failures: list[_Failure] = []
+        with self._cursor() as con:
+            lost = self._lake_lost(con)
+        if lost:
+            marked = self._mark_every_partition()
+            # A warehouse's first export (or its first since it began recording) is not news.
+            level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
+            log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.

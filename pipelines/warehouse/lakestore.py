@@ -121,6 +121,9 @@ class LakeStore(ABC):
 
     #: The table's root as people write it: a directory, or s3://bucket/prefix/voice_training_jobs.
     root: str
+    #: Where the files are, told apart from every other place: the directory resolved, or the
+    #: root with the store's endpoint. A warehouse records the place it last wrote (see lake.py).
+    place: str
     #: Partitions written at once: encoding is CPU-bound locally, uploads wait on the network.
     writers: int = 2
 
@@ -131,6 +134,10 @@ class LakeStore(ABC):
     @abstractmethod
     def read(self, key: str) -> pa.Table | None:
         """The file at ``key`` as STORED_JOBS_SCHEMA; None when there is none. Raises when unreadable."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether there is a file at ``key``."""
 
     @abstractmethod
     def write(self, key: str, table: Rows) -> None:
@@ -182,6 +189,7 @@ class LocalLakeStore(LakeStore):
     def __init__(self, root_dir: Path, *, home: Path, home_var: str) -> None:
         self.root_dir = root_dir
         self.root = str(root_dir)
+        self.place = str(root_dir.resolve())
         # The directory people chose and the setting that chose it, for the fixes in messages.
         self.home, self.home_var = home, home_var
 
@@ -193,6 +201,9 @@ class LocalLakeStore(LakeStore):
         if not path.exists():
             return None
         return pq.read_table(path, schema=STORED_JOBS_SCHEMA)
+
+    def exists(self, key: str) -> bool:
+        return (self.root_dir / key).is_file()
 
     def write(self, key: str, table: Rows) -> None:
         path = self.root_dir / key

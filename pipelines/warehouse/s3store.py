@@ -99,6 +99,10 @@ class S3LakeStore(LakeStore):
         self.bucket = bucket
         self.base = "/".join(part for part in (bucket, prefix, JOBS_TABLE) if part)
         self.root = f"s3://{self.base}"
+        # The endpoint's scheme, host and port only: never a user or password in its URL.
+        endpoint = urlsplit(access.endpoint_url or "")
+        port = f":{endpoint.port}" if endpoint.port else ""
+        self.place = f"{self.root} at {endpoint.scheme}://{endpoint.hostname}{port}" if endpoint.hostname else f"{self.root} at AWS"
         self.endpoint = access.endpoint_url or "the region's AWS endpoint"
         self.virtual_hosts = bool(access.endpoint_url) and _virtual_addressing(access)
         self.filesystem = _s3_filesystem(access)
@@ -113,6 +117,9 @@ class S3LakeStore(LakeStore):
         except FileNotFoundError:
             return None
         return pq.read_table(pa.BufferReader(data), schema=STORED_JOBS_SCHEMA)
+
+    def exists(self, key: str) -> bool:
+        return self.filesystem.get_file_info(f"{self.base}/{key}").type == pafs.FileType.File
 
     def write(self, key: str, table: Rows) -> None:
         sink = pa.BufferOutputStream()

@@ -262,6 +262,18 @@ def test_the_bucket_goes_in_the_host_name_unless_the_endpoint_cannot_have_one(en
     assert _virtual_addressing(ObjectStoreAccess(endpoint_url=endpoint, url_style=style)) is virtual
 
 
+
+def test_the_place_a_warehouse_records_for_its_lake_holds_no_credentials_of_the_endpoint():
+    """The lake's place (kept in warehouse_meta, named in the warning when the lake moved) takes
+    the endpoint's scheme, host and port, never a user or password written into its URL."""
+    from pipelines.settings import ObjectStoreAccess
+    from pipelines.warehouse.s3store import S3LakeStore
+
+    access = ObjectStoreAccess(endpoint_url="http://lake-user:lake-password@127.0.0.1:9000/ignored?x=1")
+    store = S3LakeStore("bucket", "prefix", access)
+    assert store.place == "s3://bucket/prefix/voice_training_jobs at http://127.0.0.1:9000"
+    assert S3LakeStore("bucket", "", ObjectStoreAccess()).place == "s3://bucket/voice_training_jobs at AWS"
+
 def test_the_lake_benchmark_runs_at_its_smallest_size(tmp_path):
     """benchmarks/lake.py end to end (no timing is asserted): every lake is exported and reported."""
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lake.py"), "--jobs", "300", "--days", "4",

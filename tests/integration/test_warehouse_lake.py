@@ -149,6 +149,8 @@ def test_a_deleted_job_without_a_create_time_leaves_no_partition_to_export(wh: W
     wh.apply(run, jobs=jobs([]), deleted=[("p1", "a"), ("p1", "u")])
     assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
     assert [(r["job_id"], r["deleted_at"] is not None) for r in lake_rows(wh)] == [("a", True)]
+    assert wh.rebuild_lake() == 1  # the same for a rebuild, which marks every partition
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
 
 
 @BOTH_LAKES
@@ -164,6 +166,63 @@ def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run:
     assert lake_rows(wh) == expected
     assert lake_keys(wh) == ["create_day=2025-03-01/project_id=p1/data.parquet",
                              "create_day=2025-03-02/project_id=p1/data.parquet"]
+
+
+
+@BOTH_LAKES
+def test_a_lost_lake_is_written_whole_by_the_next_export(wh: Warehouse, run: str, caplog):
+    """A lake directory removed (or a bucket prefix emptied) by hand: the next export notices
+    that a partition it left clean has no file, and writes every partition again, not only
+    the ones the batch touched."""
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    wh.apply(run, jobs=jobs([rec("x", created=DAY2)], project_id="p2"))
+    lake_wipe(wh)
+    with caplog.at_level("WARNING", logger="voicejobs.warehouse"):
+        wh.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
+    assert lake_keys(wh) == [
+        "create_day=2025-03-01/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p2/data.parquet",
+    ]
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert "is missing" in caplog.text and "writing all 3 partitions" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_lake_moved_elsewhere_is_written_whole_there_by_the_next_export(request, tmp_path: Path, where: str):
+    """VOICEJOBS_LAKE_URI pointed somewhere new for a warehouse that has data: the next export
+    writes every partition there, and removes what an earlier lake left at that place (a file
+    of a partition the table does not hold)."""
+    first = Warehouse(tmp_path / "data")
+    run = first.begin_run("days", {"since": "2025-03-01"})
+    first.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    first.apply(run, jobs=jobs([rec("x", created=DAY2)], project_id="p2"))
+    if where == "s3":
+        lake = request.getfixturevalue("s3_lake")
+        moved = Warehouse(tmp_path / "data", lake_uri=lake.uri, object_store=lake.server.access())
+    else:
+        moved = Warehouse(tmp_path / "data", lake_uri=str(tmp_path / "elsewhere"))
+    stale = moved.partition_key("p9", date(2024, 1, 1))
+    lake_put(moved, stale, b"another lake's file")
+    moved.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
+    assert lake_keys(moved) == [
+        "create_day=2025-03-01/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p1/data.parquet",
+        "create_day=2025-03-02/project_id=p2/data.parquet",
+    ]
+    assert lake_rows(moved) == moved.jobs_table().to_pylist()
+
+
+def test_an_intact_lake_keeps_the_files_of_partitions_nothing_changed(wh: Warehouse, run: str):
+    """The checks above cost one look at one file: a lake that is where the warehouse last
+    wrote it, whole, has only the partitions a batch touched rewritten."""
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    day1 = wh.lake_dir / wh.partition_key("p1", DAY1.date())
+    day2 = wh.lake_dir / wh.partition_key("p1", DAY2.date())
+    before = day1.stat().st_ino, day2.stat().st_ino
+    wh.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
+    assert day1.stat().st_ino == before[0]  # a rewrite renames a new file into place
+    assert day2.stat().st_ino != before[1]
 
 
 def test_an_export_clears_what_a_crashed_write_left_in_its_partition_and_makes_new_ones(wh: Warehouse, run: str):
