@@ -30,7 +30,7 @@ bodies into records, timed per job (median of ``--runs``):
 
 Whether a candidate pays inside a sync is another question: the sync decodes each page once
 for paging anyway, so a parse from the bytes is work added to the decoding unless it replaces
-it (the README's performance section says what was measured in the sync itself).
+it (benchmarks/README.md, "Decoding a page", says what was measured in the sync itself).
 """
 
 from __future__ import annotations
