@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--simulator", action="store_true",
                        help="read the embedded MetaStudio simulator (simulated data) instead of the configured API")
         p.add_argument("--full-refresh", action="store_true",
-                       help="rebuild every SQL model from the whole warehouse, not only what changed (after editing it by hand)")
+                       help="rebuild every SQL model and write every lake partition from the whole warehouse, "
+                            "not only what changed (after editing it by hand)")
 
     demo = sub.add_parser("demo", help="sync the embedded simulator's whole range into a warehouse of its own")
     demo.add_argument("--data-dir", help=f"data directory (default: ./{DEMO_DATA_DIR}, never the real syncs' one)")

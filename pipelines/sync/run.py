@@ -168,7 +168,8 @@ def sync(
     With ``refresh``, the SQL models and the serving snapshot are rebuilt in the same unit of
     work, under the same hold of the warehouse file: the run is recorded as succeeded only
     when all three are done, and no other process can take the file in between. The models
-    rebuild what the run changed; with ``full_refresh``, all of them from the whole warehouse."""
+    rebuild what the run changed; with ``full_refresh``, all of them from the whole warehouse,
+    and every lake partition is written again."""
     mode = Mode(mode)
     if mode.by_creation_day:
         if since is None or until is None:
@@ -201,7 +202,8 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         report.phase_seconds["fetch and write"] = time.monotonic() - started
         if refresh:
             report.phase_seconds.update(refresh_and_publish(
-                warehouse, settings, run.announce, full=full_refresh, beside=lambda: _export_lake(warehouse)))
+                warehouse, settings, run.announce, full=full_refresh,
+                beside=lambda: _export_lake(warehouse, whole=full_refresh)))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)
@@ -214,10 +216,13 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     return report
 
 
-def _export_lake(warehouse: Warehouse) -> None:
+def _export_lake(warehouse: Warehouse, *, whole: bool = False) -> None:
     """The run's lake export, while the snapshot is written to disk (one waits on the disk, the
-    other mostly on encoding Parquet). A partition that cannot be written keeps its mark:
-    finish_run() tries it once more and records the failure."""
+    other mostly on encoding Parquet); with ``whole`` (a full refresh: the warehouse may have
+    been edited by hand, which marks nothing), every partition. A partition that cannot be
+    written keeps its mark: finish_run() tries it once more and records the failure."""
+    if whole:
+        warehouse.mark_every_partition()
     with suppress(LakeExportError):
         warehouse.export_dirty_partitions()
 

@@ -146,10 +146,10 @@ class Lake(Connections):
         does. Temporary files that interrupted writes left behind are removed. (Every export
         does this itself when the lake is not where this warehouse last wrote it, or when a
         partition it left clean has no file: see _lake_lost.)"""
-        self._mark_every_partition()
+        self.mark_every_partition()
         return self.export_dirty_partitions()
 
-    def _mark_every_partition(self) -> int:
+    def mark_every_partition(self) -> int:
         """Mark dirty every partition the table holds and every one with a file in the lake
         (temporary files of interrupted writes removed), and record the lake's place as this
         warehouse's, in one transaction: the marks keep the work until it is done. Returns how
@@ -224,7 +224,7 @@ class Lake(Connections):
         with self._cursor() as con:
             lost = self._lake_lost(con)
         if lost:
-            marked = self._mark_every_partition()
+            marked = self.mark_every_partition()
             # A warehouse's first export (or its first since it began recording) is not news.
             level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
             log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")

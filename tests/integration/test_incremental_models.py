@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pytest
 
 from pipelines.cli import main
@@ -154,7 +155,8 @@ def test_a_subset_refresh_brings_the_incremental_table_it_reads_up_to_date(wh: W
 
 def test_a_hand_edit_reaches_the_models_with_a_full_refresh(tmp_path: Path, monkeypatch, capsys, make_simulator):
     """A job changed by hand in warehouse.duckdb leaves no mark: the next sync's refresh keeps the
-    models as they were, `voicejobs sync --full-refresh` rebuilds them from the warehouse."""
+    models and the lake as they were, `voicejobs sync --full-refresh` rebuilds both from the
+    warehouse."""
     server = make_simulator(jobs=120, seed=4, days=3, projects=PROJECTS[:1], now=SIM_NOW)
     cli_env(monkeypatch, server, tmp_path, PROJECTS[:1])
     first, last = (SIM_NOW - timedelta(days=2)).date(), SIM_NOW.date()
@@ -169,9 +171,15 @@ def test_a_hand_edit_reaches_the_models_with_a_full_refresh(tmp_path: Path, monk
         with duckdb.connect(str(tmp_path / "serving.duckdb"), read_only=True) as con:
             return con.execute("SELECT state FROM analytics.job_outcomes WHERE job_id = ?", [job_id]).fetchone()[0]
 
+    def lake_state() -> str:
+        lake = ds.dataset(tmp_path / "lake" / "voice_training_jobs", format="parquet", partitioning="hive")
+        return lake.to_table(filter=ds.field("job_id") == job_id)["state"][0].as_py()
+
     # The last day only: the edited job, created on the first, is not listed again.
     assert main(["sync", "--since", last.isoformat(), "--until", last.isoformat()]) == 0
     assert served_state() != "FAILED"
+    assert lake_state() != "FAILED"
     assert main(["sync", "--since", last.isoformat(), "--until", last.isoformat(), "--full-refresh"]) == 0
     assert served_state() == "FAILED"
+    assert lake_state() == "FAILED"  # the lake too: every partition is written again
     capsys.readouterr()
