@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from pipelines.arrowpool import arrow_on_malloc
 from pipelines.crashpoints import crashpoint
+from pipelines.redact import redact
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import (
@@ -221,13 +222,17 @@ class Lake(Connections):
         """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
         done = 0
         failures: list[_Failure] = []
-        with self._cursor() as con:
-            lost = self._lake_lost(con)
-        if lost:
-            marked = self.mark_every_partition()
-            # A warehouse's first export (or its first since it began recording) is not news.
-            level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
-            log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")
+        try:
+            with self._cursor() as con:
+                lost = self._lake_lost(con)
+            if lost:
+                marked = self.mark_every_partition()
+                # A warehouse's first export (or its first since it began recording) is not news.
+                level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
+                log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")
+        except OSError as exc:  # the store did not answer the look: what is marked is written all the same
+            log.warning("The lake at %s could not be checked (%s); writing the partitions marked, and the next "
+                        "export checks again.", self.lake.root, redact(" ".join(str(exc.strerror or exc).split())))
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.

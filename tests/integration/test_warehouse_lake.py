@@ -213,6 +213,22 @@ def test_a_lake_moved_elsewhere_is_written_whole_there_by_the_next_export(reques
     assert lake_rows(moved) == moved.jobs_table().to_pylist()
 
 
+def test_a_lake_that_cannot_be_looked_at_still_gets_the_partitions_marked(wh: Warehouse, run: str, monkeypatch,
+                                                                          caplog):
+    """The check before an export asks the store whether one file is there; when the store does
+    not answer, the export goes on with what is marked and says so (the next one checks again)."""
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+
+    def unreachable(key: str) -> bool:
+        raise OSError(5, "the store did not answer")
+
+    monkeypatch.setattr(wh.lake, "exists", unreachable)
+    with caplog.at_level("WARNING", logger="voicejobs.warehouse"):
+        wh.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert "could not be checked (the store did not answer)" in caplog.text
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+
 def test_an_intact_lake_keeps_the_files_of_partitions_nothing_changed(wh: Warehouse, run: str):
     """The checks above cost one look at one file: a lake that is where the warehouse last
     wrote it, whole, has only the partitions a batch touched rewritten."""
