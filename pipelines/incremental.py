@@ -33,7 +33,7 @@ from typing import Protocol
 
 import duckdb
 
-from pipelines.warehouse.tables import utc_days
+from pipelines.warehouse.tables import put_meta, utc_days
 
 #: warehouse_meta key prefix: the fingerprint of the SQL each table model was last built from.
 BUILT_FROM = "model_built_from:"
@@ -88,8 +88,7 @@ def built_fingerprints(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
 
 
 def record_built(con: duckdb.DuckDBPyConnection, name: str, built_from: str) -> None:
-    con.execute("DELETE FROM main.warehouse_meta WHERE key = ?", [BUILT_FROM + name])
-    con.execute("INSERT INTO main.warehouse_meta VALUES (?, ?, now())", [BUILT_FROM + name, built_from])
+    put_meta(con, BUILT_FROM + name, built_from)
 
 
 @dataclass(frozen=True)

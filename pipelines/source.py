@@ -19,7 +19,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import duckdb
 import httpx
@@ -27,6 +26,7 @@ import httpx
 from pipelines.metastudio.errors import ConfigurationError
 from pipelines.settings import Settings
 from pipelines.warehouse import JOBS_TABLE, Warehouse, WarehouseError
+from pipelines.warehouse.tables import meta_value, put_meta
 
 log = logging.getLogger("voicejobs.source")
 
@@ -68,8 +68,8 @@ class SourceMismatchError(WarehouseError):
 
 
 def recorded_source(con: duckdb.DuckDBPyConnection) -> SourceIdentity | None:
-    row = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [META_KEY]).fetchone()
-    return SourceIdentity.from_json(row[0]) if row else None
+    value = meta_value(con, META_KEY)
+    return SourceIdentity.from_json(value) if value is not None else None
 
 
 def _holds_jobs(con: duckdb.DuckDBPyConnection) -> bool:
@@ -91,8 +91,7 @@ def claim(warehouse: Warehouse, identity: SourceIdentity) -> None:
                 f"{identity.describe()}; one warehouse holds one source, or its aggregates would mix them. "
                 f"Use another data directory for this source (--data-dir or VOICEJOBS_DATA_DIR)"
             )
-        con.execute("DELETE FROM warehouse_meta WHERE key = ?", [META_KEY])
-        con.execute("INSERT INTO warehouse_meta VALUES (?, ?, ?)", [META_KEY, identity.to_json(), datetime.now(UTC)])
+        put_meta(con, META_KEY, identity.to_json())
 
 
 def may_fall_back_to_simulator(warehouse: Warehouse) -> bool:

@@ -10,6 +10,7 @@ from datetime import datetime
 import duckdb
 
 from pipelines.ingest.schema import PHONE_FIELD, URL_FIELDS
+from pipelines.warehouse.tables import meta_value, put_meta
 
 # Columns holding personal data that ingestion masks under the default policy.
 PHONE_COLUMN = PHONE_FIELD
@@ -55,10 +56,10 @@ CHECKED_THROUGH = "personal_data_checked_through"
 def _checked_through(con: duckdb.DuckDBPyConnection) -> tuple[datetime | None, bool]:
     """(the time every job synced before was found masked, whether the warehouse can record it)."""
     try:
-        row = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH]).fetchone()
+        value = meta_value(con, CHECKED_THROUGH)
     except duckdb.CatalogException:
         return None, False  # not a warehouse of this program (a bare DuckDB file): check everything
-    return (datetime.fromisoformat(row[0]) if row else None), True
+    return (datetime.fromisoformat(value) if value is not None else None), True
 
 
 def check_personal_data(con: duckdb.DuckDBPyConnection) -> datetime | None:
@@ -80,5 +81,4 @@ def check_personal_data(con: duckdb.DuckDBPyConnection) -> datetime | None:
 def record_checked(con: duckdb.DuckDBPyConnection, through: datetime | None) -> None:
     if through is None:
         return
-    con.execute("DELETE FROM warehouse_meta WHERE key = ?", [CHECKED_THROUGH])
-    con.execute("INSERT INTO warehouse_meta VALUES (?, ?, now())", [CHECKED_THROUGH, through.isoformat()])
+    put_meta(con, CHECKED_THROUGH, through.isoformat())

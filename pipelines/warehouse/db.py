@@ -33,6 +33,8 @@ from pipelines.warehouse.tables import (
     _column_ddl,
     _hash_expr,
     key_hash_expr,
+    meta_value,
+    put_meta,
 )
 
 log = logging.getLogger("voicejobs.warehouse")
@@ -269,8 +271,7 @@ class Connections:
 
 def _hashed_by(con: duckdb.DuckDBPyConnection, meta_key: str) -> str | None:
     """The algorithm warehouse_meta says made the hashes of ``meta_key``, if any."""
-    rows = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [meta_key]).fetchall()
-    return rows[0][0] if rows else None
+    return meta_value(con, meta_key)
 
 
 def _rehash(con: duckdb.DuckDBPyConnection, meta_key: str, statements: list[str]) -> None:
@@ -280,8 +281,7 @@ def _rehash(con: duckdb.DuckDBPyConnection, meta_key: str, statements: list[str]
     try:
         for statement in statements:
             con.execute(statement)
-        con.execute("DELETE FROM warehouse_meta WHERE key = ?", [meta_key])
-        con.execute("INSERT INTO warehouse_meta VALUES (?, ?, ?)", [meta_key, ROW_HASH_ALGORITHM, datetime.now(UTC)])
+        put_meta(con, meta_key, ROW_HASH_ALGORITHM)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -44,6 +44,8 @@ from pipelines.warehouse.tables import (
     STORED_JOBS_SCHEMA,
     WarehouseError,
     day_runs,
+    meta_value,
+    put_meta,
     utc_day,
     utc_days,
 )
@@ -175,8 +177,7 @@ class Lake(Connections):
                 )
                 if present:
                     con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in present])
-                con.execute("DELETE FROM warehouse_meta WHERE key = ?", [LAKE_META_KEY])
-                con.execute("INSERT INTO warehouse_meta VALUES (?, ?, now())", [LAKE_META_KEY, self.lake.place])
+                put_meta(con, LAKE_META_KEY, self.lake.place)
                 ((marked,),) = con.execute("SELECT count(*) FROM lake_dirty").fetchall()
                 con.execute("COMMIT")
             except BaseException:
@@ -185,17 +186,31 @@ class Lake(Connections):
                 raise
         return marked
 
+    def _mark_all_if_lost(self) -> None:
+        """Before an export: every partition marked when the lake moved or was lost (_lake_lost)."""
+        try:
+            with self._cursor() as con:
+                lost = self._lake_lost(con)
+            if lost:
+                marked = self.mark_every_partition()
+                # A warehouse's first export (or its first since it began recording) is not news.
+                level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
+                log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")
+        except OSError as exc:  # the store did not answer the look: what is marked is written all the same
+            log.warning("The lake at %s could not be checked (%s); writing the partitions marked, and the next "
+                        "export checks again.", self.lake.root, redact(" ".join(str(exc.strerror or exc).split())))
+
     def _lake_lost(self, con: duckdb.DuckDBPyConnection) -> str | None:
         """Why the lake must be written whole before an export, or None. Two cheap checks: the
         lake is where this warehouse last wrote it (``warehouse_meta``; a warehouse that never
         recorded it writes it whole once), and the partition of the table's first row, unless
         marked, has its file (a lake removed by hand). A single file removed by hand elsewhere
         goes unnoticed: rebuild_lake() writes everything."""
-        recorded = con.execute("SELECT value FROM warehouse_meta WHERE key = ?", [LAKE_META_KEY]).fetchall()
-        if not recorded:
+        recorded = meta_value(con, LAKE_META_KEY)
+        if recorded is None:
             return f"{_FIRST_EXPORT} at {self.lake.place}"
-        if recorded[0][0] != self.lake.place:
-            return f"it was written at {recorded[0][0]}, and is now at {self.lake.place}"
+        if recorded != self.lake.place:
+            return f"it was written at {recorded}, and is now at {self.lake.place}"
         first = con.execute(
             f"SELECT j.project_id, {utc_day('j.create_time')} FROM (SELECT project_id, create_time FROM {JOBS_TABLE}"
             " WHERE create_time IS NOT NULL LIMIT 1) j WHERE NOT EXISTS (SELECT 1 FROM lake_dirty d"
@@ -222,17 +237,7 @@ class Lake(Connections):
         """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
         done = 0
         failures: list[_Failure] = []
-        try:
-            with self._cursor() as con:
-                lost = self._lake_lost(con)
-            if lost:
-                marked = self.mark_every_partition()
-                # A warehouse's first export (or its first since it began recording) is not news.
-                level = logging.INFO if lost.startswith(_FIRST_EXPORT) else logging.WARNING
-                log.log(level, "The lake: %s; writing all %d partition%s.", lost, marked, "s" if marked != 1 else "")
-        except OSError as exc:  # the store did not answer the look: what is marked is written all the same
-            log.warning("The lake at %s could not be checked (%s); writing the partitions marked, and the next "
-                        "export checks again.", self.lake.root, redact(" ".join(str(exc.strerror or exc).split())))
+        self._mark_all_if_lost()
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.

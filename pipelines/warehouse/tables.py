@@ -65,6 +65,17 @@ def key_hash_expr(alias: str = "") -> str:
     return f"hash({p}project_id, {p}job_id)"
 
 
+def meta_value(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    """What warehouse_meta holds under ``key``, or None."""
+    row = con.execute("SELECT value FROM main.warehouse_meta WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def put_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    """Set warehouse_meta's ``key`` to ``value`` (one row a key, stamped with the transaction's time)."""
+    con.execute("DELETE FROM main.warehouse_meta WHERE key = ?", [key])
+    con.execute("INSERT INTO main.warehouse_meta VALUES (?, ?, now())", [key, value])
+
 def utc_day(column: str) -> str:
     """SQL for the UTC calendar day (DATE) of a TIMESTAMPTZ ``column``: a job's creation day,
     which names its lake partition. The instant's microseconds read as a plain timestamp, so
