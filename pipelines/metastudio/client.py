@@ -46,7 +46,7 @@ from pipelines.metastudio.response import (
     parse_page,
 )
 from pipelines.metastudio.retry import RETRY_CAUSES, OutOfBudget, Retryable, RetryBudget
-from pipelines.metastudio.transport import CookielessClient, HttptoolsTransport
+from pipelines.metastudio.transport import HttptoolsTransport
 
 __all__ = [
     "DEFAULT_MAX_CLOCK_SKEW_SECONDS",
@@ -59,6 +59,15 @@ __all__ = [
 ]
 
 log = logging.getLogger("voicejobs.client")
+#: The headers every request carries before its own, as httpx's client would send them (that
+#: client is not used: see MetaStudioClient._fetch). Host comes first, from the URL.
+_DEFAULT_HEADERS = (
+    ("Accept", "application/json"),
+    ("Accept-Encoding", "gzip, deflate"),
+    ("Connection", "keep-alive"),
+    ("User-Agent", f"python-httpx/{httpx.__version__}"),
+)
+
 
 @dataclass
 class ClientStats:
@@ -159,16 +168,13 @@ class MetaStudioClient(SourceClock, Pacing):
         # loading the certificate store would cost every run its time for nothing.
         verify = url.scheme == "https"
         limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-        self._http = CookielessClient(
-            auth=auth,
-            verify=verify,
-            timeout=httpx.Timeout(timeout),
-            limits=limits,
-            http2=False,
-            transport=transport or HttptoolsTransport(verify=verify, limits=limits),
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        )
+        # Requests go to the transport itself. httpx's client around it (its send machinery,
+        # hooks, cookie jar and redirect handling, none of which this client needs) cost about
+        # 60 us of the event loop's CPU a page request: 733 us against 667-679 us, the page's
+        # reading included, 3,000 requests to the simulator. No cookie jar means no cookie an
+        # answer sets is kept or sent back; a redirect is an answer like any other.
+        self._transport = transport or HttptoolsTransport(verify=verify, limits=limits)
+        self._timeouts = httpx.Timeout(timeout).as_dict()
 
     async def __aenter__(self) -> MetaStudioClient:
         return self
@@ -177,7 +183,7 @@ class MetaStudioClient(SourceClock, Pacing):
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._transport.aclose()
 
     def __repr__(self) -> str:
         return f"MetaStudioClient(host={self._host!r}, auth={self._auth!r})"
@@ -271,10 +277,21 @@ class MetaStudioClient(SourceClock, Pacing):
     async def _fetch(self, url: str, headers: dict[str, str]) -> tuple[httpx.Response, bytearray]:
         """Status, headers and the body, read as a stream and abandoned once past ``max_response_bytes``.
 
-        Never more than the cap plus one decoded network read is held.
+        Never more than the cap plus one decoded network read is held. The request is built,
+        authenticated (the auth's first and only step: a token or a signature in its headers)
+        and handed to the transport; the body is decoded as httpx decodes it.
         """
         cap = self.max_response_bytes
-        async with self._http.stream("GET", url, headers=headers) as response:
+        request = httpx.Request("GET", url, headers=[*_DEFAULT_HEADERS, *headers.items()],
+                                extensions={"timeout": self._timeouts})
+        flow = self._auth.async_auth_flow(request)
+        try:
+            request = await flow.__anext__()
+        finally:
+            await flow.aclose()
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
             declared = content_length(response.headers)
             if declared is not None and declared > cap:
                 raise ResponseTooLargeError(self._host, declared, cap, declared=True, status=response.status_code)
@@ -284,6 +301,8 @@ class MetaStudioClient(SourceClock, Pacing):
                 if len(body) + len(chunk) > cap:
                     raise ResponseTooLargeError(self._host, len(body) + len(chunk), cap, status=response.status_code)
                 body += chunk
+        finally:
+            await response.aclose()
         return response, body
 
     async def _attempt(self, url: str, headers: dict[str, str], budget: RetryBudget, lean: bool = False) -> Page:

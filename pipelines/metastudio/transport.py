@@ -292,37 +292,3 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
                 conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # lets the connections' transports finish closing
-
-
-_SENDS_NO_COOKIES = "this client sends no cookies: the API authenticates each request by itself"
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie jar that keeps nothing an answer sets."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class CookielessClient(httpx.AsyncClient):
-    """httpx's client without its cookie jar: a cookie an answer sets is neither kept nor sent.
-
-    The API authenticates every request by its own signature or token and sets no cookie; one
-    that a proxy or gateway on the way sets has no business riding along on the next request.
-    httpx offers no switch: its client reads the jar through ``cookies`` on every request and
-    every answer, so this client's ``cookies`` is a jar that keeps nothing. Reading each
-    answer's headers into a cookie jar took about 4% of the time a sync held the GIL."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        if kwargs.get("cookies"):
-            raise ValueError(_SENDS_NO_COOKIES)
-        super().__init__(**kwargs)
-        self._no_cookies = _NoCookies()
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        raise ValueError(_SENDS_NO_COOKIES)

@@ -605,12 +605,10 @@ def test_a_cookie_an_answer_sets_is_neither_kept_nor_sent_back():
     assert sent == [None, None]
 
 
-def test_the_client_refuses_cookies_handed_to_it():
-    from pipelines.metastudio.transport import CookielessClient
-
-    with pytest.raises(ValueError, match="sends no cookies"):
-        CookielessClient(cookies={"session": "abc"})
-    client = CookielessClient()
-    with pytest.raises(ValueError, match="sends no cookies"):
-        client.cookies = {"session": "abc"}
-    assert not client.cookies
+def test_the_client_keeps_no_cookie_jar_and_takes_no_cookies():
+    """Requests go to the transport itself, not through httpx's client and its cookie jar: there
+    is nowhere a cookie could be kept, and none can be handed to the client."""
+    client = make_client(lambda request: json_response(200, OK_BODY))
+    assert not any(isinstance(value, httpx.Cookies | httpx.AsyncClient) for value in vars(client).values())
+    with pytest.raises(TypeError):
+        MetaStudioClient(BASE, TokenAuth(TOKEN), cookies={"session": "abc"})  # type: ignore[call-arg]
