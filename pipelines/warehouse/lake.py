@@ -175,8 +175,12 @@ class Lake(Connections):
                     f"INSERT INTO lake_dirty SELECT DISTINCT project_id, {utc_day('create_time')}"
                     f" FROM {JOBS_TABLE} WHERE create_time IS NOT NULL"  # no day, no partition
                 )
-                if present:
-                    con.executemany("INSERT INTO lake_dirty VALUES (?, ?)", [list(k) for k in present])
+                if present:  # once each: a partition marked twice was counted twice by an export
+                    con.executemany(
+                        "INSERT INTO lake_dirty SELECT $1, $2 WHERE NOT EXISTS"
+                        " (SELECT 1 FROM lake_dirty WHERE project_id = $1 AND create_day = $2)",
+                        [list(k) for k in present],
+                    )
                 put_meta(con, LAKE_META_KEY, self.lake.place)
                 ((marked,),) = con.execute("SELECT count(*) FROM lake_dirty").fetchall()
                 con.execute("COMMIT")

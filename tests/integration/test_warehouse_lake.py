@@ -169,6 +169,17 @@ def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run:
 
 
 
+def test_marking_every_partition_marks_each_once(wh: Warehouse, run: str):
+    """A partition of the table that also has its file is marked once, not twice: an export
+    counts a partition's rows through its marks, and a partition counted twice could be taken
+    for one too big to read with others."""
+    wh.apply(run, jobs=jobs([rec("a"), rec("b", created=DAY2)]))
+    lake_put(wh, wh.partition_key("p9", date(2024, 1, 1)), b"an orphan")
+    assert wh.mark_every_partition() == 3
+    assert sql(wh, "SELECT project_id, create_day, count(*) FROM lake_dirty GROUP BY ALL ORDER BY 1, 2") == [
+        ("p1", date(2025, 3, 1), 1), ("p1", date(2025, 3, 2), 1), ("p9", date(2024, 1, 1), 1)]
+
+
 @BOTH_LAKES
 def test_a_lost_lake_is_written_whole_by_the_next_export(wh: Warehouse, run: str, caplog):
     """A lake directory removed (or a bucket prefix emptied) by hand: the next export notices
