@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pipelines.arrowpool import arrow_on_malloc
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
+from pipelines.warehouse import db
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.tables import (
@@ -239,15 +240,31 @@ class Lake(Connections):
 
     def _export_dirty(self, skip: Collection[tuple[str, date]] = ()) -> tuple[int, list[_Failure]]:
         """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
-        done = 0
-        failures: list[_Failure] = []
         self._mark_all_if_lost()
+        done: list[int] = []
+        failures: list[_Failure] = []
+        try:
+            self._export_marked(skip, done, failures, lean=True)
+        except duckdb.OutOfMemoryException as exc:
+            # Rows far wider than usual can need more than the lean cap for one read. What was
+            # written is done (its marks cleared); the rest goes again under the usual cap, but
+            # for the partitions that already failed.
+            log.info("The lake export needed more memory than DuckDB's lean cap of %s (%s); exporting the rest "
+                     "under %s.", db.DUCKDB_LEAN_MEMORY_LIMIT, " ".join(str(exc).split())[:160], db.DUCKDB_MEMORY_LIMIT)
+            self._export_marked({*skip, *(key for key, _, _ in failures)}, done, failures, lean=False)
+        return sum(done), failures
+
+    def _export_marked(self, skip: Collection[tuple[str, date]], done: list[int], failures: list[_Failure],
+                       *, lean: bool) -> None:
+        """Write the marked partitions but ``skip``, under DuckDB's lean cap when ``lean`` and the
+        export is bigger than one read; each group's files written go to ``done``, its failures
+        to ``failures``, as they settle."""
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.
             ((first, last),) = con.execute("SELECT min(create_day), max(create_day) FROM lake_dirty").fetchall()
             if first is None:
-                return done, failures
+                return
             # Counted over the dirty days' range only: DuckDB skips the row groups outside it, so
             # a one-day sync counts its day, not the whole table (0.10 s at 1,000,000 jobs).
             sizes = [
@@ -263,18 +280,17 @@ class Lake(Connections):
             ]  # fmt: skip
             # An export of more than one read's rows runs under DuckDB's lean cap (see
             # Connections._lean); a small one is not worth the checkpoint that needs.
-            lean = self._lean(con) if sum(count for *_, count in sizes) > EXPORT_ROWS else nullcontext()
+            cap = self._lean(con) if lean and sum(count for *_, count in sizes) > EXPORT_ROWS else nullcontext()
             # Reading a group's rows (DuckDB) and writing its files (Arrow, Parquet) each leave
             # a core idle on a 2-core machine: a group's files are sorted and written in a
             # thread while the next group is read. Marks are cleared here, on this connection.
-            with lean, arrow_on_malloc(), ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
+            with cap, arrow_on_malloc(), ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
                 groups = (self._export_partitions(con, project_id, days, rows, writer)
                           for project_id, days, rows in _groups(sizes))
                 for pending in _one_ahead(groups):
                     written, failed = self._settle(con, pending)
-                    done += written
+                    done.append(written)
                     failures += failed
-        return done, failures
 
     @staticmethod
     def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:

@@ -168,7 +168,6 @@ def test_rebuild_lake_restores_a_lost_lake_and_drops_orphans(wh: Warehouse, run:
                              "create_day=2025-03-02/project_id=p1/data.parquet"]
 
 
-
 def test_marking_every_partition_marks_each_once(wh: Warehouse, run: str):
     """A partition of the table that also has its file is marked once, not twice: an export
     counts a partition's rows through its marks, and a partition counted twice could be taken
@@ -308,6 +307,77 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
         with pytest.raises(OSError):
             wh.apply(run, jobs=jobs([rec(f"k{i:02d}", created=DAY1) for i in range(30)]))
         assert cap() == usual
+
+
+def test_an_export_that_runs_out_of_memory_under_the_lean_cap_finishes_under_the_usual_cap(
+        tmp_path: Path, monkeypatch, caplog):
+    """Rows far wider than usual can need more than the lean cap for one read: DuckDB then runs
+    out of memory (here a cap too small for any read), and the export goes on under the usual
+    cap instead of failing the run, every partition written and its mark cleared."""
+    from pipelines.warehouse import db as db_module
+    from pipelines.warehouse import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(db_module, "DUCKDB_LEAN_MEMORY_LIMIT", "256KB")
+    wh = Warehouse(tmp_path / "data")
+    run = wh.begin_run("days", {"since": "2025-03-01"})
+    usual = sql(wh, "SELECT current_setting('memory_limit')")[0][0]
+    with wh.connect(), caplog.at_level("INFO", logger="voicejobs.warehouse"):
+        # Many small partitions read in groups, and one bigger than a read (streamed).
+        wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=DAY1 + timedelta(days=i % 6)) for i in range(30)]
+                                + [rec(f"big{i:02d}", created=DAY2 + timedelta(days=10)) for i in range(15)]))
+        assert sql(wh, "SELECT current_setting('memory_limit')")[0][0] == usual
+    assert "needed more memory than DuckDB's lean cap of 256KB" in caplog.text
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert len(lake_keys(wh)) == 7
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+
+
+@BOTH_LAKES
+def test_an_export_out_of_memory_halfway_keeps_what_it_wrote_and_retries_no_failed_partition(
+        wh: Warehouse, run: str, monkeypatch):
+    """Out of memory after some groups were written: those stay written (marks cleared) and are
+    not read again, a partition whose write failed keeps its mark and is reported once, and the
+    rest is written under the usual cap."""
+    import duckdb as duckdb_module
+
+    from pipelines.warehouse import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 15)
+    monkeypatch.setattr(lake_module, "EXPORT_PARTITIONS", 1)  # a group per partition
+    days = [DAY1 + timedelta(days=i) for i in range(4)]
+    wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=days[i % 4]) for i in range(40)]))
+    wh.mark_every_partition()
+    keys = [wh.partition_key("p1", day.date()) for day in days]
+    written, reads = [], []
+    write_all = wh.lake.write_all
+    read = lake_module.Lake._dirty_rows
+
+    def writing(items):
+        if items[0][0] == keys[1]:
+            return [OSError(28, "No space left on device")] * len(items)
+        written.extend(key for key, _ in items)
+        return write_all(items)
+
+    def reading(con, project_id, group_days):
+        reads.append((group_days[0], con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]))
+        if group_days[0] == days[2].date() and len({cap for _, cap in reads}) == 1:
+            raise duckdb_module.OutOfMemoryException("Out of Memory Error: failed to allocate")
+        return read(con, project_id, group_days)
+
+    monkeypatch.setattr(wh.lake, "write_all", writing)
+    monkeypatch.setattr(lake_module.Lake, "_dirty_rows", staticmethod(reading))
+    with pytest.raises(lake_module.LakeExportError) as raised:
+        wh.export_dirty_partitions()
+    assert len(raised.value.failures) == 1 and keys[1] in str(raised.value.failures[0][0])
+    lean = reads[0][1]
+    assert reads[:3] == [(days[0].date(), lean), (days[1].date(), lean), (days[2].date(), lean)]
+    assert reads[3:] and all(cap != lean for _, cap in reads[3:])
+    assert days[0].date() not in [day for day, _ in reads[3:]]
+    assert sorted(written) == sorted([keys[0], keys[2], keys[3]])
+    assert sql(wh, "SELECT create_day FROM lake_dirty") == [(days[1].date(),)]
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()  # days[1] kept its file of the first export
 
 
 @BOTH_LAKES
