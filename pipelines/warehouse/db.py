@@ -42,7 +42,14 @@ log = logging.getLogger("voicejobs.warehouse")
 #: The storage format of a new warehouse.duckdb: the oldest DuckDB release that reads it is the
 #: one serving.duckdb promises BI tools, so the snapshot can be a copy of the file.
 STORAGE_VERSION = "v1.2.0"
-DUCKDB_MEMORY_LIMIT = "128MB"
+# DuckDB's cap for every connection: what it holds beyond this (rows not yet checkpointed,
+# blocks it read or wrote) it writes out or drops. At a million jobs a sync's fetch filled it,
+# and the fetch was the run's peak: alternated full syncs (0 ms, two each) peaked at 325-328 MB
+# under 96 MB against 356-357 MB under 128 MB, in 49.5-50.2 s against 49.3-52.7 s; under 64 MB
+# at 312-321 MB, in 50.9-52.9 s. A change capture, a re-sync of all million jobs (every batch
+# replacing 10,000 stored ones) and benchmarks/changes.py ran under 64 MB too; the SQL models'
+# full rebuild of a million jobs takes 1.4 s under 96 MB as under 128.
+DUCKDB_MEMORY_LIMIT = "96MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
 # backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
@@ -68,8 +75,11 @@ DUCKDB_MAX_VACUUM_TASKS = 0
 
 # Work that needs little of DuckDB (the lake export: filtered scans whose rows go to Arrow)
 # runs under this cap, so DuckDB gives back the blocks it kept from the writing before. A
-# 100,000-job export peaked at 347 MB under the usual cap and 307 MB under this one.
-DUCKDB_LEAN_MEMORY_LIMIT = "48MB"
+# 100,000-job export peaked at 347 MB under the usual cap and 307 MB under 48 MB. A million-job
+# rebuild_lake() on its own peaked at 289-295 MiB under 24 MB against 313-316 MiB under 48 MB, in
+# the same time (7.3-7.4 s against 7.2-7.5 s); under 16 MB its reads ran out of memory. An
+# export that does (rows far wider than usual) goes on under the usual cap (see lake.py).
+DUCKDB_LEAN_MEMORY_LIMIT = "24MB"
 
 
 def merge_row_groups(con: duckdb.DuckDBPyConnection, merge: bool) -> None:
