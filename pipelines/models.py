@@ -74,8 +74,8 @@ def refresh_models(
     database = _database_file(con)  # asked first: a failed write can leave the connection unusable
     try:
         # The temporary copy of a shared view needs the room that changes committed since the
-        # last checkpoint hold (56 MB of the sync's cap, then 128 MB, after a change capture at
-        # 1,000,000 jobs); when the checkpoint cannot run, the refresh goes on as it was.
+        # last checkpoint hold (56 MB after a change capture at 1,000,000 jobs, when the sync's
+        # cap was 128 MB); when the checkpoint cannot run, the refresh goes on as it was.
         free_pinned(con)
         con.execute("BEGIN TRANSACTION")
         try:

@@ -45,10 +45,10 @@ STORAGE_VERSION = "v1.2.0"
 # DuckDB's cap for every connection: what it holds beyond this (rows not yet checkpointed,
 # blocks it read or wrote) it writes out or drops. At a million jobs a sync's fetch filled it,
 # and the fetch was the run's peak: alternated full syncs (0 ms, two each) peaked at 325-328 MB
-# under 96 MB against 356-357 MB under 128 MB, in 49.5-50.2 s against 49.3-52.7 s; under 64 MB
-# at 312-321 MB, in 50.9-52.9 s. A change capture, a re-sync of all million jobs (every batch
-# replacing 10,000 stored ones) and benchmarks/changes.py ran under 64 MB too; the SQL models'
-# full rebuild of a million jobs takes 1.4 s under 96 MB as under 128.
+# under 96 MB against 356-357 MB under 128 MB, in 49.5-50.2 s against 49.3-52.7 s; the SQL
+# models' full rebuild of a million jobs takes 1.4 s under either. 64 MB took a full sync's peak
+# to 309-326 MB, but benchmarks/changes.py (40,000 stored jobs changed, in batches of 8,000)
+# took 4.79 s against 3.79 s to write them (median of three each).
 DUCKDB_MEMORY_LIMIT = "96MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a

@@ -110,6 +110,10 @@ def _groups(sizes: list[tuple[str, date, int]]) -> list[tuple[str, list[date], i
     return groups
 
 
+class _OutOfLeanMemory(Exception):
+    """DuckDB ran out of memory during an export under the lean cap (the cause)."""
+
+
 class LakeExportError(WarehouseError):
     """Lake partitions that could not be written, every other one having been written.
 
@@ -245,12 +249,13 @@ class Lake(Connections):
         failures: list[_Failure] = []
         try:
             self._export_marked(skip, done, failures, lean=True)
-        except duckdb.OutOfMemoryException as exc:
+        except _OutOfLeanMemory as exc:
             # Rows far wider than usual can need more than the lean cap for one read. What was
             # written is done (its marks cleared); the rest goes again under the usual cap, but
             # for the partitions that already failed.
             log.info("The lake export needed more memory than DuckDB's lean cap of %s (%s); exporting the rest "
-                     "under %s.", db.DUCKDB_LEAN_MEMORY_LIMIT, " ".join(str(exc).split())[:160], db.DUCKDB_MEMORY_LIMIT)
+                     "under %s.", db.DUCKDB_LEAN_MEMORY_LIMIT, " ".join(str(exc.__cause__).split())[:160],
+                     db.DUCKDB_MEMORY_LIMIT)
             self._export_marked({*skip, *(key for key, _, _ in failures)}, done, failures, lean=False)
         return sum(done), failures
 
@@ -280,17 +285,23 @@ class Lake(Connections):
             ]  # fmt: skip
             # An export of more than one read's rows runs under DuckDB's lean cap (see
             # Connections._lean); a small one is not worth the checkpoint that needs.
-            cap = self._lean(con) if lean and sum(count for *_, count in sizes) > EXPORT_ROWS else nullcontext()
+            lean = lean and sum(count for *_, count in sizes) > EXPORT_ROWS
             # Reading a group's rows (DuckDB) and writing its files (Arrow, Parquet) each leave
             # a core idle on a 2-core machine: a group's files are sorted and written in a
             # thread while the next group is read. Marks are cleared here, on this connection.
-            with cap, arrow_on_malloc(), ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer:
-                groups = (self._export_partitions(con, project_id, days, rows, writer)
-                          for project_id, days, rows in _groups(sizes))
-                for pending in _one_ahead(groups):
-                    written, failed = self._settle(con, pending)
-                    done.append(written)
-                    failures += failed
+            try:
+                with (self._lean(con) if lean else nullcontext(), arrow_on_malloc(),
+                      ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer):
+                    groups = (self._export_partitions(con, project_id, days, rows, writer)
+                              for project_id, days, rows in _groups(sizes))
+                    for pending in _one_ahead(groups):
+                        written, failed = self._settle(con, pending)
+                        done.append(written)
+                        failures += failed
+            except duckdb.OutOfMemoryException as exc:
+                if lean:
+                    raise _OutOfLeanMemory from exc
+                raise
 
     @staticmethod
     def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:

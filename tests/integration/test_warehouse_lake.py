@@ -334,6 +334,29 @@ def test_an_export_that_runs_out_of_memory_under_the_lean_cap_finishes_under_the
     assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
 
 
+def test_an_export_out_of_memory_under_the_usual_cap_is_not_retried(wh: Warehouse, run: str, monkeypatch,
+                                                                     caplog):
+    """Only an export under the lean cap goes again under the usual one: a small export runs
+    under the usual cap, and running out of memory there is an error, not a retry."""
+    import duckdb as duckdb_module
+
+    from pipelines.warehouse import lake as lake_module
+
+    wh.apply(run, jobs=jobs([rec("a")]))  # the lake's first export, its place recorded
+    wh.apply(run, jobs=jobs([rec("b", created=DAY2)]), export=False)
+    reads = []
+
+    def reading(con, project_id, days):
+        reads.append(days)
+        raise duckdb_module.OutOfMemoryException("Out of Memory Error: failed to allocate")
+
+    monkeypatch.setattr(lake_module.Lake, "_dirty_rows", staticmethod(reading))
+    with caplog.at_level("INFO", logger="voicejobs.warehouse"), pytest.raises(duckdb_module.OutOfMemoryException):
+        wh.export_dirty_partitions()
+    assert len(reads) == 1 and "lean cap" not in caplog.text
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(1,)]
+
+
 @BOTH_LAKES
 def test_an_export_out_of_memory_halfway_keeps_what_it_wrote_and_retries_no_failed_partition(
         wh: Warehouse, run: str, monkeypatch):
