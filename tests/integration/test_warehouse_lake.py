@@ -22,6 +22,13 @@ from pipelines.warehouse.serving import SPARE_FILE
 from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_row_groups, lake_wipe
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
 
+#: The partitions of a (p1, DAY1), b (p1, DAY2) and x (p2, DAY2), as several tests write them.
+THREE_PARTITIONS = [
+    "create_day=2025-03-01/project_id=p1/data.parquet",
+    "create_day=2025-03-02/project_id=p1/data.parquet",
+    "create_day=2025-03-02/project_id=p2/data.parquet",
+]
+
 
 @pytest.fixture
 def wh(request, tmp_path: Path) -> Warehouse:
@@ -47,11 +54,7 @@ def test_lake_partitions_equal_the_table(wh: Warehouse, run: str):
         run, jobs=jobs([rec("a"), rec("b", created=DAY2), rec("c", created=DAY2 - timedelta(milliseconds=1))])
     )
     wh.apply(run, jobs=jobs([rec("x", created=DAY2)], project_id="p2"))
-    assert lake_keys(wh) == [
-        "create_day=2025-03-01/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p2/data.parquet",
-    ]
+    assert lake_keys(wh) == THREE_PARTITIONS
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
     # any engine: DuckDB reads the same rows with the partition columns from the path. (DuckDB
     # reads S3 through its httpfs extension, a download this machine cannot make; there it
@@ -189,11 +192,7 @@ def test_a_lost_lake_is_written_whole_by_the_next_export(wh: Warehouse, run: str
     lake_wipe(wh)
     with caplog.at_level("WARNING", logger="voicejobs.warehouse"):
         wh.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
-    assert lake_keys(wh) == [
-        "create_day=2025-03-01/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p2/data.parquet",
-    ]
+    assert lake_keys(wh) == THREE_PARTITIONS
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
     assert "is missing" in caplog.text and "writing all 3 partitions" in caplog.text
 
@@ -215,11 +214,7 @@ def test_a_lake_moved_elsewhere_is_written_whole_there_by_the_next_export(reques
     stale = moved.partition_key("p9", date(2024, 1, 1))
     lake_put(moved, stale, b"another lake's file")
     moved.apply(run, jobs=jobs([rec("c", created=DAY2 + timedelta(hours=1))]))
-    assert lake_keys(moved) == [
-        "create_day=2025-03-01/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p1/data.parquet",
-        "create_day=2025-03-02/project_id=p2/data.parquet",
-    ]
+    assert lake_keys(moved) == THREE_PARTITIONS
     assert lake_rows(moved) == moved.jobs_table().to_pylist()
 
 
