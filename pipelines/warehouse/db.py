@@ -48,8 +48,10 @@ STORAGE_VERSION = "v1.2.0"
 # under 96 MB against 356-357 MB under 128 MB, in 49.5-50.2 s against 49.3-52.7 s; the SQL
 # models' full rebuild of a million jobs takes 1.4 s under either. 64 MB took a full sync's peak
 # to 309-326 MB, but benchmarks/changes.py (40,000 stored jobs changed, in batches of 8,000)
-# took 4.79 s against 3.79 s to write them (median of three each).
-DUCKDB_MEMORY_LIMIT = "96MB"
+# took 4.79 s against 3.79 s to write them (median of three each). 80 MB makes room for the
+# sync's larger transactions (FLUSH_ROWS): benchmarks/changes.py at a million jobs wrote its
+# changes in 7.18 s against 6.81 s under 96 MB, peaking at 340 MB against 352 MB (median of two).
+DUCKDB_MEMORY_LIMIT = "80MB"
 DUCKDB_THREADS = 2
 # DuckDB checkpoints when a commit leaves more than 16 MB of WAL: every 20k-row batch of a
 # backfill did, and each checkpoint rewrote the table's growing last row group (5.5 s of a
