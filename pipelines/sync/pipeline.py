@@ -32,18 +32,19 @@ from pipelines.warehouse import ReconciledRange, Warehouse, WindowRecord, count_
 log = logging.getLogger("voicejobs.sync")
 
 US = timedelta(microseconds=1)
-# Rows per warehouse transaction: bounds memory, amortises commits. Each transaction pays a dozen
-# statements, a WAL write and its share of the checkpoints whatever its size, in a thread that
-# waits for the GIL between statements: in a million-job backfill at 0 ms the transactions were
-# busy for 33 of the fetch's 37 s (0.34 s each, against 0.11-0.13 s alone), and the consumer
-# waited 10.5 s for them. 20,000 rows with NORMALIZE_ROWS at 2,000 and DuckDB capped at 80 MB
-# (DUCKDB_MEMORY_LIMIT) took such syncs 44.6-45.2 s against 48.1-48.2 s for 10,000, 4,000 and
-# 96 MB, at the same peak (325-329 MB against 327 MB; two runs each, alternated).
+# Rows per warehouse transaction: bounds memory, amortises commits. Each transaction pays about
+# a dozen statements and a WAL write whatever its size, in a thread that waits for the GIL
+# between statements: in a million-job backfill at 0 ms the transactions were busy for 33 of
+# the fetch's 37 s (0.34 s each, against 0.11-0.13 s alone), and the consumer waited 10.5 s for
+# them. 20,000 rows with NORMALIZE_ROWS at 2,000 and DuckDB capped at 80 MB (DUCKDB_MEMORY_LIMIT)
+# took such syncs 44.7-45.2 s against 48.1-48.2 s for 10,000, 4,000 and 96 MB, at the same peak
+# (325-329 MB against 327 MB; two runs each, alternated). At 100,000 jobs, where DuckDB does not
+# fill its cap, the peak rose from 266 MB to 290-296 MB (benchmarks/run.py).
 FLUSH_ROWS = 20_000
 FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
 # Records of finished windows normalized together. The consumer absorbs nothing while a group is
-# normalized, and the windows wait for it; 2,000 instead of 4,000 took 12-15 MB off the peak
-# with 20,000-row transactions, in the same time.
+# normalized, and the windows wait for it; with 20,000-row transactions, 2,000 instead of 4,000
+# took a million-job sync's peak from 339-344 MB to 325-329 MB, in the same time.
 NORMALIZE_ROWS = 2_000
 #: A reconciling window that would mark more than this share of its range's live jobs
 #: deleted (and at least MASS_DELETION_MIN jobs) is listed again before it is believed.

@@ -47,8 +47,8 @@ STORAGE_VERSION = "v1.2.0"
 # and the fetch was the run's peak: alternated full syncs (0 ms, two each) peaked at 325-328 MB
 # under 96 MB against 356-357 MB under 128 MB, in 49.5-50.2 s against 49.3-52.7 s; the SQL
 # models' full rebuild of a million jobs takes 1.4 s under either. 64 MB took a full sync's peak
-# to 309-326 MB, but benchmarks/changes.py (40,000 stored jobs changed, in batches of 8,000)
-# took 4.79 s against 3.79 s to write them (median of three each). 80 MB makes room for the
+# to 309-326 MB, but benchmarks/changes.py (300,000 jobs stored, 40,000 of them changed in batches
+# of 8,000) took 4.79 s against 3.79 s to write them (median of three each). 80 MB makes room for the
 # sync's larger transactions (FLUSH_ROWS): benchmarks/changes.py at a million jobs wrote its
 # changes in 7.18 s against 6.81 s under 96 MB, peaking at 340 MB against 352 MB (median of two).
 DUCKDB_MEMORY_LIMIT = "80MB"

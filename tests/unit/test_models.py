@@ -675,7 +675,7 @@ def test_finished_at_is_the_first_terminal_version_whether_replaced_or_current(t
 
 def test_the_models_connection_has_the_syncs_memory_cap(tmp_path: Path):
     """Dagster's model refresh opens the warehouse through connect(): uncapped, DuckDB took up to
-    1.3 GB to rebuild every model of a million-job warehouse, the sync's refresh its cap (96 MB)."""
+    1.3 GB to rebuild every model of a million-job warehouse, the sync's refresh its cap (80 MB)."""
     from pipelines.warehouse import Warehouse
 
     wh = Warehouse(tmp_path)
