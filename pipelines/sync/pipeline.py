@@ -35,7 +35,7 @@ US = timedelta(microseconds=1)
 # Rows per warehouse transaction: bounds memory, amortises commits. Each transaction pays about
 # a dozen statements and a WAL write whatever its size, in a thread that waits for the GIL
 # between statements: in a million-job backfill at 0 ms the transactions were busy for 33 of
-# the fetch's 37 s (0.34 s each, against 0.11-0.13 s alone), and the consumer waited 10.5 s for
+# the fetch's 36 s (0.34 s each, against 0.11-0.13 s alone), and the consumer waited 10.5 s for
 # them. 20,000 rows with NORMALIZE_ROWS at 2,000 and DuckDB capped at 80 MB (DUCKDB_MEMORY_LIMIT)
 # took such syncs 44.7-45.2 s against 48.1-48.2 s for 10,000, 4,000 and 96 MB, at the same peak
 # (325-329 MB against 327 MB; two runs each, alternated). At 100,000 jobs, where DuckDB does not
