@@ -39,6 +39,7 @@ from pipelines.redact import redact
 from pipelines.warehouse import db
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
+from pipelines.warehouse.marks import mark_lake
 from pipelines.warehouse.tables import (
     _COLS,
     JOBS_TABLE,
@@ -176,16 +177,15 @@ class Lake(Connections):
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute("DELETE FROM lake_dirty")
-                con.execute(
-                    f"INSERT INTO lake_dirty SELECT DISTINCT project_id, {utc_day('create_time')}"
-                    f" FROM {JOBS_TABLE} WHERE create_time IS NOT NULL"  # no day, no partition
-                )
-                if present:  # once each: a partition marked twice was counted twice by an export
-                    con.executemany(
-                        "INSERT INTO lake_dirty SELECT $1, $2 WHERE NOT EXISTS"
-                        " (SELECT 1 FROM lake_dirty WHERE project_id = $1 AND create_day = $2)",
-                        [list(k) for k in present],
-                    )
+                # Once each (a partition marked twice was counted twice by an export), no day no
+                # partition: mark_lake's rules, as a batch marks.
+                mark_lake(con, f"SELECT project_id, {utc_day('create_time')} FROM {JOBS_TABLE}")
+                if present:
+                    con.register("_present", pa.table({
+                        "project_id": pa.array([project for project, _ in present], pa.string()),
+                        "create_day": pa.array([day for _, day in present], pa.date32()),
+                    }))
+                    mark_lake(con, "SELECT project_id, create_day FROM _present")
                 put_meta(con, LAKE_META_KEY, self.lake.place)
                 ((marked,),) = con.execute("SELECT count(*) FROM lake_dirty").fetchall()
                 con.execute("COMMIT")
