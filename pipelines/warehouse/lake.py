@@ -86,6 +86,14 @@ def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
     return {epoch + timedelta(days=int(v)): (int(i), int(n)) for v, i, n in zip(values, starts, counts, strict=True)}
 
 
+def _partition_table(partitions: Sequence[tuple[str, date]]) -> pa.Table:
+    """Partitions (project_id, day) as a table of lake_dirty's columns, to register and join."""
+    return pa.table({
+        "project_id": pa.array([project for project, _ in partitions], pa.string()),
+        "create_day": pa.array([day for _, day in partitions], pa.date32()),
+    })
+
+
 def _one_ahead(items: Iterator[T]) -> Iterator[T]:
     """Each of ``items``, handed out once the next one has been made (the last at the end), so
     the work that makes an item overlaps the caller's use of the one before."""
@@ -181,10 +189,7 @@ class Lake(Connections):
                 # partition: mark_lake's rules, as a batch marks.
                 mark_lake(con, f"SELECT project_id, {utc_day('create_time')} FROM {JOBS_TABLE}")
                 if present:
-                    con.register("_present", pa.table({
-                        "project_id": pa.array([project for project, _ in present], pa.string()),
-                        "create_day": pa.array([day for _, day in present], pa.date32()),
-                    }))
+                    con.register("_present", _partition_table(present))
                     mark_lake(con, "SELECT project_id, create_day FROM _present")
                 put_meta(con, LAKE_META_KEY, self.lake.place)
                 ((marked,),) = con.execute("SELECT count(*) FROM lake_dirty").fetchall()
@@ -308,11 +313,7 @@ class Lake(Connections):
         """Drop the export marks of partitions just written, in one statement."""
         if not partitions:
             return
-        done = pa.table({
-            "project_id": pa.array([p for p, _ in partitions], pa.string()),
-            "create_day": pa.array([d for _, d in partitions], pa.date32()),
-        })
-        con.register("_exported", done)
+        con.register("_exported", _partition_table(partitions))
         try:
             con.execute(
                 "DELETE FROM lake_dirty d USING _exported e"
