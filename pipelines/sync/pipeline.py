@@ -27,6 +27,7 @@ from pipelines.metastudio.paging import SplitBudget, Window, WindowResult, fetch
 from pipelines.settings import Settings
 from pipelines.sync.plan import Task
 from pipelines.sync.report import WRITING, SyncProgress, SyncReport
+from pipelines.sync.stage_thread import StageThread
 from pipelines.warehouse import ReconciledRange, Warehouse, WindowRecord, count_in_ranges
 
 log = logging.getLogger("voicejobs.sync")
@@ -351,10 +352,10 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     A pipeline with bounded stages, so memory does not grow with the history:
     a window's jobs are absorbed in chunks while it is listed, a window holds its slot until
     it is absorbed (fetched jobs never pile up when normalizing is the slower stage), and one
-    batch at a time is applied in a worker thread while the next is fetched and normalized
+    batch at a time is applied in a thread of its own while the next is fetched and normalized
     (DuckDB and Parquet writing release the GIL). A batch is applied only after the previous
-    one committed, so transactions keep their order. Normalizing runs in a worker thread too,
-    one group at a time, so the event loop goes on reading answers and sending requests.
+    one committed, so transactions keep their order. Normalizing runs in another thread, one
+    group at a time, so the event loop goes on reading answers and sending requests.
     """
     # Keyset paging reads a window one page after another, so max_in_flight windows keep every
     # request slot busy; two more keep the pipe full while one is normalized.
@@ -364,6 +365,13 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     # Finished windows travel through a queue, not as task results: a finished asyncio task
     # keeps its result for as long as the task is referenced, which would hold every page.
     finished: asyncio.Queue[_Finished] = asyncio.Queue()
+    with StageThread("normalize") as normalizer, StageThread("transactions") as writer:
+        await _run_stages(client, run, tasks, not_after, window_slots, finished, normalizer, writer)
+
+
+async def _run_stages(client: MetaStudioClient, run: Run, tasks: Sequence[Task], not_after: datetime,
+                      window_slots: asyncio.Semaphore, finished: asyncio.Queue[_Finished],
+                      normalizer: StageThread, writer: StageThread) -> None:
     applying: asyncio.Future | None = None
     pending = [asyncio.ensure_future(_fetch(client, run, task, not_after, window_slots, finished)) for task in tasks]
     try:
@@ -383,14 +391,14 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
                 # In a worker thread: the event loop meanwhile reads the answers that arrive and
                 # sends the next pages. Normalizing on it held every window for 40-60 ms at a
                 # time; at 20 ms latency a million-job sync took 89 s instead of 94-97 s.
-                await asyncio.to_thread(run.settle)
+                await normalizer.run(run.settle)
             if run.buffer_full:
                 if applying is not None:
                     await applying
                 batch = run.take()
                 if batch is not None:
                     applying = asyncio.ensure_future(
-                        asyncio.to_thread(run.apply, batch, deleted_at=client.server_now()))
+                        writer.run(run.apply, batch, deleted_at=client.server_now()))
         run.settle()  # the last windows' rows into the buffer, and their newest update times noted
         if applying is not None:
             run.announce(WRITING)
