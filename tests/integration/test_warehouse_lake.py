@@ -485,3 +485,32 @@ def test_serving_snapshot_old_readers_keep_their_snapshot(wh: Warehouse, run: st
     ]
     with duckdb.connect(str(wh.serving_path), read_only=True) as fresh:
         assert fresh.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (3,)
+
+
+@pytest.mark.parametrize(("chosen", "backend"), [(None, "system"), ("jemalloc", "jemalloc")])
+def test_the_lake_files_encoders_take_memory_from_malloc_unless_another_pool_is_chosen(
+    chosen: str | None, backend: str
+):
+    """Arrow's C++ default pool, which the Parquet writer's column encoders use whatever pool
+    pyarrow is given, is the C library's malloc in a process that imports pipelines before
+    pyarrow (mimalloc kept the encoders' freed memory mapped), unless the person running it chose
+    another with ARROW_DEFAULT_MEMORY_POOL."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    code = (
+        "import pipelines\n"
+        "import pyarrow as pa\n"
+        "from pipelines.warehouse.lakestore import encode_parquet\n"
+        "sink = pa.BufferOutputStream()\n"
+        "encode_parquet(pa.table({'text': [f'job {i}' * 20 for i in range(50_000)]}), sink)\n"
+        "print(pa.default_memory_pool().backend_name, pa.mimalloc_memory_pool().max_memory(),"
+        " sink.getvalue().size > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    name, mimalloc_height, written = out.stdout.split()
+    assert (name, written) == (backend, "True")
+    if chosen is None:
+        assert mimalloc_height == "0"
