@@ -41,7 +41,13 @@ US = timedelta(microseconds=1)
 # took such syncs 44.7-45.2 s against 48.1-48.2 s for 10,000, 4,000 and 96 MB, at the same peak
 # (325-329 MB against 327 MB; two runs each, alternated). At 100,000 jobs, where DuckDB does not
 # fill its cap, the peak rose from 266 MB to 290-296 MB (benchmarks/run.py).
-FLUSH_ROWS = 20_000
+# With normalizing and the transactions on a thread each and Arrow's C++ pool on malloc, the
+# fetch became the run's only height, and the batches in flight the part of it that moves: a
+# million-job sync at 0 ms (in-process, RSS sampled every 20 ms, one run each unless said)
+# peaked at 301-308 MB with 20,000 rows, 292-300 MB with 16,000 and 286-292 MB with 12,000 (seven
+# runs), DuckDB at its cap in each; a checkpoint every 16 or 24 MB of WAL instead of 32 lowered
+# nothing (DuckDB kept other blocks up to its cap) and made the file larger.
+FLUSH_ROWS = 12_000
 FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (huge fields)
 # Records of finished windows normalized together. The consumer absorbs nothing while a group is
 # normalized, and the windows wait for it; with 20,000-row transactions, 2,000 instead of 4,000
