@@ -3,8 +3,10 @@
 pyarrow's default pool, its bundled mimalloc, keeps memory it freed mapped for reuse. The sync
 frees a batch's buffers every few seconds and the export a group's: a 200,000-job sync peaked
 at 416 MB with mimalloc and 368 MB with malloc, and a million-job ``rebuild_lake()`` alone at
-362 MB and 309-319 MB, each at the same speed. (What Arrow's C++ allocates from its own default
-pool, out of pyarrow's reach, stays on mimalloc.)
+362 MB and 309-319 MB, each at the same speed. What Arrow's C++ allocates from its own default
+pool, out of pyarrow's reach (the Parquet writer's column encoders), is on malloc too where
+pipelines was imported before pyarrow (the package sets ARROW_DEFAULT_MEMORY_POOL, see
+pipelines/__init__.py); where pyarrow came first, it stays on mimalloc.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ The rest of the Warehouse (upserts, history, deletions, atomicity) is in tests/u
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -495,8 +496,6 @@ def test_the_lake_files_encoders_take_memory_from_malloc_unless_another_pool_is_
     pyarrow is given, is the C library's malloc in a process that imports pipelines before
     pyarrow (mimalloc kept the encoders' freed memory mapped), unless the person running it chose
     another with ARROW_DEFAULT_MEMORY_POOL."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     if chosen:
         env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
