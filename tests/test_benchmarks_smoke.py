@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("baseline", "sync", "sync+refresh", "dlt", "rate-cap", "incremental", "models", "one-day-cli",
              "demo-cli")
@@ -102,6 +104,41 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     day = by_name["one-day-cli"]
     assert day["details"]["beyond_requests_seconds"] > 0 and day["requests"] > 0
     assert by_name["demo-cli"]["jobs"] > 0 and by_name["demo-cli"]["seconds"] > 0
+
+
+def test_repeated_full_runs_alternate_baselines_and_backfills_and_the_targets_take_the_median(tmp_path):
+    """--full-runs 3: at each latency three baselines, each followed by a backfill into an empty
+    warehouse compared with it; the speed targets take the median of the three ratios, and the
+    change capture's share is of the median backfill."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--sizes", "600", "--days", "6", "--full-runs", "3",
+         "--skip", "dlt,rate-cap,one-day,demo", "--out", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    results = saved["results"]
+    pair = ["baseline", "sync", "sync+refresh"]
+    assert [r["scenario"] for r in results][:19] == pair * 3 + ["dlt"] + pair * 3
+    for latency in (0, 20):
+        fulls = [r for r in results if r["scenario"] == "sync+refresh" and r["latency_ms"] == latency]
+        baselines = [r for r in results if r["scenario"] == "baseline" and r["latency_ms"] == latency]
+        assert len(fulls) == len(baselines) == 3
+        for base, full in zip(baselines, fulls, strict=True):  # each against the baseline just before it
+            assert full["vs_baseline"] == pytest.approx(full["jobs_per_s"] / base["jobs_per_s"], abs=1e-3)
+        target = next(t for t in saved["targets"] if t["key"] == f"full-{latency}ms")
+        ratios = sorted(r["vs_baseline"] for r in fulls)
+        assert target["value"] == pytest.approx(ratios[1])
+        assert target["measured"].startswith(f"{ratios[1]:.2f}x (median of 3: ")
+    inc = next(r for r in results if r["scenario"] == "incremental")
+    middle = sorted(r["seconds"] for r in results if r["scenario"] == "sync+refresh" and r["latency_ms"] == 0)[1]
+    assert inc["details"]["share_of_full"] == pytest.approx(inc["seconds"] / middle, abs=1e-3)
+
+
+def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--full-runs", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--full-runs must be 1 or more, not 0" in proc.stderr
 
 
 def test_the_decoding_benchmark_times_every_candidate_and_checks_the_arrow_parse_is_exact():
