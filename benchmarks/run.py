@@ -653,7 +653,6 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
     sim = Simulator(jobs, days, traffic)
     try:
         kept_dir: Path | None = None
-        full_at_zero: Result | None = None
         zero_fulls: list[Result] = []
         for latency in latencies:
             sim.configure(latency_ms=latency, rate_limit=None)
@@ -665,8 +664,7 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
                 if latency == 0:
                     zero_fulls.append(full)
             if latency == 0:
-                kept_dir = data_dir
-                full_at_zero = zero_fulls[-1]
+                kept_dir = data_dir  # the last backfill at 0 ms: change capture starts from it
                 if "dlt" in skip:
                     echo(_not_run("dlt", "skipped (--skip)", latency), results)
                 else:
@@ -698,7 +696,7 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
             shutil.rmtree(data_dir, ignore_errors=True)
         sim.configure(latency_ms=0, rate_limit=None)
 
-        if kept_dir is not None and full_at_zero is not None:
+        if kept_dir is not None and zero_fulls:
             # Move the simulated clock until about 1% of the jobs were created or changed state.
             # Steps of a few hours, so the change lands near 1% rather than overshooting it; each
             # step also deletes about 0.05% of the jobs per simulated day.
