@@ -363,21 +363,19 @@ async def run_tasks(client: MetaStudioClient, run: Run, tasks: Sequence[Task], n
     one committed, so transactions keep their order. Normalizing runs in another thread, one
     group at a time, so the event loop goes on reading answers and sending requests.
     """
-    # Keyset paging reads a window one page after another, so max_in_flight windows keep every
-    # request slot busy; two more keep the pipe full while one is normalized.
-    window_slots = asyncio.Semaphore(run.settings.max_in_flight + 2)
     run.progress.windows_total += len(tasks)
-
-    # Finished windows travel through a queue, not as task results: a finished asyncio task
-    # keeps its result for as long as the task is referenced, which would hold every page.
-    finished: asyncio.Queue[_Finished] = asyncio.Queue()
     with StageThread("normalize") as normalizer, StageThread("transactions") as writer:
-        await _run_stages(client, run, tasks, not_after, window_slots, finished, normalizer, writer)
+        await _run_stages(client, run, tasks, not_after, normalizer, writer)
 
 
 async def _run_stages(client: MetaStudioClient, run: Run, tasks: Sequence[Task], not_after: datetime,
-                      window_slots: asyncio.Semaphore, finished: asyncio.Queue[_Finished],
                       normalizer: StageThread, writer: StageThread) -> None:
+    # Keyset paging reads a window one page after another, so max_in_flight windows keep every
+    # request slot busy; two more keep the pipe full while one is normalized.
+    window_slots = asyncio.Semaphore(run.settings.max_in_flight + 2)
+    # Finished windows travel through a queue, not as task results: a finished asyncio task
+    # keeps its result for as long as the task is referenced, which would hold every page.
+    finished: asyncio.Queue[_Finished] = asyncio.Queue()
     applying: asyncio.Future | None = None
     pending = [asyncio.ensure_future(_fetch(client, run, task, not_after, window_slots, finished)) for task in tasks]
     try:
