@@ -525,6 +525,37 @@ def _checkout() -> str:
     return f"commit {commit}" + (" +changes" if dirty else "")
 
 
+#: Steps of the pure-Python loop timed as the machine's speed (cpu_reference_seconds).
+CPU_REFERENCE_STEPS = 5_000_000
+
+
+def cpu_reference_seconds(runs: int = 3) -> float:
+    """The median time of a fixed pure-Python loop: how fast this machine's cores are.
+
+    The baseline at 20 ms waits mostly on the latency, the sync mostly on its cores, so the same
+    commit measures a lower ratio on slower cores. Printed with every run, it tells which runs'
+    figures compare."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        total = 0
+        for i in range(CPU_REFERENCE_STEPS):
+            total += i
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_context(checkout: str, traffic_note: str, days: int, sizes: list[int], cpu_reference: float,
+                *, profiled: bool) -> str:
+    """The line that heads a run's output and its Markdown: what was measured, on what."""
+    context = (f"{checkout}; {traffic_note}, {days} days of history, sizes {', '.join(f'{s:,}' for s in sizes)}; "
+               f"{os.cpu_count()} cores, Python {platform.python_version()}, CPU reference {cpu_reference:.2f} s "
+               f"(a {CPU_REFERENCE_STEPS:,}-step Python loop: runs compare where it does)")
+    if profiled:
+        context += "; profiled with cProfile, which slows the syncs: their speed figures are not the targets'"
+    return context
+
+
 def _last_run_stats(data_dir: Path) -> dict:
     import duckdb
 
@@ -955,8 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     if not simulator_has_traffic():
         traffic, traffic_note = None, f"traffic steady (this simulator has no --traffic; {args.traffic} was asked)"
     checkout = _checkout()
-    context = (f"{checkout}; {traffic_note}, {args.days} days of history, sizes {', '.join(f'{s:,}' for s in sizes)}; "
-               f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    cpu_reference = cpu_reference_seconds()
+    context = run_context(checkout, traffic_note, args.days, sizes, cpu_reference, profiled=args.profile)
     print(context, flush=True)
     packages = package_versions()
     print("packages: " + ", ".join(f"{name} {version}" for name, version in packages.items()), flush=True)
@@ -997,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps({
         "started": stamp, "suite_seconds": round(total, 1), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(), "checkout": checkout,
+        "cpu_reference_seconds": round(cpu_reference, 3), "profiled": args.profile,
         "traffic": traffic or "steady", "packages": packages,
         "days": args.days, "sizes": sizes, "columns": list(COLUMNS), "target_columns": list(TARGET_COLUMNS),
         "results": [asdict(r) for r in results], "targets": [asdict(t) for t in targets],

@@ -68,6 +68,9 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     assert saved["packages"]["httpx"] == version("httpx") and saved["packages"]["duckdb"] == version("duckdb")
     assert set(saved["packages"]) == {"httpx", "httpcore", "h11", "httptools", "orjson", "pyarrow", "duckdb", "dlt"}
     assert {t["key"] for t in saved["targets"]} == set(TARGETS)
+    # How fast this machine's cores are, so runs on different machines are told apart.
+    assert saved["cpu_reference_seconds"] > 0 and saved["profiled"] is False
+    assert f"CPU reference {saved['cpu_reference_seconds']:.2f} s" in lines[0]
     for t in saved["targets"]:
         assert t["target"] and t["met"] in ("yes", "no", "n/a"), t
     markdown = files[0].with_suffix(".md").read_text()
@@ -133,6 +136,15 @@ def test_repeated_full_runs_alternate_baselines_and_backfills_and_the_targets_ta
     inc = next(r for r in results if r["scenario"] == "incremental")
     middle = sorted(r["seconds"] for r in results if r["scenario"] == "sync+refresh" and r["latency_ms"] == 0)[1]
     assert inc["details"]["share_of_full"] == pytest.approx(inc["seconds"] / middle, abs=1e-3)
+
+
+def test_a_profiled_run_says_its_speed_figures_are_not_the_targets():
+    from benchmarks.run import run_context
+
+    plain = run_context("commit abc", "traffic lumpy", 400, [1_000_000], 0.3, profiled=False)
+    profiled = run_context("commit abc", "traffic lumpy", 400, [1_000_000], 0.3, profiled=True)
+    assert "CPU reference 0.30 s" in plain and "cProfile" not in plain
+    assert profiled.startswith(plain) and "cProfile" in profiled and "not the targets'" in profiled
 
 
 def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
