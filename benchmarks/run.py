@@ -1023,18 +1023,24 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     print()
     print(format_targets(targets))
-    print(f"\nsuite took {total:.0f}s on {os.cpu_count()} cores")
+    # The machine's speed can drift during a run of many minutes (other work on its host): the
+    # reference again at the end shows how far.
+    cpu_reference_end = cpu_reference_seconds()
+    print(f"\nsuite took {total:.0f}s on {os.cpu_count()} cores; CPU reference {cpu_reference:.2f} s at the start, "
+          f"{cpu_reference_end:.2f} s at the end")
     path = out_dir / f"{stamp}.json"
     path.write_text(json.dumps({
         "started": stamp, "suite_seconds": round(total, 1), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(), "checkout": checkout,
-        "cpu_reference_seconds": round(cpu_reference, 3), "profiled": args.profile,
+        "cpu_reference_seconds": round(cpu_reference, 3), "cpu_reference_end_seconds": round(cpu_reference_end, 3),
+        "profiled": args.profile,
         "traffic": traffic or "steady", "packages": packages,
         "days": args.days, "sizes": sizes, "columns": list(COLUMNS), "target_columns": list(TARGET_COLUMNS),
         "results": [asdict(r) for r in results], "targets": [asdict(t) for t in targets],
     }, indent=2))
     md = out_dir / f"{stamp}.md"
-    md.write_text(format_markdown(results, targets, context + f"; suite {total:.0f} s"))
+    md.write_text(format_markdown(results, targets, context + f"; suite {total:.0f} s, CPU reference "
+                                                              f"{cpu_reference_end:.2f} s at its end"))
     print(f"results: {path}\nmarkdown: {md}")
     print()
     print(md.read_text())

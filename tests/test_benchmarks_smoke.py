@@ -69,11 +69,16 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     assert set(saved["packages"]) == {"httpx", "httpcore", "h11", "httptools", "orjson", "pyarrow", "duckdb", "dlt"}
     assert {t["key"] for t in saved["targets"]} == set(TARGETS)
     # How fast this machine's cores are, so runs on different machines are told apart.
-    assert saved["cpu_reference_seconds"] > 0 and saved["profiled"] is False
+    assert saved["cpu_reference_seconds"] > 0 and saved["cpu_reference_end_seconds"] > 0
+    assert saved["profiled"] is False
     assert f"CPU reference {saved['cpu_reference_seconds']:.2f} s" in lines[0]
+    # ... and again at the end, where the machine may have drifted.
+    assert (f"CPU reference {saved['cpu_reference_seconds']:.2f} s at the start, "
+            f"{saved['cpu_reference_end_seconds']:.2f} s at the end") in proc.stdout
     for t in saved["targets"]:
         assert t["target"] and t["met"] in ("yes", "no", "n/a"), t
     markdown = files[0].with_suffix(".md").read_text()
+    assert f"CPU reference {saved['cpu_reference_end_seconds']:.2f} s at its end" in markdown
     assert "| figure | jobs | measured | target | met | how |" in markdown
     assert all(figure.replace("|", "\\|") in markdown for figure in TARGETS.values())
 
