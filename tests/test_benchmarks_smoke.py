@@ -152,6 +152,26 @@ def test_a_profiled_run_says_its_speed_figures_are_not_the_targets():
     assert profiled.startswith(plain) and "cProfile" in profiled and "not the targets'" in profiled
 
 
+def test_a_profiled_run_does_not_judge_the_speed_targets_its_profiler_slowed():
+    from benchmarks.run import PROFILED_TARGETS, Result, evaluate_targets
+
+    size = {"size": 1_000}
+    results = [Result("baseline", 1_000, lat, 1.0, 1_000.0, 10, 0, 50.0, details=size) for lat in (0.0, 20.0)]
+    results += [Result("sync+refresh", 1_000, lat, 2.0, 500.0, 10, 0, 60.0, 0.5, details=size) for lat in (0.0, 20.0)]
+    results.append(Result("incremental", 10, 0.0, 0.2, 50.0, 5, 0, 40.0, details={
+        **size, "request_bound": 9, "changed": 10, "deleted": 0, "creation_days": 3, "share_of_full": 0.1}))
+    plain = {t.key: t for t in evaluate_targets(results, [1_000])}
+    profiled = {t.key: t for t in evaluate_targets(results, [1_000], profiled=True)}
+    assert [plain[key].met for key in PROFILED_TARGETS] == ["no", "yes", "no"]
+    for key, target in profiled.items():
+        if key in PROFILED_TARGETS:
+            assert target.met == "n/a" and target.measured == plain[key].measured
+            assert target.how.startswith("not judged: the full syncs ran under cProfile")
+        else:  # the requests, the peak and the rest are what they are
+            assert (target.met, target.how) == (plain[key].met, plain[key].how)
+    assert profiled["incremental-requests"].met == "yes"  # 5 requests within a bound of 9
+
+
 def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--full-runs", "0"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
