@@ -146,8 +146,3 @@ class SyncReport:
 def _skew_text(seconds: float) -> str:
     direction = "ahead of" if seconds > 0 else "behind"
     return f"{abs(seconds):,.0f} s {direction} this machine's"
-
-
-def _skew_text(seconds: float) -> str:
-    direction = "ahead of" if seconds > 0 else "behind"
-    return f"{abs(seconds):,.0f} s {direction} this machine's"
