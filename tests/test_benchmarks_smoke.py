@@ -152,6 +152,19 @@ def test_a_profiled_run_says_its_speed_figures_are_not_the_targets():
     assert profiled.startswith(plain) and "cProfile" in profiled and "not the targets'" in profiled
 
 
+def test_the_cpu_reference_reads_the_same_in_the_header_and_the_json(monkeypatch):
+    """A loop timed at 0.18505 s printed 0.19 in the header while the JSON kept 0.185, which
+    reads 0.18: the reference is rounded once, where it is measured."""
+    import benchmarks.run as bench
+
+    clock = iter([0.0, 0.18505] * 3)
+    monkeypatch.setattr(bench, "CPU_REFERENCE_STEPS", 1)
+    reference = bench.cpu_reference_seconds(timer=lambda: next(clock))
+    assert reference == 0.185 == round(reference, 3)  # what the JSON keeps, as measured
+    header = bench.run_context("commit abc", "traffic lumpy", 400, [1_000], reference, profiled=False)
+    assert f"CPU reference {round(reference, 3):.2f} s" in header
+
+
 def test_a_profiled_run_does_not_judge_the_speed_targets_its_profiler_slowed():
     from benchmarks.run import PROFILED_TARGETS, Result, evaluate_targets
 
