@@ -1050,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps({
         "started": stamp, "suite_seconds": round(total, 1), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(), "checkout": checkout,
-        "cpu_reference_seconds": round(cpu_reference, 3), "cpu_reference_end_seconds": round(cpu_reference_end, 3),
+        "cpu_reference_seconds": cpu_reference, "cpu_reference_end_seconds": cpu_reference_end,  # rounded as measured
         "profiled": args.profile,
         "traffic": traffic or "steady", "packages": packages,
         "days": args.days, "sizes": sizes, "columns": list(COLUMNS), "target_columns": list(TARGET_COLUMNS),
