@@ -185,6 +185,16 @@ def test_a_profiled_run_does_not_judge_the_speed_targets_its_profiler_slowed():
     assert profiled["incremental-requests"].met == "yes"  # 5 requests within a bound of 9
 
 
+def test_the_change_captures_share_is_taken_of_the_seconds_the_results_keep():
+    """At the smoke test's sizes a sync takes tens of milliseconds: the share taken of the raw
+    time (0.06249 s, 1.2498) differed by more than 1e-3 from the one the JSON's rounded seconds
+    (0.062 s, 1.24) give, and the repeated-runs smoke test failed now and then."""
+    from benchmarks.run import Result, share_of_full
+
+    fulls = [Result("sync+refresh", 600, 0.0, seconds, 1.0, 10, 0, 60.0) for seconds in (0.04, 0.05, 0.06)]
+    assert share_of_full(0.06249, fulls) == pytest.approx(0.062 / 0.05, abs=1e-4)
+
+
 def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--full-runs", "0"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
