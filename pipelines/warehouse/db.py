@@ -64,15 +64,17 @@ DUCKDB_THREADS = 2
 # fetch); at a million jobs it peaked 5-10 MiB lower in about the same time (two runs each).
 # Each checkpoint leaves the table's last row group partly filled (no merge): a million-job
 # backfill ends in 20 groups instead of 11, and a file of 261 MB instead of 240 MB, until the
-# merge every COMPACT_EVERY_RUNS runs.
+# compaction every COMPACT_EVERY_RUNS runs (compaction.py).
 DUCKDB_CHECKPOINT_THRESHOLD = "32MB"
 # New rows after a checkpoint start a row group of their own, and the next checkpoint that follows
 # new rows merges partly filled groups, rewriting them whole (DuckDB's vacuum): every sync's
 # checkpoint rewrote the table's last groups. The first change capture after a million-job
 # backfill rewrote 250,000 rows there, 3.9 s of its 17 s (0.06 s without the merge). No vacuum
 # tasks: the groups written before stay as they are. 310 groups in a 1,750,000-row table made the
-# SQL models 2.2-2.4 s against 2.2 s merged; every COMPACT_EVERY_RUNS-th run merges them
-# (RunLog.begin_run). Jobs are never deleted, so there is nothing else for the vacuum to reclaim.
+# SQL models 2.2-2.4 s against 2.2 s merged; every COMPACT_EVERY_RUNS-th run merges them by
+# rewriting the tables (compaction.py: DuckDB's own merge ran out of the cap at a million jobs,
+# and a checkpoint that fails is fatal to DuckDB). Jobs are never deleted, so there is nothing
+# else for the vacuum to reclaim.
 DUCKDB_MAX_VACUUM_TASKS = 0
 
 # Work that needs little of DuckDB (the lake export: filtered scans whose rows go to Arrow)
@@ -84,10 +86,10 @@ DUCKDB_MAX_VACUUM_TASKS = 0
 DUCKDB_LEAN_MEMORY_LIMIT = "24MB"
 
 
-def merge_row_groups(con: duckdb.DuckDBPyConnection, merge: bool) -> None:
-    """Let the database's checkpoints merge partly filled row groups (DuckDB's default), or not
-    (DUCKDB_MAX_VACUUM_TASKS). The setting is the database's: every cursor of ``con`` shares it."""
-    con.execute("RESET max_vacuum_tasks" if merge else f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
+def keep_row_groups(con: duckdb.DuckDBPyConnection) -> None:
+    """The database's checkpoints merge no row groups (DUCKDB_MAX_VACUUM_TASKS; DuckDB's default
+    is to merge partly filled ones). The setting is the database's: every cursor of ``con`` shares it."""
+    con.execute(f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
 
 
 def free_pinned(con: duckdb.DuckDBPyConnection) -> bool:
@@ -154,7 +156,7 @@ class Connections:
             con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
             con.execute(f"SET threads = {DUCKDB_THREADS}")
             con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
-            merge_row_groups(con, False)
+            keep_row_groups(con)
             if not self._schema_ready:
                 self._migrate(con)
                 self._schema_ready = True

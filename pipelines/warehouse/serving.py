@@ -25,7 +25,7 @@ import duckdb
 
 from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
-from pipelines.warehouse.db import STORAGE_VERSION, Connections, merge_row_groups
+from pipelines.warehouse.db import STORAGE_VERSION, Connections, keep_row_groups
 from pipelines.warehouse.lakestore import _fsync, _fsync_dir
 from pipelines.warehouse.tables import KEYS_TABLE, WarehouseError
 
@@ -203,7 +203,7 @@ class Serving(Connections):
         con = duckdb.connect(str(tmp))
         try:
             # Its checkpoint merges no row groups either: the copy keeps the warehouse's (see db.py).
-            merge_row_groups(con, False)
+            keep_row_groups(con)
             for table in SYNC_ONLY_TABLES:
                 con.execute(f"DROP TABLE IF EXISTS main.{table}")
             con.execute("CHECKPOINT")

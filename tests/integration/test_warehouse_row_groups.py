@@ -1,19 +1,25 @@
 """How the jobs table's row groups grow: new rows after a checkpoint start a row group of their
 own, and the groups written before stay as they were (DuckDB's merge of partly filled groups,
-its "vacuum", runs only on every COMPACT_EVERY_RUNS-th sync run, see pipelines.warehouse.db).
+its "vacuum", is off); every COMPACT_EVERY_RUNS-th sync run rewrites the tables whose groups are
+partly filled (pipelines.warehouse.compaction).
 
 Small batches show it: every checkpoint seals the rows appended since the last one into a row
 group, whatever their number, exactly as a backfill's checkpoints seal groups of a million."""
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 
 import duckdb
 import pytest
 
+import pipelines.warehouse.compaction as compaction
+import pipelines.warehouse.db as db
 import pipelines.warehouse.runlog as runlog
 from pipelines.warehouse import JOBS_TABLE, Warehouse
+from pipelines.warehouse.compaction import copy_rows
 from tests.support.warehouse_rows import jobs, rec
 
 
@@ -81,3 +87,84 @@ def test_the_serving_snapshot_keeps_the_row_groups_as_they_are(tmp_path: Path):
     assert len(groups) == 4
     with duckdb.connect(str(wh.serving_path), read_only=True) as serving:
         assert _row_groups(serving) == groups
+
+
+def _wide_jobs(batch: int, count: int) -> list[dict]:
+    """Jobs with a 300-character failure reason each, incompressible: wide rows that make a
+    merge of their row groups need memory, as a million ordinary ones do."""
+    rnd = random.Random(batch)
+    return [rec(f"w{batch}-{i}", job_failed_reason="".join(rnd.choices(string.ascii_letters, k=300)))
+            for i in range(count)]
+
+
+def test_the_compacting_run_merges_row_groups_that_duckdbs_own_merge_runs_out_of_memory_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # DuckDB's own merge (its vacuum, in a checkpoint) ran out of its memory cap on a million-job
+    # warehouse, and a checkpoint that fails is fatal to DuckDB: the 64th run failed, with the
+    # database invalidated, and every 64th after it. Ten groups of 8,000 wide rows under a 64 MB
+    # cap fail the same way (four runs in four).
+    monkeypatch.setattr(runlog, "COMPACT_EVERY_RUNS", 2)
+    wh = Warehouse(tmp_path)
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})
+        for batch in range(10):
+            wh.apply(run_id, jobs=jobs(_wide_jobs(batch, 8_000)), export=False)
+            con.execute("CHECKPOINT")
+        wh.finish_run(run_id, "succeeded", {})
+        assert len(_row_groups(con)) == 10
+        before = con.execute(f"SELECT * FROM {JOBS_TABLE} ORDER BY job_id").fetchall()
+    monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "64MB")
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})  # the second run: it compacts once it succeeded
+        wh.apply(run_id, jobs=jobs([rec("new")]), export=False)
+        con.execute("CHECKPOINT")
+        wh.finish_run(run_id, "succeeded", {})
+        groups = _row_groups(con)
+    monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "80MB")  # room for reading every row back at once
+    with wh.connect() as con:
+        after = con.execute(f"SELECT * FROM {JOBS_TABLE} WHERE job_id <> 'new' ORDER BY job_id").fetchall()
+        status = con.execute("SELECT status FROM sync_runs WHERE run_id = ?", [run_id]).fetchone()[0]
+    assert status == "succeeded"
+    assert after == before
+    # The rows rewritten in one group; the new job in it too, or (the copy checkpointed first) in its own.
+    assert groups in ([(0, 80_001)], [(0, 80_000), (1, 1)])
+
+
+def test_a_compaction_that_fails_leaves_the_table_as_it_was_and_the_run_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    monkeypatch.setattr(runlog, "COMPACT_EVERY_RUNS", 2)
+    wh = Warehouse(tmp_path)
+    with wh.connect() as con:
+        wh.finish_run(_run_adding_groups(wh, con, range(3)), "succeeded", {})
+        before = con.execute(f"SELECT * FROM {JOBS_TABLE} ORDER BY job_id").fetchall()
+
+    def out_of_memory(con: duckdb.DuckDBPyConnection, table: str, source: str, first: int, after: int) -> None:
+        copy_rows(con, table, source, first, after)  # the rows copied, then the failure: the copy dropped
+        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block of size 256.0 KiB")
+
+    monkeypatch.setattr(compaction, "copy_rows", out_of_memory)
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})  # the second run: it compacts once it succeeded
+        _append_and_checkpoint(wh, con, run_id, 9)
+        wh.finish_run(run_id, "succeeded", {})
+        assert _row_groups(con) == [(0, 50), (1, 50), (2, 50), (3, 50)]
+        rows = con.execute(f"SELECT * FROM {JOBS_TABLE} WHERE job_id NOT LIKE 'j9-%' ORDER BY job_id").fetchall()
+        assert rows == before
+        assert con.execute(f"SELECT count(*) FROM {JOBS_TABLE}").fetchone()[0] == 200
+        left = con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_compacting%'").fetchall()
+        assert left == []
+        assert con.execute("SELECT status FROM sync_runs WHERE run_id = ?", [run_id]).fetchone()[0] == "succeeded"
+    assert f"Compacting table {JOBS_TABLE} failed (Out of Memory Error" in caplog.text
+
+
+def test_the_copy_an_interrupted_compaction_left_is_dropped_by_the_next_run(tmp_path: Path):
+    wh = Warehouse(tmp_path)
+    with wh.connect() as con:
+        wh.finish_run(_run_adding_groups(wh, con, range(2)), "succeeded", {})
+        # What a crash between the copy and the swap leaves: the copy, the table as it was.
+        con.execute(f"CREATE TABLE _compacting_{JOBS_TABLE} AS SELECT * FROM {JOBS_TABLE}")
+    with wh.connect() as con:
+        wh.begin_run("days", {})
+        left = con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_compacting%'").fetchall()
+        assert left == []
+        assert con.execute(f"SELECT count(*) FROM {JOBS_TABLE}").fetchone()[0] == 100

@@ -1,0 +1,122 @@
+"""Compaction: the row groups that checkpoints left partly filled, merged every COMPACT_EVERY_RUNS-th run.
+
+A checkpoint seals the rows appended since the one before into row groups of their own, and
+DuckDB's own merge of partly filled groups (its vacuum) is off (db.DUCKDB_MAX_VACUUM_TASKS): so a
+backfill leaves groups of about 49,000 rows where DuckDB's hold 122,880, and each nightly sync
+one small group more in every table it appends to.
+
+DuckDB's vacuum cannot be the one that merges them: on a million-job warehouse after a backfill,
+its checkpoint ran out of the 80 MB cap ("failed to allocate data", with two threads, and with one
+at other sizes), and a checkpoint that fails is fatal to DuckDB. The database was invalidated,
+the run failed, and so did every compacting run after it. Here a table is rewritten instead:
+copied, in its rows' order, into a table made from its own DDL, which then takes its place in
+one transaction. Its pages are written by the ordinary insert, which keeps to the cap by
+writing each full group to disk as it goes, a group's rows per transaction (one DuckDB thread:
+two left the process 25-30 MB bigger after it). A million jobs' tables take about 12 s. A rewrite
+that fails all the same (out of memory) is an ordinary error: the copy is dropped, the table
+stays as it was, and the next compacting run tries again. RunLog.finish_run() compacts, once a
+compacting run succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import suppress
+
+import duckdb
+
+from pipelines.warehouse.db import DUCKDB_THREADS
+from pipelines.warehouse.tables import WarehouseError
+
+log = logging.getLogger("voicejobs.warehouse")
+
+#: The rows of a full row group (DuckDB's default row_group_size).
+ROW_GROUP_ROWS = 122_880
+#: The name of a table's copy while it is written (see _rewrite; one a crash left is dropped).
+_ASIDE = "_compacting_{}"
+
+
+def partly_filled_groups(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """How many of ``table``'s row groups (of schema main) hold fewer rows than a full one,
+    the last group left out: the groups a rewrite would merge."""
+    counts = [count for (count,) in con.execute(
+        f"SELECT sum(count) FROM pragma_storage_info('main.{table}') WHERE column_path = '[0]'"
+        " GROUP BY row_group_id ORDER BY row_group_id").fetchall()]
+    return sum(1 for count in counts[:-1] if count < ROW_GROUP_ROWS)
+
+
+def compact_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Rewrite every table of schema main with partly filled row groups but its last; returns
+    the tables rewritten. One that cannot be rewritten is left as it was, with a warning."""
+    tables = [name for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        " AND schema_name = 'main' AND NOT temporary ORDER BY table_name").fetchall()]
+    done: list[str] = []
+    con.execute("SET threads = 1")
+    try:
+        for table in tables:
+            _compact(con, table, done)
+    finally:
+        con.execute(f"SET threads = {DUCKDB_THREADS}")
+    return done
+
+
+def _compact(con: duckdb.DuckDBPyConnection, table: str, done: list[str]) -> None:
+    if partly_filled_groups(con, table) == 0:
+        return
+    started = time.monotonic()
+    try:
+        _rewrite(con, table)
+    except (duckdb.Error, WarehouseError) as exc:
+        with suppress(duckdb.Error):
+            con.execute(f'DROP TABLE IF EXISTS main."{_ASIDE.format(table)}"')
+        log.warning("Compacting table %s failed (%s); it stays as it was, and the next compacting run tries "
+                    "again.", table, " ".join(str(exc).split())[:200])
+        return
+    done.append(table)
+    log.info("Compacted table %s in %.1f s.", table, time.monotonic() - started)
+
+
+def drop_leftovers(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the copies a compaction that was interrupted (a crash) left behind."""
+    for (name,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+            " AND schema_name = 'main' AND starts_with(table_name, ?)", [_ASIDE.format("")]).fetchall():
+        con.execute(f'DROP TABLE IF EXISTS main."{name}"')
+
+
+def _rewrite(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """``table`` rewritten into a copy made from its DDL, a row group's rows per transaction
+    (so what DuckDB holds before it writes them stays within a group), then swapped in: the
+    copy checked to hold as many rows, the table dropped and the copy renamed, in one transaction."""
+    (ddl,) = con.execute(
+        "SELECT sql FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'"
+        " AND table_name = ?", [table]).fetchone()
+    aside = _ASIDE.format(table)
+    prefix = f"CREATE TABLE {table}("
+    if not ddl.startswith(prefix):
+        raise WarehouseError(f"its definition does not start as expected ({ddl[:60]!r})")
+    con.execute(f'CREATE TABLE main."{aside}"(' + ddl[len(prefix):])
+    (last,) = con.execute(f'SELECT max(rowid) FROM main."{table}"').fetchone()
+    for first in range(0, (last or 0) + 1, ROW_GROUP_ROWS):
+        copy_rows(con, aside, table, first, first + ROW_GROUP_ROWS)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        (kept,), (copied,) = (con.execute(f'SELECT count(*) FROM main."{name}"').fetchone() for name in (table, aside))
+        if kept != copied:
+            raise WarehouseError(f"the copy holds {copied:,} rows of {kept:,}")
+        con.execute(f'DROP TABLE main."{table}"')
+        con.execute(f'ALTER TABLE main."{aside}" RENAME TO "{table}"')
+        con.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def copy_rows(con: duckdb.DuckDBPyConnection, table: str, source: str, first: int, after: int) -> None:
+    """The rows of ``source`` with rowids from ``first`` up to ``after`` appended to ``table``, in
+    their order (DuckDB keeps a scan's order in an insert; an ORDER BY would sort the wide rows)."""
+    con.execute(f'INSERT INTO main."{table}" SELECT * FROM main."{source}" WHERE rowid >= ? AND rowid < ?',
+                [first, after])
