@@ -37,7 +37,8 @@ from pipelines.unmasked import (  # noqa: F401  (CHECKED_THROUGH and the checks 
     record_checked,
     unmasked_personal_data,
 )
-from pipelines.warehouse import DUCKDB_MEMORY_LIMIT, WarehouseError, _is_disk_error, free_pinned
+from pipelines.warehouse import WarehouseError, _is_disk_error, free_pinned
+from pipelines.warehouse.db import configure
 
 
 def refresh_models(
@@ -247,10 +248,15 @@ def connect(
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
         else:
-            # The sync's cap (larger work spills to disk): a model rebuild's memory stays flat
-            # with the history. Uncapped, DuckDB took 0.6-1.3 GB to rebuild every model of a
-            # million-job warehouse, depending on how many row groups its checkpoints left.
-            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            # The sync's settings (warehouse.db.configure): its cap, so that a model rebuild's
+            # memory stays flat with the history (uncapped, DuckDB took 0.6-1.3 GB to rebuild
+            # every model of a million-job warehouse), and no merge of row groups in its
+            # checkpoints (under the cap, a merge ran out of memory, which is fatal to DuckDB).
+            try:
+                configure(con)
+            except BaseException:
+                con.close()
+                raise
             return con
         time.sleep(delay)
         delay = min(delay * 2, 2.0)

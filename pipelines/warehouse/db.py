@@ -86,6 +86,23 @@ DUCKDB_MAX_VACUUM_TASKS = 0
 DUCKDB_LEAN_MEMORY_LIMIT = "24MB"
 
 
+def configure(con: duckdb.DuckDBPyConnection) -> None:
+    """The settings of every connection to a warehouse file, the sync's and the model refresh's
+    (pipelines.models.connect) alike: a refresh's checkpoint under the cap but with DuckDB's
+    merge of row groups on ran out of memory on a million-job warehouse, which is fatal to DuckDB."""
+    con.execute("SET TimeZone = 'UTC'")
+    # A statement running over two seconds (a migration, a big export) would otherwise
+    # draw DuckDB's progress bar into the output of the command that runs it.
+    con.execute("SET enable_progress_bar = false")
+    # DuckDB's default buffer pool is 80% of RAM and it keeps what it read: a sync would
+    # grow with the history. A fixed cap keeps the sync's memory flat (larger work spills
+    # to disk); two threads match the machines this runs on and leave the event loop a core.
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    con.execute(f"SET threads = {DUCKDB_THREADS}")
+    con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+    keep_row_groups(con)
+
+
 def keep_row_groups(con: duckdb.DuckDBPyConnection) -> None:
     """The database's checkpoints merge no row groups (DUCKDB_MAX_VACUUM_TASKS; DuckDB's default
     is to merge partly filled ones). The setting is the database's: every cursor of ``con`` shares it."""
@@ -146,17 +163,7 @@ class Connections:
                 f"tool with it open), wait for it or close it; readers should open {self.serving_path}"
             ) from None
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            # A statement running over two seconds (a migration, a big export) would otherwise
-            # draw DuckDB's progress bar into the output of the command that runs it.
-            con.execute("SET enable_progress_bar = false")
-            # DuckDB's default buffer pool is 80% of RAM and it keeps what it read: a sync would
-            # grow with the history. A fixed cap keeps the sync's memory flat (larger work spills
-            # to disk); two threads match the machines this runs on and leave the event loop a core.
-            con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-            con.execute(f"SET threads = {DUCKDB_THREADS}")
-            con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
-            keep_row_groups(con)
+            configure(con)
             if not self._schema_ready:
                 self._migrate(con)
                 self._schema_ready = True

@@ -168,3 +168,32 @@ def test_the_copy_an_interrupted_compaction_left_is_dropped_by_the_next_run(tmp_
         left = con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE '_compacting%'").fetchall()
         assert left == []
         assert con.execute(f"SELECT count(*) FROM {JOBS_TABLE}").fetchone()[0] == 100
+
+
+def test_the_models_connection_merges_no_row_groups_either(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Dagster's model refresh opens the warehouse through pipelines.models.connect(), which kept
+    # the sync's memory cap but not its setting against DuckDB's merge: the checkpoint of a
+    # refresh merged the jobs table's row groups, ran out of the cap on a million-job warehouse
+    # (three refreshes in four there) and, fatal to DuckDB, failed the refresh or killed the
+    # process. The ten groups of 8,000 wide rows under a 64 MB cap do the same.
+    from pipelines.models import connect, refresh_models
+
+    wh = Warehouse(tmp_path)
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})
+        for batch in range(10):
+            wh.apply(run_id, jobs=jobs(_wide_jobs(batch, 8_000)), export=False)
+            con.execute("CHECKPOINT")
+        wh.finish_run(run_id, "succeeded", {})
+        groups = _row_groups(con)
+    assert len(groups) == 10
+    monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "64MB")
+    con = connect(wh.db_path)
+    try:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0].startswith("61.0 MiB")
+        refresh_models(con)
+        con.execute("CHECKPOINT")
+        assert _row_groups(con) == groups
+        assert con.execute("SELECT count(*) FROM analytics.daily_job_stats").fetchone()[0] > 0
+    finally:
+        con.close()
