@@ -63,10 +63,11 @@ def compact_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def _compact(con: duckdb.DuckDBPyConnection, table: str, done: list[str]) -> None:
-    if partly_filled_groups(con, table) == 0:
-        return
+    """Rewrite ``table`` if it has partly filled row groups, added to ``done``; a warning if that fails."""
     started = time.monotonic()
     try:
+        if partly_filled_groups(con, table) == 0:
+            return
         _rewrite(con, table)
     except (duckdb.Error, WarehouseError) as exc:
         with suppress(duckdb.Error):
