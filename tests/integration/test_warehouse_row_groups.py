@@ -97,6 +97,21 @@ def _wide_jobs(batch: int, count: int) -> list[dict]:
             for i in range(count)]
 
 
+def _wide_warehouse(path: Path) -> tuple[Warehouse, list[tuple[int, int]]]:
+    """A warehouse of one run: ten row groups of 8,000 wide jobs, each sealed by a checkpoint.
+    Under a 64 MB cap, DuckDB's merge of them runs out of memory (four checkpoints in four)."""
+    wh = Warehouse(path)
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})
+        for batch in range(10):
+            wh.apply(run_id, jobs=jobs(_wide_jobs(batch, 8_000)), export=False)
+            con.execute("CHECKPOINT")
+        wh.finish_run(run_id, "succeeded", {})
+        groups = _row_groups(con)
+    assert len(groups) == 10
+    return wh, groups
+
+
 def test_the_compacting_run_merges_row_groups_that_duckdbs_own_merge_runs_out_of_memory_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # DuckDB's own merge (its vacuum, in a checkpoint) ran out of its memory cap on a million-job
@@ -104,14 +119,8 @@ def test_the_compacting_run_merges_row_groups_that_duckdbs_own_merge_runs_out_of
     # database invalidated, and every 64th after it. Ten groups of 8,000 wide rows under a 64 MB
     # cap fail the same way (four runs in four).
     monkeypatch.setattr(runlog, "COMPACT_EVERY_RUNS", 2)
-    wh = Warehouse(tmp_path)
+    wh, _ = _wide_warehouse(tmp_path)
     with wh.connect() as con:
-        run_id = wh.begin_run("days", {})
-        for batch in range(10):
-            wh.apply(run_id, jobs=jobs(_wide_jobs(batch, 8_000)), export=False)
-            con.execute("CHECKPOINT")
-        wh.finish_run(run_id, "succeeded", {})
-        assert len(_row_groups(con)) == 10
         before = con.execute(f"SELECT * FROM {JOBS_TABLE} ORDER BY job_id").fetchall()
     monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "64MB")
     with wh.connect() as con:
@@ -178,15 +187,7 @@ def test_the_models_connection_merges_no_row_groups_either(tmp_path: Path, monke
     # process. The ten groups of 8,000 wide rows under a 64 MB cap do the same.
     from pipelines.models import connect, refresh_models
 
-    wh = Warehouse(tmp_path)
-    with wh.connect() as con:
-        run_id = wh.begin_run("days", {})
-        for batch in range(10):
-            wh.apply(run_id, jobs=jobs(_wide_jobs(batch, 8_000)), export=False)
-            con.execute("CHECKPOINT")
-        wh.finish_run(run_id, "succeeded", {})
-        groups = _row_groups(con)
-    assert len(groups) == 10
+    wh, groups = _wide_warehouse(tmp_path)
     monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "64MB")
     con = connect(wh.db_path)
     try:
