@@ -49,26 +49,26 @@ def partly_filled_groups(con: duckdb.DuckDBPyConnection, table: str) -> int:
 def compact_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Rewrite every table of schema main with partly filled row groups but its last; returns
     the tables rewritten. One that cannot be rewritten is left as it was, with a warning."""
-    tables = [name for (name,) in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
-        " AND schema_name = 'main' AND NOT temporary ORDER BY table_name").fetchall()]
+    tables = con.execute(
+        "SELECT table_name, sql FROM duckdb_tables() WHERE database_name = current_database()"
+        " AND schema_name = 'main' AND NOT temporary ORDER BY table_name").fetchall()
     done: list[str] = []
     con.execute("SET threads = 1")
     try:
-        for table in tables:
-            _compact(con, table, done)
+        for table, ddl in tables:
+            _compact(con, table, ddl, done)
     finally:
         con.execute(f"SET threads = {DUCKDB_THREADS}")
     return done
 
 
-def _compact(con: duckdb.DuckDBPyConnection, table: str, done: list[str]) -> None:
+def _compact(con: duckdb.DuckDBPyConnection, table: str, ddl: str, done: list[str]) -> None:
     """Rewrite ``table`` if it has partly filled row groups, added to ``done``; a warning if that fails."""
     started = time.monotonic()
     try:
         if partly_filled_groups(con, table) == 0:
             return
-        _rewrite(con, table)
+        _rewrite(con, table, ddl)
     except (duckdb.Error, WarehouseError) as exc:
         with suppress(duckdb.Error):
             con.execute(f'DROP TABLE IF EXISTS main."{_ASIDE.format(table)}"')
@@ -87,13 +87,10 @@ def drop_leftovers(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'DROP TABLE IF EXISTS main."{name}"')
 
 
-def _rewrite(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """``table`` rewritten into a copy made from its DDL, a row group's rows per transaction
+def _rewrite(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> None:
+    """``table`` rewritten into a copy made from its DDL ``ddl``, a row group's rows per transaction
     (so what DuckDB holds before it writes them stays within a group), then swapped in: the
     copy checked to hold as many rows, the table dropped and the copy renamed, in one transaction."""
-    (ddl,) = con.execute(
-        "SELECT sql FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'"
-        " AND table_name = ?", [table]).fetchone()
     aside = _ASIDE.format(table)
     prefix = f"CREATE TABLE {table}("
     if not ddl.startswith(prefix):
