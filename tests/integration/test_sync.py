@@ -203,6 +203,52 @@ def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(m
     assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
 
 
+def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limit(make_simulator, tmp_path,
+                                                                                monkeypatch):
+    """A full batch does not stop the consumer while the transaction before it commits: windows
+    go on being absorbed (so their requests go on) until the buffer holds COMMIT_SLACK more than
+    FLUSH_ROWS, and only then does the consumer wait. Every row still arrives, in order."""
+    import threading
+
+    from pipelines.sync import pipeline
+
+    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    limit = 600 * (1 + pipeline.COMMIT_SLACK)
+    committing = threading.Event()  # the first transaction has begun and waits
+    release = threading.Event()  # ... until the consumer has absorbed past a full buffer
+    held: list[int] = []  # rows buffered when a window's part was absorbed during that wait
+    seen: list[int] = []  # rows buffered at every part absorbed
+    absorb_part, apply = pipeline.Run.absorb_part, pipeline.Run.apply
+
+    def recording(self, task, window, jobs, synced_at):
+        buffered = self.buffered + self.pending_rows
+        seen.append(buffered)
+        if committing.is_set() and not release.is_set():
+            held.append(buffered)
+            if buffered >= 600:
+                release.set()
+        return absorb_part(self, task, window, jobs, synced_at)
+
+    def applying(self, batch, **kwargs):
+        if not committing.is_set():
+            committing.set()
+            release.wait(timeout=30)  # a safety net: the old consumer never absorbs meanwhile
+        return apply(self, batch, **kwargs)
+
+    monkeypatch.setattr(pipeline.Run, "absorb_part", recording)
+    monkeypatch.setattr(pipeline.Run, "apply", applying)
+    simulator = make_simulator(**dict(SMALL, days=6))
+    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
+                  since=UNTIL - timedelta(days=7), until=UNTIL)
+
+    assert release.is_set() and max(held) >= 600
+    assert max(seen) < limit  # a part is absorbed only below the limit (it may then pass it)
+    truth = truth_by_project(simulator)
+    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
+    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+
+
 def test_a_batch_reaches_the_warehouse_as_one_chunk_per_column(make_simulator, tmp_path, monkeypatch):
     """The windows' parts a batch gathers (slices of their groups' tables) are joined into one
     chunk per column before the transaction, and every row still arrives."""
