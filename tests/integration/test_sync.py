@@ -22,6 +22,21 @@ def rows(warehouse: Warehouse) -> list[dict]:
     return table.to_pylist()
 
 
+def _six_days(make_simulator, tmp_path):
+    """Six days of a small simulator synced with personal data as sent: the simulator, the report."""
+    simulator = make_simulator(**dict(SMALL, days=6))
+    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
+                  since=UNTIL - timedelta(days=7), until=UNTIL)
+    return simulator, report
+
+
+def _assert_every_row_arrived(simulator, report, tmp_path) -> None:
+    """The run wrote every job it fetched, and the warehouse equals the source field by field."""
+    truth = truth_by_project(simulator)
+    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
+    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+
+
 def test_aksk_sync_equals_the_source_field_by_field(small_simulator, tmp_path):
     settings = sim_settings(small_simulator, tmp_path, personal_data="raw")
     report = sync(settings, mode="days", since=SINCE, until=UNTIL)
@@ -151,15 +166,11 @@ def test_windows_are_normalized_off_the_event_loop_and_every_row_arrives(make_si
         return settle(self)
 
     monkeypatch.setattr(pipeline.Run, "settle", recording)
-    simulator = make_simulator(**dict(SMALL, days=6))
-    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
-                  since=UNTIL - timedelta(days=7), until=UNTIL)
+    simulator, report = _six_days(make_simulator, tmp_path)
 
     groups = [thread for thread, rows in threads if rows >= 200]
     assert len(groups) >= 3 and threading.main_thread() not in groups
-    truth = truth_by_project(simulator)
-    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
-    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+    _assert_every_row_arrived(simulator, report, tmp_path)
 
 
 def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(make_simulator, tmp_path,
@@ -188,9 +199,7 @@ def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(m
 
     monkeypatch.setattr(pipeline.Run, "settle", settling)
     monkeypatch.setattr(pipeline.Run, "apply", applying)
-    simulator = make_simulator(**dict(SMALL, days=6))
-    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
-                  since=UNTIL - timedelta(days=7), until=UNTIL)
+    simulator, report = _six_days(make_simulator, tmp_path)
 
     # The last group and the last batch wait for the end of the listing, on the main thread.
     normalizing = [thread for thread in settled if thread is not threading.main_thread()]
@@ -198,9 +207,7 @@ def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(m
     assert len(normalizing) >= 3 and len(set(normalizing)) == 1
     assert len(transactions) >= 2 and len(set(transactions)) == 1
     assert set(transactions).isdisjoint(normalizing)
-    truth = truth_by_project(simulator)
-    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
-    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+    _assert_every_row_arrived(simulator, report, tmp_path)
 
 
 def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limit(make_simulator, tmp_path,
@@ -238,15 +245,11 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
 
     monkeypatch.setattr(pipeline.Run, "absorb_part", recording)
     monkeypatch.setattr(pipeline.Run, "apply", applying)
-    simulator = make_simulator(**dict(SMALL, days=6))
-    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
-                  since=UNTIL - timedelta(days=7), until=UNTIL)
+    simulator, report = _six_days(make_simulator, tmp_path)
 
     assert release.is_set() and max(held) >= 600
     assert max(seen) < limit  # a part is absorbed only below the limit (it may then pass it)
-    truth = truth_by_project(simulator)
-    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
-    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+    _assert_every_row_arrived(simulator, report, tmp_path)
 
 
 def test_a_batch_reaches_the_warehouse_as_one_chunk_per_column(make_simulator, tmp_path, monkeypatch):
@@ -265,14 +268,10 @@ def test_a_batch_reaches_the_warehouse_as_one_chunk_per_column(make_simulator, t
         return apply(self, run_id, jobs=jobs, **kwargs)
 
     monkeypatch.setattr(Warehouse, "apply", recording)
-    simulator = make_simulator(**dict(SMALL, days=6))
-    report = sync(sim_settings(simulator, tmp_path, personal_data="raw"), mode="days",
-                  since=UNTIL - timedelta(days=7), until=UNTIL)
+    simulator, report = _six_days(make_simulator, tmp_path)
 
     assert len(chunks) >= 2 and set(chunks) == {1}
-    truth = truth_by_project(simulator)
-    assert report.rows_written == report.jobs_fetched == sum(len(v) for v in truth.values())
-    assert_rows_equal(rows(Warehouse(tmp_path)), truth, personal_data="raw")
+    _assert_every_row_arrived(simulator, report, tmp_path)
 
 
 def test_the_garbage_collector_runs_less_often_during_a_sync_and_as_before_after(make_simulator, tmp_path,
