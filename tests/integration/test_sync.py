@@ -214,7 +214,7 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
                                                                                 monkeypatch):
     """A full batch does not stop the consumer while the transaction before it commits: windows
     go on being absorbed (so their requests go on) until the buffer holds COMMIT_SLACK more than
-    FLUSH_ROWS, and only then does the consumer wait. Every row still arrives, in order."""
+    FLUSH_ROWS, and only then does the consumer wait. Every row still arrives."""
     import threading
 
     from pipelines.sync import pipeline
