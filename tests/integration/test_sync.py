@@ -217,10 +217,13 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
     FLUSH_ROWS, and only then does the consumer wait. Every row still arrives."""
     import threading
 
+    from pipelines.metastudio import paging
     from pipelines.sync import pipeline
 
     monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    # Parts of at most a page and 19 jobs, so the buffer passes the slack's 300 rows in steps.
+    monkeypatch.setattr(paging, "SINK_ROWS", 20)
     limit = 600 * (1 + pipeline.COMMIT_SLACK)
     committing = threading.Event()  # the first transaction has begun and waits
     release = threading.Event()  # ... until the consumer has absorbed past a full buffer
