@@ -244,15 +244,18 @@ class Run:
         if self.progress_cb:
             self.progress_cb(self.progress)
 
+    def _buffer_holds(self, rows: float) -> bool:
+        """The buffer (normalized and pending) holds ``rows`` rows, or FLUSH_BYTES of data."""
+        return self.buffered + self.pending_rows >= rows or self.buffered_bytes >= FLUSH_BYTES
+
     @property
     def buffer_full(self) -> bool:
-        return self.buffered + self.pending_rows >= FLUSH_ROWS or self.buffered_bytes >= FLUSH_BYTES
+        return self._buffer_holds(FLUSH_ROWS)
 
     @property
     def buffer_at_limit(self) -> bool:
         """Full past the slack a commit in progress allows (COMMIT_SLACK): the consumer must wait."""
-        return (self.buffered + self.pending_rows >= FLUSH_ROWS * (1 + COMMIT_SLACK)
-                or self.buffered_bytes >= FLUSH_BYTES)
+        return self._buffer_holds(FLUSH_ROWS * (1 + COMMIT_SLACK))
 
     def flush(self, *, deleted_at: datetime | None, watermarks: dict[str, datetime] | None = None) -> None:
         """Apply the buffer in one warehouse transaction (also when empty, to record windows)."""

@@ -52,31 +52,29 @@ def compact_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     tables = con.execute(
         "SELECT table_name, sql FROM duckdb_tables() WHERE database_name = current_database()"
         " AND schema_name = 'main' AND NOT temporary ORDER BY table_name").fetchall()
-    done: list[str] = []
     con.execute("SET threads = 1")
     try:
-        for table, ddl in tables:
-            _compact(con, table, ddl, done)
+        done = [table for table, ddl in tables if _compact(con, table, ddl)]
     finally:
         con.execute(f"SET threads = {DUCKDB_THREADS}")
     return done
 
 
-def _compact(con: duckdb.DuckDBPyConnection, table: str, ddl: str, done: list[str]) -> None:
-    """Rewrite ``table`` if it has partly filled row groups, added to ``done``; a warning if that fails."""
+def _compact(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> bool:
+    """Rewrite ``table`` if it has partly filled row groups; whether it was. A warning if that fails."""
     started = time.monotonic()
     try:
         if partly_filled_groups(con, table) == 0:
-            return
+            return False
         _rewrite(con, table, ddl)
     except (duckdb.Error, WarehouseError) as exc:
         with suppress(duckdb.Error):
             con.execute(f'DROP TABLE IF EXISTS main."{_ASIDE.format(table)}"')
         log.warning("Compacting table %s failed (%s); it stays as it was, and the next compacting run tries "
                     "again.", table, " ".join(str(exc).split())[:200])
-        return
-    done.append(table)
+        return False
     log.info("Compacted table %s in %.1f s.", table, time.monotonic() - started)
+    return True
 
 
 def drop_leftovers(con: duckdb.DuckDBPyConnection) -> None:
