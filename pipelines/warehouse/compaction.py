@@ -12,7 +12,9 @@ the run failed, and so did every compacting run after it. Here a table is rewrit
 copied, in its rows' order, into a table made from its own DDL, which then takes its place in
 one transaction. Its pages are written by the ordinary insert, which keeps to the cap by
 writing each full group to disk as it goes, a group's rows per transaction (one DuckDB thread:
-two left the process 25-30 MB bigger after it). A million jobs' tables take about 12 s. A rewrite
+two left the process 25-30 MB bigger after it). The last, partly filled group's rows are copied
+in smaller transactions, with a checkpoint every TAIL_WAL_BYTES of WAL (see _copy_tail). A million
+jobs' tables take about 12 s. A rewrite
 that fails all the same (out of memory) is an ordinary error: the copy is dropped, the table
 stays as it was, and the next compacting run tries again. RunLog.finish_run() compacts, once a
 compacting run succeeded.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import suppress
+from pathlib import Path
 
 import duckdb
 
@@ -35,6 +38,10 @@ log = logging.getLogger("voicejobs.warehouse")
 ROW_GROUP_ROWS = 122_880
 #: The name of a table's copy while it is written (see _rewrite; one a crash left is dropped).
 _ASIDE = "_compacting_{}"
+#: The rows of the last, partly filled group copied per transaction, and the WAL that makes a
+#: checkpoint between them (see _copy_tail).
+TAIL_ROWS = 8_192
+TAIL_WAL_BYTES = 16 << 20
 
 
 def partly_filled_groups(con: duckdb.DuckDBPyConnection, table: str) -> int:
@@ -95,8 +102,11 @@ def _rewrite(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> None:
         raise WarehouseError(f"its definition does not start as expected ({ddl[:60]!r})")
     con.execute(f'CREATE TABLE main."{aside}"(' + ddl[len(prefix):])
     (last,) = con.execute(f'SELECT max(rowid) FROM main."{table}"').fetchone()
-    for first in range(0, (last or 0) + 1, ROW_GROUP_ROWS):
+    end = (last or 0) + 1
+    full = end - end % ROW_GROUP_ROWS
+    for first in range(0, full, ROW_GROUP_ROWS):
         copy_rows(con, aside, table, first, first + ROW_GROUP_ROWS)
+    _copy_tail(con, aside, table, full, end)
     con.execute("BEGIN TRANSACTION")
     try:
         (kept,), (copied,) = (con.execute(f'SELECT count(*) FROM main."{name}"').fetchone() for name in (table, aside))
@@ -109,6 +119,28 @@ def _rewrite(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> None:
         with suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise
+
+
+def _copy_tail(con: duckdb.DuckDBPyConnection, aside: str, table: str, first: int, end: int) -> None:
+    """The rows from ``first`` up to ``end`` (fewer than a full group) copied TAIL_ROWS at a time,
+    with a checkpoint whenever the WAL has grown past TAIL_WAL_BYTES.
+
+    A transaction of a full group's rows goes to disk as it is written; one of fewer stays in
+    DuckDB's memory and in the WAL until a checkpoint compresses it, all of it at once. A checkpoint
+    that then runs out of the cap is fatal to DuckDB (the database invalidated for the process):
+    80,001 rows with 300-character reasons failed so under 48 MB in every try, and under 64 MB now
+    and then. Checkpointing every TAIL_WAL_BYTES of WAL keeps that work bounded, at the price of a
+    tail of a few groups instead of one when the rows are that wide."""
+    wal = Path(_database_path(con) + ".wal")
+    for start in range(first, end, TAIL_ROWS):
+        copy_rows(con, aside, table, start, min(start + TAIL_ROWS, end))
+        if wal.exists() and wal.stat().st_size >= TAIL_WAL_BYTES:
+            con.execute("CHECKPOINT")
+
+
+def _database_path(con: duckdb.DuckDBPyConnection) -> str:
+    (path,) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    return path
 
 
 def copy_rows(con: duckdb.DuckDBPyConnection, table: str, source: str, first: int, after: int) -> None:
