@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.crashpoints import crashpoint
+from pipelines.ingest.schema import ASSESS_DETAIL_FIELDS, ASSESS_PROPERTIES, PHONE_FIELD, URL_FIELDS
 from pipelines.settings import ObjectStoreAccess, parse_lake_uri
 from pipelines.warehouse.tables import JOBS_TABLE, STORED_JOBS_SCHEMA, WarehouseError, probe_writable
 
@@ -48,14 +49,25 @@ Rows = pa.Table | pa.RecordBatchReader
 # Dictionary pages cost a quarter of the time of a small file and saved nothing after zstd on
 # these columns.
 _PARQUET_OPTIONS = {"compression": "zstd", "use_dictionary": False}
+#: Columns of free text, written without min/max statistics: a reader cannot skip pages by the
+#: bounds of a failure reason or a URL, and computing them was a sixth of the encoding (a
+#: million-job export in 5.6-5.8 s without them against 6.2-6.5 s with them).
+FREE_TEXT_COLUMNS = frozenset({
+    "job_failed_reason", *URL_FIELDS, PHONE_FIELD, "extra", "assess_result_suggestion",
+    *(f"assess_result_{prop}_{name}" for prop in ASSESS_PROPERTIES for name in ASSESS_DETAIL_FIELDS
+      if name != "status"),
+})
 
 
 def encode_parquet(rows: Rows, sink) -> None:
-    """Write ``rows`` as one lake file to ``sink`` (a path, file object or Arrow stream)."""
+    """Write ``rows`` as one lake file to ``sink`` (a path, file object or Arrow stream), with
+    statistics for every column but FREE_TEXT_COLUMNS."""
+    options = {**_PARQUET_OPTIONS,
+               "write_statistics": [name for name in rows.schema.names if name not in FREE_TEXT_COLUMNS]}
     if isinstance(rows, pa.Table):
-        pq.write_table(rows, sink, **_PARQUET_OPTIONS)
+        pq.write_table(rows, sink, **options)
         return
-    with pq.ParquetWriter(sink, rows.schema, **_PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(sink, rows.schema, **options) as writer:
         for batch in rows:
             writer.write_batch(batch)
 

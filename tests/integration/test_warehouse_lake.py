@@ -20,7 +20,15 @@ import pytest
 
 from pipelines.warehouse import Warehouse
 from pipelines.warehouse.serving import SPARE_FILE
-from tests.support.lake import lake_dataset, lake_file, lake_keys, lake_put, lake_row_groups, lake_wipe
+from tests.support.lake import (
+    lake_dataset,
+    lake_file,
+    lake_keys,
+    lake_put,
+    lake_row_groups,
+    lake_statistics,
+    lake_wipe,
+)
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
 
 #: The partitions of a (p1, DAY1), b (p1, DAY2) and x (p2, DAY2), as several tests write them.
@@ -453,6 +461,34 @@ def test_a_partition_bigger_than_one_read_is_streamed_into_its_file_by_job_id(wh
     states = dict(zip(*lake_file(wh, key).select(["job_id", "state"]).to_pydict().values(), strict=True))
     assert len(states) == 25 and states["j03"] == "SUCCEED"
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+
+@BOTH_LAKES
+def test_lake_files_hold_statistics_for_the_columns_readers_filter_on_and_none_for_free_text(
+        wh: Warehouse, run: str, monkeypatch):
+    """Min/max statistics let a reader skip row groups by time, state or id; those of free text
+    (failure reasons, URLs, phone numbers, suggestions, extra) skip nothing and cost a sixth of
+    the encoding. Whole files and streamed ones (a burst day, in row groups) alike."""
+    from pipelines.warehouse import lake as lake_module
+    from pipelines.warehouse.lakestore import FREE_TEXT_COLUMNS
+    from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
+
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    texts = {"job_failed_reason": "quota exceeded", "voice_authorization_url": "https://example.com/a",
+             "training_input_source_url": "https://example.com/b", "undocumented": 1,
+             "assess_result": {"snr": {"suggestion": "quieter room", "status": 1}, "suggestion": "record again"}}
+    burst = [rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i), **texts) for i in range(12)]
+    wh.apply(run, jobs=jobs([*burst, rec("b", created=DAY2, **texts)]))
+    assert lake_row_groups(wh, wh.partition_key("p1", DAY1.date())) == 3
+    for key in (wh.partition_key("p1", DAY1.date()), wh.partition_key("p1", DAY2.date())):
+        stats = lake_statistics(wh, key)
+        assert stats.keys() == set(STORED_JOBS_SCHEMA.names)
+        assert {name for name, kept in stats.items() if not kept} == FREE_TEXT_COLUMNS
+    file = lake_file(wh, wh.partition_key("p1", DAY2.date()))
+    assert file.column("extra").to_pylist() == ['{"undocumented":1}']  # the rows hold free text
+    assert file.column("assess_result_snr_suggestion").to_pylist() == ["quieter room"]
+    assert {"job_failed_reason", "phone", "voice_authorization_url", "extra"} <= FREE_TEXT_COLUMNS
 
 
 _READ_SERVING = "import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute(sys.argv[2]).fetchone()[0])"

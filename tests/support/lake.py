@@ -49,6 +49,15 @@ def lake_row_groups(wh: Warehouse, key: str) -> int:
         return pq.ParquetFile(f).metadata.num_row_groups
 
 
+def lake_statistics(wh: Warehouse, key: str) -> dict[str, bool]:
+    """Per column of the file at ``key``: whether every row group holds statistics for it."""
+    fs, root = _where(wh)
+    with fs.open_input_file(f"{root}/{key}") as f:
+        meta = pq.ParquetFile(f).metadata
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    return {groups[0].column(c).path_in_schema: all(g.column(c).is_stats_set for g in groups) for c in range(meta.num_columns)}
+
+
 def lake_put(wh: Warehouse, key: str, data: bytes) -> None:
     """Put arbitrary bytes at ``key`` (an orphan or a half-written file, say)."""
     fs, root = _where(wh)
