@@ -54,8 +54,11 @@ FLUSH_BYTES = 64 << 20  # ... or this much Arrow data, whichever comes first (hu
 #: at FLUSH_ROWS stopped absorbing, so the windows stopped requesting: in a million-job backfill
 #: at 20 ms latency it waited on commits 7-9% of the fetch with 3 requests in flight on average
 #: (of 8; none a quarter of that time), 2% with this slack. The fetch and write took 38.8-43.9 s
-#: against 43.6-47.3 s (four runs each, alternated), and peaked 3-7 MB higher.
-COMMIT_SLACK = 0.5
+#: against 43.6-47.3 s (four runs each, alternated), and peaked 3-7 MB higher. A quarter of a
+#: batch fetched as fast and gave back most of that: three alternated pairs of 20 ms backfills
+#: (the fetch and write alone, in-process) took 48.7-49.7 s and peaked at 282-286 MB against
+#: 47.9-51.1 s and 288-292 MB with half a batch, whose peak reached 300.1 MB in a benchmark run.
+COMMIT_SLACK = 0.25
 # Records of finished windows normalized together. The consumer absorbs nothing while a group is
 # normalized, and the windows wait for it; with 20,000-row transactions, 2,000 instead of 4,000
 # took a million-job sync's peak from 339-344 MB to 325-329 MB, in the same time.

@@ -222,7 +222,7 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
 
     monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
     monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
-    # Parts of at most a page and 19 jobs, so the buffer passes the slack's 300 rows in steps.
+    # Parts of at most a page and 19 jobs, so the buffer passes the slack's rows (150) in steps.
     monkeypatch.setattr(paging, "SINK_ROWS", 20)
     limit = 600 * (1 + pipeline.COMMIT_SLACK)
     committing = threading.Event()  # the first transaction has begun and waits
