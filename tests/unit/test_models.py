@@ -686,3 +686,18 @@ def test_the_models_connection_has_the_syncs_memory_cap(tmp_path: Path):
         assert con.execute("SELECT current_setting('memory_limit')").fetchall() == cap
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("phone", [
+    None, "", "1234", "*******5678", "+86 ***** 5678", "12345", "1-2-3-4-5", "+86 138 0013 5678",
+    "tel:0012", "a1b2c3d4", "a1b2c3d4e5", "１２３４５６",  # full-width digits are not [0-9]
+])
+def test_a_phone_counts_as_unmasked_when_more_than_four_ascii_digits_show(phone):
+    from pipelines.unmasked import unmasked_personal_data
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE jobs (phone VARCHAR, voice_authorization_url VARCHAR, training_input_source_url VARCHAR,"
+                " synced_at TIMESTAMPTZ)")
+    con.execute("INSERT INTO jobs VALUES (?, NULL, NULL, now())", [phone])
+    shown = sum(char in "0123456789" for char in phone or "")
+    assert unmasked_personal_data(con, "jobs") == ({"phone": 1} if shown > 4 else {})
