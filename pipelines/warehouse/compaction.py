@@ -13,10 +13,10 @@ copied, in its rows' order, into a table made from its own DDL, which then takes
 one transaction. Its pages are written by the ordinary insert, which keeps to the cap by
 writing each full group to disk as it goes, a group's rows per transaction (one DuckDB thread:
 two left the process 25-30 MB bigger after it). The last, partly filled group's rows are copied
-in smaller transactions, with a checkpoint every TAIL_WAL_BYTES of WAL (see _copy_tail). A million
-jobs' tables take about 12 s. A rewrite
-that fails all the same (out of memory) is an ordinary error: the copy is dropped, the table
-stays as it was, and the next compacting run tries again. RunLog.finish_run() compacts, once a
+in smaller transactions, with a checkpoint every TAIL_WAL_BYTES of WAL (see _copy_tail). A
+million jobs' tables take about 12 s. A rewrite that fails all the same (out of memory) is an
+ordinary error: the copy is dropped, the table stays as it was, and the next compacting run
+tries again. RunLog.finish_run() compacts, once a
 compacting run succeeded.
 """
 
