@@ -16,8 +16,7 @@ two left the process 25-30 MB bigger after it). The last, partly filled group's 
 in smaller transactions, with a checkpoint every TAIL_WAL_BYTES of WAL (see _copy_tail). A
 million jobs' tables take about 12 s. A rewrite that fails all the same (out of memory) is an
 ordinary error: the copy is dropped, the table stays as it was, and the next compacting run
-tries again. RunLog.finish_run() compacts, once a
-compacting run succeeded.
+tries again. RunLog.finish_run() compacts, once a compacting run succeeded.
 """
 
 from __future__ import annotations
