@@ -38,7 +38,7 @@ from pipelines.unmasked import (  # noqa: F401  (CHECKED_THROUGH and the checks 
     unmasked_personal_data,
 )
 from pipelines.warehouse import WarehouseError, _is_disk_error, free_pinned
-from pipelines.warehouse.db import configure
+from pipelines.warehouse.db import configure, database_file
 
 
 def refresh_models(
@@ -72,7 +72,7 @@ def refresh_models(
     if not allow_unmasked_personal_data and any("voice_training_jobs" in m.sources for m in ordered):
         checked_through = check_personal_data(con)
     rows: dict[str, int] = {}
-    database = _database_file(con)  # asked first: a failed write can leave the connection unusable
+    database = database_file(con)  # asked first: a failed write can leave the connection unusable
     try:
         # The temporary copy of a shared view needs the room that changes committed since the
         # last checkpoint hold (56 MB after a change capture at 1,000,000 jobs, when the sync's
@@ -218,17 +218,6 @@ def _create_macros(con: duckdb.DuckDBPyConnection, macros: Sequence[tuple[Path, 
             if _is_disk_error(exc):
                 raise
             raise ModelError(f"macros ({path.name}) failed: {exc}") from exc
-
-
-def _database_file(con: duckdb.DuckDBPyConnection) -> Path | None:
-    """The file of ``con``'s current database (None in memory), for messages."""
-    with suppress(duckdb.Error):
-        row = con.execute(
-            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
-        ).fetchone()
-        if row and row[0]:
-            return Path(row[0])
-    return None
 
 
 def connect(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.warehouse.db import DUCKDB_THREADS
+from pipelines.warehouse.db import DUCKDB_THREADS, database_file
 from pipelines.warehouse.tables import WarehouseError
 
 log = logging.getLogger("voicejobs.warehouse")
@@ -130,16 +130,12 @@ def _copy_tail(con: duckdb.DuckDBPyConnection, aside: str, table: str, first: in
     80,001 rows with 300-character reasons failed so under 48 MB in every try, and under 64 MB now
     and then. Checkpointing every TAIL_WAL_BYTES of WAL keeps that work bounded, at the price of a
     tail of a few groups instead of one when the rows are that wide."""
-    wal = Path(_database_path(con) + ".wal")
+    file = database_file(con)
+    wal = Path(f"{file}.wal") if file else None
     for start in range(first, end, TAIL_ROWS):
         copy_rows(con, aside, table, start, min(start + TAIL_ROWS, end))
-        if wal.exists() and wal.stat().st_size >= TAIL_WAL_BYTES:
+        if wal is not None and wal.exists() and wal.stat().st_size >= TAIL_WAL_BYTES:
             con.execute("CHECKPOINT")
-
-
-def _database_path(con: duckdb.DuckDBPyConnection) -> str:
-    (path,) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
-    return path
 
 
 def copy_rows(con: duckdb.DuckDBPyConnection, table: str, source: str, first: int, after: int) -> None:

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -107,6 +107,17 @@ def keep_row_groups(con: duckdb.DuckDBPyConnection) -> None:
     """The database's checkpoints merge no row groups (DUCKDB_MAX_VACUUM_TASKS; DuckDB's default
     is to merge partly filled ones). The setting is the database's: every cursor of ``con`` shares it."""
     con.execute(f"SET max_vacuum_tasks = {DUCKDB_MAX_VACUUM_TASKS}")
+
+
+def database_file(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of ``con``'s current database (None in memory, or when DuckDB cannot say)."""
+    with suppress(duckdb.Error):
+        row = con.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()
+        if row and row[0]:
+            return Path(row[0])
+    return None
 
 
 def free_pinned(con: duckdb.DuckDBPyConnection) -> bool:
