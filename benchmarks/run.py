@@ -256,6 +256,7 @@ def _step_sync(args: dict) -> dict:
         if not at_refresh and state.phase.startswith(("building", "publishing")):
             at_refresh.update(seconds=time.perf_counter() - started, peak_rss_mb=_peak_rss_mb())
 
+    census = _partition_census(warehouse) if args["mode"] != "days" else None
     profile = args.get("profile")
     if profile:
         import cProfile
@@ -273,9 +274,38 @@ def _step_sync(args: dict) -> dict:
     if profile:
         profiler.disable()
         profiler.dump_stats(profile)
-    return {"seconds": seconds, "jobs": report.jobs_fetched, "requests": report.requests,
-            "retries": report.retries_total, "report": report.as_dict(),
-            "fetch_and_write": at_refresh or {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}}
+    out = {"seconds": seconds, "jobs": report.jobs_fetched, "requests": report.requests,
+           "retries": report.retries_total, "report": report.as_dict(),
+           "fetch_and_write": at_refresh or {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}}
+    if census is not None:
+        out["lake_rewrites"] = _lake_rewrites(census, _partition_census(warehouse))
+    return out
+
+
+def _partition_census(warehouse) -> dict[tuple[str, date], tuple[int, int, int, datetime | None]]:
+    """Per lake partition (project, creation day): its jobs, a fingerprint of their contents
+    (row_hash, which leaves out synced_at and deleted_at), its deleted jobs and its newest
+    synced_at. Taken before and after a change capture (outside its timing), to tell why the
+    lake rewrote what it did."""
+    from pipelines.warehouse.tables import JOBS_TABLE, utc_day
+
+    with warehouse.connect() as con:
+        rows = con.execute(
+            f"SELECT project_id, {utc_day('create_time')}, count(*), bit_xor(hash(project_id, job_id, row_hash)),"
+            f" count(deleted_at), max(synced_at) FROM {JOBS_TABLE} GROUP BY ALL").fetchall()
+    return {(project, day): (jobs, print_, deleted, synced) for project, day, jobs, print_, deleted, synced in rows}
+
+
+def _lake_rewrites(before: dict, after: dict) -> dict[str, int]:
+    """The partitions a change capture changed, and those among them whose jobs are the same
+    jobs with the same contents: rewritten only because jobs were marked deleted there (and
+    synced again by the re-listing that found them). Each changed partition is a lake file
+    rewritten whole."""
+    changed = {key: value for key, value in after.items() if before.get(key) != value}
+    deletions_only = {key: value for key, value in changed.items()
+                      if key in before and before[key][:2] == value[:2] and value[2] > before[key][2]}
+    return {"partitions": len(changed), "rows": sum(v[0] for v in changed.values()),
+            "deletion_partitions": len(deletions_only), "deletion_rows": sum(v[0] for v in deletions_only.values())}
 
 
 def _step_models(args: dict) -> dict:
@@ -828,6 +858,17 @@ def evaluate_targets(results: list[Result], sizes: list[int], *, profiled: bool 
     return targets
 
 
+def _incremental_phases(details: dict) -> str:
+    """Where a change capture's time went: its phases, and what the lake rewrote and why."""
+    phases = details.get("report", {}).get("phase_seconds", {})
+    text = "; " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()) if phases else ""
+    lake = details.get("lake_rewrites")
+    if lake:
+        text += (f"; {lake['partitions']:,} lake files rewritten whole ({lake['rows']:,} rows), "
+                 f"{lake['deletion_partitions']:,} of them ({lake['deletion_rows']:,} rows) only for jobs deleted there")
+    return text
+
+
 def _judged_targets(results: list[Result], sizes: list[int]) -> list[Target]:
     targets: list[Target] = []
 
@@ -891,7 +932,7 @@ def _judged_targets(results: list[Result], sizes: list[int]) -> list[Target]:
             targets.append(Target(
                 "incremental-time", TARGETS["incremental-time"], label,
                 f"{d['share_of_full']:.1%} ({r.seconds:.2f} s)", "<= 5%", _met(d["share_of_full"] <= 0.05),
-                "both with refresh (models and snapshot), at 0 ms", d["share_of_full"], 0.05))
+                "both with refresh (models and snapshot), at 0 ms" + _incremental_phases(d), d["share_of_full"], 0.05))
         else:
             for key, limit in (("incremental-requests", "<= bound"), ("incremental-time", "<= 5%")):
                 targets.append(Target(key, TARGETS[key], label, "not measured", limit, "n/a", ""))

@@ -109,6 +109,14 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     assert by_name["rate-cap"]["details"]["floor_seconds"] > 0
     inc = by_name["incremental"]["details"]
     assert 0 < inc["share_of_full"] and inc["request_bound"] > inc["creation_days"] > 0
+    # What the change capture's lake rewrote, and how much of it only for jobs deleted there,
+    # printed beside its time: the figure that says why the time is what it is.
+    lake = inc["lake_rewrites"]
+    assert lake["rows"] >= lake["deletion_rows"] >= 0 and lake["partitions"] >= lake["deletion_partitions"] >= 0
+    assert lake["partitions"] > 0  # the clock moved: jobs were created, so their days were written
+    time_row = by_figure[TARGETS["incremental-time"]]
+    assert f"{lake['partitions']:,} lake files rewritten whole" in time_row[5]
+    assert "fetch and write" in time_row[5] and "snapshot and lake" in time_row[5]
     day = by_name["one-day-cli"]
     assert day["details"]["beyond_requests_seconds"] > 0 and day["requests"] > 0
     assert by_name["demo-cli"]["jobs"] > 0 and by_name["demo-cli"]["seconds"] > 0
@@ -193,6 +201,34 @@ def test_the_change_captures_share_is_taken_of_the_seconds_the_results_keep():
 
     fulls = [Result("sync+refresh", 600, 0.0, seconds, 1.0, 10, 0, 60.0) for seconds in (0.04, 0.05, 0.06)]
     assert share_of_full(0.06249, fulls) == pytest.approx(0.062 / 0.05, abs=1e-4)
+
+
+def test_the_lake_rewrites_of_a_change_capture_tell_deletions_from_other_changes():
+    """A partition counts as rewritten for deletions alone when it holds the same jobs with the
+    same contents and more of them deleted; new jobs, a new version or a new day do not."""
+    from datetime import UTC, date, datetime
+
+    from benchmarks.run import _lake_rewrites
+
+    t0, t1 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    day = [date(2025, 12, d) for d in range(1, 7)]
+    before = {
+        ("p", day[0]): (100, 7, 0, t0),  # untouched
+        ("p", day[1]): (100, 8, 1, t0),  # one more job deleted, others synced again
+        ("p", day[2]): (100, 9, 0, t0),  # a job changed: a new fingerprint
+        ("p", day[3]): (100, 10, 0, t0),  # a job created
+        ("p", day[4]): (50, 11, 0, t0),  # synced again, nothing else
+    }
+    after = {
+        ("p", day[0]): (100, 7, 0, t0),
+        ("p", day[1]): (100, 8, 2, t1),
+        ("p", day[2]): (100, 19, 1, t1),
+        ("p", day[3]): (101, 12, 0, t1),
+        ("p", day[4]): (50, 11, 0, t1),
+        ("p", day[5]): (3, 13, 0, t1),  # a new day
+    }
+    assert _lake_rewrites(before, after) == {
+        "partitions": 5, "rows": 100 + 100 + 101 + 50 + 3, "deletion_partitions": 1, "deletion_rows": 100}
 
 
 def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
