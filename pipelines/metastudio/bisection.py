@@ -55,36 +55,77 @@ def halves(window: Window) -> tuple[Window, Window] | None:
     return Window(since, mid), Window(mid, until)
 
 
+@dataclass
+class _Range:
+    """A range to judge: its source count, or (``count`` None) the request that tells it."""
+
+    window: Window
+    count: int | None = None
+    #: For a right half whose count follows from its sibling's: the parent's count, and the
+    #: left half (asked in the same round).
+    parent_count: int | None = None
+    left: _Range | None = None
+
+
+def _split(window: Window, count: int, stored: Callable[[list[Window]], list[int]]) -> list[_Range]:
+    """The halves of a disagreeing range of ``count`` jobs at the source, the right one's count
+    following from its parent's and the left's when no stored job sits on the instant the
+    halves share (see find_disagreeing_windows); none for a range that cannot be split."""
+    parts = halves(window)
+    if parts is None:
+        return []
+    left, right = parts
+    (on_shared,) = stored([Window(left.until, left.until)])
+    if on_shared:
+        return [_Range(left), _Range(right)]
+    first = _Range(left)
+    return [first, _Range(right, parent_count=count, left=first)]
+
+
 async def find_disagreeing_windows(client: MetaStudioClient, project_id: str, since: datetime, until: datetime,
                                    stored: Callable[[list[Window]], list[int]]) -> DisagreeingWindows:
     """Closed creation-time ranges in ``[since, until]`` whose stored job count (``stored``: the
     count of each closed range on the caller's side) differs from the source's ``count``.
 
-    Bisection: one count request (``limit=1``) per range, and only a range that disagrees is
-    split, by days first, then within the day on whole seconds, until it holds at most
-    ``LEAF_JOBS`` jobs at the source. Halves share their middle instant on both sides, so a
-    job there is counted alike in the warehouse and at the source. The cost grows with the
-    number of places that changed (deletions, missed jobs), about 2 * log2(history / leaf)
-    count requests and a page each, not with the history; paging whole days would
-    re-read most of the history once deletions are spread over many days.
+    Bisection: a range that disagrees is split, by days first, then within the day on whole
+    seconds, until it holds at most ``LEAF_JOBS`` jobs at the source; a range that agrees is
+    left. Halves share their middle instant on both sides, so a job there is counted alike in
+    the warehouse and at the source.
+
+    One count request (``limit=1``) per split, for the left half. Two halves hold their
+    parent's jobs, those on the shared instant twice: where the warehouse holds no job on that
+    instant, the right half is taken to hold the parent's count less the left's (else it is
+    asked too). That is exact unless the source holds a job on the instant that the warehouse
+    lacks (a missed job): the left half then disagrees and finds it, and the right half's count
+    is off by it, which at worst splits a range for nothing or, when the range's own difference
+    is exactly that job, leaves the range to the next run, which holds the job and counts right.
+    A deletion is never inferred from a count: disagreeing ranges are paged completely.
+
+    The cost grows with the number of places that changed (deletions, missed jobs), about
+    log2(history / leaf) count requests and a page each, not with the history; paging whole
+    days would re-read most of the history once deletions are spread over many days.
     """
-    ranges = [Window(since, until)] if since <= until else []
+    ranges = [_Range(Window(since, until))] if since <= until else []
     found: list[Window] = []
     requests = 0
     while ranges:
+        asked = [r for r in ranges if r.parent_count is None]
         pages = await asyncio.gather(*(
-            client.list_jobs(project_id, {"create_since": w.since, "create_until": w.until, "limit": 1})
-            for w in ranges
+            client.list_jobs(project_id, {"create_since": r.window.since, "create_until": r.window.until, "limit": 1})
+            for r in asked
         ))
         requests += len(pages)
-        next_ranges: list[Window] = []
-        for window, page, have in zip(ranges, pages, stored(ranges), strict=True):
-            if page.count == have:
+        for r, page in zip(asked, pages, strict=True):
+            r.count = page.count
+        next_ranges: list[_Range] = []
+        for r, have in zip(ranges, stored([r.window for r in ranges]), strict=True):
+            count = r.count if r.parent_count is None else r.parent_count - r.left.count
+            if count == have:
                 continue
-            parts = halves(window) if page.count > LEAF_JOBS else None
-            if parts is None:
-                found.append(window)
-            else:
+            parts = _split(r.window, count, stored) if count > LEAF_JOBS else []
+            if parts:
                 next_ranges.extend(parts)
+            else:
+                found.append(r.window)
         ranges = next_ranges
     return DisagreeingWindows(sorted(found), requests)

@@ -102,19 +102,47 @@ def test_the_costs_of_a_second_boundary_are_exact():
     times = spread(2_000)
     found, source = bisect(times, sorted([*times, ms(at)]))
     day = timedelta(days=1)
+    # Only left halves are asked: no stored job sits on a shared instant, so each right half
+    # holds its parent's count less its left half's.
     assert source.asked == [
         (T0, T0 + 4 * day),                                  # 1,996 jobs at the source: disagrees
-        (T0, T0 + 2 * day), (T0 + 2 * day, T0 + 4 * day),    # halves on a midnight
-        (T0, T0 + day), (T0 + day, T0 + 2 * day),            # then days
-        (T0 + day, T0 + day + timedelta(hours=12)), (T0 + day + timedelta(hours=12), T0 + 2 * day),
-        (T0 + day, T0 + day + timedelta(hours=6)), (T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=12)),
+        (T0, T0 + 2 * day),                                  # halves on a midnight: the left disagrees
+        (T0, T0 + day),                                      # then days: agrees, so [day, 2 days] disagrees
+        (T0 + day, T0 + day + timedelta(hours=12)),
+        (T0 + day, T0 + day + timedelta(hours=6)),           # agrees: 06:00-12:00 disagrees
         (T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=9)),
-        (T0 + day + timedelta(hours=9), T0 + day + timedelta(hours=12)),
     ]
     # 131 jobs at the source from 06:00 to 12:00, more than LEAF_JOBS: split once more; the
     # 60 from 06:00 to 09:00 are at most LEAF_JOBS, so that range is paged, not split
     assert found.windows == [Window(T0 + day + timedelta(hours=6), T0 + day + timedelta(hours=9))]
-    assert found.requests == 11
+    assert found.requests == 6
+
+
+def test_a_stored_job_on_the_shared_instant_has_both_halves_asked():
+    """A job on the instant two halves share is in both: the right half's count no longer
+    follows from the others, so it is asked. The deletion of that very job is found."""
+    midnight = T0 + timedelta(days=2)
+    times = spread(2_000)
+    found, source = bisect(times, sorted([*times, ms(midnight)]))  # the source deleted it
+    assert (T0, midnight) in source.asked and (midnight, NOT_AFTER) in source.asked
+    assert found.windows and all(contains(w, ms(midnight)) for w in found.windows)
+    assert found.requests == len(source.asked)
+
+
+def test_a_missed_job_on_the_shared_instant_hides_no_deletion_beside_it():
+    """The source holds a job on the instant the first halves share that the warehouse lacks,
+    and deleted two in the right half, a day away from it (a job on a shared instant is in both
+    halves on both sides, so a deletion beside it in the same range would cancel it, however
+    the counts were had): the right half's count, taken as its parent's less the left's, is
+    off by the missed job (-2 where the truth is -1), and still disagrees. Every place is found."""
+    midnight = T0 + timedelta(days=2)
+    times = spread(2_000)
+    deleted = [t for t in times if t > ms(midnight + timedelta(days=1, hours=1))][::200][:2]
+    source_times = sorted([*[t for t in times if t not in deleted], ms(midnight)])
+    found, source = bisect(source_times, times)
+    assert (midnight, NOT_AFTER) not in source.asked  # the right half's count was not asked
+    for place in (ms(midnight), *deleted):
+        assert any(contains(w, place) for w in found.windows), place
 
 
 def test_a_deletion_inside_a_second_of_300_jobs_stops_at_that_second():
