@@ -21,6 +21,7 @@ import pytest
 
 from pipelines.ingest import JOBS_SCHEMA, normalize
 from pipelines.warehouse import STORED_JOBS_SCHEMA, WAREHOUSE_VERSION, Warehouse, WarehouseError, WindowRecord
+from pipelines.warehouse.deletions import ReconciledRange
 from pipelines.warehouse.tables import key_hash_expr
 from tests.support.warehouse_rows import DAY1, DAY2, SYNC1, SYNC2, jobs, lake_rows, rec, sql, states
 
@@ -213,6 +214,28 @@ def test_deletions_are_marked_and_history_is_kept(wh: Warehouse, run: str):
     assert sql(
         wh, "SELECT job_id, valid_to, deleted_at FROM voice_training_job_history WHERE job_id = 'a'"
     ) == [("a", None, gone)]
+
+
+def test_ranges_listed_completely_mark_exactly_the_stored_jobs_they_lacked(wh: Warehouse, run: str):
+    """Reconciled ranges are half-open, may start and end inside days and span several: every
+    live stored job inside one that its listing lacked is marked, none outside, none listed."""
+    noon = DAY1 + timedelta(hours=12)
+    times = {
+        "before": noon - timedelta(seconds=1), "at_since": noon, "day1_late": DAY1 + timedelta(hours=23),
+        "day2": DAY2 + timedelta(hours=5), "listed": DAY2 + timedelta(hours=6),
+        "day3_early": DAY2 + timedelta(days=1, hours=1), "at_until": DAY2 + timedelta(days=1, hours=6),
+        "other_range": DAY2 + timedelta(days=3, hours=2), "in_second": DAY2 + timedelta(days=3, hours=4),
+    }
+    wh.apply(run, jobs=jobs([rec(job_id, created=at) for job_id, at in times.items()]))
+    ranges = [
+        ReconciledRange("p1", noon, DAY2 + timedelta(days=1, hours=6), ["listed"]),  # three days, partly
+        ReconciledRange("p1", DAY2 + timedelta(days=3, hours=3), DAY2 + timedelta(days=3, hours=5), []),
+        ReconciledRange("p2", DAY1, DAY2 + timedelta(days=5), []),  # another project's range
+    ]
+    stats = wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), reconciled=ranges, deleted_at=SYNC2)
+    deleted = {r["job_id"] for r in wh.jobs_table().to_pylist() if r["deleted_at"] is not None}
+    assert deleted == {"at_since", "day1_late", "day2", "day3_early", "in_second"}
+    assert stats.deleted == 5
 
 
 def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
