@@ -111,15 +111,22 @@ class Run:
         # Finished windows waiting to be normalized together: (task, window, records, synced_at).
         self.pending: list[tuple[Task, Window, list, datetime]] = []
         self.pending_rows = 0
-        # Creation times (epoch us, sorted) of each project's live jobs before this run wrote
-        # any: what a reconciling window's listing is held against (see check_deletions).
+        # Creation times (epoch us, sorted) of each project's live jobs in the windows it lists
+        # next, before this run wrote any there: what a reconciling window's listing is held
+        # against (see load_live, check_deletions).
         self.live_before: dict[str, np.ndarray] = {}
 
-    def load_live(self, project_id: str, windows: Sequence[Window]) -> None:
-        """Read the live creation times ``windows`` span, before the run writes any there."""
-        if windows and project_id not in self.live_before:
+    def load_live(self, project_id: str, windows: Sequence[Window], times: np.ndarray | None = None) -> None:
+        """Read the live creation times ``windows`` span, before the run writes any there: what
+        their listings are held against (see check_deletions), in place of what was read for
+        the project's earlier windows (a change capture's gap days, then its disagreeing
+        ranges). ``times``: read already, over a span that holds the windows."""
+        if not windows:
+            return
+        if times is None:
             since, until = min(w.since for w in windows), max(w.until for w in windows)
-            self.live_before[project_id] = self.warehouse.live_creation_times(project_id, since, until)
+            times = self.warehouse.live_creation_times(project_id, since, until)
+        self.live_before[project_id] = times
 
     def would_delete(self, task: Task, result: WindowResult) -> tuple[int, int]:
         """(live jobs stored in the task's owner range, how many of them the listing lacks at least)."""

@@ -127,7 +127,7 @@ async def _capture_project(client: MetaStudioClient, run: Run, project_id: str,
     if found.windows:
         log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",
                  len(found.windows), project_id)
-        run.load_live(project_id, found.windows)
+        run.load_live(project_id, found.windows, times)  # nothing was written since they were read
         await run_tasks(client, run, range_tasks(project_id, found.windows), not_after)
     return newest if newest and newest > reference else reference
 

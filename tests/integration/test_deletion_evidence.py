@@ -89,6 +89,25 @@ def test_a_window_losing_most_of_its_jobs_is_listed_twice_then_believed(server, 
     assert live(warehouse) == truth(server)
 
 
+def test_a_change_capture_that_first_backfills_gap_days_still_lists_twice_ranges_losing_most_jobs(
+        server, tmp_path):
+    """The live jobs a listing is held against are read for the ranges it lists, also when the
+    same run first backfilled creation days never synced (whose own live jobs were read then)."""
+    warehouse = Warehouse(tmp_path)
+    settings = sim_settings(server, tmp_path, first_day=SINCE)
+    later = SINCE + timedelta(days=2)
+    sync(settings, mode="days", since=later, until=UNTIL, warehouse=warehouse)  # two days left as gaps
+    table = warehouse.jobs_table()
+    mine = [r["job_id"] for r in table.to_pylist() if r["project_id"] == PROJECTS[0]]
+    doomed = set(mine[: int(len(mine) * 0.8)])
+    assert server.state.delete(doomed) == len(doomed)
+
+    report = sync(settings, mode="incremental", warehouse=warehouse)
+    assert report.count_checks and report.relisted_ranges >= 1
+    assert report.deleted == len(doomed)
+    assert live(warehouse) == truth(server)
+
+
 def test_no_reader_slips_in_between_the_sync_and_the_models(server, tmp_path, monkeypatch):
     import pipelines.sync.run as sync_module
 
