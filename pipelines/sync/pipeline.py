@@ -365,7 +365,8 @@ async def _fetch(client: MetaStudioClient, run: Run, task: Task, not_after: date
         try:
             result = await fetch_window(
                 client, task.project_id, task.window, kind=task.kind, not_after=not_after,
-                split_threshold=run.settings.split_threshold, split_budget=run.split_budget, sink=sink,
+                split_threshold=task.split_threshold or run.settings.split_threshold, split_budget=run.split_budget,
+                sink=sink,
             )
             if task.reconcile:
                 await check_deletions(client, run, task, result, not_after)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from pipelines.contract import PAGE_LIMIT
 from pipelines.metastudio.paging import Window, day_window
 from pipelines.warehouse.tables import day_runs
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicejobs.sync")
 
 MS = timedelta(milliseconds=1)
+#: An update window is split into parts of no fewer pages than this (see update_task).
+UPDATE_SPLIT_PAGES = 4
 
 
 class Mode(enum.StrEnum):
@@ -53,6 +56,17 @@ class Task:
     owner_since: datetime | None = None  # rows kept: create_time in [owner_since, owner_until)
     owner_until: datetime | None = None
     reconcile: bool = False  # mark stored jobs missing from a complete window as deleted
+    #: Listed with more jobs than this, the window is split (None: the run's split threshold).
+    split_threshold: int | None = None
+
+
+def update_task(project_id: str, window: Window, split_threshold: int, max_in_flight: int) -> Task:
+    """Change capture's window of jobs updated in ``window``, listed alone: split at the share
+    of the run's threshold that each request slot would page (at least a few pages), so its
+    pages run side by side. Keyset paging reads one window's pages one after another, and at
+    20 ms a million-job change capture's 141 pages took 2.2 s as the two halves of one split."""
+    return Task(project_id, window, "update",
+                split_threshold=max(UPDATE_SPLIT_PAGES * PAGE_LIMIT, split_threshold // max_in_flight))
 
 
 def range_tasks(project_id: str, windows: Sequence[Window]) -> list[Task]:

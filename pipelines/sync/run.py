@@ -20,7 +20,15 @@ from pipelines.metastudio.paging import Window, day_window, floor_second
 from pipelines.settings import Settings
 from pipelines.source import claim, identity_of
 from pipelines.sync.pipeline import Run, run_tasks
-from pipelines.sync.plan import Mode, Task, day_tasks, days_between, describe_days, gap_days, range_tasks
+from pipelines.sync.plan import (
+    Mode,
+    day_tasks,
+    days_between,
+    describe_days,
+    gap_days,
+    range_tasks,
+    update_task,
+)
 from pipelines.sync.report import SyncProgress, SyncReport
 from pipelines.warehouse import LakeExportError, Warehouse, count_in_ranges
 
@@ -111,7 +119,8 @@ async def _capture_project(client: MetaStudioClient, run: Run, project_id: str,
         return min(newest, not_after) if newest else not_after
     since_t = reference - timedelta(seconds=settings.lookback_seconds)
     if since_t < not_after:
-        await run_tasks(client, run, [Task(project_id, Window(since_t, not_after), "update")], not_after)
+        update = update_task(project_id, Window(since_t, not_after), settings.split_threshold, settings.max_in_flight)
+        await run_tasks(client, run, [update], not_after)
     newest = run.newest_update.get(project_id)
     # Deletions never show in an update window: find the days whose counts disagree.
     run.flush(deleted_at=client.server_now())

@@ -231,3 +231,24 @@ def test_hostile_paging_loses_and_duplicates_no_surviving_job(tmp_path, make_sim
     live = [r for r in warehouse.jobs_table().drop_columns(["synced_at"]).to_pylist()
             if r.pop("deleted_at") is None]
     assert_rows_equal(live, {PROJECTS[0]: server.state.truth(PROJECTS[0])}, personal_data="raw")
+
+
+def test_the_update_window_listed_alone_is_split_so_its_pages_run_side_by_side(moving_simulator, tmp_path):
+    """Keyset paging reads one window's pages one after another. Change capture's window of
+    updated jobs is listed alone, so it is split at the share of the split threshold that each
+    request slot pages (here 800 / 4 = 200 jobs, at least 4 pages: 400), and stays true."""
+    server = moving_simulator
+    settings = sim_settings(server, tmp_path, personal_data="raw", first_day=FIRST_DAY, lookback_seconds=900,
+                            split_threshold=800, max_in_flight=4)
+    warehouse = Warehouse(tmp_path)
+    sync(settings, mode="incremental", warehouse=warehouse)
+    server.state.advance(72 * 3600)
+    report = sync(settings, mode="incremental", warehouse=warehouse)
+    with duckdb.connect(str(warehouse.db_path), read_only=True) as con:
+        leaves = con.execute("SELECT project_id, api_count FROM sync_windows WHERE run_id = ? AND kind = 'update'",
+                             [report.run_id]).fetchall()
+    by_project = {pid: [count for p, count in leaves if p == pid] for pid in PROJECTS}
+    assert any(len(counts) >= 2 for counts in by_project.values()), by_project  # (none held 800)
+    for pid, counts in by_project.items():
+        assert max(counts) <= 400 and (len(counts) >= 2) == (sum(counts) > 400), (pid, counts)
+    _assert_true_to_source(server, warehouse, {})
