@@ -42,9 +42,10 @@ R = TypeVar("R")
 TEMPORARY = re.compile(r"(^|/)\.data-[^/]*\.parquet\.tmp$")
 
 
-#: A lake file's rows: a whole table, or a stream of batches (a partition too big to hold at
-#: once, each batch written as a row group of the file as it comes).
-Rows = pa.Table | pa.RecordBatchReader
+#: A lake file's rows: a whole table, a stream of batches (a partition too big to hold at
+#: once, each batch written as a row group of the file as it comes), or a file already encoded
+#: (a Buffer: a file with one column spliced, see splice.py).
+Rows = pa.Table | pa.RecordBatchReader | pa.Buffer
 
 # Dictionary pages cost a quarter of the time of a small file and saved nothing after zstd on
 # these columns.
@@ -58,17 +59,37 @@ FREE_TEXT_COLUMNS = frozenset({
 })
 
 
+def _writer_options(schema: pa.Schema) -> dict:
+    """The Parquet writer's options for lake columns ``schema``: statistics for all but FREE_TEXT_COLUMNS."""
+    return {**_PARQUET_OPTIONS, "write_statistics": [name for name in schema.names if name not in FREE_TEXT_COLUMNS]}
+
+
 def encode_parquet(rows: Rows, sink) -> None:
     """Write ``rows`` as one lake file to ``sink`` (a path, file object or Arrow stream), with
-    statistics for every column but FREE_TEXT_COLUMNS."""
-    options = {**_PARQUET_OPTIONS,
-               "write_statistics": [name for name in rows.schema.names if name not in FREE_TEXT_COLUMNS]}
+    statistics for every column but FREE_TEXT_COLUMNS; a Buffer is a file already encoded."""
+    if isinstance(rows, pa.Buffer):
+        sink.write(rows)
+        return
+    options = _writer_options(rows.schema)
     if isinstance(rows, pa.Table):
         pq.write_table(rows, sink, **options)
         return
     with pq.ParquetWriter(sink, rows.schema, **options) as writer:
         for batch in rows:
             writer.write_batch(batch)
+
+
+def encode_columns(table: pa.Table, groups: Sequence[int]) -> pa.Buffer:
+    """A Parquet file of some lake columns alone (``table``, in the lake's types), in row groups
+    of ``groups`` rows, each column encoded as encode_parquet encodes it in a whole file: what
+    splice.splice_columns takes."""
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, table.schema, **_writer_options(table.schema)) as writer:
+        first = 0
+        for rows in groups:
+            writer.write_table(table.slice(first, rows), row_group_size=max(rows, 1))
+            first += rows
+    return sink.getvalue()
 
 
 def _temporary_beside(path: Path) -> Path:
@@ -147,6 +168,10 @@ class LakeStore(ABC):
         """The file at ``key`` as STORED_JOBS_SCHEMA; None when there is none. Raises when unreadable."""
 
     @abstractmethod
+    def read_bytes(self, key: str) -> pa.Buffer | None:
+        """The bytes of the file at ``key``; None when there is none. Raises OSError when unreadable."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether there is a file at ``key``."""
 
@@ -212,6 +237,13 @@ class LocalLakeStore(LakeStore):
         if not path.exists():
             return None
         return pq.read_table(path, schema=STORED_JOBS_SCHEMA)
+
+    def read_bytes(self, key: str) -> pa.Buffer | None:
+        try:
+            with pa.OSFile(str(self.root_dir / key)) as source:
+                return source.read_buffer()
+        except FileNotFoundError:
+            return None
 
     def exists(self, key: str) -> bool:
         return (self.root_dir / key).is_file()

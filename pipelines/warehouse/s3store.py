@@ -111,12 +111,15 @@ class S3LakeStore(LakeStore):
         return f"{self.root}/{key}"
 
     def read(self, key: str) -> pa.Table | None:
+        data = self.read_bytes(key)
+        return None if data is None else pq.read_table(pa.BufferReader(data), schema=STORED_JOBS_SCHEMA)
+
+    def read_bytes(self, key: str) -> pa.Buffer | None:
         try:
             with self.filesystem.open_input_stream(f"{self.base}/{key}") as stream:
-                data = stream.read_buffer()
+                return stream.read_buffer()
         except FileNotFoundError:
             return None
-        return pq.read_table(pa.BufferReader(data), schema=STORED_JOBS_SCHEMA)
 
     def exists(self, key: str) -> bool:
         return self.filesystem.get_file_info(f"{self.base}/{key}").type == pafs.FileType.File
