@@ -300,7 +300,8 @@ def _lake_rewrites(before: dict, after: dict) -> dict[str, int]:
     """The partitions a change capture changed, and those among them whose jobs are the same
     jobs with the same contents: rewritten only because jobs were marked deleted there (and
     synced again by the re-listing that found them). Each changed partition is a lake file
-    rewritten whole."""
+    rewritten: those changed only by deletions have deleted_at spliced into their old file, the
+    others are encoded whole (lake.py)."""
     changed = {key: value for key, value in after.items() if before.get(key) != value}
     deletions_only = {key: value for key, value in changed.items()
                       if key in before and before[key][:2] == value[:2] and value[2] > before[key][2]}
@@ -864,8 +865,9 @@ def _incremental_phases(details: dict) -> str:
     text = "; " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()) if phases else ""
     lake = details.get("lake_rewrites")
     if lake:
-        text += (f"; {lake['partitions']:,} lake files rewritten whole ({lake['rows']:,} rows), "
-                 f"{lake['deletion_partitions']:,} of them ({lake['deletion_rows']:,} rows) only for jobs deleted there")
+        text += (f"; {lake['partitions']:,} lake files rewritten ({lake['rows']:,} rows), "
+                 f"{lake['deletion_partitions']:,} of them ({lake['deletion_rows']:,} rows) only for jobs deleted there"
+                 " (their deleted_at spliced into the old file)")
     return text
 
 

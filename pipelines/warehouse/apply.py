@@ -220,9 +220,13 @@ class Apply(Lake, Records, Deletions):
         stats.updated = winners
         stats.stale = existed - winners
         stats.history_versions += versions
-        # Lake partitions: where winners go, and where a replaced row was (if create_time moved).
+        # Lake partitions: where new versions go, and where the rows they replace were (if
+        # create_time moved). A winner that is no new version changes only its synced_at, in
+        # its day: its partition is marked for its stamps alone (spliced, see lake.py).
         # The models read no synced_at: for them only new versions change anything.
-        mark_lake(con, f"SELECT project_id, {utc_day('create_time')} FROM _win UNION ALL SELECT project_id, old_day FROM _win")
+        mark_lake(con, f"SELECT project_id, {utc_day('create_time')} FROM _win WHERE new_version"
+                       " UNION ALL SELECT project_id, old_day FROM _win WHERE new_version")
+        mark_lake(con, "SELECT project_id, old_day FROM _win WHERE NOT new_version", stamps_only=True)
         mark_model_jobs(con, "SELECT project_id, job_id FROM _win WHERE new_version")
         # A stale row still proves the job is listed: clear its deletion mark.
         if undeleting:
@@ -233,7 +237,7 @@ class Apply(Lake, Records, Deletions):
                 WHERE s.existed AND s.was_deleted AND j.rowid = s.old_rowid"""
             )
             stats.undeleted = undeleting
-            mark_lake(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted")
+            mark_lake(con, "SELECT project_id, old_day FROM _stage WHERE existed AND was_deleted", stamps_only=True)
             mark_model_jobs(con, "SELECT project_id, job_id FROM _stage WHERE existed AND was_deleted")
         # The winners replace their rows in place, in the columns some winner changes (only
         # synced_at when no winner is a new version). Deleted and re-appended instead, 14,000

@@ -60,7 +60,7 @@ class Deletions:
             }))
             con.execute(f"UPDATE {JOBS_TABLE} j SET deleted_at = ? FROM _deleted_days d WHERE j.rowid = d.row",
                         [deleted_at])
-            mark_lake(con, "SELECT project_id, create_day FROM _deleted_days")
+            mark_lake(con, "SELECT project_id, create_day FROM _deleted_days", stamps_only=True)
             mark_model_jobs(con, "SELECT project_id, job_id FROM _deleted_days")
         return [(p, d, j) for _, p, d, j in marked]
 

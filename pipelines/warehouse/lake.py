@@ -9,11 +9,16 @@ The lake is derived data: partitions touched by a committed batch are marked in 
 inside that transaction. A sync exports them once, when its run finishes (a standalone
 ``apply()`` right after its commit): each is replaced whole from the table (a temporary file
 renamed into place, or one object upload) by ``export_dirty_partitions()``, which is safe to
-re-run; only then is its mark cleared. A crash between the commit and the export leaves the marks, and
-the next export writes those partitions from the table. A partition without a mark therefore
-always equals its file. A partition that cannot be written (a full disk, a path in the way, a
-name too long) keeps its mark and its old file without holding up the others; the run that
-left it so fails at its end with a LakeExportError naming it (see RunLog.finish_run).
+re-run; only then is its mark cleared. A partition whose mark says only its jobs' stamps
+changed there (``stamps_only``: synced_at and deleted_at, a job listed again unchanged or
+marked deleted) gets a file made of its old one with the new stamps spliced in
+(lake_splice.py), the same bytes an encoding from the table gives, at a fraction of the cost;
+one whose old file cannot be trusted for that is encoded like the others. A crash between the
+commit and the export leaves the marks, and the next export writes those partitions from the
+table. A partition without a mark therefore always equals its file. A partition that cannot
+be written (a full disk, a path in the way, a name too long) keeps its mark and its old file
+without holding up the others; the run that left it so fails at its end with a
+LakeExportError naming it (see RunLog.finish_run).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
 from pipelines.warehouse import db
 from pipelines.warehouse.db import Connections
+from pipelines.warehouse.lake_splice import STAMPS, spliced_file
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
 from pipelines.warehouse.marks import mark_lake
 from pipelines.warehouse.tables import (
@@ -277,9 +283,9 @@ class Lake(Connections):
                 return
             # Counted over the dirty days' range only: DuckDB skips the row groups outside it, so
             # a one-day sync counts its day, not the whole table (0.10 s at 1,000,000 jobs).
-            sizes = [
-                (project_id, day, count) for project_id, day, count in con.execute(
-                    f"""SELECT d.project_id, d.create_day, count(j.job_id) FROM lake_dirty d
+            marked = [
+                (project_id, day, count, stamps_only) for project_id, day, stamps_only, count in con.execute(
+                    f"""SELECT d.project_id, d.create_day, d.stamps_only, count(j.job_id) FROM lake_dirty d
                     LEFT JOIN (SELECT project_id, job_id, {utc_day('create_time')} AS create_day
                                FROM {JOBS_TABLE} WHERE create_time >= ? AND create_time < ?) j
                       ON j.project_id = d.project_id AND j.create_day = d.create_day
@@ -288,6 +294,10 @@ class Lake(Connections):
                 ).fetchall()
                 if (project_id, day) not in skip
             ]  # fmt: skip
+            # A partition whose jobs changed only their stamps (and not emptied) has them spliced
+            # into its file (lake_splice.py); the rest, and any that cannot be spliced, are encoded.
+            spliced = [(project_id, day, count) for project_id, day, count, only in marked if only and count]
+            sizes = [(project_id, day, count) for project_id, day, count, only in marked if not (only and count)]
             # An export of more than one read's rows runs under DuckDB's lean cap (see
             # Connections._lean); a small one is not worth the checkpoint that needs.
             lean = lean and sum(count for *_, count in sizes) > EXPORT_ROWS
@@ -297,16 +307,56 @@ class Lake(Connections):
             try:
                 with (self._lean(con) if lean else nullcontext(), arrow_on_malloc(),
                       ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer):
+                    refused = self._splice_marked(con, spliced, writer, done, failures)
+                    sizes = sorted([*sizes, *refused])
                     groups = (self._export_partitions(con, project_id, days, rows, writer)
                               for project_id, days, rows in _groups(sizes))
                     for pending in _one_ahead(groups):
-                        written, failed = self._settle(con, pending)
+                        written, failed = self._settle(con, pending.result())
                         done.append(written)
                         failures += failed
             except duckdb.OutOfMemoryException as exc:
                 if lean:
                     raise _OutOfLeanMemory from exc
                 raise
+
+    def _splice_marked(self, con: duckdb.DuckDBPyConnection, marked: list[tuple[str, date, int]], writer: Executor,
+                       done: list[int], failures: list[_Failure]) -> list[tuple[str, date, int]]:
+        """Rewrite the files of partitions whose jobs changed only their stamps (``marked``: project, day,
+        rows) by splicing their stamps (lake_splice.py), a group read while the one before is
+        written. Files written go to ``done``, failures to ``failures``; returns the partitions
+        that must be encoded whole instead."""
+        sizes = {(project_id, day): count for project_id, day, count in marked}
+        refused: list[tuple[str, date, int]] = []
+        groups = (writer.submit(self._splice_partitions, project_id, days,
+                                [self._dirty_rows(con, project_id, days, columns=", ".join(["job_id", *STAMPS]))])
+                  for project_id, days, _ in _groups(marked))
+        for pending in _one_ahead(groups):
+            written, whole = pending.result()
+            settled, failed = self._settle(con, written)
+            done.append(settled)
+            failures += failed
+            refused += [(*key, sizes[key]) for key in whole]
+        return refused
+
+    def _splice_partitions(self, project_id: str, days: list[date], handed: list[pa.Table]
+                           ) -> tuple[_Written, list[tuple[str, date]]]:
+        """Splice the stamps of each of ``days`` from the rows ``handed`` over into its file.
+        Returns what _write_partitions does for the files written, and the partitions refused."""
+        rows = handed.pop()
+        table = rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
+        slices = _partition_slices(table)
+        files: list[tuple[tuple[str, date], pa.Buffer]] = []
+        refused: list[tuple[str, date]] = []
+        for day in days:
+            key = (project_id, day)
+            data = spliced_file(self.lake, self.partition_key(*key), table.slice(*slices.get(day, (0, 0))))
+            if data is None:
+                refused.append(key)
+            else:
+                files.append((key, data))
+        errors = self.lake.write_all([(self.partition_key(*key), data) for key, data in files])
+        return [(key, error) for (key, _), error in zip(files, errors, strict=True)], refused
 
     @staticmethod
     def _clear_dirty(con: duckdb.DuckDBPyConnection, partitions: Sequence[tuple[str, date]]) -> None:
@@ -323,14 +373,15 @@ class Lake(Connections):
             con.unregister("_exported")
 
     @staticmethod
-    def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date]) -> pa.Table:
-        """The rows of ``days`` (dirty partitions) of one project, with their creation day as
-        ``_day``, in the table's order (sorted in Arrow by _write_partitions: DuckDB sorting
-        whole rows cost more)."""
+    def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date],
+                    columns: str = f"{_COLS}, deleted_at") -> pa.Table:
+        """The rows (``columns`` of them) of ``days`` (dirty partitions) of one project, with
+        their creation day as ``_day``, in the table's order (sorted in Arrow by
+        _write_partitions: DuckDB sorting whole rows cost more)."""
         known = [day for day in days if day is not None]
         if not known:
             return con.sql(
-                f"SELECT {_COLS}, deleted_at, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
+                f"SELECT {columns}, CAST(NULL AS DATE) AS _day FROM {JOBS_TABLE} LIMIT 0"
             ).to_arrow_table()
         # Ranges of create_time let DuckDB skip row groups by their min/max (a backfill inserts
         # roughly in creation order), so an export reads the days it rewrites, not the whole
@@ -342,7 +393,7 @@ class Lake(Connections):
         ranges = [utc_days(first, last) for first, last in day_runs(known)]
         within = " OR ".join(["(j.create_time >= ? AND j.create_time < ?)"] * len(ranges))
         return con.sql(
-            f"SELECT {_COLS}, deleted_at, {utc_day('create_time')} AS _day"
+            f"SELECT {columns}, {utc_day('create_time')} AS _day"
             f" FROM {JOBS_TABLE} j"
             f" WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ? AND ({within})",
             params=[project_id, ranges[0][0], ranges[-1][1], *(bound for pair in ranges for bound in pair)],
@@ -405,12 +456,12 @@ class Lake(Connections):
         errors = self.lake.write_all([(self.partition_key(*key), part) for key, part in zip(keys, parts, strict=True)])
         return list(zip(keys, errors, strict=True))
 
-    def _settle(self, con: duckdb.DuckDBPyConnection, pending: Future[_Written]) -> tuple[int, list[_Failure]]:
-        """Wait for one group's files and clear the marks of those written. Returns (files
-        written, (key, path, error) of those that failed: they keep their marks; the others go on)."""
+    def _settle(self, con: duckdb.DuckDBPyConnection, outcome: _Written) -> tuple[int, list[_Failure]]:
+        """Clear the marks of one group's files written. Returns (files written, (key, path,
+        error) of those that failed: they keep their marks; the others go on)."""
         written: list[tuple[str, date]] = []
         failed: list[_Failure] = []
-        for key, exc in pending.result():
+        for key, exc in outcome:
             if exc is None:
                 crashpoint("lake_replaced")
                 written.append(key)

@@ -1,5 +1,6 @@
 """The marks a batch's transaction leaves for the work that follows it: the lake partitions to
-export again (``lake_dirty``, see lake.py: a project and creation day) and the jobs whose rows
+export again (``lake_dirty``, see lake.py: a project and creation day, and whether only the
+jobs' stamps changed there since its file was written) and the jobs whose rows
 the SQL models must rebuild (``models_dirty``, see pipelines/incremental.py: a job, or every job
 of a project's creation day). Each is kept once."""
 
@@ -8,17 +9,25 @@ from __future__ import annotations
 import duckdb
 
 
-def mark_lake(con: duckdb.DuckDBPyConnection, partitions_sql: str) -> None:
+def mark_lake(con: duckdb.DuckDBPyConnection, partitions_sql: str, *, stamps_only: bool = False) -> None:
     """Mark the lake partitions (project_id, creation day) a query yields for export, once each.
-    A job without a create_time has no partition: a NULL day is not marked."""
-    con.execute(mark_lake_sql(partitions_sql))
+    A job without a create_time has no partition: a NULL day is not marked. ``stamps_only``
+    says the change is to the jobs' stamps alone (synced_at, deleted_at): a partition marked
+    only so is exported by splicing those columns (see lake.py); any other mark makes its file
+    written whole."""
+    con.execute(mark_lake_sql(partitions_sql, stamps_only=stamps_only))
 
 
-def mark_lake_sql(partitions_sql: str) -> str:
-    """The statement of mark_lake(), for a script of several."""
-    return f"""INSERT INTO lake_dirty
-        SELECT DISTINCT p, d FROM ({partitions_sql}) AS t(p, d)
+def mark_lake_sql(partitions_sql: str, *, stamps_only: bool = False) -> str:
+    """The statements of mark_lake(), for a script of several."""
+    insert = f"""INSERT INTO lake_dirty (project_id, create_day, stamps_only)
+        SELECT DISTINCT p, d, {str(stamps_only).lower()} FROM ({partitions_sql}) AS t(p, d)
         WHERE d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM lake_dirty x WHERE x.project_id = p AND x.create_day = d)"""
+    if stamps_only:
+        return insert
+    return f"""UPDATE lake_dirty SET stamps_only = false WHERE stamps_only
+        AND EXISTS (SELECT 1 FROM ({partitions_sql}) AS t(p, d) WHERE p = lake_dirty.project_id AND d = lake_dirty.create_day);
+        {insert}"""
 
 
 def mark_model_days_sql(partitions_sql: str) -> str:

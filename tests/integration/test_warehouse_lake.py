@@ -21,6 +21,7 @@ import pytest
 from pipelines.warehouse import Warehouse
 from pipelines.warehouse.serving import SPARE_FILE
 from tests.support.lake import (
+    BOTH_LAKES,
     lake_dataset,
     lake_file,
     lake_keys,
@@ -37,24 +38,6 @@ THREE_PARTITIONS = [
     "create_day=2025-03-02/project_id=p1/data.parquet",
     "create_day=2025-03-02/project_id=p2/data.parquet",
 ]
-
-
-@pytest.fixture
-def wh(request, tmp_path: Path) -> Warehouse:
-    """A warehouse with its lake in the data directory, or (parametrized "s3") on the S3 server."""
-    if getattr(request, "param", "local") == "s3":
-        lake = request.getfixturevalue("s3_lake")
-        return Warehouse(tmp_path / "data", lake_uri=lake.uri, object_store=lake.server.access())
-    return Warehouse(tmp_path / "data")
-
-
-#: For the lake's tests: the same assertions with the lake local and on S3.
-BOTH_LAKES = pytest.mark.parametrize("wh", ["local", "s3"], indirect=True)
-
-
-@pytest.fixture
-def run(wh: Warehouse) -> str:
-    return wh.begin_run("days", {"since": "2025-03-01"})
 
 
 @BOTH_LAKES
@@ -143,7 +126,7 @@ def test_an_emptied_partition_file_is_removed(wh: Warehouse, run: str):
     assert lake_keys(wh) == ["create_day=2025-03-01/project_id=p1/data.parquet"]
     with wh.connect() as con:
         con.execute("DELETE FROM voice_training_jobs")
-        con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01')")
+        con.execute("INSERT INTO lake_dirty (project_id, create_day) VALUES ('p1', DATE '2025-03-01')")
     assert wh.export_dirty_partitions() == 1
     assert lake_keys(wh) == []
     if wh.lake_dir is not None:

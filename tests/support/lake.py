@@ -13,8 +13,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines.warehouse import Warehouse
+
+#: For the lake's tests: the same assertions with the lake local and on S3 (the ``wh`` fixture
+#: of tests/integration/conftest.py, parametrized).
+BOTH_LAKES = pytest.mark.parametrize("wh", ["local", "s3"], indirect=True)
 
 
 def _where(wh: Warehouse) -> tuple[pafs.FileSystem, str]:
@@ -72,3 +77,10 @@ def lake_wipe(wh: Warehouse) -> None:
         shutil.rmtree(wh.lake_dir)
         return
     wh.lake.filesystem.delete_dir_contents(wh.lake.base, missing_dir_ok=True)
+
+
+def lake_bytes(wh: Warehouse, key: str) -> bytes:
+    """The file at ``key`` as stored, byte for byte."""
+    fs, root = _where(wh)
+    with fs.open_input_stream(f"{root}/{key}") as f:
+        return f.read()

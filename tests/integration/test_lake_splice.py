@@ -1,0 +1,176 @@
+"""Lake partitions whose jobs changed only their stamps (listed again unchanged: synced_at;
+marked deleted or listed again after that: deleted_at): their files get the new stamps spliced
+in (pipelines/warehouse/lake_splice.py) instead of being encoded whole, locally and on a real
+S3 server. The file that comes out is the one a whole export writes, byte for byte; a partition
+with any other change, or whose old file cannot be trusted, is encoded whole."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.warehouse import Warehouse
+from pipelines.warehouse import lake as lake_module
+from pipelines.warehouse.lakestore import encode_parquet
+from tests.support.lake import BOTH_LAKES, lake_bytes, lake_file, lake_put, lake_row_groups
+from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
+
+KEY1 = "create_day=2025-03-01/project_id=p1/data.parquet"
+KEY2 = "create_day=2025-03-02/project_id=p1/data.parquet"
+
+
+def _day1(*ids: int) -> list[dict]:
+    """Day 1's jobs ``ids`` (all twelve by default), as the source lists them."""
+    return [rec(f"a{i:02d}", ("FAILED", "SUCCEED")[i % 2], created=DAY1 + timedelta(minutes=i),
+                job_failed_reason="x" * 200 if i % 2 == 0 else None) for i in (ids or range(12))]
+
+
+def _two_days(wh: Warehouse, run: str) -> None:
+    wh.apply(run, jobs=jobs([*_day1(), *(rec(f"b{i:02d}", created=DAY2 + timedelta(minutes=i)) for i in range(5))]))
+
+
+@pytest.fixture
+def whole_writes(monkeypatch) -> list[list]:
+    """The days of every group encoded whole (Lake._write_partitions, or _write_streamed for a
+    partition bigger than one read), as the export goes."""
+    calls: list[list] = []
+    partitions, streamed = lake_module.Lake._write_partitions, lake_module.Lake._write_streamed
+
+    def spying(self, project_id, days, handed):
+        calls.append(list(days))
+        return partitions(self, project_id, days, handed)
+
+    def spying_streamed(self, key):
+        calls.append([key[1]])
+        return streamed(self, key)
+
+    monkeypatch.setattr(lake_module.Lake, "_write_partitions", spying)
+    monkeypatch.setattr(lake_module.Lake, "_write_streamed", spying_streamed)
+    return calls
+
+
+def _marks(wh: Warehouse) -> list[tuple]:
+    return sql(wh, "SELECT project_id, create_day, stamps_only FROM lake_dirty ORDER BY ALL")
+
+
+@BOTH_LAKES
+def test_a_partition_whose_jobs_changed_only_their_stamps_gets_them_spliced(wh: Warehouse, run: str, whole_writes):
+    _two_days(wh, run)
+    untouched = lake_bytes(wh, KEY2)
+    whole_writes.clear()
+    # As a change capture finds deletions: a range of day 1 listed again, unchanged, later.
+    wh.apply(run, jobs=jobs(_day1(2, 4, 5, 11), synced_at=SYNC2), deleted=[("p1", "a03"), ("p1", "a10")])
+    assert whole_writes == []  # nothing was encoded whole
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    day1 = lake_file(wh, KEY1).to_pylist()
+    assert {r["job_id"] for r in day1 if r["deleted_at"] is not None} == {"a03", "a10"}
+    assert {r["job_id"] for r in day1 if r["synced_at"] == SYNC2} == {"a02", "a04", "a05", "a11"}
+    # A deleted job listed again: its deletion is undone, in the file too.
+    wh.apply(run, jobs=jobs(_day1(10), synced_at=SYNC2))
+    assert whole_writes == []
+    assert {r["job_id"] for r in lake_file(wh, KEY1).to_pylist() if r["deleted_at"] is not None} == {"a03"}
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    assert lake_bytes(wh, KEY2) == untouched
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+    # The spliced file is the file a whole export writes.
+    spliced = lake_bytes(wh, KEY1)
+    wh.rebuild_lake()
+    assert whole_writes, "rebuild_lake encodes every partition whole"
+    assert lake_bytes(wh, KEY1) == spliced
+
+
+@BOTH_LAKES
+def test_a_burst_day_written_in_row_groups_is_spliced_row_group_by_row_group(wh: Warehouse, run: str, monkeypatch,
+                                                                           whole_writes):
+    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i)) for i in range(25)]))
+    assert lake_row_groups(wh, KEY1) == 7
+    whole_writes.clear()
+    wh.apply(run, jobs=jobs([]), deleted=[("p1", "j00"), ("p1", "j13"), ("p1", "j24")])
+    assert whole_writes == []
+    assert lake_row_groups(wh, KEY1) == 7
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    spliced = lake_bytes(wh, KEY1)
+    wh.rebuild_lake()
+    assert lake_bytes(wh, KEY1) == spliced
+
+
+def test_stamps_mark_a_partition_for_a_splice_and_any_other_change_makes_it_whole(tmp_path):
+    wh = Warehouse(tmp_path / "data")
+    run_id = wh.begin_run("days", {"since": "2025-03-01"})
+    _two_days(wh, run_id)
+    wh.apply(run_id, jobs=jobs([]), deleted=[("p1", "a01"), ("p1", "b01")], export=False)
+    assert _marks(wh) == [("p1", DAY1.date(), True), ("p1", DAY2.date(), True)]
+    # Listed again unchanged, and a deleted job listed again (its deletion undone): stamps.
+    wh.apply(run_id, jobs=jobs(_day1(0, 1), synced_at=SYNC2), export=False)
+    assert sql(wh, "SELECT count(*) FROM voice_training_jobs WHERE deleted_at IS NOT NULL") == [(1,)]
+    assert _marks(wh) == [("p1", DAY1.date(), True), ("p1", DAY2.date(), True)]
+    # A changed job on day 1 after the deletion, a deletion on day 2 again: day 1 whole.
+    wh.apply(run_id, jobs=jobs([rec("a02", "SUCCEED", created=DAY1 + timedelta(minutes=2), updated_min=30)]),
+             deleted=[("p1", "b02")], export=False)
+    assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), True)]
+    # A deletion after another change leaves the partition whole.
+    wh.apply(run_id, jobs=jobs([]), deleted=[("p1", "a04")], export=False)
+    assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), True)]
+    # A new job on day 2 (appended, not merged) makes it whole too.
+    wh.apply(run_id, jobs=jobs([rec("b99", created=DAY2 + timedelta(hours=3))]), export=False)
+    assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), False)]
+    wh.export_dirty_partitions()
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+
+def _rewritten(wh: Warehouse, *, rows: int | None = None, column: bool = False, **options) -> bytes:
+    """The day's file written again: its first ``rows`` rows, with a column more, or with
+    Arrow's writer and ``options`` instead of the lake's."""
+    table = lake_file(wh, KEY1)
+    table = table.slice(0, rows) if rows is not None else table
+    table = table.append_column("note", pa.array(["n"] * table.num_rows)) if column else table
+    sink = io.BytesIO()
+    if options:
+        pq.write_table(table, sink, **options)
+    else:
+        encode_parquet(table, sink)
+    return sink.getvalue()
+
+
+@BOTH_LAKES
+@pytest.mark.parametrize("damage", ["missing", "fewer jobs", "not parquet", "another schema", "another writer"])
+def test_an_old_file_that_cannot_be_trusted_is_written_whole_instead(wh: Warehouse, run: str, damage: str,
+                                                                      whole_writes, caplog):
+    _two_days(wh, run)
+    if damage == "missing":
+        wh.lake.remove(KEY1)
+    elif damage == "not parquet":
+        lake_put(wh, KEY1, b"PAR1 torn write")
+    else:  # the day's file as an older release or another writer left it
+        lake_put(wh, KEY1, _rewritten(wh, rows=11 if damage == "fewer jobs" else None,
+                                      column=damage == "another schema",
+                                      **({"use_dictionary": True} if damage == "another writer" else {})))
+    whole_writes.clear()
+    caplog.set_level("INFO", logger="voicejobs.warehouse")
+    wh.apply(run, jobs=jobs([]), deleted=[("p1", "a05")])
+    assert whole_writes == [[DAY1.date()]]
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    reason = {"missing": "it is missing", "fewer jobs": "rows and the partition", "not parquet": "not a Parquet file",
+              "another schema": "another schema", "another writer": "its jobs are not the partition's"}[damage]
+    assert "is written whole: " in caplog.text and reason in caplog.text
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+
+
+def test_a_splice_repeated_after_a_crash_before_its_mark_was_cleared_writes_the_same_file(tmp_path, whole_writes):
+    wh = Warehouse(tmp_path / "data")
+    run_id = wh.begin_run("days", {"since": "2025-03-01"})
+    _two_days(wh, run_id)
+    wh.apply(run_id, jobs=jobs([]), deleted=[("p1", "a07")])
+    first = lake_bytes(wh, KEY1)
+    with wh.connect() as con:  # as a crash between the rename and the mark's clearing leaves it
+        con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01', true)")
+    whole_writes.clear()
+    assert wh.export_dirty_partitions() == 1
+    assert whole_writes == []
+    assert lake_bytes(wh, KEY1) == first
