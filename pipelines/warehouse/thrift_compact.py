@@ -113,11 +113,7 @@ def _skip(data: bytes, pos: int, kind: int, depth: int = 0) -> int:
             if header & 0x0F not in (TRUE, FALSE):
                 pos = _skip(data, pos, header & 0x0F, depth + 1)
     if kind in (LIST, SET):
-        header = data[pos]
-        size, elem = header >> 4, header & 0x0F
-        pos += 1
-        if size == 15:
-            size, pos = _varint_at(data, pos)
+        size, elem, pos = _list_header(data, pos)
         for _ in range(size):
             pos = _skip(data, pos, elem, depth + 1)
         return pos
@@ -130,6 +126,16 @@ def _skip(data: bytes, pos: int, kind: int, depth: int = 0) -> int:
                 pos = _skip(data, _skip(data, pos, key, depth + 1), val, depth + 1)
         return pos
     raise ThriftError(f"unknown compact type {kind}")
+
+
+def _list_header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """A list's or set's header at ``pos``: (size, element kind, where its elements start)."""
+    header = data[pos]
+    size, elem = header >> 4, header & 0x0F
+    pos += 1
+    if size == 15:
+        size, pos = _varint_at(data, pos)
+    return size, elem, pos
 
 
 def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
@@ -168,11 +174,7 @@ def _value_at(data: bytes, pos: int, kind: int, depth: int, descend: Descend = N
     if depth > 64:
         raise ThriftError("values nested more than 64 deep")
     if kind in (LIST, SET):
-        header = data[pos]
-        size, elem = header >> 4, header & 0x0F
-        pos += 1
-        if size == 15:
-            size, pos = _varint_at(data, pos)
+        size, elem, pos = _list_header(data, pos)
         items = []
         for _ in range(size):
             item, pos = _value_at(data, pos, elem, depth + 1, descend)
