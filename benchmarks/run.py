@@ -780,7 +780,7 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
                 deleted += moved["deleted"]
             changed = created + transitioned
             out = run_step(step="sync", url=sim.url, days=days, data_dir=str(kept_dir), mode="incremental",
-                           refresh=True)
+                           refresh=True, profile=str(profile_dir / f"incremental-{jobs}.prof") if profile_dir else None)
             share = share_of_full(out["seconds"], zero_fulls)
             # The bound: a page per 100 changed jobs, 16 count requests to find each deleted job,
             # and one count per creation day (the first day to the day the clock moved to).
@@ -842,8 +842,8 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("yes" if ok else "no")
 
 
-#: The targets a profiled run cannot judge: its full syncs ran under cProfile, and change
-#: capture's share is of their time.
+#: The targets a profiled run cannot judge: its full syncs and change capture ran under cProfile (change
+#: capture's share is of the full syncs' time).
 PROFILED_TARGETS = ("full-20ms", "full-0ms", "incremental-time")
 
 
@@ -1032,7 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated scenarios to leave out: dlt, rate-cap, "
                                                    "one-day, demo")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for JSON and Markdown")
-    parser.add_argument("--profile", action="store_true", help="cProfile every full sync into the results dir")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile every full sync and the change capture into the results dir")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
