@@ -9,9 +9,12 @@ every other chunk copied (splice.py): at a million jobs, the 90 files a change c
 for deletions alone (and the re-listings that found them) took 3.1-3.2 s encoded whole.
 
 The old file is checked before it is trusted: it must hold the lake's schema as this release
-writes it, as many rows as the partition, and the partition's job_ids in its order (its job_id
-chunks byte for byte those of the table's job_ids encoded alike). Anything else, or a file that
-is missing or unreadable, and the partition is written whole as any other.
+writes it, a footer Arrow reads, as many rows as the partition, and the partition's job_ids in
+its order (its job_id chunks byte for byte those of the table's job_ids encoded alike).
+Anything else, or a file that is missing or unreadable, and the partition is written whole as
+any other. Damage inside the pages of the columns kept is not looked for, and is carried over:
+a file Arrow could read stays readable, one it could not stays unreadable (readers then fail
+loudly) until ``voicejobs sync --full-refresh`` writes every file whole.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.redact import redact
 from pipelines.warehouse.lakestore import LakeStore, encode_columns, encode_parquet
@@ -58,6 +62,7 @@ def spliced_file(store: LakeStore, key: str, rows: pa.Table) -> pa.Buffer | None
         meta = footer(old)
         if schema_of(meta) != _lake_schema():
             raise SpliceRefused("it holds another schema than this release writes")
+        _arrow_reads_footer(old)
         groups = row_groups(meta)
         if sum(groups) != rows.num_rows:
             raise SpliceRefused(f"it holds {sum(groups):,} rows and the partition {rows.num_rows:,}")
@@ -68,6 +73,15 @@ def spliced_file(store: LakeStore, key: str, rows: pa.Table) -> pa.Buffer | None
         cause = " ".join(str(getattr(exc, "strerror", None) or exc).split())
         log.info("The lake file %s is written whole: %s.", store.location(key), redact(cause))
         return None
+
+
+def _arrow_reads_footer(old: pa.Buffer) -> None:
+    """SpliceRefused unless Arrow reads the file's footer too: a footer damaged where splice.py
+    keeps its bytes unread (statistics, encodings) would be carried into the new file."""
+    try:
+        pq.read_metadata(pa.BufferReader(old))
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: a string that is not UTF-8
+        raise SpliceRefused(f"its footer is damaged ({' '.join(str(exc).split())[:120]})") from None
 
 
 def _typed(rows: pa.Table, columns: Sequence[str]) -> pa.Table:

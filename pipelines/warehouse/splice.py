@@ -18,6 +18,7 @@ files, or row groups or a column that do not match. The lake then encodes the fi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -79,17 +80,33 @@ def schema_of(meta: Struct) -> bytes:
 
 def row_groups(meta: Struct) -> list[int]:
     """The number of rows of each row group, in order."""
-    return [group.get(_GROUP_ROWS) for group in _groups(meta)]
+    return [_int(group, _GROUP_ROWS) for group in _groups(meta)]
+
+
+def _int(struct: Struct, fid: int) -> int:
+    """Field ``fid`` of a footer's struct, which must be an integer (a damaged footer may hold
+    anything there)."""
+    value = struct.get(fid)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpliceRefused(f"its footer is damaged (field {fid} holds {type(value).__name__}, not an integer)")
+    return value
 
 
 def _groups(meta: Struct) -> list[Struct]:
-    groups = meta.get(_FILE_ROW_GROUPS)
-    return groups.items if isinstance(groups, Seq) else []
+    return _structs(meta.get(_FILE_ROW_GROUPS))
 
 
 def _chunks(group: Struct) -> list[Struct]:
-    columns = group.get(_GROUP_COLUMNS)
-    return columns.items if isinstance(columns, Seq) else []
+    return _structs(group.get(_GROUP_COLUMNS))
+
+
+def _structs(value: Any) -> list[Struct]:
+    """A footer's list of structs (row groups, column chunks); SpliceRefused if it holds anything else."""
+    if value is None:
+        return []
+    if not isinstance(value, Seq) or not all(isinstance(item, Struct) for item in value.items):
+        raise SpliceRefused("its footer is damaged (a list of structs holds something else)")
+    return value.items
 
 
 def _column_meta(chunk: Struct) -> Struct:
@@ -107,17 +124,26 @@ def _column_meta(chunk: Struct) -> Struct:
 
 def _span(meta: Struct) -> tuple[int, int]:
     """Where a column chunk's bytes are: (first byte, length)."""
-    starts = [meta.get(fid) for fid in (_META_DICTIONARY_PAGE, _META_INDEX_PAGE, _META_DATA_PAGE) if meta.has(fid)]
-    length = meta.get(_META_COMPRESSED)
-    if not starts or length is None or length < 0:
+    starts = [_int(meta, fid) for fid in (_META_DICTIONARY_PAGE, _META_INDEX_PAGE, _META_DATA_PAGE) if meta.has(fid)]
+    length = _int(meta, _META_COMPRESSED) if meta.has(_META_COMPRESSED) else -1
+    if not starts or min(starts) < len(MAGIC) or length < 0:
         raise SpliceRefused("a column chunk does not say where its bytes are")
     return min(starts), length
 
 
+def _decoded(value: Any) -> Any:
+    """A footer's value kept Raw, decoded; SpliceRefused if its bytes are damaged."""
+    try:
+        return value.value() if isinstance(value, Raw) else value
+    except ThriftError as exc:
+        raise SpliceRefused(f"its footer is damaged ({exc})") from None
+
+
 def _elements(meta: Struct) -> list[Struct]:
-    elements = meta.get(_FILE_SCHEMA)
-    elements = elements.value() if isinstance(elements, Raw) else elements
-    return elements.items if isinstance(elements, Seq) else []
+    elements = _decoded(meta.get(_FILE_SCHEMA))
+    if not isinstance(elements, Seq) or not all(isinstance(e, Struct) for e in elements.items):
+        return []
+    return elements.items
 
 
 def _column_index(meta: Struct, column: str) -> int:
@@ -138,8 +164,10 @@ def chunk_path(chunk: Struct) -> tuple[str, ...]:
     """A column chunk's path in the schema (one name for a top-level column)."""
     meta = chunk.get(_CHUNK_META)
     path = meta.get(_META_PATH) if isinstance(meta, Struct) else None
-    path = path.value() if isinstance(path, Raw) else path
-    return tuple(p.decode("utf-8", "replace") for p in path.items) if isinstance(path, Seq) else ()
+    path = _decoded(path)
+    if not isinstance(path, Seq) or not all(isinstance(p, bytes) for p in path.items):
+        return ()
+    return tuple(p.decode("utf-8", "replace") for p in path.items)
 
 
 def _schema_element(meta: Struct, column: str) -> bytes:
@@ -211,9 +239,9 @@ def _copy_chunk(chunk: Struct, view: memoryview, out: bytearray) -> Struct:
     out += view[start:start + length]
     for fid in (_META_DATA_PAGE, _META_INDEX_PAGE, _META_DICTIONARY_PAGE):
         if meta.has(fid):
-            meta.set(fid, meta.get(fid) + shift)
-    if chunk.get(_CHUNK_FILE_OFFSET):  # deprecated, 0 from Arrow's writer; moved with its chunk otherwise
-        chunk.set(_CHUNK_FILE_OFFSET, chunk.get(_CHUNK_FILE_OFFSET) + shift)
+            meta.set(fid, _int(meta, fid) + shift)
+    if _int(chunk, _CHUNK_FILE_OFFSET):  # deprecated, 0 from Arrow's writer; moved with its chunk otherwise
+        chunk.set(_CHUNK_FILE_OFFSET, _int(chunk, _CHUNK_FILE_OFFSET) + shift)
     return chunk
 
 
@@ -221,8 +249,8 @@ def _total(group: Struct, *, chunks: list[Struct]) -> None:
     """A row group's sizes and first byte, from its (moved) column chunks."""
     metas = [chunk.get(_CHUNK_META) for chunk in chunks]
     totals = {
-        _GROUP_BYTES: sum(meta.get(_META_UNCOMPRESSED) for meta in metas),
-        _GROUP_COMPRESSED: sum(meta.get(_META_COMPRESSED) for meta in metas),
+        _GROUP_BYTES: sum(_int(meta, _META_UNCOMPRESSED) for meta in metas),
+        _GROUP_COMPRESSED: sum(_int(meta, _META_COMPRESSED) for meta in metas),
         _GROUP_FILE_OFFSET: min(_span(meta)[0] for meta in metas),
     }
     for fid, value in totals.items():

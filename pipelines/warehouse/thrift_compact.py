@@ -78,8 +78,11 @@ class Raw:
     data: bytes
 
     def value(self) -> Any:
-        """The value decoded."""
-        return _value_at(self.data, 0, self.kind, 0)[0]
+        """The value decoded; ThriftError if its bytes are not one."""
+        try:
+            return _value_at(self.data, 0, self.kind, 0)[0]
+        except IndexError:
+            raise ThriftError("a value ends early") from None
 
 
 #: decode's ``descend``: per struct field id, the fields to decode inside that field's struct

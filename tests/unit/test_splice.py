@@ -5,6 +5,7 @@ writes for the new values, byte for byte, and whatever cannot be spliced exactly
 from __future__ import annotations
 
 import io
+import random
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -12,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.warehouse.lakestore import encode_columns, encode_parquet
+from pipelines.warehouse.lake_splice import spliced_file
+from pipelines.warehouse.lakestore import LocalLakeStore, encode_columns, encode_parquet
 from pipelines.warehouse.splice import SpliceRefused, footer, row_groups, same_column, splice_columns
 from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
 from pipelines.warehouse.thrift_compact import Raw, ThriftError, decode, encode
@@ -105,6 +107,29 @@ def _columns(table: pa.Table, columns: tuple[str, ...] | list[str], groups: list
     return encode_columns(table.select(list(columns)), groups)
 
 
+def test_a_damaged_file_is_refused_or_spliced_never_an_unexpected_error():
+    """Bytes changed at random, most in the footer: every splice either refuses (the lake then
+    encodes the file whole) or gives a file; nothing else escapes to stop the export."""
+    table = _table(40, deleted={3})
+    old = _file(table, [25, 15])
+    footer_start = len(old) - 8 - int.from_bytes(old[-8:-4], "little")
+    job_ids, stamps = _columns(table, ["job_id"], [25, 15]), _columns(table, ["synced_at", "deleted_at"], [25, 15])
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(400):
+        damaged = bytearray(old)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(footer_start, len(old) - 8) if rng.random() < 0.9 else rng.randrange(len(old))
+            damaged[at] = rng.randrange(256)
+        try:
+            meta = footer(damaged)
+            same_column(damaged, meta, job_ids, "job_id")
+            splice_columns(damaged, stamps, ["synced_at", "deleted_at"], meta)
+        except SpliceRefused:
+            refused += 1
+    assert refused > 75  # the damage was seen, not only survived
+
+
 @pytest.mark.parametrize("groups", [None, [40, 40, 20], [1, 99]])
 def test_a_spliced_file_is_the_file_written_whole_with_the_new_values(groups: list[int] | None):
     before, after = _table(100, deleted={7}), _table(100, deleted={7, 8, 60, 99}, synced={1, 8, 50})
@@ -161,3 +186,43 @@ def test_what_cannot_be_spliced_exactly_is_refused():
     pq.write_table(pa.table({"s": pa.array([{"deleted_at": 1}] * 20)}), nested)
     with pytest.raises(SpliceRefused, match="flat"):
         splice_columns(nested.getvalue(), encode_columns(pa.table({"deleted_at": [1] * 20}), [20]), ["deleted_at"])
+
+
+def _arrow_reads(read, data: bytes, expected: pa.Table | None = None) -> bool:
+    """Whether Arrow's ``read`` (read_table, read_metadata) reads ``data``, as ``expected`` if given."""
+    try:
+        got = read(io.BytesIO(data))
+        return expected is None or got.equals(expected)
+    except (pa.ArrowException, OSError, ValueError):  # a damaged key-value string: UnicodeDecodeError
+        return False
+
+
+def test_a_lake_file_with_a_damaged_footer_is_encoded_whole_or_spliced_into_a_readable_file(tmp_path, caplog):
+    """spliced_file over footers damaged at random: each is refused (logged, the file then
+    encoded whole) or gives a file. A footer Arrow cannot read is always refused; a file that
+    Arrow read as the partition was always gives a file Arrow reads as the partition is now."""
+    before, after = _table(40, deleted={3}), _table(40, deleted={3, 9}, synced={1, 30})
+    rows = after.select(["job_id", "synced_at", "deleted_at"])
+    store = LocalLakeStore(tmp_path, home=tmp_path, home_var="VOICEJOBS_DATA_DIR")
+    old = _file(before, [25, 15])
+    footer_start = len(old) - 8 - int.from_bytes(old[-8:-4], "little")
+    rng = random.Random(11)
+    outcomes = {"refused": 0, "spliced": 0}
+    caplog.set_level("INFO", logger="voicejobs.warehouse")
+    for _ in range(300):
+        damaged = bytearray(old)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(footer_start, len(old) - 8)] = rng.randrange(256)
+        (tmp_path / "data.parquet").write_bytes(damaged)
+        was_readable = _arrow_reads(pq.read_table, damaged, before)
+        new = spliced_file(store, "data.parquet", rows)
+        if not _arrow_reads(pq.read_metadata, damaged):
+            assert new is None, "a footer Arrow cannot read is healed by a whole encode, not carried over"
+        if new is None:
+            outcomes["refused"] += 1
+            continue
+        outcomes["spliced"] += 1
+        if was_readable:
+            assert pq.read_table(pa.BufferReader(new)).equals(after)
+    assert outcomes["refused"] > 50 and outcomes["spliced"] > 10, outcomes
+    assert "is written whole: its footer is damaged" in caplog.text
