@@ -82,6 +82,15 @@ log = logging.getLogger("voicejobs.warehouse")
 _Written = list[tuple[tuple[str, date], OSError | None]]
 
 
+def _sorted_partitions(handed: list[pa.Table]) -> tuple[pa.Table, dict[date, tuple[int, int]]]:
+    """The rows handed over (taken out of the list, so they are freed once sorted) in the lake's
+    order, by creation day and then job_id, and where each day's rows are (_partition_slices)."""
+    rows = handed.pop()
+    table = rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
+    del rows
+    return table, _partition_slices(table)
+
+
 def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
     """day -> (offset, length) of its run in a table of one project sorted by ``_day``."""
     if table.num_rows == 0:
@@ -343,9 +352,7 @@ class Lake(Connections):
                            ) -> tuple[_Written, list[tuple[str, date]]]:
         """Splice the stamps of each of ``days`` from the rows ``handed`` over into its file.
         Returns what _write_partitions does for the files written, and the partitions refused."""
-        rows = handed.pop()
-        table = rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
-        slices = _partition_slices(table)
+        table, slices = _sorted_partitions(handed)
         files: list[tuple[tuple[str, date], pa.Buffer]] = []
         refused: list[tuple[str, date]] = []
         for day in days:
@@ -446,10 +453,7 @@ class Lake(Connections):
     def _write_partitions(self, project_id: str, days: list[date], handed: list[pa.Table]) -> _Written:
         """Rewrite the lake file of each of ``days`` from the rows ``handed`` over (taken out of
         the list). Returns each partition's key with None, or the OSError that left its old file."""
-        rows = handed.pop()
-        table = rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
-        del rows
-        slices = _partition_slices(table)
+        table, slices = _sorted_partitions(handed)
         table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
         keys = [(project_id, day) for day in days]
         parts = [table.slice(*slices.get(day, (0, 0))) for day in days]

@@ -44,7 +44,7 @@ TEMPORARY = re.compile(r"(^|/)\.data-[^/]*\.parquet\.tmp$")
 
 #: A lake file's rows: a whole table, a stream of batches (a partition too big to hold at
 #: once, each batch written as a row group of the file as it comes), or a file already encoded
-#: (a Buffer: a file with one column spliced, see splice.py).
+#: (a Buffer: a file with its stamps spliced in, see lake_splice.py).
 Rows = pa.Table | pa.RecordBatchReader | pa.Buffer
 
 # Dictionary pages cost a quarter of the time of a small file and saved nothing after zstd on

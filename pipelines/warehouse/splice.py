@@ -187,7 +187,7 @@ def _chunk_bytes(view: memoryview, meta: Struct, column: int) -> list[memoryview
 
 def same_column(old: bytes | pa.Buffer, old_meta: Struct, other: bytes | pa.Buffer, column: str) -> bool:
     """Whether ``column``'s chunks in the Parquet file ``old`` (its footer ``old_meta``) are byte
-    for byte those of ``other``, a file of that column alone: encoded the same way, that means
+    for byte those of ``other``, a file holding that column (others too): encoded alike, that means
     the same values in the same order, without decoding either. SpliceRefused as splice_columns."""
     other_meta = footer(other)
     if row_groups(old_meta) != row_groups(other_meta):
@@ -200,9 +200,9 @@ def same_column(old: bytes | pa.Buffer, old_meta: Struct, other: bytes | pa.Buff
 def splice_columns(old: bytes | pa.Buffer, replacement: bytes | pa.Buffer, columns: Sequence[str],
                    old_meta: Struct | None = None) -> bytes:
     """The Parquet file ``old`` with the chunks of its top-level ``columns`` taken from
-    ``replacement``, a Parquet file of those columns alone with the same row groups. Every other
-    chunk is copied byte for byte; the footer is old's, with the moved offsets and the new
-    chunks' metadata. ``old_meta`` is old's footer if the caller has decoded it (it is
+    ``replacement``, a Parquet file holding those columns (its others ignored) in the same row
+    groups. Every other chunk is copied byte for byte; the footer is old's, with the moved
+    offsets and the new chunks' metadata. ``old_meta`` is old's footer if the caller has decoded it (it is
     changed). SpliceRefused when that cannot be done exactly."""
     old_view, new_view = _view(old), _view(replacement)
     old_meta = old_meta if old_meta is not None else footer(old_view)
