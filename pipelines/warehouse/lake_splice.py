@@ -68,9 +68,10 @@ def spliced_file(store: LakeStore, key: str, rows: pa.Table) -> pa.Buffer | None
             raise SpliceRefused(f"it holds {sum(groups):,} rows and the partition {rows.num_rows:,}")
         # One file of the job_ids (to compare) and the stamps (to splice in), encoded alike.
         replacement = encode_columns(_typed(rows, ["job_id", *STAMPS]), groups)
-        if not same_column(old, meta, replacement, "job_id"):
+        new_meta = footer(replacement)
+        if not same_column(old, meta, replacement, "job_id", new_meta):
             raise SpliceRefused("its jobs are not the partition's")
-        return pa.py_buffer(splice_columns(old, replacement, STAMPS, meta))
+        return pa.py_buffer(splice_columns(old, replacement, STAMPS, meta, new_meta))
     except (SpliceRefused, OSError) as exc:
         cause = " ".join(str(getattr(exc, "strerror", None) or exc).split())
         log.info("The lake file %s is written whole: %s.", store.location(key), redact(cause))

@@ -17,6 +17,7 @@ files, or row groups or a column that do not match. The lake then encodes the fi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,18 +140,36 @@ def _decoded(value: Any) -> Any:
         raise SpliceRefused(f"its footer is damaged ({exc})") from None
 
 
-def _elements(meta: Struct) -> list[Struct]:
-    elements = _decoded(meta.get(_FILE_SCHEMA))
+#: A schema element as the splice reads it: its name, whether it has children, its bytes.
+_Element = tuple[Any, bool, bytes]
+
+
+def _elements(meta: Struct) -> tuple[_Element, ...]:
+    """The elements of a file's schema. Every lake file holds the same schema, kept Raw by
+    footer(): it is decoded once per process, not once per question asked of it (that was a
+    third of a splice's time)."""
+    value = meta.get(_FILE_SCHEMA)
+    if isinstance(value, Raw):
+        return _raw_elements(value.kind, value.data)
+    return _described(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_elements(kind: int, data: bytes) -> tuple[_Element, ...]:
+    return _described(_decoded(Raw(kind, data)))
+
+
+def _described(elements: Any) -> tuple[_Element, ...]:
     if not isinstance(elements, Seq) or not all(isinstance(e, Struct) for e in elements.items):
-        return []
-    return elements.items
+        return ()
+    return tuple((e.get(_SCHEMA_NAME), e.has(_SCHEMA_CHILDREN), encode(e)) for e in elements.items)
 
 
 def _column_index(meta: Struct, column: str) -> int:
     """Where the top-level leaf ``column`` is among each row group's chunks (a flat schema)."""
     leaves = _elements(meta)[1:]
-    names = [element.get(_SCHEMA_NAME) for element in leaves]
-    if any(element.has(_SCHEMA_CHILDREN) for element in leaves) or names.count(column.encode()) != 1:
+    names = [name for name, _, _ in leaves]
+    if any(children for _, children, _ in leaves) or names.count(column.encode()) != 1:
         raise SpliceRefused(f"the schema is not flat with a single column {column!r}")
     index = names.index(column.encode())
     for group in _groups(meta):
@@ -171,7 +190,7 @@ def chunk_path(chunk: Struct) -> tuple[str, ...]:
 
 
 def _schema_element(meta: Struct, column: str) -> bytes:
-    found = [encode(e) for e in _elements(meta) if e.get(_SCHEMA_NAME) == column.encode()]
+    found = [data for name, _, data in _elements(meta) if name == column.encode()]
     if len(found) != 1:
         raise SpliceRefused(f"the schema has no single element {column!r}")
     return found[0]
@@ -185,11 +204,13 @@ def _chunk_bytes(view: memoryview, meta: Struct, column: int) -> list[memoryview
     return [view[start:start + length] for start, length in spans]
 
 
-def same_column(old: bytes | pa.Buffer, old_meta: Struct, other: bytes | pa.Buffer, column: str) -> bool:
+def same_column(old: bytes | pa.Buffer, old_meta: Struct, other: bytes | pa.Buffer, column: str,
+                other_meta: Struct | None = None) -> bool:
     """Whether ``column``'s chunks in the Parquet file ``old`` (its footer ``old_meta``) are byte
-    for byte those of ``other``, a file holding that column (others too): encoded alike, that means
-    the same values in the same order, without decoding either. SpliceRefused as splice_columns."""
-    other_meta = footer(other)
+    for byte those of ``other`` (its footer ``other_meta`` if the caller has decoded it), a file
+    holding that column (others too): encoded alike, that means the same values in the same
+    order, without decoding either. SpliceRefused as splice_columns."""
+    other_meta = other_meta if other_meta is not None else footer(other)
     if row_groups(old_meta) != row_groups(other_meta):
         return False
     theirs = _chunk_bytes(_view(other), other_meta, _column_index(other_meta, column))
@@ -198,15 +219,15 @@ def same_column(old: bytes | pa.Buffer, old_meta: Struct, other: bytes | pa.Buff
 
 
 def splice_columns(old: bytes | pa.Buffer, replacement: bytes | pa.Buffer, columns: Sequence[str],
-                   old_meta: Struct | None = None) -> bytes:
+                   old_meta: Struct | None = None, new_meta: Struct | None = None) -> bytes:
     """The Parquet file ``old`` with the chunks of its top-level ``columns`` taken from
     ``replacement``, a Parquet file holding those columns (its others ignored) in the same row
     groups. Every other chunk is copied byte for byte; the footer is old's, with the moved
-    offsets and the new chunks' metadata. ``old_meta`` is old's footer if the caller has decoded it (it is
-    changed). SpliceRefused when that cannot be done exactly."""
+    offsets and the new chunks' metadata. ``old_meta`` and ``new_meta`` are the two footers if
+    the caller has decoded them (both are changed). SpliceRefused when that cannot be done exactly."""
     old_view, new_view = _view(old), _view(replacement)
     old_meta = old_meta if old_meta is not None else footer(old_view)
-    new_meta = footer(new_view)
+    new_meta = new_meta if new_meta is not None else footer(new_view)
     if row_groups(old_meta) != row_groups(new_meta) or not row_groups(old_meta):
         raise SpliceRefused(f"the row groups differ ({row_groups(old_meta)} against {row_groups(new_meta)})")
     for column in columns:
