@@ -9,11 +9,13 @@ The lake is derived data: partitions touched by a committed batch are marked in 
 inside that transaction. A sync exports them once, when its run finishes (a standalone
 ``apply()`` right after its commit): each is replaced whole from the table (a temporary file
 renamed into place, or one object upload) by ``export_dirty_partitions()``, which is safe to
-re-run; only then is its mark cleared. A partition whose mark says only its jobs' stamps
-changed there (``stamps_only``: synced_at and deleted_at, a job listed again unchanged or
-marked deleted) gets a file made of its old one with the new stamps spliced in
-(lake_splice.py), the same bytes an encoding from the table gives, at a fraction of the cost;
-one whose old file cannot be trusted for that is encoded like the others. A crash between the
+re-run; only then is its mark cleared. A partition whose mark says its jobs are still the
+jobs of its file, changed in place (``stamps_only``: in their stamps, synced_at and deleted_at,
+as a job listed again unchanged or marked deleted changes them; and in the columns
+``in_place`` names, as new versions of its jobs change them) gets a file made of its old one
+with those columns spliced in (lake_splice.py), the same bytes an encoding from the table
+gives, at a fraction of the cost; one whose old file cannot be trusted for that, or that gained
+or lost a job, is encoded like the others. A crash between the
 commit and the export leaves the marks, and the next export writes those partitions from the
 table. A partition without a mark therefore always equals its file. A partition that cannot
 be written (a full disk, a path in the way, a name too long) keeps its mark and its old file
@@ -45,7 +47,7 @@ from pipelines.warehouse import db
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lake_splice import STAMPS, spliced_file
 from pipelines.warehouse.lakestore import TEMPORARY, LakeStore
-from pipelines.warehouse.marks import mark_lake
+from pipelines.warehouse.marks import IN_PLACE_COLUMNS, mark_lake
 from pipelines.warehouse.tables import (
     _COLS,
     JOBS_TABLE,
@@ -122,6 +124,18 @@ def _one_ahead(items: Iterator[T]) -> Iterator[T]:
             yield previous.pop()
         previous.append(item)
     yield from previous
+
+
+def _spliced_columns(stamps_only: bool, in_place: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The columns a mark's partition gets spliced, in the lake's order: the stamps and the columns
+    changed in place; None for a whole mark (or one naming what is no content column of a lake
+    file, as only a hand could have written it)."""
+    if not stamps_only:
+        return None
+    changed = set(in_place or ())
+    if not changed <= IN_PLACE_COLUMNS:
+        return None
+    return tuple(name for name in STORED_JOBS_SCHEMA.names if name in changed or name in STAMPS)
 
 
 def _groups(sizes: list[tuple[str, date, int]], rows: int | None = None) -> list[tuple[str, list[date], int]]:
@@ -299,8 +313,9 @@ class Lake(Connections):
             # Counted over the dirty days' range only: DuckDB skips the row groups outside it, so
             # a one-day sync counts its day, not the whole table (0.10 s at 1,000,000 jobs).
             marked = [
-                (project_id, day, count, stamps_only) for project_id, day, stamps_only, count in con.execute(
-                    f"""SELECT d.project_id, d.create_day, d.stamps_only, count(j.job_id) FROM lake_dirty d
+                (project_id, day, count, _spliced_columns(stamps_only, in_place))
+                for project_id, day, stamps_only, in_place, count in con.execute(
+                    f"""SELECT d.project_id, d.create_day, d.stamps_only, d.in_place, count(j.job_id) FROM lake_dirty d
                     LEFT JOIN (SELECT project_id, job_id, {utc_day('create_time')} AS create_day
                                FROM {JOBS_TABLE} WHERE create_time >= ? AND create_time < ?) j
                       ON j.project_id = d.project_id AND j.create_day = d.create_day
@@ -309,10 +324,13 @@ class Lake(Connections):
                 ).fetchall()
                 if (project_id, day) not in skip
             ]  # fmt: skip
-            # A partition whose jobs changed only their stamps (and not emptied) has them spliced
-            # into its file (lake_splice.py); the rest, and any that cannot be spliced, are encoded.
-            spliced = [(project_id, day, count) for project_id, day, count, only in marked if only and count]
-            sizes = [(project_id, day, count) for project_id, day, count, only in marked if not (only and count)]
+            # A partition whose jobs changed in place (and not emptied) has the columns they
+            # changed spliced into its file (lake_splice.py); the rest, and any that cannot be
+            # spliced, are encoded whole.
+            spliced = [(project_id, day, count, columns) for project_id, day, count, columns in marked
+                       if columns is not None and count]
+            sizes = [(project_id, day, count) for project_id, day, count, columns in marked
+                     if columns is None or not count]
             # An export of more than one read's rows runs under DuckDB's lean cap (see
             # Connections._lean); a small one is not worth the checkpoint that needs.
             lean = lean and sum(count for *_, count in sizes) > EXPORT_ROWS
@@ -343,33 +361,40 @@ class Lake(Connections):
             self._clear_dirty(con, written)
             done.append(len(written))
 
-    def _splice_marked(self, con: duckdb.DuckDBPyConnection, marked: list[tuple[str, date, int]], writer: Executor,
-                       written: list[tuple[str, date]], failures: list[_Failure]) -> list[tuple[str, date, int]]:
-        """Rewrite the files of partitions whose jobs changed only their stamps (``marked``: project, day,
-        rows) by splicing their stamps (lake_splice.py), a group read while the one before is
-        written. Partitions written go to ``written``, failures to ``failures``; returns the
-        partitions that must be encoded whole instead."""
-        sizes = {(project_id, day): count for project_id, day, count in marked}
+    def _splice_marked(self, con: duckdb.DuckDBPyConnection, marked: list[tuple[str, date, int, tuple[str, ...]]],
+                       writer: Executor, written: list[tuple[str, date]], failures: list[_Failure]
+                       ) -> list[tuple[str, date, int]]:
+        """Rewrite the files of partitions whose jobs changed in place (``marked``: project, day,
+        rows, the columns to splice) by splicing those columns (lake_splice.py), a group (of
+        partitions splicing the same columns) read while the one before is written. Partitions
+        written go to ``written``, failures to ``failures``; returns the partitions that must
+        be encoded whole instead."""
+        sizes = {(project_id, day): count for project_id, day, count, _ in marked}
+        by_columns: dict[tuple[str, ...], list[tuple[str, date, int]]] = {}
+        for project_id, day, count, columns in marked:
+            by_columns.setdefault(columns, []).append((project_id, day, count))
         refused: list[tuple[str, date, int]] = []
         groups = (writer.submit(self._splice_partitions, project_id, days,
-                                [self._dirty_rows(con, project_id, days, columns=", ".join(["job_id", *STAMPS]))])
-                  for project_id, days, _ in _groups(marked, SPLICE_ROWS))
+                                [self._dirty_rows(con, project_id, days, columns=", ".join(["job_id", *columns]))],
+                                columns)
+                  for columns, partitions in sorted(by_columns.items())
+                  for project_id, days, _ in _groups(partitions, SPLICE_ROWS))
         for pending in _one_ahead(groups):
             outcome, whole = pending.result()
             failures += self._settle(outcome, written)
             refused += [(*key, sizes[key]) for key in whole]
         return refused
 
-    def _splice_partitions(self, project_id: str, days: list[date], handed: list[pa.Table]
+    def _splice_partitions(self, project_id: str, days: list[date], handed: list[pa.Table], columns: tuple[str, ...]
                            ) -> tuple[_Written, list[tuple[str, date]]]:
-        """Splice the stamps of each of ``days`` from the rows ``handed`` over into its file.
+        """Splice ``columns`` of each of ``days`` from the rows ``handed`` over into its file.
         Returns what _write_partitions does for the files written, and the partitions refused."""
         table, slices = _sorted_partitions(handed)
         files: list[tuple[tuple[str, date], pa.Buffer]] = []
         refused: list[tuple[str, date]] = []
         for day in days:
             key = (project_id, day)
-            data = spliced_file(self.lake, self.partition_key(*key), table.slice(*slices.get(day, (0, 0))))
+            data = spliced_file(self.lake, self.partition_key(*key), table.slice(*slices.get(day, (0, 0))), columns)
             if data is None:
                 refused.append(key)
             else:

@@ -1,12 +1,14 @@
-"""A lake file whose partition changed only in its jobs' stamps, rewritten by splicing.
+"""A lake file whose partition's jobs changed in place, rewritten by splicing.
 
 The stamps are ``synced_at`` and ``deleted_at``: a job listed again without a new version
-changes its synced_at, a job marked deleted (or listed again after that) its deleted_at. Its
-old file is the partition as it was (lake.py: a partition without a mark equals its file, and
-a mark that says ``stamps_only`` was set by nothing but such changes since), so only those two
-columns differ. The new file is the old one with their chunks encoded again from the table and
-every other chunk copied (splice.py): at a million jobs, the 90 files a change capture rewrote
-for deletions alone (and the re-listings that found them) took 3.1-3.2 s encoded whole.
+changes its synced_at, a job marked deleted (or listed again after that) its deleted_at. A new
+version of a job the partition holds changes the columns it changes (a change capture's state
+changes: state, lastupdate_time, a failure code...). Its old file is the partition as it was
+(lake.py: a partition without a mark equals its file, and a splice mark was set by nothing but
+such changes since), so only those columns differ. The new file is the old one with their
+chunks encoded again from the table and every other chunk copied (splice.py): at a million
+jobs, the 90 files a change capture rewrote for deletions alone (and the re-listings that found
+them) took 3.1-3.2 s encoded whole.
 
 The old file is checked before it is trusted: it must hold the lake's schema as this release
 writes it, a footer Arrow reads, as many rows as the partition, and the partition's job_ids in
@@ -40,7 +42,7 @@ from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
 
 log = logging.getLogger("voicejobs.warehouse")
 
-#: The columns a partition marked stamps_only changes: its stamps.
+#: The columns every splice replaces: the stamps.
 STAMPS = ("synced_at", "deleted_at")
 
 
@@ -52,9 +54,10 @@ def _lake_schema() -> bytes:
     return schema_of(footer(sink.getvalue()))
 
 
-def spliced_file(store: LakeStore, key: str, rows: pa.Table) -> pa.Buffer | None:
-    """The file at ``key`` with its STAMPS taken from ``rows`` (the partition's job_id and
-    STAMPS, sorted by job_id); None when it must be written whole (logged)."""
+def spliced_file(store: LakeStore, key: str, rows: pa.Table, columns: Sequence[str] = STAMPS) -> pa.Buffer | None:
+    """The file at ``key`` with its ``columns`` (the stamps, and any changed in place) taken from
+    ``rows`` (the partition's job_id and those columns, sorted by job_id); None when it must be
+    written whole (logged)."""
     try:
         old = store.read_bytes(key)
         if old is None:
@@ -66,12 +69,12 @@ def spliced_file(store: LakeStore, key: str, rows: pa.Table) -> pa.Buffer | None
         groups = row_groups(meta)
         if sum(groups) != rows.num_rows:
             raise SpliceRefused(f"it holds {sum(groups):,} rows and the partition {rows.num_rows:,}")
-        # One file of the job_ids (to compare) and the stamps (to splice in), encoded alike.
-        replacement = encode_columns(_typed(rows, ["job_id", *STAMPS]), groups)
+        # One file of the job_ids (to compare) and the columns to splice in, encoded alike.
+        replacement = encode_columns(_typed(rows, ["job_id", *columns]), groups)
         new_meta = footer(replacement)
         if not same_column(old, meta, replacement, "job_id", new_meta):
             raise SpliceRefused("its jobs are not the partition's")
-        return pa.py_buffer(splice_columns(old, replacement, STAMPS, meta, new_meta))
+        return pa.py_buffer(splice_columns(old, replacement, columns, meta, new_meta))
     except (SpliceRefused, OSError) as exc:
         cause = " ".join(str(getattr(exc, "strerror", None) or exc).split())
         log.info("The lake file %s is written whole: %s.", store.location(key), redact(cause))

@@ -1,8 +1,9 @@
-"""Lake partitions whose jobs changed only their stamps (listed again unchanged: synced_at;
-marked deleted or listed again after that: deleted_at): their files get the new stamps spliced
-in (pipelines/warehouse/lake_splice.py) instead of being encoded whole, locally and on a real
-S3 server. The file that comes out is the one a whole export writes, byte for byte; a partition
-with any other change, or whose old file cannot be trusted, is encoded whole."""
+"""Lake partitions that hold the same jobs as their files, changed in place: in their stamps
+(listed again unchanged: synced_at; marked deleted or listed again after that: deleted_at) and
+in the columns new versions changed. Their files get those columns spliced in
+(pipelines/warehouse/lake_splice.py) instead of being encoded whole, locally and on a real S3
+server. The file that comes out is the one a whole export writes, byte for byte; a partition
+that gained or lost a job, or whose old file cannot be trusted, is encoded whole."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def _marks(wh: Warehouse) -> list[tuple]:
     return sql(wh, "SELECT project_id, create_day, stamps_only FROM lake_dirty ORDER BY ALL")
 
 
+def _spliced_columns(wh: Warehouse) -> dict:
+    """Each splice mark's content columns changed in place (sorted), by creation day."""
+    return {day: sorted(columns or []) for day, columns in
+            sql(wh, "SELECT create_day, in_place FROM lake_dirty WHERE stamps_only ORDER BY ALL")}
+
+
 @BOTH_LAKES
 def test_a_partition_whose_jobs_changed_only_their_stamps_gets_them_spliced(wh: Warehouse, run: str, whole_writes):
     _two_days(wh, run)
@@ -81,6 +88,48 @@ def test_a_partition_whose_jobs_changed_only_their_stamps_gets_them_spliced(wh: 
     wh.rebuild_lake()
     assert whole_writes, "rebuild_lake encodes every partition whole"
     assert lake_bytes(wh, KEY1) == spliced
+
+
+@BOTH_LAKES
+def test_a_partition_whose_jobs_changed_in_place_gets_those_columns_spliced(wh: Warehouse, run: str, whole_writes):
+    """New versions of jobs already in a partition (a change capture's state changes) leave its
+    jobs the same jobs: the columns they changed are spliced in with the stamps, the file the
+    same bytes a whole export writes."""
+    _two_days(wh, run)
+    untouched = lake_bytes(wh, KEY2)
+    whole_writes.clear()
+    wh.apply(run, jobs=jobs([
+        rec("a02", "SUCCEED", created=DAY1 + timedelta(minutes=2), updated_min=90, asset_id="asset-2"),
+        rec("a05", "FAILED", created=DAY1 + timedelta(minutes=5), updated_min=95, job_failed_code="E1",
+            job_failed_reason="no"),
+        *_day1(7, 8),  # listed again unchanged
+    ], synced_at=SYNC2), deleted=[("p1", "a03")])
+    assert whole_writes == []  # nothing was encoded whole
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
+    day1 = {r["job_id"]: r for r in lake_file(wh, KEY1).to_pylist()}
+    assert (day1["a02"]["state"], day1["a02"]["asset_id"]) == ("SUCCEED", "asset-2")
+    assert (day1["a05"]["job_failed_code"], day1["a05"]["job_failed_reason"]) == ("E1", "no")
+    assert day1["a03"]["deleted_at"] is not None and day1["a08"]["synced_at"] == SYNC2
+    assert lake_bytes(wh, KEY2) == untouched
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(0,)]
+    spliced = lake_bytes(wh, KEY1)
+    wh.rebuild_lake()
+    assert lake_bytes(wh, KEY1) == spliced
+
+
+@BOTH_LAKES
+def test_a_partition_that_gains_or_loses_a_job_is_written_whole(wh: Warehouse, run: str, whole_writes):
+    """A job appended to a partition, or one whose creation time moved it to another day, changes
+    which jobs the files hold: each file it touches is encoded whole."""
+    _two_days(wh, run)
+    whole_writes.clear()
+    wh.apply(run, jobs=jobs([rec("a99", created=DAY1 + timedelta(hours=5)),
+                             rec("a01", "SUCCEED", created=DAY1 + timedelta(minutes=1), updated_min=90)]))
+    assert whole_writes == [[DAY1.date()]]
+    whole_writes.clear()
+    wh.apply(run, jobs=jobs([rec("b03", "SUCCEED", created=DAY1 + timedelta(hours=6), updated_min=2000)]))
+    assert sorted(day for days in whole_writes for day in days) == [DAY1.date(), DAY2.date()]
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
 
 
 @BOTH_LAKES
@@ -110,15 +159,28 @@ def test_stamps_mark_a_partition_for_a_splice_and_any_other_change_makes_it_whol
     wh.apply(run_id, jobs=jobs(_day1(0, 1), synced_at=SYNC2), export=False)
     assert sql(wh, "SELECT count(*) FROM voice_training_jobs WHERE deleted_at IS NOT NULL") == [(1,)]
     assert _marks(wh) == [("p1", DAY1.date(), True), ("p1", DAY2.date(), True)]
-    # A changed job on day 1 after the deletion, a deletion on day 2 again: day 1 whole.
+    assert _spliced_columns(wh) == {DAY1.date(): [], DAY2.date(): []}
+    # A job of day 1 changed in place after the deletion, a deletion on day 2 again: day 1 is
+    # still spliced, with the columns the new version changed.
     wh.apply(run_id, jobs=jobs([rec("a02", "SUCCEED", created=DAY1 + timedelta(minutes=2), updated_min=30)]),
              deleted=[("p1", "b02")], export=False)
-    assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), True)]
-    # A deletion after another change leaves the partition whole.
-    wh.apply(run_id, jobs=jobs([]), deleted=[("p1", "a04")], export=False)
-    assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), True)]
-    # A new job on day 2 (appended, not merged) makes it whole too.
+    assert _marks(wh) == [("p1", DAY1.date(), True), ("p1", DAY2.date(), True)]
+    assert _spliced_columns(wh) == {DAY1.date(): ["job_failed_reason", "lastupdate_time", "state"], DAY2.date(): []}
+    # Later changes add their columns; a deletion adds none.
+    wh.apply(run_id, jobs=jobs([rec("a04", "FAILED", created=DAY1 + timedelta(minutes=4), updated_min=40,
+                                    job_failed_reason="x" * 200, job_failed_code="E9")]),
+             deleted=[("p1", "a06")], export=False)
+    assert _spliced_columns(wh) == {DAY1.date(): ["job_failed_code", "job_failed_reason", "lastupdate_time", "state"],
+                                    DAY2.date(): []}
+    # A new job on day 2 (appended, not merged) makes it whole.
     wh.apply(run_id, jobs=jobs([rec("b99", created=DAY2 + timedelta(hours=3))]), export=False)
+    assert _marks(wh) == [("p1", DAY1.date(), True), ("p1", DAY2.date(), False)]
+    # A job moved from day 1 to day 2 by its creation time makes both whole, and a change after
+    # that leaves them so.
+    wh.apply(run_id, jobs=jobs([rec("a08", "SUCCEED", created=DAY2 + timedelta(hours=4), updated_min=3000)]),
+             export=False)
+    wh.apply(run_id, jobs=jobs([rec("a09", "SUCCEED", created=DAY1 + timedelta(minutes=9), updated_min=50)]),
+             deleted=[("p1", "b04")], export=False)
     assert _marks(wh) == [("p1", DAY1.date(), False), ("p1", DAY2.date(), False)]
     wh.export_dirty_partitions()
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
@@ -169,8 +231,24 @@ def test_a_splice_repeated_after_a_crash_before_its_mark_was_cleared_writes_the_
     wh.apply(run_id, jobs=jobs([]), deleted=[("p1", "a07")])
     first = lake_bytes(wh, KEY1)
     with wh.connect() as con:  # as a crash between the rename and the mark's clearing leaves it
-        con.execute("INSERT INTO lake_dirty VALUES ('p1', DATE '2025-03-01', true)")
+        con.execute("INSERT INTO lake_dirty (project_id, create_day, stamps_only) VALUES ('p1', DATE '2025-03-01', true)")
     whole_writes.clear()
     assert wh.export_dirty_partitions() == 1
     assert whole_writes == []
     assert lake_bytes(wh, KEY1) == first
+
+
+def test_a_splice_mark_naming_no_content_column_is_written_whole(wh: Warehouse, run: str, whole_writes):
+    """A splice mark's columns come from the sync's own marks; one naming the key (which the
+    splice must keep to check the file's jobs) or a column lake files lack, as only a hand could
+    write it, is not trusted: the partition is encoded whole."""
+    _two_days(wh, run)
+    whole_writes.clear()
+    for columns in (["job_id"], ["no_such_column"]):
+        with wh.connect() as con:
+            con.execute("INSERT INTO lake_dirty (project_id, create_day, stamps_only, in_place) VALUES (?, ?, true, ?)",
+                        ["p1", DAY1.date(), columns])
+        wh.export_dirty_partitions()
+        assert whole_writes == [[DAY1.date()]]
+        whole_writes.clear()
+    assert lake_rows(wh) == wh.jobs_table().to_pylist()
