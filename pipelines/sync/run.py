@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from datetime import date, datetime, timedelta
 
@@ -40,16 +41,19 @@ SNAPSHOT_PHASE = "snapshot and lake"
 
 def refresh_and_publish(warehouse: Warehouse, settings: Settings,
                         phase: Callable[[str], None] | None = None, *, full: bool = False,
-                        beside: Callable[[], None] | None = None) -> dict[str, float]:
+                        lake: Callable[[bool], bool] | None = None) -> dict[str, float]:
     """After a sync: rebuild the SQL models, publish the snapshot BI tools read, and with
     VOICEJOBS_POSTGRES_URL set, publish that snapshot into PostgreSQL.
 
     Runs on the warehouse's open connection when inside ``warehouse.connect()``, so the
     sync, the models and the snapshot hold the file's lock as one unit of work. ``phase``
     hears each step as it starts; returns the seconds of each. The models rebuild what changed
-    since their last refresh (pipelines/incremental.py); with ``full``, everything. ``beside``
-    runs while the snapshot is written to disk, once the warehouse is copied (it may write the
-    warehouse); the two then take one phase, SNAPSHOT_PHASE."""
+    since their last refresh (pipelines/incremental.py); with ``full``, everything.
+
+    ``lake(alone)`` exports the lake: first in a thread beside the models (``alone`` False: it
+    declines, returning False, an export too big to share the database's memory cap with
+    them), else while the snapshot is written to disk, once the warehouse is copied. The
+    models' phase is theirs; the rest of an export beside them counts in SNAPSHOT_PHASE."""
     from pipelines.models import refresh_models
 
     seconds: dict[str, float] = {}
@@ -57,17 +61,18 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         if phase:
             phase("building the SQL models")
         started = time.monotonic()
-        refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw", count_rows=False,
-                       incremental=not full)
-        seconds["models"] = time.monotonic() - started
+        with _beside(lake) as exported:
+            refresh_models(con, allow_unmasked_personal_data=settings.personal_data == "raw", count_rows=False,
+                           incremental=not full)
+            built = time.monotonic()
+        seconds["models"] = built - started
         crashpoint("models_refreshed")
         if phase:
             phase("publishing the serving snapshot")
-        started = time.monotonic()
         with warehouse.publishing_serving():
-            if beside:
-                beside()
-        seconds[SNAPSHOT_PHASE if beside else "snapshot"] = time.monotonic() - started
+            if lake and not exported():
+                lake(True)
+        seconds[SNAPSHOT_PHASE if lake else "snapshot"] = time.monotonic() - built
     if settings.postgres_url:
         # BI servers on other hosts read PostgreSQL: it gets what the new snapshot holds.
         from pipelines.publish import publish
@@ -78,6 +83,26 @@ def refresh_and_publish(warehouse: Warehouse, settings: Settings,
         publish(warehouse.serving_path, settings)
         seconds["postgres"] = time.monotonic() - started
     return seconds
+
+
+@contextmanager
+def _beside(work: Callable[[bool], bool] | None) -> Iterator[Callable[[], bool]]:
+    """Run ``work(False)`` in a thread during the block; after it, whether it did its work.
+    The block's error comes first: the thread's is raised only when the block ends well, and
+    the block never ends before the thread (it shares the warehouse's connection)."""
+    if work is None:
+        yield lambda: False
+        return
+    if work is None:
+        yield lambda: False
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="lake-beside-models") as pool:
+        future = pool.submit(work, False)
+        try:
+            yield future.result
+        finally:
+            wait([future])
+    future.result()
 
 
 def make_client(settings: Settings) -> MetaStudioClient:
@@ -212,7 +237,7 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
         if refresh:
             report.phase_seconds.update(refresh_and_publish(
                 warehouse, settings, run.announce, full=full_refresh,
-                beside=lambda: _export_lake(warehouse, whole=full_refresh)))
+                lake=lambda alone: _export_lake(warehouse, whole=full_refresh, alone=alone)))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)
@@ -225,15 +250,21 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     return report
 
 
-def _export_lake(warehouse: Warehouse, *, whole: bool = False) -> None:
-    """The run's lake export, while the snapshot is written to disk (one waits on the disk, the
-    other mostly on encoding Parquet); with ``whole`` (a full refresh: the warehouse may have
-    been edited by hand, which marks nothing), every partition. A partition that cannot be
-    written keeps its mark: finish_run() tries it once more and records the failure."""
+def _export_lake(warehouse: Warehouse, *, whole: bool = False, alone: bool = True) -> bool:
+    """The run's lake export; with ``whole`` (a full refresh: the warehouse may have been edited
+    by hand, which marks nothing), every partition. ``alone`` False: beside the SQL models,
+    declined (False, nothing written) when it is too big for that or ``whole``; else (True) the
+    export is done. A partition that cannot be written keeps its mark: finish_run() tries it
+    once more and records the failure."""
+    if not alone and whole:
+        return False
     if whole:
         warehouse.mark_every_partition()
     with suppress(LakeExportError):
+        if not alone:
+            return warehouse.export_small_dirty_partitions() is not None
         warehouse.export_dirty_partitions()
+    return True
 
 
 def _collect_client_stats(report: SyncReport, client: MetaStudioClient) -> None:

@@ -158,6 +158,10 @@ class _OutOfLeanMemory(Exception):
     """DuckDB ran out of memory during an export under the lean cap (the cause)."""
 
 
+class _NeedsLeanCap(Exception):
+    """An export asked to run beside other work would need DuckDB's lean cap: declined."""
+
+
 class LakeExportError(WarehouseError):
     """Lake partitions that could not be written, every other one having been written.
 
@@ -282,13 +286,33 @@ class Lake(Connections):
             raise LakeExportError([(path, exc) for _, path, exc in failures], self.lake)
         return done
 
-    def _export_dirty(self, skip: Collection[tuple[str, date]] = ()) -> tuple[int, list[_Failure]]:
-        """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures)."""
+    def export_small_dirty_partitions(self) -> int | None:
+        """export_dirty_partitions() if the export needs no lean memory cap (the cap is the
+        database's, so a big export must be the only work on it): a small one may run in a
+        thread beside other work on the warehouse, such as the SQL models' refresh. None, and
+        nothing written, for a big one (export_dirty_partitions() then, alone)."""
+        try:
+            done, failures = self._export_dirty(beside=True)
+        except _NeedsLeanCap:
+            return None
+        except duckdb.OutOfMemoryException as exc:
+            # What was written is done (its marks cleared); the rest is left to the export alone.
+            log.info("The lake export beside other work ran out of DuckDB's memory (%s); the rest is exported "
+                     "alone.", " ".join(str(exc).split())[:160])
+            return None
+        if failures:
+            raise LakeExportError([(path, exc) for _, path, exc in failures], self.lake)
+        return done
+
+    def _export_dirty(self, skip: Collection[tuple[str, date]] = (), *, beside: bool = False
+                      ) -> tuple[int, list[_Failure]]:
+        """export_dirty_partitions() without raising, leaving out ``skip``: (files written, failures).
+        With ``beside``, _NeedsLeanCap (nothing written) for an export that needs the lean cap."""
         self._mark_all_if_lost()
         done: list[int] = []
         failures: list[_Failure] = []
         try:
-            self._export_marked(skip, done, failures, lean=True)
+            self._export_marked(skip, done, failures, lean=not beside, beside=beside)
         except _OutOfLeanMemory as exc:
             # Rows far wider than usual can need more than the lean cap for one read. What was
             # written is done (its marks cleared); the rest goes again under the usual cap, but
@@ -300,10 +324,11 @@ class Lake(Connections):
         return sum(done), failures
 
     def _export_marked(self, skip: Collection[tuple[str, date]], done: list[int], failures: list[_Failure],
-                       *, lean: bool) -> None:
+                       *, lean: bool, beside: bool = False) -> None:
         """Write the marked partitions but ``skip``, under DuckDB's lean cap when ``lean`` and the
         export is bigger than one read. The number of files written goes to ``done`` (their marks
-        cleared), failures to ``failures`` as they settle, also when the export stops early."""
+        cleared), failures to ``failures`` as they settle, also when the export stops early.
+        With ``beside``, an export bigger than one read raises _NeedsLeanCap before it starts."""
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.
@@ -333,7 +358,10 @@ class Lake(Connections):
                      if columns is None or not count]
             # An export of more than one read's rows runs under DuckDB's lean cap (see
             # Connections._lean); a small one is not worth the checkpoint that needs.
-            lean = lean and sum(count for *_, count in sizes) > EXPORT_ROWS
+            big = sum(count for *_, count in sizes) > EXPORT_ROWS
+            if beside and big:
+                raise _NeedsLeanCap
+            lean = lean and big
             # Reading a group's rows (DuckDB) and writing its files (Arrow, Parquet) each leave
             # a core idle on a 2-core machine: a group's files are sorted and written in a
             # thread while the next group is read. The marks of the files written are cleared
@@ -375,7 +403,8 @@ class Lake(Connections):
             by_columns.setdefault(columns, []).append((project_id, day, count))
         refused: list[tuple[str, date, int]] = []
         groups = (writer.submit(self._splice_partitions, project_id, days,
-                                [self._dirty_rows(con, project_id, days, columns=", ".join(["job_id", *columns]))],
+                                [self._dirty_rows(con, project_id, days, columns=", ".join(["job_id", *columns]),
+                                                  ordered=True)],
                                 columns)
                   for columns, partitions in sorted(by_columns.items())
                   for project_id, days, _ in _groups(partitions, SPLICE_ROWS))
@@ -389,7 +418,8 @@ class Lake(Connections):
                            ) -> tuple[_Written, list[tuple[str, date]]]:
         """Splice ``columns`` of each of ``days`` from the rows ``handed`` over into its file.
         Returns what _write_partitions does for the files written, and the partitions refused."""
-        table, slices = _sorted_partitions(handed)
+        table = handed.pop()  # read in the lake's order
+        slices = _partition_slices(table)
         files: list[tuple[tuple[str, date], pa.Buffer]] = []
         refused: list[tuple[str, date]] = []
         for day in days:
@@ -418,7 +448,7 @@ class Lake(Connections):
 
     @staticmethod
     def _dirty_rows(con: duckdb.DuckDBPyConnection, project_id: str, days: list[date],
-                    columns: str = f"{_COLS}, deleted_at") -> pa.Table:
+                    columns: str = f"{_COLS}, deleted_at", *, ordered: bool = False) -> pa.Table:
         """The rows (``columns`` of them) of ``days`` (dirty partitions) of one project, with
         their creation day as ``_day``, in the table's order (sorted in Arrow by
         _write_partitions: DuckDB sorting whole rows cost more)."""
@@ -439,7 +469,8 @@ class Lake(Connections):
         return con.sql(
             f"SELECT {columns}, {utc_day('create_time')} AS _day"
             f" FROM {JOBS_TABLE} j"
-            f" WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ? AND ({within})",
+            f" WHERE j.project_id = ? AND j.create_time >= ? AND j.create_time < ? AND ({within})"
+            + (" ORDER BY _day, job_id" if ordered else ""),
             params=[project_id, ranges[0][0], ranges[-1][1], *(bound for pair in ranges for bound in pair)],
         ).to_arrow_table()
 
