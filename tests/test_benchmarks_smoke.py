@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("baseline", "sync", "sync+refresh", "dlt", "rate-cap", "incremental", "models", "one-day-cli",
-             "demo-cli")
+SCENARIOS = ("baseline", "sync", "sync+refresh", "dlt", "rate-cap", "incremental", "incremental-later", "models",
+             "one-day-cli", "demo-cli")
 
 
 def _table(lines: list[str], header_start: str) -> tuple[list[str], list[list[str]]]:
@@ -85,7 +85,7 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     results = saved["results"]
     assert [r["scenario"] for r in results] == [
         "baseline", "sync", "sync+refresh", "dlt", "baseline", "sync", "sync+refresh", "rate-cap",
-        "incremental", "models", "one-day-cli", "demo-cli"]
+        "incremental", "incremental-later", "models", "one-day-cli", "demo-cli"]
     by_name = {r["scenario"]: r for r in results}
     # The syncs read what the baseline read: the simulator's whole history.
     assert by_name["sync+refresh"]["jobs"] == by_name["sync"]["jobs"] == by_name["baseline"]["jobs"] > 0
@@ -112,10 +112,16 @@ def test_smallest_benchmark_run_prints_every_figure_next_to_its_target(tmp_path)
     # What the change capture's lake rewrote, and how much of it only for jobs deleted there,
     # printed beside its time: the figure that says why the time is what it is.
     lake = inc["lake_rewrites"]
-    assert lake["rows"] >= lake["deletion_rows"] >= 0 and lake["partitions"] >= lake["deletion_partitions"] >= 0
+    assert lake["rows"] >= lake["same_jobs_rows"] >= lake["deletion_rows"] >= 0
+    assert lake["partitions"] >= lake["same_jobs_partitions"] >= lake["deletion_partitions"] >= 0
     assert lake["partitions"] > 0  # the clock moved: jobs were created, so their days were written
     time_row = by_figure[TARGETS["incremental-time"]]
     assert f"{lake['partitions']:,} lake files rewritten (" in time_row[5]
+    # A later change capture, the clock moved as far again: shown beside the first one's figure.
+    later = by_name["incremental-later"]
+    assert later["requests"] > 0 and 0 < later["details"]["share_of_full"]
+    assert later["details"]["changed"] >= 0.01 * 600 and later["details"]["creation_days"] >= inc["creation_days"]
+    assert f"a later one (the snapshot's spare in place): {later['details']['share_of_full']:.1%}" in time_row[5]
     assert "fetch and write" in time_row[5] and "snapshot and lake" in time_row[5]
     day = by_name["one-day-cli"]
     assert day["details"]["beyond_requests_seconds"] > 0 and day["requests"] > 0
@@ -204,8 +210,9 @@ def test_the_change_captures_share_is_taken_of_the_seconds_the_results_keep():
 
 
 def test_the_lake_rewrites_of_a_change_capture_tell_deletions_from_other_changes():
-    """A partition counts as rewritten for deletions alone when it holds the same jobs with the
-    same contents and more of them deleted; new jobs, a new version or a new day do not."""
+    """A partition counts as holding the same jobs when it holds as many as before (a new version
+    or a deletion: spliced), and as rewritten for deletions alone when it holds the same jobs
+    with the same contents and more of them deleted; new jobs or a new day do neither."""
     from datetime import UTC, date, datetime
 
     from benchmarks.run import _lake_rewrites
@@ -228,7 +235,8 @@ def test_the_lake_rewrites_of_a_change_capture_tell_deletions_from_other_changes
         ("p", day[5]): (3, 13, 0, t1),  # a new day
     }
     assert _lake_rewrites(before, after) == {
-        "partitions": 5, "rows": 100 + 100 + 101 + 50 + 3, "deletion_partitions": 1, "deletion_rows": 100}
+        "partitions": 5, "rows": 100 + 100 + 101 + 50 + 3, "same_jobs_partitions": 3, "same_jobs_rows": 250,
+        "deletion_partitions": 1, "deletion_rows": 100}
 
 
 def test_full_runs_below_one_is_refused_with_a_clear_error(tmp_path):
