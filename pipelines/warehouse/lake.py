@@ -332,9 +332,14 @@ class Lake(Connections):
         with self._cursor() as con:
             # A change capture can dirty every day of the history: partitions are read a few
             # thousand rows at a time, so what is held stays bounded.
-            ((first, last),) = con.execute("SELECT min(create_day), max(create_day) FROM lake_dirty").fetchall()
+            ((first, last, whole),) = con.execute(
+                "SELECT min(create_day), max(create_day), count(*) FILTER (NOT stamps_only) FROM lake_dirty").fetchall()
             if first is None:
                 return
+            if beside and whole > EXPORT_PARTITIONS:
+                # More partitions to encode whole than one read takes (a backfill's): declined
+                # before counting their rows, which reads the whole table.
+                raise _NeedsLeanCap
             # Counted over the dirty days' range only: DuckDB skips the row groups outside it, so
             # a one-day sync counts its day, not the whole table (0.10 s at 1,000,000 jobs).
             marked = [

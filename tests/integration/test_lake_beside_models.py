@@ -141,3 +141,44 @@ def test_an_error_of_the_export_beside_the_models_is_raised_after_them(warehouse
     with warehouse.connect(), pytest.raises(RuntimeError, match="export broken"):
         refresh_and_publish(warehouse, _settings(warehouse), lake=lake)
     assert sql(warehouse, "SELECT count(*) FROM analytics.job_outcomes") == [(30,)]
+
+
+def test_more_whole_partitions_than_one_read_takes_are_declined_before_their_rows_are_counted(
+        tmp_path, monkeypatch):
+    """A backfill marks every partition whole: the export beside the models declines at once,
+    without the count of their rows (a read of the whole table)."""
+    monkeypatch.setattr(lake_module, "EXPORT_PARTITIONS", 4)
+    wh = Warehouse(tmp_path / "data")
+    run = wh.begin_run("days", {"since": "2025-03-01"})
+    wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=DAY1 + timedelta(days=i)) for i in range(5)]), export=False)
+    statements: list[str] = []
+    cursor = lake_module.Lake._cursor
+
+    def spying(self):
+        context = cursor(self)
+        con = context.__enter__()
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(con, name)
+
+            def execute(self, query, *args):
+                statements.append(query)
+                return con.execute(query, *args)
+
+        class Context:
+            def __enter__(self):
+                return Spy()
+
+            def __exit__(self, *exc):
+                return context.__exit__(*exc)
+
+        return Context()
+
+    monkeypatch.setattr(lake_module.Lake, "_cursor", spying)
+    with wh.connect():
+        assert wh.export_small_dirty_partitions() is None
+    assert statements and not any("count(j.job_id)" in q for q in statements)
+    assert sql(wh, "SELECT count(*) FROM lake_dirty") == [(5,)]
+    monkeypatch.undo()
+    assert wh.export_dirty_partitions() == 5
