@@ -324,3 +324,18 @@ def test_the_faults_table_runs_the_fault_classes_asked_for_and_each_sync_equals_
         assert causes.endswith(f": {faults}"), cells  # every retry of the one cause served
         assert int(rows_written) > 0 and equal == "yes" and float(seconds) > 0, cells
     assert cells["500 JSON error"][3].startswith("5xx: ") and cells["truncated JSON (200)"][3].startswith("malformed: ")
+
+
+def test_the_change_capture_benchmark_runs_two_checkouts_alternately_on_one_change():
+    """benchmarks/capture.py: one backfill, one change, and a change capture per checkout on a
+    fresh copy of the same warehouse; the same code on the same change sends the same requests."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "capture.py"), "--jobs", "2000", "--runs", "1",
+                           "--other", str(ROOT)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert any(line.startswith("the clock moved: ") for line in out)
+    runs = [line for line in out if line.startswith(("other 1: ", "this 1: "))]
+    assert len(runs) == 2
+    requests = {line.split("), ")[1].split(" requests")[0] for line in runs}
+    assert len(requests) == 1 and int(requests.pop().replace(",", "")) > 0
+    assert any(line.startswith("this / other: ") for line in out)
