@@ -93,9 +93,6 @@ def _beside(work: Callable[[bool], bool] | None) -> Iterator[Callable[[], bool]]
     if work is None:
         yield lambda: False
         return
-    if work is None:
-        yield lambda: False
-        return
     with ThreadPoolExecutor(1, thread_name_prefix="lake-beside-models") as pool:
         future = pool.submit(work, False)
         try:

@@ -30,8 +30,10 @@ def mark_lake(con: duckdb.DuckDBPyConnection, partitions_sql: str, *, stamps_onl
 def mark_lake_sql(partitions_sql: str, *, stamps_only: bool = False, in_place: Sequence[str] = ()) -> str:
     """The statements of mark_lake(), for a script of several."""
     unknown = sorted(set(in_place) - IN_PLACE_COLUMNS)
-    if unknown or (in_place and not stamps_only):
-        raise ValueError(f"in_place names no content column of a lake file, or a whole mark: {unknown or in_place}")
+    if unknown:
+        raise ValueError(f"in_place names what is no content column of a lake file: {unknown}")
+    if in_place and not stamps_only:
+        raise ValueError("in_place goes with stamps_only: a whole mark rewrites every column")
     quoted = ", ".join(f"'{c}'" for c in sorted(set(in_place)))
     columns = f"[{quoted}]::VARCHAR[]"
     of_query = f"EXISTS (SELECT 1 FROM ({partitions_sql}) AS t(p, d) WHERE p = lake_dirty.project_id AND d = lake_dirty.create_day)"

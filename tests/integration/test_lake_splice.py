@@ -252,3 +252,12 @@ def test_a_splice_mark_naming_no_content_column_is_written_whole(wh: Warehouse, 
         assert whole_writes == [[DAY1.date()]]
         whole_writes.clear()
     assert lake_rows(wh) == wh.jobs_table().to_pylist()
+
+
+def test_a_mark_names_only_content_columns_and_only_for_a_splice():
+    from pipelines.warehouse.marks import mark_lake_sql
+
+    with pytest.raises(ValueError, match="no content column"):
+        mark_lake_sql("SELECT 'p1', DATE '2025-03-01'", stamps_only=True, in_place=["job_id"])
+    with pytest.raises(ValueError, match="goes with stamps_only"):
+        mark_lake_sql("SELECT 'p1', DATE '2025-03-01'", in_place=["state"])
