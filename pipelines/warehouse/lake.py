@@ -282,8 +282,7 @@ class Lake(Connections):
         others: once every other one is written, LakeExportError names it and its cause.
         """
         done, failures = self._export_dirty()
-        if failures:
-            raise LakeExportError([(path, exc) for _, path, exc in failures], self.lake)
+        self._raise_failures(failures)
         return done
 
     def export_small_dirty_partitions(self) -> int | None:
@@ -300,9 +299,12 @@ class Lake(Connections):
             log.info("The lake export beside other work ran out of DuckDB's memory (%s); the rest is exported "
                      "alone.", " ".join(str(exc).split())[:160])
             return None
+        self._raise_failures(failures)
+        return done
+
+    def _raise_failures(self, failures: list[_Failure]) -> None:
         if failures:
             raise LakeExportError([(path, exc) for _, path, exc in failures], self.lake)
-        return done
 
     def _export_dirty(self, skip: Collection[tuple[str, date]] = (), *, beside: bool = False
                       ) -> tuple[int, list[_Failure]]:
@@ -312,7 +314,7 @@ class Lake(Connections):
         done: list[int] = []
         failures: list[_Failure] = []
         try:
-            self._export_marked(skip, done, failures, lean=not beside, beside=beside)
+            self._export_marked(skip, done, failures, lean=True, beside=beside)
         except _OutOfLeanMemory as exc:
             # Rows far wider than usual can need more than the lean cap for one read. What was
             # written is done (its marks cleared); the rest goes again under the usual cap, but
