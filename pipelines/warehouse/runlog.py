@@ -205,16 +205,6 @@ class RunLog(Lake):
             ).fetchall()
         return {day: listed.astimezone(UTC) for day, listed in rows}
 
-    def live_job_ids(self, project_id: str, since: datetime, until: datetime) -> set[str]:
-        """job_ids of not-deleted jobs created in [since, until)."""
-        with self._cursor() as con:
-            rows = con.execute(
-                f"SELECT job_id FROM {JOBS_TABLE} WHERE project_id = ? AND deleted_at IS NULL"
-                " AND create_time >= ? AND create_time < ?",
-                [project_id, _aware(since, "since"), _aware(until, "until")],
-            ).fetchall()
-        return {r[0] for r in rows}
-
     def live_creation_times(self, project_id: str, since: datetime, until: datetime) -> np.ndarray:
         """Sorted creation times (epoch microseconds) of the not-deleted jobs created in [since, until].
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipelines.ingest import normalize
 from pipelines.warehouse import STORED_JOBS_SCHEMA, Warehouse
+from pipelines.warehouse.tables import JOBS_TABLE
 from tests.support.lake import lake_dataset
 
 DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -45,6 +46,13 @@ def jobs(records: list[dict], project_id: str = "p1", synced_at: datetime = SYNC
 def sql(wh: Warehouse, query: str, params: list | None = None) -> list[tuple]:
     with wh.connect() as con:
         return con.execute(query, params or []).fetchall()
+
+
+def live_job_ids(wh: Warehouse, project_id: str, since: datetime, until: datetime) -> set[str]:
+    """job_ids of the not-deleted jobs of ``project_id`` created in [since, until)."""
+    rows = sql(wh, f"SELECT job_id FROM {JOBS_TABLE} WHERE project_id = ? AND deleted_at IS NULL"
+                   " AND create_time >= ? AND create_time < ?", [project_id, since, until])
+    return {job_id for (job_id,) in rows}
 
 
 def states(wh: Warehouse) -> dict[str, str]:

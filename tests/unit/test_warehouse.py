@@ -23,7 +23,18 @@ from pipelines.ingest import JOBS_SCHEMA, normalize
 from pipelines.warehouse import STORED_JOBS_SCHEMA, WAREHOUSE_VERSION, Warehouse, WarehouseError, WindowRecord
 from pipelines.warehouse.deletions import ReconciledRange
 from pipelines.warehouse.tables import key_hash_expr
-from tests.support.warehouse_rows import DAY1, DAY2, SYNC1, SYNC2, jobs, lake_rows, rec, sql, states
+from tests.support.warehouse_rows import (
+    DAY1,
+    DAY2,
+    SYNC1,
+    SYNC2,
+    jobs,
+    lake_rows,
+    live_job_ids,
+    rec,
+    sql,
+    states,
+)
 
 
 @pytest.fixture
@@ -210,7 +221,7 @@ def test_deletions_are_marked_and_history_is_kept(wh: Warehouse, run: str):
     rows = {r["job_id"]: r["deleted_at"] for r in wh.jobs_table().to_pylist()}
     assert rows == {"a": gone, "b": None, "c": None}
     assert {r["job_id"] for r in wh.jobs_table(include_deleted=False).to_pylist()} == {"b", "c"}
-    assert wh.live_job_ids("p1", DAY1, DAY2) == {"b", "c"}
+    assert live_job_ids(wh, "p1", DAY1, DAY2) == {"b", "c"}
     assert sql(
         wh, "SELECT job_id, valid_to, deleted_at FROM voice_training_job_history WHERE job_id = 'a'"
     ) == [("a", None, gone)]
@@ -247,7 +258,7 @@ def test_a_reappearing_job_is_undeleted(wh: Warehouse, run: str):
     row = wh.jobs_table().to_pylist()[0]
     assert (row["state"], row["deleted_at"]) == ("CREATING", None)
     assert sql(wh, "SELECT count(*), count(deleted_at) FROM voice_training_job_history") == [(1, 0)]
-    assert wh.live_job_ids("p1", DAY1, DAY2) == {"a"}
+    assert live_job_ids(wh, "p1", DAY1, DAY2) == {"a"}
     lake = ds.dataset(wh.lake_dir, format="parquet", partitioning="hive").to_table()
     assert lake["deleted_at"].to_pylist() == [None]
 
@@ -407,10 +418,15 @@ def test_a_batch_of_jobs_never_seen_is_appended_as_the_staged_upsert_would(tmp_p
     assert lake_rows(fast) == lake_rows(staged) == fast.jobs_table().to_pylist()
 
 
-def test_live_job_ids_window_is_half_open(wh: Warehouse, run: str):
-    wh.apply(run, jobs=jobs([rec("at-start", created=DAY1), rec("at-end", created=DAY2)]))
-    assert wh.live_job_ids("p1", DAY1, DAY2) == {"at-start"}
-    assert wh.live_job_ids("p2", DAY1, DAY2) == set()
+def test_live_creation_times_window_is_closed(wh: Warehouse, run: str):
+    """The bisection's stored side counts closed ranges, as the source's listing does: a job on
+    either bound is in, a deleted one and another project's are out."""
+    wh.apply(run, jobs=jobs([rec("at-start", created=DAY1), rec("at-end", created=DAY2),
+                             rec("after", created=DAY2 + timedelta(seconds=1)), rec("gone", created=DAY1)]))
+    wh.apply(run, jobs=JOBS_SCHEMA.empty_table(), deleted=[("p1", "gone")])
+    micros = int(DAY1.timestamp()) * 1_000_000, int(DAY2.timestamp()) * 1_000_000
+    assert wh.live_creation_times("p1", DAY1, DAY2).tolist() == list(micros)
+    assert wh.live_creation_times("p2", DAY1, DAY2).tolist() == []
 
 
 def test_watermark_never_moves_backwards(wh: Warehouse, run: str):
@@ -552,7 +568,7 @@ def test_session_keeps_one_connection_and_methods_work_inside(wh: Warehouse, run
         assert con.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
         with wh.connect() as inner:
             assert inner is con
-        assert wh.live_job_ids("p1", DAY1, DAY2) == {"a"}
+        assert live_job_ids(wh, "p1", DAY1, DAY2) == {"a"}
     with duckdb.connect(str(wh.db_path), read_only=True) as reader:
         assert reader.execute("SELECT count(*) FROM voice_training_jobs").fetchone() == (1,)
 
@@ -561,8 +577,8 @@ def test_methods_can_run_in_worker_threads_inside_a_session(wh: Warehouse, run: 
     with wh.connect(), ThreadPoolExecutor(2) as pool:
         applied = pool.submit(wh.apply, run, jobs=jobs([rec("a")]))
         applied.result(timeout=60)
-        seen = pool.submit(wh.live_job_ids, "p1", DAY1, DAY2)
-        assert seen.result(timeout=60) == {"a"}
+        seen = pool.submit(wh.live_creation_times, "p1", DAY1, DAY2)
+        assert seen.result(timeout=60).tolist() == [int(DAY1.timestamp()) * 1_000_000]
         assert wh.watermark("p1") is None
 
 
