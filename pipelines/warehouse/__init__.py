@@ -54,7 +54,8 @@ from pipelines.warehouse.db import (
     free_pinned,
 )
 from pipelines.warehouse.deletions import ReconciledRange
-from pipelines.warehouse.lake import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE, LakeExportError
+from pipelines.warehouse.lake import LakeExportError
+from pipelines.warehouse.lake_export import EXPORT_PARTITIONS, EXPORT_ROWS, LAKE_FILE
 from pipelines.warehouse.lakestore import LakeStore, LocalLakeStore, open_lake_store
 from pipelines.warehouse.records import WindowRecord
 from pipelines.warehouse.runlog import RunLog, count_in_ranges

@@ -13,7 +13,7 @@ from pipelines import models as models_module
 from pipelines.settings import Settings
 from pipelines.sync import refresh_and_publish
 from pipelines.sync.run import SNAPSHOT_PHASE, _export_lake
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import Warehouse, lake_export
 from pipelines.warehouse import lake as lake_module
 from tests.support.warehouse_rows import DAY1, jobs, lake_rows, rec, sql
 
@@ -76,7 +76,7 @@ def test_a_small_export_runs_beside_the_models(warehouse: Warehouse, monkeypatch
 
 def test_a_big_export_is_declined_beside_the_models_and_runs_alone_under_the_lean_cap(warehouse: Warehouse,
                                                                                      monkeypatch):
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)  # 30 rows to write: more than one read
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)  # 30 rows to write: more than one read
     caps: list[str] = []
     read = lake_module.Lake._dirty_rows
 
@@ -147,7 +147,7 @@ def test_more_whole_partitions_than_one_read_takes_are_declined_before_their_row
         tmp_path, monkeypatch):
     """A backfill marks every partition whole: the export beside the models declines at once,
     without the count of their rows (a read of the whole table)."""
-    monkeypatch.setattr(lake_module, "EXPORT_PARTITIONS", 4)
+    monkeypatch.setattr(lake_export, "EXPORT_PARTITIONS", 4)
     wh = Warehouse(tmp_path / "data")
     run = wh.begin_run("days", {"since": "2025-03-01"})
     wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=DAY1 + timedelta(days=i)) for i in range(5)]), export=False)

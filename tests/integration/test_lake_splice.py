@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import Warehouse, lake_export
 from pipelines.warehouse import lake as lake_module
 from pipelines.warehouse.lakestore import encode_parquet
 from tests.support.lake import BOTH_LAKES, lake_bytes, lake_file, lake_put, lake_row_groups
@@ -135,8 +135,8 @@ def test_a_partition_that_gains_or_loses_a_job_is_written_whole(wh: Warehouse, r
 @BOTH_LAKES
 def test_a_burst_day_written_in_row_groups_is_spliced_row_group_by_row_group(wh: Warehouse, run: str, monkeypatch,
                                                                            whole_writes):
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
-    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_export, "EXPORT_BATCH_ROWS", 4)
     wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i)) for i in range(25)]))
     assert lake_row_groups(wh, KEY1) == 7
     whole_writes.clear()

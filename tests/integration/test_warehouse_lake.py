@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipelines.warehouse import Warehouse
+from pipelines.warehouse import Warehouse, lake_export
 from pipelines.warehouse.serving import SPARE_FILE
 from tests.support.lake import (
     BOTH_LAKES,
@@ -262,7 +262,7 @@ def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, m
     it back (checkpoint, lean cap) and the usual cap is back after, also when a write fails."""
     from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
     wh = Warehouse(tmp_path / "data")
     run = wh.begin_run("days", {"since": "2025-03-01"})
     caps: list[str] = []
@@ -302,10 +302,9 @@ def test_an_export_that_runs_out_of_memory_under_the_lean_cap_finishes_under_the
     out of memory (here a cap too small for any read), and the export goes on under the usual
     cap instead of failing the run, every partition written and its mark cleared."""
     from pipelines.warehouse import db as db_module
-    from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
-    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_export, "EXPORT_BATCH_ROWS", 4)
     monkeypatch.setattr(db_module, "DUCKDB_LEAN_MEMORY_LIMIT", "256KB")
     wh = Warehouse(tmp_path / "data")
     run = wh.begin_run("days", {"since": "2025-03-01"})
@@ -354,8 +353,8 @@ def test_an_export_out_of_memory_halfway_keeps_what_it_wrote_and_retries_no_fail
 
     from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 15)
-    monkeypatch.setattr(lake_module, "EXPORT_PARTITIONS", 1)  # a group per partition
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 15)
+    monkeypatch.setattr(lake_export, "EXPORT_PARTITIONS", 1)  # a group per partition
     days = [DAY1 + timedelta(days=i) for i in range(4)]
     wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=days[i % 4]) for i in range(40)]))
     wh.mark_every_partition()
@@ -428,10 +427,9 @@ def test_a_partition_bigger_than_one_read_is_streamed_into_its_file_by_job_id(wh
     """A burst day (more rows than one read) is read and written in pieces of job_id ranges,
     each a row group, instead of held whole and copied to sort it. Its file holds the same rows
     in the same order as any other partition's, and replacing it again works."""
-    from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
-    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_export, "EXPORT_BATCH_ROWS", 4)
     burst = [rec(f"j{i:02d}", created=DAY1 + timedelta(minutes=i)) for i in range(25)]
     wh.apply(run, jobs=jobs([*reversed(burst), rec("b", created=DAY2)]))
     key = wh.partition_key("p1", DAY1.date())
@@ -452,12 +450,11 @@ def test_lake_files_hold_statistics_for_the_columns_readers_filter_on_and_none_f
     """Min/max statistics let a reader skip row groups by time, state or id; those of free text
     (failure reasons, URLs, phone numbers, suggestions, extra) skip nothing and cost a sixth of
     the encoding. Whole files and streamed ones (a burst day, in row groups) alike."""
-    from pipelines.warehouse import lake as lake_module
     from pipelines.warehouse.lakestore import FREE_TEXT_COLUMNS
     from pipelines.warehouse.tables import STORED_JOBS_SCHEMA
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 10)
-    monkeypatch.setattr(lake_module, "EXPORT_BATCH_ROWS", 4)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
+    monkeypatch.setattr(lake_export, "EXPORT_BATCH_ROWS", 4)
     texts = {"job_failed_reason": "quota exceeded", "voice_authorization_url": "https://example.com/a",
              "training_input_source_url": "https://example.com/b", "undocumented": 1,
              "assess_result": {"snr": {"suggestion": "quieter room", "status": 1}, "suggestion": "record again"}}
@@ -539,7 +536,7 @@ def test_an_export_stopped_by_an_error_clears_the_marks_of_the_files_it_wrote(wh
     clears the marks of the files it wrote before it, and raises that error."""
     from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_PARTITIONS", 1)  # a group per partition
+    monkeypatch.setattr(lake_export, "EXPORT_PARTITIONS", 1)  # a group per partition
     days = [DAY1 + timedelta(days=i) for i in range(4)]
     wh.apply(run, jobs=jobs([rec(f"j{i:02d}", created=days[i % 4]) for i in range(8)]))
     wh.mark_every_partition()

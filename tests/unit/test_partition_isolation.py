@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.ingest import normalize
-from pipelines.warehouse import LakeExportError, Warehouse, WarehouseError
+from pipelines.warehouse import LakeExportError, Warehouse, WarehouseError, lake_export
 from tests.support.warehouse_rows import assert_exported_except, block_with_a_directory, dirty
 
 DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -103,7 +103,7 @@ def test_a_streamed_burst_day_that_cannot_be_written_keeps_its_mark_and_the_othe
     by the next export once the obstacle is gone."""
     from pipelines.warehouse import lake as lake_module
 
-    monkeypatch.setattr(lake_module, "EXPORT_ROWS", 5)
+    monkeypatch.setattr(lake_export, "EXPORT_ROWS", 5)
     streamed: list[tuple[str, object]] = []
     stream = lake_module.Lake._write_streamed
 
