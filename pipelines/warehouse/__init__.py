@@ -27,7 +27,8 @@ One module per concern, each a room of the one :class:`Warehouse`:
 - ``deletions``: the ranges a source listed completely and the deletion marks they prove.
 - ``marks``: what a batch marks for later: lake partitions to export, days the models rebuild.
 - ``records``: what a batch records besides jobs: windows listed, quarantine, watermarks.
-- ``lake``: partition keys, the export of dirty partitions (once per run), rebuild.
+- ``lake``: when the lake is written (the export of dirty partitions, once per run), rebuild, a lost lake.
+- ``lake_export``: how: partition keys, grouped reads, whole encodes and splices, marks cleared.
 - ``lakestore``: where the lake's files live, a local directory or an S3-compatible store.
 - ``serving``: the serving snapshot.
 - ``runlog``: the run log and the readers the sync plans with (watermarks, listed days,
