@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import CHANGED_SHARE, SIM_DAYS, TRAFFIC, Simulator, run_child  # noqa: E402
+from benchmarks.run import SIM_DAYS, TRAFFIC, Simulator, move_clock, run_child  # noqa: E402
 
 
 def _step(checkout: Path, **args) -> dict:
@@ -71,11 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         first = next(iter(checkouts.values()))
         out = _step(first, url=sim.url, days=SIM_DAYS, data_dir=str(live), mode="incremental", refresh=True)
         print(f"backfill of {out['jobs']:,} jobs by {first}: {out['seconds']:.2f} s", flush=True)
-        changed = deleted = 0
-        while changed < CHANGED_SHARE * args.jobs:
-            moved = sim.admin(f"/_sim/advance?seconds={4 * 3600}")
-            changed += moved["created"] + moved["transitioned"]
-            deleted += moved["deleted"]
+        created, transitioned, deleted, _ = move_clock(sim, args.jobs)
+        changed = created + transitioned
         print(f"the clock moved: {changed:,} jobs created or changed, {deleted:,} deleted", flush=True)
         shutil.copytree(live, kept)
         runs: dict[str, list[dict]] = {name: [] for name in checkouts}

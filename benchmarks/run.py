@@ -802,21 +802,32 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
         sim.close()
 
 
+#: The simulated clock moves in steps of this many hours until CHANGED_SHARE of the jobs changed.
+CLOCK_STEP_HOURS = 4
+
+
+def move_clock(sim: Simulator, jobs: int) -> tuple[int, int, int, int]:
+    """Move the simulated clock until about CHANGED_SHARE of ``jobs`` were created or changed
+    state: (created, transitioned, deleted, seconds moved). Steps of a few hours, so the change
+    lands near the share rather than overshooting it; each step also deletes about 0.05% of the
+    jobs per simulated day."""
+    created = transitioned = deleted = seconds = 0
+    while created + transitioned < CHANGED_SHARE * jobs:
+        moved = sim.admin(f"/_sim/advance?seconds={CLOCK_STEP_HOURS * 3600}")
+        seconds += CLOCK_STEP_HOURS * 3600
+        created += moved["created"]
+        transitioned += moved["transitioned"]
+        deleted += moved["deleted"]
+    return created, transitioned, deleted, seconds
+
+
 def _change_capture(sim: Simulator, data_dir: Path, jobs: int, days: int, zero_fulls: list[Result],
                     moved_before: int, scenario: str, profile_dir: Path | None) -> tuple[Result, int]:
     """Move the simulated clock until about 1% of the jobs were created or changed state, then one
     change capture (with refresh) into ``data_dir``: its result, and the seconds the clock has
     moved since the backfill (``moved_before`` before this one)."""
-    # Steps of a few hours, so the change lands near 1% rather than overshooting it; each
-    # step also deletes about 0.05% of the jobs per simulated day.
-    created = transitioned = deleted = 0
-    step_hours, moved_seconds = 4, moved_before
-    while created + transitioned < CHANGED_SHARE * jobs:
-        moved = sim.admin(f"/_sim/advance?seconds={step_hours * 3600}")
-        moved_seconds += step_hours * 3600
-        created += moved["created"]
-        transitioned += moved["transitioned"]
-        deleted += moved["deleted"]
+    created, transitioned, deleted, seconds = move_clock(sim, jobs)
+    moved_seconds = moved_before + seconds
     changed = created + transitioned
     out = run_step(step="sync", url=sim.url, days=days, data_dir=str(data_dir), mode="incremental",
                    refresh=True, profile=str(profile_dir / f"{scenario}-{jobs}.prof") if profile_dir else None)
