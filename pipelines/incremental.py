@@ -33,7 +33,7 @@ from typing import Protocol
 
 import duckdb
 
-from pipelines.warehouse.tables import put_meta, utc_days
+from pipelines.warehouse.tables import first_row, put_meta, utc_days
 
 #: warehouse_meta key prefix: the fingerprint of the SQL each table model was last built from.
 BUILT_FROM = "model_built_from:"
@@ -72,9 +72,9 @@ def fingerprint(model: BuildableModel, macros: Sequence[tuple[object, str]]) -> 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the current database's main schema holds table ``name`` (asked of the catalog: a
     failed query would abort the refresh's transaction)."""
-    return bool(con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
-        " AND schema_name = 'main' AND table_name = ?", [name]).fetchone()[0])
+    return bool(first_row(
+        con, "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+        " AND schema_name = 'main' AND table_name = ?", [name])[0])
 
 
 def built_fingerprints(con: duckdb.DuckDBPyConnection) -> dict[str, str] | None:
@@ -108,7 +108,7 @@ def marks(con: duckdb.DuckDBPyConnection) -> Marks | None:
     if not _has_table(con, MARKS_TABLE):
         return None
     days = con.execute(f"SELECT DISTINCT project_id, create_day FROM main.{MARKS_TABLE} WHERE job_id IS NULL").fetchall()
-    jobs = con.execute(f"SELECT count(*) FROM main.{MARKS_TABLE} WHERE job_id IS NOT NULL").fetchone()[0]
+    jobs = first_row(con, f"SELECT count(*) FROM main.{MARKS_TABLE} WHERE job_id IS NOT NULL")[0]
     return Marks(days=tuple(tuple(d) for d in days), jobs=bool(jobs))
 
 

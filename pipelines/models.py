@@ -39,6 +39,7 @@ from pipelines.unmasked import (  # noqa: F401  (CHECKED_THROUGH and the checks 
 )
 from pipelines.warehouse import WarehouseError, _is_disk_error, free_pinned
 from pipelines.warehouse.db import configure, database_file
+from pipelines.warehouse.tables import first_row
 
 
 def refresh_models(
@@ -157,7 +158,7 @@ def _build(con: duckdb.DuckDBPyConnection, ordered: Sequence[Model], everything:
                     raise
                 raise ModelError(f"model {model.name} ({model.path.name}) failed: {exc}") from exc
             if count_rows:
-                rows[model.name] = int(con.execute(f"SELECT count(*) FROM {model.relation}").fetchone()[0])
+                rows[model.name] = int(first_row(con, f"SELECT count(*) FROM {model.relation}")[0])
         if marked and all(m in ordered for m in everything if m.incremental_by):
             inc.clear_marks(con)
     finally:

@@ -48,6 +48,7 @@ from pipelines.report_page import (
     html_table,
     page,
 )
+from pipelines.warehouse.tables import first_row
 
 __all__ = [
     "BUCKET_ORDER",
@@ -200,7 +201,7 @@ def _headlines(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
            FROM analytics.job_outcomes"""
     )
     names = [d[0] for d in row.description]
-    return dict(zip(names, row.fetchone(), strict=True))
+    return dict(zip(names, row.fetchall()[0], strict=True))  # read to the end (see first_row)
 
 
 def _rate_over_time(con: duckdb.DuckDBPyConnection, table: str, column: str) -> RateSeries:
@@ -226,9 +227,7 @@ def _group_rates(con: duckdb.DuckDBPyConnection, column: str) -> list[tuple]:
 def _source(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """What warehouse_meta says the data came from ({} when it does not say, or says it unreadably)."""
     try:
-        row = con.execute(
-            """SELECT value FROM main.warehouse_meta WHERE key = 'source' LIMIT 1"""
-        ).fetchone()
+        row = first_row(con, "SELECT value FROM main.warehouse_meta WHERE key = 'source' LIMIT 1")
         found = json.loads(row[0]) if row and row[0] else {}
     except (duckdb.Error, ValueError, TypeError):
         # A warehouse written before sources were recorded has no such table or key.

@@ -26,7 +26,7 @@ import httpx
 from pipelines.metastudio.errors import ConfigurationError
 from pipelines.settings import Settings
 from pipelines.warehouse import JOBS_TABLE, Warehouse, WarehouseError
-from pipelines.warehouse.tables import meta_value, put_meta
+from pipelines.warehouse.tables import first_row, meta_value, put_meta
 
 log = logging.getLogger("voicejobs.source")
 
@@ -73,7 +73,7 @@ def recorded_source(con: duckdb.DuckDBPyConnection) -> SourceIdentity | None:
 
 
 def _holds_jobs(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute(f"SELECT EXISTS (SELECT 1 FROM {JOBS_TABLE})").fetchone()[0]
+    return first_row(con, f"SELECT EXISTS (SELECT 1 FROM {JOBS_TABLE})")[0]
 
 
 def claim(warehouse: Warehouse, identity: SourceIdentity) -> None:

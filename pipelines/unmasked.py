@@ -10,7 +10,7 @@ from datetime import datetime
 import duckdb
 
 from pipelines.ingest.schema import PHONE_FIELD, URL_FIELDS
-from pipelines.warehouse.tables import meta_value, put_meta
+from pipelines.warehouse.tables import first_row, meta_value, put_meta
 
 # Columns holding personal data that ingestion masks under the default policy.
 PHONE_COLUMN = PHONE_FIELD
@@ -48,7 +48,7 @@ def unmasked_personal_data(
     }
     selects = ", ".join(f"count(*) FILTER (WHERE {cond})" for cond in checks.values())
     where, params = ("WHERE synced_at >= ?", [since]) if since is not None else ("", [])
-    row = con.execute(f"SELECT {selects} FROM {relation} {where}", params).fetchone()
+    row = first_row(con, f"SELECT {selects} FROM {relation} {where}", params)
     return {column: int(n) for column, n in zip(checks, row, strict=True) if n}
 
 
@@ -77,7 +77,7 @@ def check_personal_data(con: duckdb.DuckDBPyConnection) -> datetime | None:
         raise UnmaskedPersonalDataError(found)
     if not recordable:
         return None
-    newest = con.execute("SELECT max(synced_at) FROM main.voice_training_jobs").fetchone()[0]
+    newest = first_row(con, "SELECT max(synced_at) FROM main.voice_training_jobs")[0]
     return newest if newest is not None else since
 
 

@@ -41,6 +41,7 @@ from pipelines.warehouse.tables import (
     _aware,
     _hash_expr,
     _is_disk_error,
+    first_row,
     key_hash_expr,
     utc_day,
 )
@@ -192,7 +193,7 @@ class Apply(Lake, Records, Deletions):
             FROM (SELECT {_COLS}, {_hash_expr()} AS row_hash, _ord FROM _incoming {newest}) s
             LEFT JOIN _known j ON j.project_id = s.project_id AND j.job_id = s.job_id"""
         )
-        staged, existed = con.execute("SELECT count(*), count(*) FILTER (existed) FROM _stage").fetchone()
+        staged, existed = first_row(con, "SELECT count(*), count(*) FILTER (existed) FROM _stage")
         stats.inserted = staged - existed
         _append_first_versions(con, "_stage WHERE NOT existed", "row_hash")
         stats.history_versions = stats.inserted
@@ -214,9 +215,9 @@ class Apply(Lake, Records, Deletions):
             FROM _stage
             WHERE existed AND coalesce(lastupdate_time, {oldest}) >= coalesce(old_lastupdate_time, {oldest})"""
         )
-        winners, versions = con.execute("SELECT count(*), count(*) FILTER (new_version) FROM _win").fetchone()
-        existed, undeleting = con.execute(
-            "SELECT count(*), count(*) FILTER (was_deleted) FROM _stage WHERE existed").fetchone()
+        winners, versions = first_row(con, "SELECT count(*), count(*) FILTER (new_version) FROM _win")
+        existed, undeleting = first_row(
+            con, "SELECT count(*), count(*) FILTER (was_deleted) FROM _stage WHERE existed")
         stats.updated = winners
         stats.stale = existed - winners
         stats.history_versions += versions
@@ -368,14 +369,14 @@ def _find_known(con: duckdb.DuckDBPyConnection, jobs: pa.Table, distinct: bool) 
     lo, hi = (v.as_py() for v in pc.min_max(jobs["create_time"]).values())
     keys = jobs.num_rows if distinct else jobs.group_by(["project_id", "job_id"]).aggregate([]).num_rows
     in_range, bounds = " WHERE t.create_time BETWEEN $lo AND $hi", {"lo": lo, "hi": hi}
-    ranged = 0 if lo is None else con.execute(f"SELECT count(*) FROM ({_KNOWN_ROWS}{in_range})", bounds).fetchone()[0]
+    ranged = 0 if lo is None else first_row(con, f"SELECT count(*) FROM ({_KNOWN_ROWS}{in_range})", bounds)[0]
     where = in_range if ranged == keys else ""
     if not ranged and not _maybe_known(con):
         if distinct:
             return 0
         where = " WHERE false"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _known AS {_KNOWN_ROWS}{where}", bounds if where == in_range else {})
-    return ranged if where == in_range else con.execute("SELECT count(*) FROM _known").fetchone()[0]
+    return ranged if where == in_range else first_row(con, "SELECT count(*) FROM _known")[0]
 
 
 def _maybe_known(con: duckdb.DuckDBPyConnection) -> bool:

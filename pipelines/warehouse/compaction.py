@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.warehouse.db import DUCKDB_THREADS, database_file
-from pipelines.warehouse.tables import WarehouseError
+from pipelines.warehouse.tables import WarehouseError, first_row
 
 log = logging.getLogger("voicejobs.warehouse")
 
@@ -100,7 +100,7 @@ def _rewrite(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> None:
     if not ddl.startswith(prefix):
         raise WarehouseError(f"its definition does not start as expected ({ddl[:60]!r})")
     con.execute(f'CREATE TABLE main."{aside}"(' + ddl[len(prefix):])
-    (last,) = con.execute(f'SELECT max(rowid) FROM main."{table}"').fetchone()
+    (last,) = first_row(con, f'SELECT max(rowid) FROM main."{table}"')
     end = (last or 0) + 1
     full = end - end % ROW_GROUP_ROWS
     for first in range(0, full, ROW_GROUP_ROWS):
@@ -108,7 +108,7 @@ def _rewrite(con: duckdb.DuckDBPyConnection, table: str, ddl: str) -> None:
     _copy_tail(con, aside, table, full, end)
     con.execute("BEGIN TRANSACTION")
     try:
-        (kept,), (copied,) = (con.execute(f'SELECT count(*) FROM main."{name}"').fetchone() for name in (table, aside))
+        (kept,), (copied,) = (first_row(con, f'SELECT count(*) FROM main."{name}"') for name in (table, aside))
         if kept != copied:
             raise WarehouseError(f"the copy holds {copied:,} rows of {kept:,}")
         con.execute(f'DROP TABLE main."{table}"')

@@ -32,6 +32,7 @@ from pipelines.warehouse.tables import (
     WarehouseError,
     _column_ddl,
     _hash_expr,
+    first_row,
     key_hash_expr,
     meta_value,
     put_meta,
@@ -112,9 +113,7 @@ def keep_row_groups(con: duckdb.DuckDBPyConnection) -> None:
 def database_file(con: duckdb.DuckDBPyConnection) -> Path | None:
     """The file of ``con``'s current database (None in memory, or when DuckDB cannot say)."""
     with suppress(duckdb.Error):
-        row = con.execute(
-            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
-        ).fetchone()
+        row = first_row(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
         if row and row[0]:
             return Path(row[0])
     return None
@@ -258,7 +257,7 @@ class Connections:
         con.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied_at TIMESTAMPTZ, description VARCHAR)"
         )
-        current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        current = first_row(con, "SELECT coalesce(max(version), 0) FROM schema_migrations")[0]
         if current > WAREHOUSE_VERSION:
             raise WarehouseError(
                 f"{self.db_path} has schema version {current}, newer than this program's {WAREHOUSE_VERSION}; "

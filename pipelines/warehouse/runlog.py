@@ -30,6 +30,7 @@ from pipelines.warehouse.tables import (
     _aware,
     _epoch_us,
     _is_disk_error,
+    first_row,
     utc_days,
 )
 
@@ -83,7 +84,7 @@ class RunLog(Lake):
                     "INSERT INTO sync_runs (run_id, started_at, status, mode, details) VALUES (?, ?, 'running', ?, ?)",
                     [run_id, now, mode, json.dumps(dict(details), default=str, sort_keys=True)],
                 )
-                runs = con.execute("SELECT count(*) FROM sync_runs").fetchone()[0]
+                runs = first_row(con, "SELECT count(*) FROM sync_runs")[0]
                 con.execute("COMMIT")
             except BaseException:
                 with suppress(duckdb.Error):
@@ -178,9 +179,7 @@ class RunLog(Lake):
     def watermark(self, project_id: str) -> datetime | None:
         """The change-capture watermark of a project (UTC), or None before its first one."""
         with self._cursor() as con:
-            row = con.execute(
-                "SELECT max(watermark) FROM sync_state WHERE project_id = ?", [project_id]
-            ).fetchone()
+            row = first_row(con, "SELECT max(watermark) FROM sync_state WHERE project_id = ?", [project_id])
         return row[0].astimezone(UTC) if row and row[0] is not None else None
 
     def listed_days(self, project_id: str, first: date, last: date) -> dict[date, datetime]:

@@ -27,7 +27,7 @@ from pipelines.crashpoints import crashpoint
 from pipelines.redact import redact
 from pipelines.warehouse.db import STORAGE_VERSION, Connections, keep_row_groups
 from pipelines.warehouse.lakestore import _fsync, _fsync_dir
-from pipelines.warehouse.tables import KEYS_TABLE, WarehouseError
+from pipelines.warehouse.tables import KEYS_TABLE, WarehouseError, first_row
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: A replaced serving.duckdb's second name in earlier versions (.serving-<token> + this), kept
@@ -188,8 +188,7 @@ class Serving(Connections):
 
     @staticmethod
     def _storage_version(con: duckdb.DuckDBPyConnection) -> str:
-        tags = con.execute(
-            "SELECT tags FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0]
+        tags = first_row(con, "SELECT tags FROM duckdb_databases() WHERE database_name = current_database()")[0]
         return str(dict(tags).get("storage_version", "")) if tags else ""
 
     def _copy_file(self, tmp: Path) -> None:
@@ -217,7 +216,7 @@ class Serving(Connections):
         quoted = str(tmp).replace("'", "''")
         con.execute(f"ATTACH '{quoted}' AS {alias} (STORAGE_VERSION '{SERVING_STORAGE_VERSION}')")
         try:
-            source = con.execute("SELECT current_database()").fetchone()[0]
+            source = first_row(con, "SELECT current_database()")[0]
             con.execute(f'COPY FROM DATABASE "{source}" TO {alias}')
             crashpoint("serving_copying")  # a snapshot copy left half-done
             # Readers get what analysts read, not the sync's own bookkeeping (raw records of the

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -65,9 +65,21 @@ def key_hash_expr(alias: str = "") -> str:
     return f"hash({p}project_id, {p}job_id)"
 
 
+def first_row(con: duckdb.DuckDBPyConnection, query: str,
+              params: Sequence[object] | Mapping[str, object] | None = None) -> tuple | None:
+    """The first row ``query`` returns (None when none), its rows read to their end.
+
+    DuckDB streams a query's rows and keeps its transaction open until a fetch finds their end:
+    a row taken with fetchone() left a read open on its connection. On the run's shared
+    connection, that read stopped every checkpoint after an update in place ("there are other
+    write transactions active"), DuckDB's own at a commit among them."""
+    rows = con.execute(query, params if params is not None else []).fetchall()
+    return rows[0] if rows else None
+
+
 def meta_value(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
     """What warehouse_meta holds under ``key``, or None."""
-    row = con.execute("SELECT value FROM main.warehouse_meta WHERE key = ?", [key]).fetchone()
+    row = first_row(con, "SELECT value FROM main.warehouse_meta WHERE key = ?", [key])
     return row[0] if row else None
 
 

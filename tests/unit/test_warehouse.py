@@ -658,3 +658,23 @@ def test_the_warehouse_connection_draws_no_progress_bar(tmp_path: Path):
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "d")], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2])
     assert out.stdout.split() == ["False"]
+
+
+def test_a_sync_start_leaves_no_read_open_that_stops_checkpoints(tmp_path: Path):
+    """DuckDB streams a query's rows: a result read with fetchone() keeps its transaction open
+    until a fetch finds the end of the rows. Left open on the run's shared connection (claim()
+    reads the recorded source there), that transaction stopped every checkpoint after an update
+    in place ("there are other write transactions active"): DuckDB's own at a commit and the
+    sync's while it waits on the source."""
+    from pipelines.source import SourceIdentity, claim
+
+    wh = Warehouse(tmp_path)
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})
+        wh.apply(run_id, jobs=jobs([rec("j1")]), export=False)
+        claim(wh, SourceIdentity("https://metastudio.example"))
+        claim(wh, SourceIdentity("https://metastudio.example"))  # the recorded source read back
+        wh.apply(run_id, jobs=jobs([rec("j1", "FAILED", updated_min=5)], synced_at=SYNC2), export=False)
+        with wh._cursor() as other:
+            other.execute("CHECKPOINT")
+        assert con.execute("SELECT state FROM voice_training_jobs").fetchall() == [("FAILED",)]
