@@ -153,7 +153,8 @@ async def _capture_project(client: MetaStudioClient, run: Run, project_id: str,
     def stored(ranges: list[Window]) -> list[int]:
         return count_in_ranges(times, [(w.since, w.until) for w in ranges])
 
-    found = await find_disagreeing_windows(client, project_id, since, until, stored)
+    with run.warehouse.checkpointing():  # the bisection reads ``times``, not the warehouse
+        found = await find_disagreeing_windows(client, project_id, since, until, stored)
     run.report.count_checks += found.requests
     if found.windows:
         log.info("Counts disagree on %d creation-time ranges of %s: paging them completely.",

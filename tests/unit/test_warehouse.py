@@ -678,3 +678,18 @@ def test_a_sync_start_leaves_no_read_open_that_stops_checkpoints(tmp_path: Path)
         with wh._cursor() as other:
             other.execute("CHECKPOINT")
         assert con.execute("SELECT state FROM voice_training_jobs").fetchall() == [("FAILED",)]
+
+
+def test_checkpointing_writes_what_was_committed_to_the_file_while_the_block_runs(tmp_path: Path):
+    wh = Warehouse(tmp_path)
+    wal = tmp_path / "warehouse.duckdb.wal"
+    with wh.connect() as con:
+        run_id = wh.begin_run("days", {})
+        wh.apply(run_id, jobs=jobs([rec(f"j{i}") for i in range(50)]), export=False)
+        wh.apply(run_id, jobs=jobs([rec("j1", "FAILED", updated_min=5)], synced_at=SYNC2), export=False)
+        assert wal.stat().st_size > 0
+        with wh.checkpointing():
+            pass  # a block that leaves DuckDB alone (the bisection)
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert con.execute("SELECT count(*) FROM voice_training_jobs").fetchall() == [(50,)]
+        assert con.execute("SELECT state FROM voice_training_jobs WHERE job_id = 'j1'").fetchall() == [("FAILED",)]
