@@ -803,7 +803,10 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
 
 
 #: The simulated clock moves in steps of this many hours until CHANGED_SHARE of the jobs changed.
-CLOCK_STEP_HOURS = 4
+#: The target is set at about 1% changed and 0.01% deleted: steps of 4 hours overshot it at a
+#: million jobs (three steps: 1.41% changed, 0.016% deleted), steps of one hour stop within an
+#: hour's changes of it.
+CLOCK_STEP_HOURS = 1
 
 
 def move_clock(sim: Simulator, jobs: int) -> tuple[int, int, int, int]:
