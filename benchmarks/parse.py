@@ -62,7 +62,7 @@ from pipelines.metastudio.auth import AKSKAuth  # noqa: E402
 from pipelines.metastudio.paging import day_windows  # noqa: E402
 from pipelines.metastudio.wire import wire_jobs  # noqa: E402
 from pipelines.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
-from pipelines.sync.pipeline import NORMALIZE_ROWS  # noqa: E402
+from pipelines.sync.buffer import NORMALIZE_ROWS  # noqa: E402
 from pipelines.sync.run import SYNC_GC_THRESHOLDS  # noqa: E402
 
 SIM_NOW = datetime(2026, 1, 1, tzinfo=UTC)

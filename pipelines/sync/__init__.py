@@ -21,18 +21,14 @@ Deletions need evidence: a reconciling window whose listing would mark more than
 and the run stops unless both listings hold the same jobs.
 
 Rooms: :mod:`.plan` (modes and the windows each reads), :mod:`.pipeline` (the async
-fetch-absorb-apply pipeline and deletion evidence), :mod:`.run` (one run, start to end),
+fetch-absorb-apply pipeline and deletion evidence), :mod:`.buffer` (what a run holds between
+the fetch and the warehouse, and its transactions), :mod:`.run` (one run, start to end),
 :mod:`.report` (progress and summary). Count bisection lives beside paging, in
 :mod:`pipelines.metastudio.bisection`.
 """
 
-from pipelines.sync.pipeline import (
-    FLUSH_ROWS,
-    MASS_DELETION_MIN,
-    MASS_DELETION_SHARE,
-    SourceDisagreementError,
-    listed_completely,
-)
+from pipelines.sync.buffer import FLUSH_ROWS, listed_completely
+from pipelines.sync.pipeline import MASS_DELETION_MIN, MASS_DELETION_SHARE, SourceDisagreementError
 from pipelines.sync.plan import Mode, days_between
 from pipelines.sync.report import MODE_NAMES, SyncProgress, SyncReport
 from pipelines.sync.run import make_client, refresh_and_publish, sync

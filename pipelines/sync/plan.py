@@ -20,7 +20,7 @@ from pipelines.metastudio.paging import Window, day_window
 from pipelines.warehouse.tables import day_runs
 
 if TYPE_CHECKING:
-    from pipelines.sync.pipeline import Run
+    from pipelines.sync.buffer import Run
 
 log = logging.getLogger("voicejobs.sync")
 

@@ -20,7 +20,8 @@ from pipelines.metastudio.client import MetaStudioClient
 from pipelines.metastudio.paging import Window, day_window, floor_second
 from pipelines.settings import Settings
 from pipelines.source import claim, identity_of
-from pipelines.sync.pipeline import Run, run_tasks
+from pipelines.sync.buffer import Run
+from pipelines.sync.pipeline import run_tasks
 from pipelines.sync.plan import (
     Mode,
     day_tasks,

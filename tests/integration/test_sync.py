@@ -127,7 +127,7 @@ def test_windows_are_written_in_chunks_while_they_are_listed(make_simulator, tmp
     """A window's jobs reach the warehouse in chunks of about SINK_ROWS while it is still paged
     (a burst day is never held whole), and the warehouse ends the same, without duplicates."""
     from pipelines.metastudio import paging
-    from pipelines.sync.pipeline import Run
+    from pipelines.sync.buffer import Run
 
     monkeypatch.setattr(paging, "SINK_ROWS", 40)
     parts: dict[tuple[str, object], list[int]] = {}
@@ -155,17 +155,17 @@ def test_windows_are_normalized_off_the_event_loop_and_every_row_arrives(make_si
     warehouse still ends equal to the source."""
     import threading
 
-    from pipelines.sync import pipeline
+    from pipelines.sync import buffer
 
-    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(buffer, "NORMALIZE_ROWS", 200)
     threads: list[tuple[threading.Thread, int]] = []
-    settle = pipeline.Run.settle
+    settle = buffer.Run.settle
 
     def recording(self):
         threads.append((threading.current_thread(), self.pending_rows))
         return settle(self)
 
-    monkeypatch.setattr(pipeline.Run, "settle", recording)
+    monkeypatch.setattr(buffer.Run, "settle", recording)
     simulator, report = _six_days(make_simulator, tmp_path)
 
     groups = [thread for thread, rows in threads if rows >= 200]
@@ -181,13 +181,13 @@ def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(m
     arenas (a million-job sync peaked about 20 MB higher)."""
     import threading
 
-    from pipelines.sync import pipeline
+    from pipelines.sync import buffer
 
-    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
-    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    monkeypatch.setattr(buffer, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(buffer, "FLUSH_ROWS", 600)
     settled: list[threading.Thread] = []
     applied: list[threading.Thread] = []
-    settle, apply = pipeline.Run.settle, pipeline.Run.apply
+    settle, apply = buffer.Run.settle, buffer.Run.apply
 
     def settling(self):
         settled.append(threading.current_thread())
@@ -197,8 +197,8 @@ def test_normalizing_and_the_transactions_each_keep_to_one_thread_of_their_own(m
         applied.append(threading.current_thread())
         return apply(self, batch, **kwargs)
 
-    monkeypatch.setattr(pipeline.Run, "settle", settling)
-    monkeypatch.setattr(pipeline.Run, "apply", applying)
+    monkeypatch.setattr(buffer.Run, "settle", settling)
+    monkeypatch.setattr(buffer.Run, "apply", applying)
     simulator, report = _six_days(make_simulator, tmp_path)
 
     # The last group and the last batch wait for the end of the listing, on the main thread.
@@ -218,18 +218,18 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
     import threading
 
     from pipelines.metastudio import paging
-    from pipelines.sync import pipeline
+    from pipelines.sync import buffer
 
-    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
-    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    monkeypatch.setattr(buffer, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(buffer, "FLUSH_ROWS", 600)
     # Parts of at most a page and 19 jobs, so the buffer passes the slack's rows (150) in steps.
     monkeypatch.setattr(paging, "SINK_ROWS", 20)
-    limit = 600 * (1 + pipeline.COMMIT_SLACK)
+    limit = 600 * (1 + buffer.COMMIT_SLACK)
     committing = threading.Event()  # the first transaction has begun and waits
     release = threading.Event()  # ... until the consumer has absorbed past a full buffer
     held: list[int] = []  # rows buffered when a window's part was absorbed during that wait
     seen: list[int] = []  # rows buffered at every part absorbed
-    absorb_part, apply = pipeline.Run.absorb_part, pipeline.Run.apply
+    absorb_part, apply = buffer.Run.absorb_part, buffer.Run.apply
 
     def recording(self, task, window, jobs, synced_at):
         buffered = self.buffered + self.pending_rows
@@ -246,8 +246,8 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
             release.wait(timeout=30)  # a safety net: the old consumer never absorbs meanwhile
         return apply(self, batch, **kwargs)
 
-    monkeypatch.setattr(pipeline.Run, "absorb_part", recording)
-    monkeypatch.setattr(pipeline.Run, "apply", applying)
+    monkeypatch.setattr(buffer.Run, "absorb_part", recording)
+    monkeypatch.setattr(buffer.Run, "apply", applying)
     simulator, report = _six_days(make_simulator, tmp_path)
 
     assert release.is_set() and max(held) >= 600
@@ -258,10 +258,10 @@ def test_the_consumer_goes_on_absorbing_while_a_transaction_commits_up_to_a_limi
 def test_a_batch_reaches_the_warehouse_as_one_chunk_per_column(make_simulator, tmp_path, monkeypatch):
     """The windows' parts a batch gathers (slices of their groups' tables) are joined into one
     chunk per column before the transaction, and every row still arrives."""
-    from pipelines.sync import pipeline
+    from pipelines.sync import buffer
 
-    monkeypatch.setattr(pipeline, "NORMALIZE_ROWS", 200)
-    monkeypatch.setattr(pipeline, "FLUSH_ROWS", 600)
+    monkeypatch.setattr(buffer, "NORMALIZE_ROWS", 200)
+    monkeypatch.setattr(buffer, "FLUSH_ROWS", 600)
     chunks: list[int] = []
     apply = Warehouse.apply
 

@@ -138,7 +138,7 @@ def _settled(windows: list[list[dict]]):
     from types import SimpleNamespace
 
     from pipelines.metastudio.windows import day_window
-    from pipelines.sync.pipeline import Run
+    from pipelines.sync.buffer import Run
     from pipelines.sync.plan import Task
     from pipelines.sync.report import SyncReport
 
