@@ -67,19 +67,20 @@ class _Range:
     left: _Range | None = None
 
 
-def _split(window: Window, count: int, stored: Callable[[list[Window]], list[int]]) -> list[_Range]:
-    """The halves of a disagreeing range of ``count`` jobs at the source, the right one's count
-    following from its parent's and the left's when no stored job sits on the instant the
-    halves share (see find_disagreeing_windows); none for a range that cannot be split."""
-    parts = halves(window)
-    if parts is None:
+def _split(splits: list[tuple[int, tuple[Window, Window]]], stored: Callable[[list[Window]], list[int]]) -> list[_Range]:
+    """The halves of each disagreeing range (``splits``: its count at the source and its
+    halves), the right one's count following from its parent's and the left's when no stored
+    job sits on the instant the halves share (see find_disagreeing_windows). The stored side is
+    asked about every shared instant at once: asked once a split, it took a change capture's
+    event loop 65 ms of its 191 ms in the bisection at a million jobs."""
+    if not splits:
         return []
-    left, right = parts
-    (on_shared,) = stored([Window(left.until, left.until)])
-    if on_shared:
-        return [_Range(left), _Range(right)]
-    first = _Range(left)
-    return [first, _Range(right, parent_count=count, left=first)]
+    shared = stored([Window(left.until, left.until) for _, (left, _) in splits])
+    ranges: list[_Range] = []
+    for (count, (left, right)), on_shared in zip(splits, shared, strict=True):
+        first = _Range(left)
+        ranges += [first, _Range(right)] if on_shared else [first, _Range(right, parent_count=count, left=first)]
+    return ranges
 
 
 async def find_disagreeing_windows(client: MetaStudioClient, project_id: str, since: datetime, until: datetime,
@@ -117,15 +118,15 @@ async def find_disagreeing_windows(client: MetaStudioClient, project_id: str, si
         requests += len(pages)
         for r, page in zip(asked, pages, strict=True):
             r.count = page.count
-        next_ranges: list[_Range] = []
+        splits: list[tuple[int, tuple[Window, Window]]] = []
         for r, have in zip(ranges, stored([r.window for r in ranges]), strict=True):
             count = r.count if r.parent_count is None else r.parent_count - r.left.count
             if count == have:
                 continue
-            parts = _split(r.window, count, stored) if count > LEAF_JOBS else []
-            if parts:
-                next_ranges.extend(parts)
-            else:
+            parts = halves(r.window) if count > LEAF_JOBS else None
+            if parts is None:
                 found.append(r.window)
-        ranges = next_ranges
+            else:
+                splits.append((count, parts))
+        ranges = _split(splits, stored)
     return DisagreeingWindows(sorted(found), requests)

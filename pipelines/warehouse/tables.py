@@ -116,9 +116,13 @@ def day_runs(days: Iterable[date]) -> list[tuple[date, date]]:
     return runs
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _epoch_us(dt: datetime) -> int:
     """Whole microseconds since the epoch, exactly (no float rounding)."""
-    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return (dt - _EPOCH) // _MICROSECOND
 
 
 def _aware(dt: datetime, what: str) -> datetime:
