@@ -236,8 +236,13 @@ class Connections:
             worker.join()
 
     def _checkpoint(self) -> None:
-        with self._cursor() as cur:
-            free_pinned(cur)
+        # Best effort in a thread of its own: a cursor that cannot be had is a checkpoint deferred
+        # (the models' first step runs one), never an error printed from the thread.
+        try:
+            with self._cursor() as cur:
+                free_pinned(cur)
+        except (duckdb.Error, WarehouseError) as exc:
+            log.debug("checkpoint deferred: %s", exc)
 
     @contextmanager
     def _lean(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
