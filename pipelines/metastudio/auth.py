@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 import httpx
@@ -21,11 +23,17 @@ DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
+#: A string quote() leaves as it is: ASCII letters, digits and ``_.-~`` only.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
 def _encode(value: str) -> str:
-    """Percent-encode everything but unreserved characters and ``~`` (the SDK's rule)."""
-    return quote(value, safe="~")
+    """Percent-encode everything but unreserved characters and ``~`` (the SDK's rule). Most
+    names and values need nothing encoded, and are returned without quote()'s pass over them."""
+    return value if _UNRESERVED(value) else quote(value, safe="~")
 
 
+@lru_cache(maxsize=256)  # a client signs one path per project, again and again
 def canonical_uri(path: str) -> str:
     """Path segments percent-encoded, always ending in ``/``."""
     encoded = "/".join(_encode(segment) for segment in unquote(path).split("/"))
@@ -63,7 +71,7 @@ def canonical_request(
 def signature(sk: str, sdk_date: str, canonical: str) -> str:
     """Hex HMAC-SHA256 keyed by SK over the string to sign."""
     string_to_sign = f"{ALGORITHM}\n{sdk_date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    return hmac.new(sk.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(sk.encode(), string_to_sign.encode(), "sha256").hex()
 
 
 def parse_authorization(value: str) -> dict[str, str] | None:
@@ -83,7 +91,24 @@ def parse_authorization(value: str) -> dict[str, str] | None:
 
 def query_pairs(url: httpx.URL) -> list[tuple[str, str]]:
     """Decoded query pairs of a URL, in order."""
-    return list(httpx.QueryParams(url.query.decode("ascii")).multi_items())
+    return query_pairs_of(url.query.decode("ascii"))
+
+
+def query_pairs_of(query: str) -> list[tuple[str, str]]:
+    """Decoded pairs of a raw query string, in order, as ``urllib.parse.parse_qsl`` decodes them
+    keeping blank values (``+`` a space, ``a`` alone ``("a", "")``, empty pieces skipped)."""
+    pairs = []
+    for piece in query.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((_decode(name), _decode(value)))
+    return pairs
+
+
+def _decode(part: str) -> str:
+    if "+" in part:
+        part = part.replace("+", " ")
+    return unquote(part) if "%" in part else part
 
 
 class TokenAuth(httpx.Auth):

@@ -12,6 +12,7 @@ import email.utils
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import httpx
 
@@ -97,6 +98,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@lru_cache(maxsize=16)  # a busy source sends the same Date, to the second, to many answers
 def parse_http_date(value: str | None) -> datetime | None:
     """An HTTP-date as an aware UTC datetime; None for anything else (never raises, never parses much)."""
     if not value or len(value) > MAX_DATE_CHARS:

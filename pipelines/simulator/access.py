@@ -8,7 +8,6 @@ import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-import httpx
 import orjson
 
 from pipelines.metastudio import auth
@@ -62,7 +61,7 @@ def authenticate(
     lowered = {name.lower(): value for name, value in headers.items()}
     signed = parts["SignedHeaders"].split(";")
     _check_signed_headers(lowered, signed, security_token)
-    pairs = auth.query_pairs(httpx.URL("http://simulator" + path + ("?" + query if query else "")))
+    pairs = auth.query_pairs_of(query)
     canonical = auth.canonical_request(method, path, pairs, lowered, signed, body)
     expected = auth.signature(secret, lowered["x-sdk-date"], canonical)
     if not hmac.compare_digest(expected, parts["Signature"]):

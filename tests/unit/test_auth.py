@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote
 
 import httpx
 import orjson
@@ -16,8 +17,11 @@ from pipelines.metastudio.auth import (
     DATE_FORMAT,
     AKSKAuth,
     TokenAuth,
+    _encode,
     canonical_query,
     parse_authorization,
+    query_pairs,
+    query_pairs_of,
 )
 from pipelines.metastudio.client import MetaStudioClient
 
@@ -143,3 +147,28 @@ def test_token_auth_sets_only_the_token_header():
     assert "Authorization" not in sent.headers and "X-Sdk-Date" not in sent.headers
     assert "iam-token-value-123" not in repr(TokenAuth("iam-token-value-123"))
     assert SK not in repr(AKSKAuth(AK, SK, STS)) and STS not in repr(AKSKAuth(AK, SK, STS))
+
+
+RAW_QUERIES = [
+    "", "limit=1", "a=1&&b=2&", "a&b=&=c", "a+b=c+d", "x=%2B%20%3A", "x=%zz&y=%4", "v=%E5%A3%B0+%C3%A9",
+    "v=%FF%FE", "k=a=b=c", "create_since=2025-01-10T08%3A43%3A17Z&create_until=2025-01-11T00%3A00%3A00Z&limit=1",
+    "声=音&ü=1", "~-._=~-._",
+]
+
+
+@pytest.mark.parametrize("raw", RAW_QUERIES)
+def test_query_pairs_read_a_query_as_parse_qsl_reads_it(raw):
+    assert query_pairs_of(raw) == parse_qsl(raw, keep_blank_values=True)
+
+
+def test_query_pairs_of_a_url_are_its_query_string_read():
+    url = httpx.URL("https://h.example/p?b=2&a=%3A+x&a=1")
+    assert query_pairs(url) == [("b", "2"), ("a", ": x"), ("a", "1")]
+
+
+@pytest.mark.parametrize("value", [
+    "", "abc", "AZaz09", "_.-~", "a b", "a/b", "2025-01-10T08:43:17Z", "100%", "声音", "é", "a+b", "\x00", "\n",
+    "a~b", "*", "'", "(", "!", ",",
+])
+def test_encode_is_quote_with_tilde_safe(value):
+    assert _encode(value) == quote(value, safe="~")
