@@ -71,7 +71,7 @@ def canonical_request(
 def signature(sk: str, sdk_date: str, canonical: str) -> str:
     """Hex HMAC-SHA256 keyed by SK over the string to sign."""
     string_to_sign = f"{ALGORITHM}\n{sdk_date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-    return hmac.digest(sk.encode(), string_to_sign.encode(), "sha256").hex()
+    return hmac.new(sk.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def parse_authorization(value: str) -> dict[str, str] | None:
