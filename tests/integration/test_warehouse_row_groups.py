@@ -200,14 +200,18 @@ def test_the_models_connection_merges_no_row_groups_either(tmp_path: Path, monke
     # the sync's memory cap but not its setting against DuckDB's merge: the checkpoint of a
     # refresh merged the jobs table's row groups, ran out of the cap on a million-job warehouse
     # (three refreshes in four there) and, fatal to DuckDB, failed the refresh or killed the
-    # process. The ten groups of 8,000 wide rows under a 64 MB cap do the same.
+    # process. Ten groups of 8,000 wide rows show it at any cap: a merge changes them. Under a
+    # 64 MB cap (as the compaction tests below use) the refresh's own checkpoint, which merges
+    # nothing, failed once in a clean-clone run under parallel load (an allocation of 16.5 MiB
+    # with 49.5 of 61.0 used): DuckDB's memory for writing the new model tables, not a merge.
+    # The product's cap is 80 MB.
     from pipelines.models import connect, refresh_models
 
     wh, groups = _wide_warehouse(tmp_path)
-    monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "64MB")
+    monkeypatch.setattr(db, "DUCKDB_MEMORY_LIMIT", "96MB")
     con = connect(wh.db_path)
     try:
-        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0].startswith("61.0 MiB")
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0].startswith("91.5 MiB")
         refresh_models(con)
         con.execute("CHECKPOINT")
         assert _row_groups(con) == groups
