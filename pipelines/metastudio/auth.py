@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import httpx
 
@@ -95,20 +95,10 @@ def query_pairs(url: httpx.URL) -> list[tuple[str, str]]:
 
 
 def query_pairs_of(query: str) -> list[tuple[str, str]]:
-    """Decoded pairs of a raw query string, in order, as ``urllib.parse.parse_qsl`` decodes them
-    keeping blank values (``+`` a space, ``a`` alone ``("a", "")``, empty pieces skipped)."""
-    pairs = []
-    for piece in query.split("&"):
-        if piece:
-            name, _, value = piece.partition("=")
-            pairs.append((_decode(name), _decode(value)))
-    return pairs
-
-
-def _decode(part: str) -> str:
-    if "+" in part:
-        part = part.replace("+", " ")
-    return unquote(part) if "%" in part else part
+    """Decoded pairs of a raw query string, in order, blank values kept (``+`` a space, ``a``
+    alone ``("a", "")``, empty pieces skipped): without the httpx.URL and QueryParams a signature
+    check once built for it, 41 us and more a request."""
+    return parse_qsl(query, keep_blank_values=True)
 
 
 class TokenAuth(httpx.Auth):
