@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import date, datetime, timedelta
 
 from pipelines.arrowpool import arrow_on_malloc
@@ -231,12 +231,14 @@ def _sync_run(settings: Settings, warehouse: Warehouse, report: SyncReport,
     client = make_client(settings)
     client.on_retry = run.retrying
     try:
-        asyncio.run(_sync(client, run, report.mode, since, until))
-        report.phase_seconds["fetch and write"] = time.monotonic() - started
-        if refresh:
-            report.phase_seconds.update(refresh_and_publish(
-                warehouse, settings, run.announce, full=full_refresh,
-                lake=lambda alone: _export_lake(warehouse, whole=full_refresh, alone=alone)))
+        # A publish at the end writes into a spare snapshot, copied while the sync fetches.
+        with warehouse.spare_made_ahead() if refresh else nullcontext():
+            asyncio.run(_sync(client, run, report.mode, since, until))
+            report.phase_seconds["fetch and write"] = time.monotonic() - started
+            if refresh:
+                report.phase_seconds.update(refresh_and_publish(
+                    warehouse, settings, run.announce, full=full_refresh,
+                    lake=lambda alone: _export_lake(warehouse, whole=full_refresh, alone=alone)))
     except BaseException:
         report.elapsed_seconds = time.monotonic() - started
         _collect_client_stats(report, client)

@@ -8,13 +8,18 @@ warehouse is copied table by table.
 The snapshot a new one replaces is kept as the spare (SPARE_FILE), and the next one is written
 into it when no reader has it open: only the parts that differ from the warehouse are written
 (see _copy_changes). Any starting content gives the same snapshot; a close one leaves little to
-write and flush (4 MB of the 235 MB of a million jobs, after a one-day sync).
+write and flush (4 MB of the 235 MB of a million jobs, after a one-day sync). A sync that will
+publish and finds a snapshot but no spare (the first sync after a backfill, or a spare a reader
+held) has one copied from the snapshot while it fetches (spare_made_ahead), so its publish,
+where the user waits, writes only what changed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,6 +33,8 @@ from pipelines.redact import redact
 from pipelines.warehouse.db import STORAGE_VERSION, Connections, keep_row_groups
 from pipelines.warehouse.lakestore import _fsync, _fsync_dir
 from pipelines.warehouse.tables import KEYS_TABLE, WarehouseError, first_row
+
+log = logging.getLogger("voicejobs.warehouse")
 
 SERVING_FILE = "serving.duckdb"  # the snapshot readers open, beside warehouse.duckdb
 #: A replaced serving.duckdb's second name in earlier versions (.serving-<token> + this), kept
@@ -47,6 +54,9 @@ SERVING_STORAGE_VERSION = STORAGE_VERSION
 
 #: What the changed parts of a snapshot's copy are looked for in (see _copy_changes).
 _CHUNK = 1 << 20
+#: A spare made ahead is written and flushed in pieces of this size: the sync's own commits
+#: meanwhile wait for at most one piece's flush (ext4 commits a file's data with the journal).
+_AHEAD_PIECE = 32 << 20
 
 
 class _Spare:
@@ -82,6 +92,62 @@ class _Spare:
 
 class Serving(Connections):
     """Publishing serving.duckdb."""
+
+    _spare_maker: tuple[threading.Thread, threading.Event] | None = None
+
+    @contextmanager
+    def spare_made_ahead(self) -> Iterator[None]:
+        """During the block, a thread copies serving.duckdb into the spare when there is a
+        snapshot and no spare, so a publish in the block writes only what changed since that
+        snapshot (it waits for the copy to end). Made only when the disk keeps room for the
+        warehouse file besides it; a copy that fails leaves nothing, and the publish copies the
+        warehouse whole as it would have. A block that ends before its publish (an error) stops
+        the copy."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._make_spare, args=(stop,), name="voicejobs-spare", daemon=True)
+        self._spare_maker = (thread, stop)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._wait_for_spare(stop=True)
+
+    def _wait_for_spare(self, *, stop: bool = False) -> None:
+        maker, self._spare_maker = self._spare_maker, None
+        if maker is not None:
+            thread, stopped = maker
+            if stop:
+                stopped.set()
+            thread.join()
+
+    def _make_spare(self, stop: threading.Event) -> None:
+        """serving.duckdb copied to SPARE_FILE (through a temporary file) when there is no spare,
+        unless ``stop`` is set first."""
+        spare = self.data_dir / SPARE_FILE
+        try:
+            if spare.exists():
+                return
+            source = os.open(self.serving_path, os.O_RDONLY)
+        except OSError:  # no snapshot yet (a backfill copies the warehouse whole anyway)
+            return
+        tmp = self.data_dir / f".serving-{uuid.uuid4().hex}.duckdb.tmp"
+        try:
+            size = os.fstat(source).st_size
+            room = shutil.disk_usage(self.data_dir).free - size
+            if room < self.db_path.stat().st_size:
+                log.info("No spare serving snapshot made ahead: %d MB free on the disk of %s.",
+                         (room + size) >> 20, self.data_dir)
+                return
+            if _copy_whole(source, tmp, flush_every=_AHEAD_PIECE, stop=stop):
+                os.replace(tmp, spare)
+            else:
+                _remove_copy(tmp)
+        except OSError as exc:
+            _remove_copy(tmp)
+            log.info("No spare serving snapshot made ahead (%s); the publish copies the warehouse whole.",
+                     redact(exc))
+        finally:
+            os.close(source)
 
     def _remove_stale_copies(self, keep: Path | None = None) -> None:
         """Temporary and replaced snapshots left by an earlier process (a crash, an error)."""
@@ -127,6 +193,7 @@ class Serving(Connections):
         the file, and whether it is the warehouse file copied whole (else its tables
         were copied, without the bookkeeping)."""
         con.execute("CHECKPOINT")
+        self._wait_for_spare()
         wal = Path(str(self.db_path) + ".wal")
         if wal.exists() and wal.stat().st_size > 0:
             raise WarehouseError(
@@ -239,19 +306,28 @@ def _remove_copy(tmp: Path) -> None:
             leftover.unlink()
 
 
-def _copy_whole(source: int, copy: Path) -> None:
-    """The file open as ``source`` copied to ``copy`` (positional reads: ``source`` may be shared)."""
+def _copy_whole(source: int, copy: Path, *, flush_every: int | None = None,
+                stop: threading.Event | None = None) -> bool:
+    """The file open as ``source`` copied to ``copy`` (positional reads: ``source`` may be shared);
+    with ``flush_every``, flushed to disk after each piece of that many bytes. False when ``stop``
+    was set before the copy ended (``copy`` is then partial)."""
     size = os.fstat(source).st_size
+    piece = flush_every or 1 << 30
     dst = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         offset = 0
         while offset < size:
-            sent = os.sendfile(dst, source, offset, min(size - offset, 1 << 30))
+            sent = os.sendfile(dst, source, offset, min(size - offset, piece))
             if sent == 0:
                 break
             offset += sent
+            if flush_every:
+                os.fdatasync(dst)
+            if stop is not None and stop.is_set() and offset < size:
+                return False
     finally:
         os.close(dst)
+    return True
 
 
 def _copy_changes(source: int, copy: Path) -> int:

@@ -137,3 +137,41 @@ def test_a_reader_holding_the_database_open_sees_old_or_new_never_a_mix(small_si
     assert fresh[0] == old_total and fresh[-1] == new_total
     first_new = fresh.index(new_total)
     assert set(fresh[first_new:]) == {new_total}
+
+
+def test_the_first_sync_after_a_backfill_publishes_into_a_spare_copied_while_it_fetched(small_simulator, tmp_path,
+                                                                                        monkeypatch):
+    """A backfill leaves a snapshot and no spare; the next sync copies the snapshot into a spare
+    while it fetches, so its publish writes only the parts that changed, not the whole file."""
+    from pipelines.warehouse import serving
+
+    data_dir = tmp_path / "data"
+    settings = sim_settings(small_simulator, data_dir)
+    warehouse = Warehouse(data_dir)
+    first, last = (SIM_NOW - timedelta(days=61)).date(), SIM_NOW.date()
+    sync(settings, mode="days", since=first, until=last, warehouse=warehouse, refresh=True)
+    assert not (data_dir / serving.SPARE_FILE).exists()
+
+    publishes: list[str] = []
+    copy_changes, copy_whole = serving._copy_changes, serving._copy_whole
+
+    def into_spare(source, copy):
+        publishes.append("into the spare")
+        return copy_changes(source, copy)
+
+    def whole(source, copy, **ahead):
+        if not ahead:
+            publishes.append("whole")
+        return copy_whole(source, copy, **ahead)
+
+    monkeypatch.setattr(serving, "_copy_changes", into_spare)
+    monkeypatch.setattr(serving, "_copy_whole", whole)
+    sync(settings, mode="days", since=last, until=last, warehouse=warehouse, refresh=True)
+
+    assert publishes == ["into the spare"]
+    with warehouse.connect() as con:
+        jobs = con.execute("SELECT count(*) FROM main.voice_training_jobs").fetchone()[0]
+    with duckdb.connect(str(warehouse.serving_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM main.voice_training_jobs").fetchone()[0] == jobs
+    assert (data_dir / serving.SPARE_FILE).exists()  # the replaced snapshot, for the next sync
+    assert not list(data_dir.glob(".serving-*.tmp*"))

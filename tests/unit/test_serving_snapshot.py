@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from types import SimpleNamespace
 
 import duckdb
 import pytest
@@ -241,3 +242,93 @@ def test_the_warehouse_stays_locked_against_other_processes_through_a_snapshot(t
         wh.publish_serving()  # the whole file copied
         assert lock_probe(wh.db_path) == "locked"
     assert lock_probe(wh.db_path) == "opened"
+
+
+def _published_with_a_spare_ahead(wh: Warehouse, monkeypatch) -> list[str]:
+    """publish_serving() inside spare_made_ahead(), on a warehouse with a snapshot and no spare:
+    how the publish copied the warehouse."""
+    from pipelines.warehouse import serving
+
+    publishes: list[str] = []
+    copy_changes, copy_whole = serving._copy_changes, serving._copy_whole
+
+    def into_spare(source, copy):
+        publishes.append("into the spare")
+        return copy_changes(source, copy)
+
+    def whole(source, copy, **ahead):
+        if not ahead:
+            publishes.append("whole")
+        return copy_whole(source, copy, **ahead)
+
+    monkeypatch.setattr(serving, "_copy_changes", into_spare)
+    monkeypatch.setattr(serving, "_copy_whole", whole)
+    with wh.spare_made_ahead():
+        wh.apply(wh.begin_run("days", {}), jobs=jobs([rec("c")]))
+        wh.publish_serving()
+    return publishes
+
+
+def test_a_spare_made_ahead_is_the_snapshot_and_the_publish_writes_into_it(tmp_path, monkeypatch):
+    wh = Warehouse(tmp_path / "w")
+    _fill(wh)
+    wh.publish_serving()
+    assert _published_with_a_spare_ahead(wh, monkeypatch) == ["into the spare"]
+    assert [job for job, _ in _snapshot(wh)[2]] == ["a", "b", "c"]
+    assert _data_files(wh) == [SPARE_FILE, "serving.duckdb", "warehouse.duckdb"]
+
+
+def test_no_spare_is_made_ahead_where_the_disk_would_keep_no_room_for_the_warehouse(tmp_path, monkeypatch, caplog):
+    from pipelines.warehouse import serving
+
+    wh = Warehouse(tmp_path / "w")
+    _fill(wh)
+    wh.publish_serving()
+    snapshot = wh.serving_path.stat().st_size
+    room = snapshot + wh.db_path.stat().st_size - 1  # one byte short
+    monkeypatch.setattr(serving.shutil, "disk_usage", lambda path: SimpleNamespace(total=10 * room, used=9 * room, free=room))
+    with caplog.at_level("INFO", logger="voicejobs.warehouse"):
+        assert _published_with_a_spare_ahead(wh, monkeypatch) == ["whole"]
+    assert "No spare serving snapshot made ahead" in caplog.text
+    assert [job for job, _ in _snapshot(wh)[2]] == ["a", "b", "c"]
+
+
+def test_a_spare_that_cannot_be_made_ahead_leaves_nothing_and_the_publish_copies_whole(tmp_path, monkeypatch):
+    from pipelines.warehouse import serving
+
+    wh = Warehouse(tmp_path / "w")
+    _fill(wh)
+    wh.publish_serving()
+    copy_whole = serving._copy_whole
+
+    def full_disk(source, copy, **ahead):
+        if ahead:
+            copy.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return copy_whole(source, copy)
+
+    monkeypatch.setattr(serving, "_copy_whole", full_disk)
+    wh.apply(wh.begin_run("days", {}), jobs=jobs([rec("c")]))
+    with wh.spare_made_ahead():
+        wh.publish_serving()
+    assert [job for job, _ in _snapshot(wh)[2]] == ["a", "b", "c"]
+    assert not list(wh.data_dir.glob(".serving-*.tmp*"))
+
+
+def test_a_block_that_ends_before_its_publish_stops_the_spare_and_leaves_no_part_of_it(tmp_path, monkeypatch):
+    from pipelines.warehouse import serving
+
+    wh = Warehouse(tmp_path / "w")
+    _fill(wh)
+    wh.publish_serving()
+    monkeypatch.setattr(serving, "_AHEAD_PIECE", 4096)  # many pieces: the stop lands between two
+    copy_whole = serving._copy_whole
+
+    def after_the_stop(source, copy, *, flush_every, stop):
+        stop.wait()  # the block has ended: copying starts only now
+        return copy_whole(source, copy, flush_every=flush_every, stop=stop)
+
+    monkeypatch.setattr(serving, "_copy_whole", after_the_stop)
+    with pytest.raises(RuntimeError, match="the sync failed"), wh.spare_made_ahead():
+        raise RuntimeError("the sync failed")
+    assert _data_files(wh) == ["serving.duckdb", "warehouse.duckdb"]
