@@ -275,11 +275,15 @@ class Apply(Lake, Records, Deletions):
         The replaced rows are fetched once, by the rowid _stage read (this transaction only
         updates rows in place): a join on the key read every column of the whole table, 0.59 s
         per 7,000 changed jobs at a million, the rowids 0.30 s. A winner that is no new version
-        changes nothing but synced_at, and is not fetched."""
+        changes nothing but synced_at, and is not fetched. The rowids' range, given as constants,
+        lets DuckDB skip the row groups outside it: the jobs a change capture changes are mostly
+        recent ones, and at a million jobs it read 2 row groups of 9 (80 ms instead of 138 ms)."""
+        lo, hi = first_row(con, "SELECT min(old_rowid), max(old_rowid) FROM _win WHERE new_version")
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _old AS
             SELECT rowid AS old_rowid, * FROM {JOBS_TABLE}
-            WHERE rowid IN (SELECT old_rowid FROM _win WHERE new_version)"""
+            WHERE rowid BETWEEN $lo AND $hi AND rowid IN (SELECT old_rowid FROM _win WHERE new_version)""",
+            {"lo": lo, "hi": hi},
         )
         # The version a new one replaces, as the history showed it: synced when first observed,
         # valid until the new one, not deleted (the job is listed).
