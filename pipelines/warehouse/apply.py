@@ -206,9 +206,11 @@ class Apply(Lake, Records, Deletions):
         oldest = "'-infinity'::TIMESTAMPTZ"
         # A winner whose content differs is a new version. valid_from: its lastupdate_time;
         # without one, create_time for a first version and the observation time for a later
-        # one (so versions do not overlap).
+        # one (so versions do not overlap). A view of _stage, which nothing changes after: each
+        # statement below reads the few columns it needs, where copying the winners' whole rows
+        # into a table took 30-45 ms of a million-job change capture's update window.
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _win AS
+            f"""CREATE OR REPLACE TEMP VIEW _win AS
             SELECT *, old_row_hash IS DISTINCT FROM row_hash AS new_version,
                    coalesce(lastupdate_time, CASE WHEN old_row_hash IS NULL THEN create_time ELSE synced_at END)
                        AS new_valid_from
