@@ -21,6 +21,7 @@ from typing import Any
 # The compact protocol's types (a bool field carries its value in its type: TRUE or FALSE).
 TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(1, 13)
 _INTS = (BYTE, I16, I32, I64)
+_VARINTS = frozenset((I16, I32, I64))  # the integers written as zigzag varints
 
 
 class ThriftError(ValueError):
@@ -45,29 +46,36 @@ class Map:
 
 @dataclass
 class Struct:
-    """A struct's fields, in the order they were read: [field id, compact type, value]."""
+    """A struct's fields, in the order they were read: [field id, compact type, value].
+
+    A field is looked up by its id through an index made at the first lookup (a splice asks a
+    footer's chunks about 90,000 times): ``fields`` may have values replaced (``set``) but not
+    fields added or removed once a lookup was made."""
 
     fields: list[list[Any]] = field(default_factory=list)
+    _index: dict[int, list[Any]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _field(self, fid: int) -> list[Any] | None:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for f in self.fields:
+                index.setdefault(f[0], f)  # the first of a repeated id, as a scan finds it
+        return index.get(fid)
 
     def get(self, fid: int, default: Any = None) -> Any:
-        for f in self.fields:
-            if f[0] == fid:
-                return f[2]
-        return default
+        f = self._field(fid)
+        return default if f is None else f[2]
 
     def has(self, fid: int) -> bool:
-        for f in self.fields:
-            if f[0] == fid:
-                return True
-        return False
+        return self._field(fid) is not None
 
     def set(self, fid: int, value: Any) -> None:
         """Replace the value of field ``fid``, which must be there (its type is kept)."""
-        for f in self.fields:
-            if f[0] == fid:
-                f[2] = value
-                return
-        raise KeyError(fid)
+        f = self._field(fid)
+        if f is None:
+            raise KeyError(fid)
+        f[2] = value
 
 
 @dataclass
@@ -106,17 +114,34 @@ def _skip(data: bytes, pos: int, kind: int, depth: int = 0) -> int:
     if depth > 64:
         raise ThriftError("values nested more than 64 deep")
     if kind == STRUCT:
+        # The scalars, most of a footer's fields, are skipped here rather than by a call each.
         while True:
             header = data[pos]
             pos += 1
             if header == 0:
                 return pos
-            if not header >> 4:
-                pos = _skip(data, pos, I16)
-            if header & 0x0F not in (TRUE, FALSE):
-                pos = _skip(data, pos, header & 0x0F, depth + 1)
+            if not header >> 4:  # a long-form field id: a varint
+                while data[pos] >= 0x80:
+                    pos += 1
+                pos += 1
+            field_kind = header & 0x0F
+            if field_kind in _VARINTS:
+                while data[pos] >= 0x80:
+                    pos += 1
+                pos += 1
+            elif field_kind == BINARY:
+                n, pos = _varint_at(data, pos)
+                pos += n
+            elif field_kind not in (TRUE, FALSE):
+                pos = _skip(data, pos, field_kind, depth + 1)
     if kind in (LIST, SET):
         size, elem, pos = _list_header(data, pos)
+        if elem in _VARINTS:
+            for _ in range(size):
+                while data[pos] >= 0x80:
+                    pos += 1
+                pos += 1
+            return pos
         for _ in range(size):
             pos = _skip(data, pos, elem, depth + 1)
         return pos
@@ -299,7 +324,17 @@ def _struct_into(out: bytearray, s: Struct) -> None:
         else:
             out.append(wire)
             _zigzag(out, fid)
-        if kind not in (TRUE, FALSE):
+        # The integers and the values kept as bytes, most of a footer's fields, written here
+        # rather than by a call each.
+        if kind in _VARINTS and not isinstance(value, Raw):
+            n = (value << 1) ^ (value >> 63)
+            while n >= 0x80:
+                out.append((n & 0x7F) | 0x80)
+                n >>= 7
+            out.append(n)
+        elif isinstance(value, Raw):
+            out += value.data
+        elif kind not in (TRUE, FALSE):
             _value(out, kind, value)
         last = fid
     out.append(0)
