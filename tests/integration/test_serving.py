@@ -18,6 +18,7 @@ import duckdb
 
 from pipelines.sync import refresh_and_publish, sync
 from pipelines.warehouse import Warehouse
+from tests.support.serving import record_publishes
 from tests.support.simulators import SIM_NOW, sim_settings
 
 # One row per look: three numbers that agree only in a consistent snapshot.
@@ -152,20 +153,7 @@ def test_the_first_sync_after_a_backfill_publishes_into_a_spare_copied_while_it_
     sync(settings, mode="days", since=first, until=last, warehouse=warehouse, refresh=True)
     assert not (data_dir / serving.SPARE_FILE).exists()
 
-    publishes: list[str] = []
-    copy_changes, copy_whole = serving._copy_changes, serving._copy_whole
-
-    def into_spare(source, copy):
-        publishes.append("into the spare")
-        return copy_changes(source, copy)
-
-    def whole(source, copy, **ahead):
-        if not ahead:
-            publishes.append("whole")
-        return copy_whole(source, copy, **ahead)
-
-    monkeypatch.setattr(serving, "_copy_changes", into_spare)
-    monkeypatch.setattr(serving, "_copy_whole", whole)
+    publishes = record_publishes(monkeypatch)
     sync(settings, mode="days", since=last, until=last, warehouse=warehouse, refresh=True)
 
     assert publishes == ["into the spare"]

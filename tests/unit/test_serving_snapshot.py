@@ -19,6 +19,7 @@ import pytest
 from pipelines.warehouse import SERVING_STORAGE_VERSION, SYNC_ONLY_TABLES, Warehouse, WarehouseError
 from pipelines.warehouse.serving import _CHUNK as CHUNK
 from pipelines.warehouse.serving import RETIRED_SUFFIX, SPARE_FILE, Serving, _copy_changes
+from tests.support.serving import record_publishes
 from tests.support.warehouse_rows import jobs, lock_probe, rec
 
 RELATIONS = """SELECT table_schema, table_name FROM information_schema.tables
@@ -247,22 +248,7 @@ def test_the_warehouse_stays_locked_against_other_processes_through_a_snapshot(t
 def _published_with_a_spare_ahead(wh: Warehouse, monkeypatch) -> list[str]:
     """publish_serving() inside spare_made_ahead(), on a warehouse with a snapshot and no spare:
     how the publish copied the warehouse."""
-    from pipelines.warehouse import serving
-
-    publishes: list[str] = []
-    copy_changes, copy_whole = serving._copy_changes, serving._copy_whole
-
-    def into_spare(source, copy):
-        publishes.append("into the spare")
-        return copy_changes(source, copy)
-
-    def whole(source, copy, **ahead):
-        if not ahead:
-            publishes.append("whole")
-        return copy_whole(source, copy, **ahead)
-
-    monkeypatch.setattr(serving, "_copy_changes", into_spare)
-    monkeypatch.setattr(serving, "_copy_whole", whole)
+    publishes = record_publishes(monkeypatch)
     with wh.spare_made_ahead():
         wh.apply(wh.begin_run("days", {}), jobs=jobs([rec("c")]))
         wh.publish_serving()
