@@ -155,6 +155,18 @@ def test_repeated_full_runs_alternate_baselines_and_backfills_and_the_targets_ta
     inc = next(r for r in results if r["scenario"] == "incremental")
     middle = sorted(r["seconds"] for r in results if r["scenario"] == "sync+refresh" and r["latency_ms"] == 0)[1]
     assert inc["details"]["share_of_full"] == pytest.approx(inc["seconds"] / middle, abs=1e-3)
+    # Each change capture ran three times, each from the warehouse as it was before the first
+    # (the same requests and partitions changed each time: a run after another would find
+    # nothing left to change), and its figures are the median run's.
+    for scenario in ("incremental", "incremental-later"):
+        capture = next(r for r in results if r["scenario"] == scenario)
+        details = capture["details"]
+        assert len(details["capture_seconds"]) == 3
+        assert capture["seconds"] == pytest.approx(sorted(details["capture_seconds"])[1], abs=2e-3)
+        assert "the median of 3 captures from the same warehouse" in capture["note"]
+        assert len(set(details["capture_requests"])) == 1 and capture["requests"] == details["capture_requests"][0]
+        assert len(set(details["capture_lake_partitions"])) == 1
+        assert details["capture_lake_partitions"][0] == details["lake_rewrites"]["partitions"] > 0
 
 
 def test_a_profiled_run_says_its_speed_figures_are_not_the_targets():
