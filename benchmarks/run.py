@@ -45,8 +45,8 @@ Scenarios, per history size:
 * ``incremental``   change capture (with refresh) after the simulator's clock moved until about
   1% of the jobs were created or changed state (the clock's advance also deletes about 0.01%).
 * ``incremental-later``  the same again, the clock moved as far once more: a nightly run's change
-  capture, the serving snapshot's spare in place (the first one after a backfill copies the
-  whole warehouse into its snapshot). Shown beside the target, which judges the first.
+  capture, the serving snapshot's spare in place (the first one after a backfill has none: it
+  copies the old snapshot into one while it fetches). Shown beside the target, which judges the first.
   With ``--full-runs N``, each change capture runs N times, each from the same warehouse (put
   back at its path between them), and its figures are the median run's: a single capture of a
   few seconds moved by a third from one suite to the next on a shared machine.
@@ -775,9 +775,9 @@ def bench_size(jobs: int, days: int, traffic: str | None, latencies: list[float]
         sim.configure(latency_ms=0, rate_limit=None)
 
         if kept_dir is not None and zero_fulls:
-            # The first change capture after the backfill, then a later one: the first copies the
-            # whole warehouse into its serving snapshot (there is no spare yet, see serving.py),
-            # the later one, as every nightly run after it, writes only what changed there.
+            # The first change capture after the backfill, then a later one: the first has no
+            # spare snapshot yet and copies one while it fetches (Serving.spare_made_ahead), the
+            # later one, as every nightly run after it, writes only what changed into its spare.
             moved = 0
             for scenario in ("incremental", "incremental-later"):
                 result, moved = _change_capture(sim, kept_dir, jobs, days, zero_fulls, moved, scenario,
