@@ -17,6 +17,8 @@ Layout under `data_dir` (see the shared contract):
   is in the serving storage format), without the sync's bookkeeping, swapped in with
   os.replace; BI tools open it read-only. `.serving-spare.duckdb`: the snapshot it replaced,
   which the next one is written into (see ``serving``).
+- `.lake-spool-<run_id>/`: while a run lasts, the jobs it appended that the table never held,
+  for its lake export (see ``spool``).
 
 One module per concern, each a room of the one :class:`Warehouse`:
 
@@ -30,6 +32,7 @@ One module per concern, each a room of the one :class:`Warehouse`:
 - ``lake``: when the lake is written (the export of dirty partitions, once per run), rebuild, a lost lake.
 - ``lake_export``: how: partition keys, grouped reads, whole encodes and splices, marks cleared.
 - ``lakestore``: where the lake's files live, a local directory or an S3-compatible store.
+- ``spool``: a run's appended rows kept in Arrow IPC files, which its export writes from.
 - ``serving``: the serving snapshot.
 - ``runlog``: the run log and the readers the sync plans with (watermarks, listed days,
   live jobs, jobs_table).
@@ -132,6 +135,8 @@ class Warehouse(RunLog, Apply, Serving):
         # run_id -> lake partitions that failed to export during that run: later batches of
         # the run skip them, finish_run() tries them once more (see Apply.apply()).
         self._stuck = {}
+        # run_id -> the rows that live run appended, for its lake export (see spool.py).
+        self._spools = {}
         self._fd = None
         try:
             probe_writable(self.data_dir)

@@ -103,11 +103,12 @@ class Apply(Lake, Records, Deletions):
         deleted_at = deleted_at.replace(microsecond=deleted_at.microsecond // 1000 * 1000)
         jobs = self._conform(jobs)
         stats = ApplyStats(incoming=jobs.num_rows, windows=len(windows), quarantined=len(quarantine))
+        appended_only = False
         with self._cursor() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 if jobs.num_rows:
-                    self._upsert(con, jobs, stats)
+                    appended_only = self._upsert(con, jobs, stats)
                 if windows:
                     self._insert_windows(con, run_id, windows, now)
                 if quarantine:
@@ -115,7 +116,9 @@ class Apply(Lake, Records, Deletions):
                 if reconciled:
                     deleted = [*deleted, *self._unlisted(con, reconciled)]
                 if deleted:
-                    stats.deleted = len(self._mark_deleted(con, deleted, deleted_at))
+                    marked = self._mark_deleted(con, deleted, deleted_at)
+                    self._taint_spools((project_id, day) for project_id, day, _ in marked)
+                    stats.deleted = len(marked)
                 if watermarks:
                     self._advance_watermarks(con, watermarks, now)
                 crashpoint("apply_before_commit")
@@ -129,6 +132,9 @@ class Apply(Lake, Records, Deletions):
         # The transaction's registered Arrow tables and temp tables (_incoming, _known, ...) went
         # with its cursor, a connection of its own.
         crashpoint("apply_after_commit")
+        spool = self._spools.get(run_id)
+        if appended_only and spool is not None:
+            spool.add(jobs)
         if export:
             self.export_for_run(run_id, stats)
         return stats
@@ -162,11 +168,12 @@ class Apply(Lake, Records, Deletions):
             raise ValueError("jobs has NULL project_id or job_id")
         return jobs
 
-    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats) -> None:
+    def _upsert(self, con: duckdb.DuckDBPyConnection, jobs: pa.Table, stats: ApplyStats) -> bool:
         """The newest version of each incoming job into the table (the history's current version).
 
         Jobs the warehouse has never seen (most of a backfill) are appended; only jobs it holds
-        already go through the comparisons with the stored version."""
+        already go through the comparisons with the stored version. Returns whether the batch
+        was appended as it is, every row a job never seen (what the run's spool may keep)."""
         incoming = jobs.append_column("_ord", pa.array(range(jobs.num_rows), type=pa.int64()))
         con.register("_incoming", incoming)
         distinct = _distinct_keys(jobs)
@@ -177,7 +184,7 @@ class Apply(Lake, Records, Deletions):
             # new jobs took on a million-job table.
             _append_first_versions(con, "_incoming", _hash_expr())
             stats.inserted = stats.history_versions = stats.incoming
-            return
+            return True
         # One row per key (newest lastupdate_time, then the later row), with its content hash
         # and what the table holds for that key (_known, for every later step).
         # A batch of distinct keys (the usual one) skips the ranking, a sort of whole rows.
@@ -199,11 +206,18 @@ class Apply(Lake, Records, Deletions):
         stats.history_versions = stats.inserted
         if existed:
             self._replace_known(con, stats)
+        return False
 
     def _replace_known(self, con: duckdb.DuckDBPyConnection, stats: ApplyStats) -> None:
         """Jobs the table holds already: the newer version wins; a changed one moves the
         version it replaces to the past versions."""
         oldest = "'-infinity'::TIMESTAMPTZ"
+        if self._spools:
+            # Every partition a stored job of the batch is in, or moves to, changes in place.
+            self._taint_spools(con.execute(
+                f"""SELECT project_id, old_day FROM _stage WHERE existed AND old_day IS NOT NULL
+                UNION SELECT project_id, {utc_day('create_time')} FROM _stage WHERE existed AND create_time IS NOT NULL"""
+            ).fetchall())
         # A winner whose content differs is a new version. valid_from: its lastupdate_time;
         # without one, create_time for a first version and the observation time for a later
         # one (so versions do not overlap). A view of _stage, which nothing changes after: each

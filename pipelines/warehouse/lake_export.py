@@ -4,13 +4,16 @@ lake.py decides when the lake is written and keeps its marks honest; this module
 marked. Partitions are read a group at a time (one query for up to EXPORT_PARTITIONS partitions
 and about EXPORT_ROWS rows), sorted and sliced per partition in Arrow, and written by a thread
 while the next group is read. A partition whose jobs changed in place has those columns spliced
-into its old file (lake_splice.py); the rest are encoded whole, a burst day in pieces. The marks
-of the files written are cleared in one transaction when the export ends, or stops early.
+into its old file (lake_splice.py); the rest are encoded whole, a burst day in pieces. The
+partitions whose rows the run appended and its spool holds exactly (spool.py) are read from the
+spool instead of the table, two groups at a time. The marks of the files written are cleared in
+one transaction when the export ends, or stops early.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+import itertools
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from datetime import date, timedelta
@@ -27,8 +30,9 @@ from pipelines.arrowpool import arrow_on_malloc
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.db import Connections
 from pipelines.warehouse.lake_splice import STAMPS, spliced_file
-from pipelines.warehouse.lakestore import LakeStore
+from pipelines.warehouse.lakestore import LakeStore, Rows
 from pipelines.warehouse.marks import IN_PLACE_COLUMNS
+from pipelines.warehouse.spool import LakeSpool
 from pipelines.warehouse.tables import (
     _COLS,
     JOBS_TABLE,
@@ -53,6 +57,10 @@ SPLICE_ROWS = 4 * EXPORT_ROWS
 # this many rows, each a row group of its file: at a million jobs, the 41,000-row day held 29 MB
 # of rows and as much again sorted while it was written.
 EXPORT_BATCH_ROWS = 8_192
+# Groups of spooled partitions are read, sorted and written this many at a time, each half the
+# rows of a group read from the table: a read from the spool costs little, and the sort of one
+# group and the encoding of another each leave a core to the other.
+SPOOL_WRITERS = 2
 LAKE_FILE = "data.parquet"
 # A partition that could not be written: (project_id, day), where its file is, the error.
 _Failure = tuple[tuple[str, date], Path | str, OSError]
@@ -68,6 +76,34 @@ def _sorted_partitions(handed: list[pa.Table]) -> tuple[pa.Table, dict[date, tup
     table = rows.take(pc.sort_indices(rows, [("_day", "ascending"), ("job_id", "ascending")]))
     del rows
     return table, _partition_slices(table)
+
+
+def _batches(pieces: Iterator[pa.Table]) -> pa.RecordBatchReader:
+    """Pieces of one partition's rows as a stream of its file's row groups, each piece one (as
+    _partition_pieces reads them from the table)."""
+    def batches() -> Iterator[pa.RecordBatch]:
+        for piece in pieces:
+            yield from piece.cast(STORED_JOBS_SCHEMA).combine_chunks().to_batches()
+
+    return pa.RecordBatchReader.from_batches(STORED_JOBS_SCHEMA, batches())
+
+
+def _spooled_groups(sizes: list[tuple[str, date, int]]) -> list[tuple[str, list[date], list[date]]]:
+    """Spooled partitions (project, day, rows) gathered as _groups gathers them, each partition
+    bigger than one read (a burst day) joined to a group of its project, so that its file is
+    encoded beside that group's: (project, days, burst days)."""
+    bursts = [(project_id, day) for project_id, day, rows in sizes if rows > EXPORT_ROWS]
+    groups: list[tuple[str, list[date], list[date]]] = [
+        (project_id, days, []) for project_id, days, _ in
+        _groups([size for size in sizes if size[2] <= EXPORT_ROWS], EXPORT_ROWS // SPOOL_WRITERS)]
+    for i, (project_id, day) in enumerate(bursts):
+        # Spread over the project's groups, so that no two are held in consecutive groups.
+        mine = [group for group in groups if group[0] == project_id]
+        if mine:
+            mine[i * len(mine) // len(bursts)][2].append(day)
+        else:
+            groups.append((project_id, [], [day]))
+    return groups
 
 
 def _partition_slices(table: pa.Table) -> dict[date, tuple[int, int]]:
@@ -141,6 +177,14 @@ class LakeExport(Connections):
     """Writing marked partitions: where each file goes, the grouped reads, the writes, the marks cleared."""
 
     lake: LakeStore
+    #: run_id -> the rows that live run appended (spool.py), for its export.
+    _spools: dict[str, LakeSpool]
+
+    def _taint_spools(self, partitions: Iterable[tuple[str, date]]) -> None:
+        """Partitions a statement changed otherwise than by appending jobs never seen (spool.py)."""
+        partitions = list(partitions)
+        for spool in self._spools.values():
+            spool.taint(partitions)
 
     @staticmethod
     def partition_key(project_id: str, day: date) -> str:
@@ -187,11 +231,23 @@ class LakeExport(Connections):
             # spliced, are encoded whole.
             spliced = [(project_id, day, count, columns) for project_id, day, count, columns in marked
                        if columns is not None and count]
-            sizes = [(project_id, day, count) for project_id, day, count, columns in marked
+            whole = [(project_id, day, count) for project_id, day, count, columns in marked
                      if columns is None or not count]
+            # Partitions whose rows the run appended and a spool holds exactly are written from
+            # there (see _write_spooled); the rest are read from the table.
+            spooled: dict[int, tuple[LakeSpool, list[tuple[str, date, int]]]] = {}
+            sizes = []
+            for size in whole:
+                spool = self._spool_holding(*size)
+                if spool is None:
+                    sizes.append(size)
+                else:
+                    spooled.setdefault(id(spool), (spool, []))[1].append(size)
             # An export of more than one read's rows runs under DuckDB's lean cap (see
-            # Connections._lean); a small one is not worth the checkpoint that needs.
-            big = sum(count for *_, count in sizes) > EXPORT_ROWS
+            # Connections._lean); a small one is not worth the checkpoint that needs. (An export
+            # from a spool reads little from DuckDB, but the cap gives back what the models and
+            # the run's writes left in DuckDB's memory while the export holds its own rows.)
+            big = sum(count for *_, count in whole) > EXPORT_ROWS
             if beside and big:
                 raise _NeedsLeanCap
             lean = lean and big
@@ -202,12 +258,16 @@ class LakeExport(Connections):
             # stops early): a commit per group cost a change capture 0.25 s for 33 groups.
             written: list[tuple[str, date]] = []
             try:
-                with (self._lean(con) if lean else nullcontext(), arrow_on_malloc(),
-                      ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer):
+                with (self._lean(con) if lean else nullcontext(), arrow_on_malloc(), self.lake.writing_threads(),
+                      ThreadPoolExecutor(1, thread_name_prefix="lake-export") as writer,
+                      ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="lake-spooled") as spooled_writer):
                     refused = self._splice_marked(con, spliced, writer, written, failures)
                     sizes = sorted([*sizes, *refused])
-                    groups = (self._export_partitions(con, project_id, days, rows, writer)
-                              for project_id, days, rows in _groups(sizes))
+                    groups = itertools.chain(
+                        (spooled_writer.submit(self._write_spooled, spool, project_id, days, bursts)
+                         for spool, held in spooled.values() for project_id, days, bursts in _spooled_groups(held)),
+                        (self._export_partitions(con, project_id, days, rows, writer)
+                         for project_id, days, rows in _groups(sizes)))
                     for pending in _one_ahead(groups):
                         failures += self._settle(pending.result(), written)
             except BaseException as exc:
@@ -319,6 +379,40 @@ class LakeExport(Connections):
         # Handed over in a list the writer empties, so the rows are freed once sorted (the
         # executor holds its arguments until the call returns).
         return writer.submit(self._write_partitions, project_id, days, [self._dirty_rows(con, project_id, days)])
+
+    def _spool_holding(self, project_id: str, day: date, rows: int) -> LakeSpool | None:
+        """The spool of a live run that holds exactly the table's ``rows`` rows of the partition."""
+        return next((spool for spool in self._spools.values() if spool.holds(project_id, day, rows)), None)
+
+    def _write_spooled(self, spool: LakeSpool, project_id: str, days: list[date], bursts: list[date]) -> _Written:
+        """_write_partitions for rows read from ``spool``, with each of ``bursts`` (a partition
+        bigger than one read) written as _write_streamed writes it, a row group per
+        EXPORT_BATCH_ROWS rows by job_id: the same bytes. Read in the writer's thread: the reads
+        are cheap, and the rows' buffers come from the same malloc arena as their sorted copy.
+        The files are encoded two at a time (LakeStore.write_all), so a burst day's file is
+        encoded beside the group's others. Partitions the spool cannot give (it is then turned
+        off) are read from the table."""
+        items: list[tuple[tuple[str, date], Rows]] = []
+        written: _Written = []
+        if days:
+            try:
+                rows = spool.rows(project_id, days)
+            except (OSError, pa.ArrowException) as exc:
+                spool.turn_off(f"reading it failed: {exc}")
+                with self._cursor() as cursor:
+                    rows = self._dirty_rows(cursor, project_id, days)
+            table, slices = _sorted_partitions([rows])
+            del rows
+            table = table.drop_columns(["_day"]).cast(STORED_JOBS_SCHEMA)
+            items += [((project_id, day), table.slice(*slices.get(day, (0, 0)))) for day in days]
+        for day in bursts:
+            try:
+                items.append(((project_id, day), _batches(spool.pieces(project_id, day, EXPORT_BATCH_ROWS))))
+            except (OSError, pa.ArrowException) as exc:
+                spool.turn_off(f"reading it failed: {exc}")
+                written += self._write_streamed((project_id, day))
+        errors = self.lake.write_all([(self.partition_key(*key), rows) for key, rows in items])
+        return [*written, *((key, error) for (key, _), error in zip(items, errors, strict=True))]
 
     def _write_streamed(self, key: tuple[str, date]) -> _Written:
         """Rewrite the file of one partition too big for one read (a burst day) a piece at a

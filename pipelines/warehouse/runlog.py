@@ -22,6 +22,7 @@ import pyarrow as pa
 from pipelines.crashpoints import crashpoint
 from pipelines.warehouse.compaction import compact_tables, drop_leftovers
 from pipelines.warehouse.lake import Lake, LakeExportError
+from pipelines.warehouse.spool import SPOOL_PREFIX, LakeSpool, remove_stale_spools
 from pipelines.warehouse.tables import (
     _COLS,
     JOBS_TABLE,
@@ -95,6 +96,10 @@ class RunLog(Lake):
             _LIVE_RUNS.add(run_id)
             if runs % COMPACT_EVERY_RUNS == 0:
                 _COMPACTING_RUNS.add(run_id)
+            live = sorted(_LIVE_RUNS)
+        remove_stale_spools(self.data_dir, live)
+        with self._lock:
+            self._spools[run_id] = LakeSpool(self.data_dir / f"{SPOOL_PREFIX}{run_id}")
         return run_id
 
     def finish_run(self, run_id: str, status: str, stats: Mapping[str, Any]) -> None:
@@ -130,6 +135,9 @@ class RunLog(Lake):
         finally:
             with self._lock:
                 self._stuck.pop(run_id, None)
+                spool = self._spools.pop(run_id, None)
+            if spool is not None:
+                spool.discard()
             with _LIVE_RUNS_LOCK:
                 _LIVE_RUNS.discard(run_id)
                 compacting = run_id in _COMPACTING_RUNS

@@ -15,7 +15,7 @@ from pipelines.sync import refresh_and_publish
 from pipelines.sync.run import SNAPSHOT_PHASE, _export_lake
 from pipelines.warehouse import Warehouse, lake_export
 from pipelines.warehouse import lake as lake_module
-from tests.support.warehouse_rows import DAY1, jobs, lake_rows, rec, sql
+from tests.support.warehouse_rows import DAY1, exports_from_the_table, jobs, lake_rows, rec, sql
 
 #: Seconds a thread waits for the other: only a broken overlap ever gets near it.
 HANG_GUARD = 120
@@ -76,6 +76,7 @@ def test_a_small_export_runs_beside_the_models(warehouse: Warehouse, monkeypatch
 
 def test_a_big_export_is_declined_beside_the_models_and_runs_alone_under_the_lean_cap(warehouse: Warehouse,
                                                                                      monkeypatch):
+    exports_from_the_table(monkeypatch)  # what a run's spool does not hold: read under the lean cap
     monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)  # 30 rows to write: more than one read
     caps: list[str] = []
     read = lake_module.Lake._dirty_rows

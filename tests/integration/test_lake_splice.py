@@ -37,9 +37,15 @@ def _two_days(wh: Warehouse, run: str) -> None:
 @pytest.fixture
 def whole_writes(monkeypatch) -> list[list]:
     """The days of every group encoded whole (Lake._write_partitions, or _write_streamed for a
-    partition bigger than one read), as the export goes."""
+    partition bigger than one read, or _write_spooled for the rows a run's spool holds), as the
+    export goes."""
     calls: list[list] = []
     partitions, streamed = lake_module.Lake._write_partitions, lake_module.Lake._write_streamed
+    spooled = lake_module.Lake._write_spooled
+
+    def spying_spooled(self, spool, project_id, days, bursts):
+        calls.append([*days, *bursts])
+        return spooled(self, spool, project_id, days, bursts)
 
     def spying(self, project_id, days, handed):
         calls.append(list(days))
@@ -51,6 +57,7 @@ def whole_writes(monkeypatch) -> list[list]:
 
     monkeypatch.setattr(lake_module.Lake, "_write_partitions", spying)
     monkeypatch.setattr(lake_module.Lake, "_write_streamed", spying_streamed)
+    monkeypatch.setattr(lake_module.Lake, "_write_spooled", spying_spooled)
     return calls
 
 

@@ -30,7 +30,7 @@ from tests.support.lake import (
     lake_statistics,
     lake_wipe,
 )
-from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, jobs, lake_rows, rec, sql
+from tests.support.warehouse_rows import DAY1, DAY2, SYNC2, exports_from_the_table, jobs, lake_rows, rec, sql
 
 #: The partitions of a (p1, DAY1), b (p1, DAY2) and x (p2, DAY2), as several tests write them.
 THREE_PARTITIONS = [
@@ -260,6 +260,7 @@ def test_an_export_clears_what_a_crashed_write_left_in_its_partition_and_makes_n
 def test_an_export_of_many_rows_runs_under_the_lean_memory_cap(tmp_path: Path, monkeypatch):
     """DuckDB keeps what it wrote in memory up to its cap; an export bigger than one read gives
     it back (checkpoint, lean cap) and the usual cap is back after, also when a write fails."""
+    exports_from_the_table(monkeypatch)
     from pipelines.warehouse import lake as lake_module
 
     monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
@@ -301,6 +302,7 @@ def test_an_export_that_runs_out_of_memory_under_the_lean_cap_finishes_under_the
     """Rows far wider than usual can need more than the lean cap for one read: DuckDB then runs
     out of memory (here a cap too small for any read), and the export goes on under the usual
     cap instead of failing the run, every partition written and its mark cleared."""
+    exports_from_the_table(monkeypatch)
     from pipelines.warehouse import db as db_module
 
     monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
@@ -324,6 +326,7 @@ def test_an_export_out_of_memory_under_the_usual_cap_is_not_retried(wh: Warehous
                                                                      caplog):
     """Only an export under the lean cap goes again under the usual one: a small export runs
     under the usual cap, and running out of memory there is an error, not a retry."""
+    exports_from_the_table(monkeypatch)
     import duckdb as duckdb_module
 
     from pipelines.warehouse import lake as lake_module
@@ -349,6 +352,7 @@ def test_an_export_out_of_memory_halfway_keeps_what_it_wrote_and_retries_no_fail
     """Out of memory after some groups were written: those stay written (marks cleared) and are
     not read again, a partition whose write failed keeps its mark and is reported once, and the
     rest is written under the usual cap."""
+    exports_from_the_table(monkeypatch)
     import duckdb as duckdb_module
 
     from pipelines.warehouse import lake as lake_module
@@ -427,6 +431,7 @@ def test_a_partition_bigger_than_one_read_is_streamed_into_its_file_by_job_id(wh
     """A burst day (more rows than one read) is read and written in pieces of job_id ranges,
     each a row group, instead of held whole and copied to sort it. Its file holds the same rows
     in the same order as any other partition's, and replacing it again works."""
+    exports_from_the_table(monkeypatch)
 
     monkeypatch.setattr(lake_export, "EXPORT_ROWS", 10)
     monkeypatch.setattr(lake_export, "EXPORT_BATCH_ROWS", 4)
@@ -534,6 +539,7 @@ def test_the_lake_files_encoders_take_memory_from_malloc_unless_another_pool_is_
 def test_an_export_stopped_by_an_error_clears_the_marks_of_the_files_it_wrote(wh: Warehouse, run: str, monkeypatch):
     """Marks are cleared once, when the export ends; an export an unexpected error stops still
     clears the marks of the files it wrote before it, and raises that error."""
+    exports_from_the_table(monkeypatch)
     from pipelines.warehouse import lake as lake_module
 
     monkeypatch.setattr(lake_export, "EXPORT_PARTITIONS", 1)  # a group per partition

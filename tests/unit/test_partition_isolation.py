@@ -23,7 +23,12 @@ import pytest
 
 from pipelines.ingest import normalize
 from pipelines.warehouse import LakeExportError, Warehouse, WarehouseError, lake_export
-from tests.support.warehouse_rows import assert_exported_except, block_with_a_directory, dirty
+from tests.support.warehouse_rows import (
+    assert_exported_except,
+    block_with_a_directory,
+    dirty,
+    exports_from_the_table,
+)
 
 DAY1 = datetime(2025, 3, 1, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -103,6 +108,7 @@ def test_a_streamed_burst_day_that_cannot_be_written_keeps_its_mark_and_the_othe
     by the next export once the obstacle is gone."""
     from pipelines.warehouse import lake as lake_module
 
+    exports_from_the_table(monkeypatch)  # a run's spool writes its burst days otherwise: test_lake_spool.py
     monkeypatch.setattr(lake_export, "EXPORT_ROWS", 5)
     streamed: list[tuple[str, object]] = []
     stream = lake_module.Lake._write_streamed
